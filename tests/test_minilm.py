@@ -1,0 +1,40 @@
+"""The real pre-trained all-MiniLM-L6-v2 (packaged, offline): every algorithm and gate converts and trains."""
+
+import pytest
+import torch
+
+import emoe
+from emoe import EmoeConfig, convert, emoe_layers, load_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    model, tokenizer = load_model("minilm", num_labels=2)
+    return model.state_dict(), tokenizer
+
+
+@pytest.mark.parametrize("clustering", list(emoe.CLUSTERING))
+@pytest.mark.parametrize("gate", list(emoe.GATES))
+def test_minilm_converts_forward_backward(minilm, clustering, gate):
+    state, tokenizer = minilm
+    model, _ = load_model("minilm", num_labels=2)
+    model.load_state_dict(state)
+    convert(model, EmoeConfig(clustering=clustering, gate=gate, num_experts=16, top_k=4))
+    layers = emoe_layers(model)
+    assert [f.block for f in layers] == [4, 5] and all(f.labels.numel() == 1536 for f in layers)
+    batch = tokenizer(["a gripping, beautiful film", "dull and far too long"], return_tensors="pt", padding=True)
+    out = model(**batch, labels=torch.tensor([1, 0]))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert model.bert.encoder.layer[5].intermediate.dense.weight.grad.abs().sum() > 0
+    assert all(0 < f.load_entropy() <= torch.log(torch.tensor(16.0)).item() + 1e-6 for f in layers)
+
+
+def test_random_init_differs_from_pretrained():
+    pre, _ = load_model("minilm", num_labels=2, init="pretrained")
+    rnd, _ = load_model("minilm", num_labels=2, init="random")
+    a = pre.bert.encoder.layer[0].intermediate.dense.weight
+    b = rnd.bert.encoder.layer[0].intermediate.dense.weight
+    assert a.shape == b.shape and not torch.allclose(a, b)
