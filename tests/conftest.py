@@ -49,3 +49,49 @@ def hidden(model, inputs) -> torch.Tensor:
 
 
 ARCHS = ("bert", "roberta", "distilbert", "gpt2", "vit", "llama")
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _head(path: Path, n: int):
+    import json
+
+    with open(path) as f:
+        return [json.loads(next(f)) for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    """The shared data's layout with a few rows of each sentiment file (balanced labels) and of SNLI/SICK."""
+    root = tmp_path_factory.mktemp("data")
+    for rel, n in [("sst2/train.jsonl", 400), ("sst2/validation.jsonl", 64), ("imdb/test.jsonl", 40),
+                   ("yelp/test.jsonl", 1000), ("amazon/test.jsonl", 1000), ("snli/train.jsonl", 64),
+                   ("snli/validation.jsonl", 32), ("sick/test.jsonl", 32)]:
+        rows = _head(DATA_DIR / rel, n)
+        if n == 1000:  # yelp/amazon files are sorted by label: take both ends
+            rows = rows[:16] + rows[-16:]
+        write_jsonl(root / rel, rows)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A tiny random BERT (hidden 32, 2 blocks, d_ff 64) saved with the packaged MiniLM's tokenizer."""
+    import transformers as T
+
+    from emoe.convert import resolve_model
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = T.AutoTokenizer.from_pretrained(resolve_model("minilm"))
+    torch.manual_seed(0)
+    config = T.BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, max_position_embeddings=128)
+    T.BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -1,0 +1,143 @@
+"""Every knob of a trial, declared once: name, default, type, help. Defaults, CLIs and search spaces derive from it.
+
+The EMoE construction knobs take their defaults from ``EmoeConfig``; a trial config is the flat dict of all of them
+(every key becomes an MLflow param).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, Callable
+
+from emoe.config import EmoeConfig
+
+
+def _int_tuple(text) -> tuple[int, ...]:
+    if isinstance(text, (list, tuple)):
+        return tuple(int(i) for i in text)
+    try:
+        return tuple(int(i) for i in str(text).split(",") if i.strip())
+    except ValueError:
+        raise ValueError(f"layers must be comma-separated block indices such as -2,-1; got {text!r}") from None
+
+
+def _optional_int(text):
+    return None if text in (None, "", "none", "None") else int(text)
+
+
+def _optional_str(text):
+    return None if text in (None, "", "none", "None") else str(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class Knob:
+    name: str
+    default: Any
+    help: str
+    type: Callable = str
+    choices: tuple | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _emoe(name: str, help: str, type: Callable = str, choices=None) -> Knob:
+    return Knob(name, getattr(EmoeConfig, name), help, type, choices)
+
+
+def _knobs() -> dict[str, Knob]:
+    from emoe.clustering import CLUSTERING
+    from emoe.config import INITS, METHODS
+    from emoe.data import TASKS
+    from emoe.gating import GATES
+
+    knobs = [
+        Knob("task", "sst2", "ID task; its OOD sets come with it", str, tuple(TASKS)),
+        Knob("model", "minilm", "Hub id, local path, or 'minilm' (packaged all-MiniLM-L6-v2, offline)"),
+        _emoe("init", "pre-trained weights or a random initialisation of the same architecture", str, INITS),
+        _emoe("method", "emoe, or dense for the baseline", str, METHODS),
+        _emoe("clustering", "how neurons are split into experts", str, tuple(CLUSTERING)),
+        _emoe("gate", "how each expert's gate vector is derived", str, tuple(GATES)),
+        _emoe("num_experts", "experts per converted layer (N)", int),
+        _emoe("top_k", "experts kept per token (k)", int),
+        _emoe("layers", "blocks to convert, comma-separated, negative from the end", _int_tuple),
+        _emoe("aux_loss_weight", "load-balancing loss weight (learned gate only)", float),
+        Knob("seed", 0, "seed of clustering, initialisation, dropout and data order", int),
+        Knob("learning_rate", 5e-5, "peak AdamW learning rate", float),
+        Knob("batch_size", 32, "examples per optimiser step (split over grad_accum_steps)", int),
+        Knob("epochs", 1, "training epochs", int),
+        Knob("max_length", 128, "tokens per example (longer ones are truncated)", int),
+        Knob("max_train_samples", None, "fixed random subset of the training set (seed 0); none = all",
+             _optional_int),
+        Knob("max_eval_samples", None, "cap on each evaluation set (ID and OOD); none = all", _optional_int),
+        Knob("eval_steps", None, "evaluate every this many optimiser steps (and at each epoch end); none = per epoch",
+             _optional_int),
+        Knob("warmup_ratio", 0.06, "share of steps with linear warm-up", float),
+        Knob("weight_decay", 0.01, "AdamW weight decay", float),
+        Knob("grad_accum_steps", 1, "micro-batches per optimiser step", int),
+        Knob("max_grad_norm", 1.0, "gradient clipping norm", float),
+        Knob("precision", "auto", "auto = bf16 (or fp16) autocast on GPU, fp32 on CPU", str,
+             ("auto", "fp32", "bf16", "fp16")),
+        Knob("data_dir", None, "read the task from local JSON lines (e.g. ../shared/data) instead of the Hub",
+             _optional_str),
+    ]
+    return {k.name: k for k in knobs}
+
+
+KNOBS = _knobs()
+EMOE_FIELDS = tuple(f.name for f in dataclasses.fields(EmoeConfig))
+
+
+def defaults() -> dict[str, Any]:
+    return {name: knob.default for name, knob in KNOBS.items()}
+
+
+def trial_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full flat trial config: defaults, then ``overrides``; types coerced and every name checked."""
+    cfg = defaults()
+    extra = {}
+    for key, value in (overrides or {}).items():
+        if key in KNOBS:
+            knob = KNOBS[key]
+            cfg[key] = value if value is None and knob.default is None else knob.type(value)
+            if knob.choices and cfg[key] not in knob.choices:
+                raise ValueError(f"unknown {key} {cfg[key]!r}; valid choices: {', '.join(knob.choices)}")
+        elif key == "ood":
+            extra[key] = dict(value or {})
+        else:
+            raise ValueError(f"unknown trial config key {key!r}; valid keys: {', '.join(KNOBS)}, ood")
+    cfg.update(extra)
+    emoe_config(cfg)  # validates the construction knobs
+    for key in ("batch_size", "epochs", "max_length", "grad_accum_steps"):
+        if cfg[key] < 1:
+            raise ValueError(f"{key}={cfg[key]} must be >= 1")
+    if cfg["batch_size"] % cfg["grad_accum_steps"]:
+        raise ValueError(f"batch_size={cfg['batch_size']} is not divisible by grad_accum_steps="
+                         f"{cfg['grad_accum_steps']}")
+    if not cfg["learning_rate"] > 0:
+        raise ValueError(f"learning_rate={cfg['learning_rate']} must be > 0")
+    for key in ("max_train_samples", "max_eval_samples", "eval_steps"):
+        if cfg[key] is not None and cfg[key] < 1:
+            raise ValueError(f"{key}={cfg[key]} must be >= 1 (or none)")
+    return cfg
+
+
+def emoe_config(cfg: dict[str, Any]) -> EmoeConfig:
+    return EmoeConfig(**{k: cfg[k] for k in EMOE_FIELDS if k in cfg})
+
+
+def add_arguments(parser: argparse.ArgumentParser, names=None, defaults_from: dict | None = None) -> None:
+    """One ``--flag`` per knob (default: all); help shows the default. Values are parsed by ``trial_config``."""
+    for name in names or KNOBS:
+        knob = KNOBS[name]
+        default = (defaults_from or {}).get(name, knob.default)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        choices = f" {{{','.join(knob.choices)}}}" if knob.choices else ""
+        parser.add_argument(knob.flag, dest=name, default=None, metavar=name.upper(),
+                            help=f"{knob.help}{choices} (default: {shown})")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: value for name, value in vars(args).items() if name in KNOBS and value is not None}

@@ -1,0 +1,145 @@
+"""The MLflow schema in one place: tag, param and metric names; experiments; parent (sweep) and child (trial) runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+ROLE, SWEEP, ARM, TRIAL_ID, OUTCOME, ERROR = ("emoe.role", "emoe.sweep", "emoe.arm", "emoe.trial_id",
+                                              "emoe.outcome", "emoe.error")
+OUTCOMES = ("completed", "early_stopped", "failed")
+PARENT = "mlflow.parentRunId"
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3 UI: open on training runs
+
+# Metric names shared by Tune results, MLflow and analysis.
+TRAIN_LOSS, ID_ACC, OOD_ACC, EPOCH, STEP = "train_loss", "id_acc", "ood_acc", "epoch", "step"
+
+
+def ood_metric(name: str) -> str:
+    return f"{OOD_ACC}.{name}"
+
+
+def load_entropy_metric(block: int) -> str:
+    return f"load_entropy.block{block}"
+
+
+def experiment_name(ablation: str) -> str:
+    return f"emoe-{ablation}"
+
+
+# Environment variables whose values must never reach MLflow (tokens, passwords).
+SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD",
+              "MLFLOW_TRACKING_USERNAME", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def redact(text: str) -> str:
+    for name in SECRET_ENV:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def param_value(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        value = ",".join(map(str, value))
+    elif isinstance(value, dict):
+        value = json.dumps(value, sort_keys=True)
+    return redact(str(value))[:6000]
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast (``ValueError``, one line) on a store that cannot be used, before any cluster work starts."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "sqlite":
+        path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+        if path is None or not str(path):
+            raise ValueError(f"tracking URI {uri!r}: expected sqlite:///relative/path.db or sqlite:////abs/path.db")
+        if not path.resolve().parent.is_dir():
+            raise ValueError(f"tracking URI {uri!r}: directory {path.resolve().parent} does not exist")
+    elif parsed.scheme in ("http", "https"):
+        host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+        except OSError as e:
+            raise ValueError(f"tracking URI {uri!r} is unreachable ({e.strerror or e}); start the server or "
+                             f"use the local default {DEFAULT_TRACKING_URI}") from None
+    elif parsed.scheme in ("", "file"):
+        raise ValueError(f"tracking URI {uri!r}: MLflow 3 deprecates the file store; use {DEFAULT_TRACKING_URI} "
+                         "or an http(s):// server")
+    elif parsed.scheme not in ("databricks", "postgresql", "mysql", "mssql"):
+        raise ValueError(f"tracking URI {uri!r}: unsupported scheme {parsed.scheme!r}; use sqlite:///path.db, "
+                         "http(s)://host:port or a database URI")
+
+
+def client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def get_or_create_experiment(mlflow_client, name: str) -> str:
+    exp = mlflow_client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return mlflow_client.create_experiment(name, tags=EXPERIMENT_KIND)
+        except Exception:  # created concurrently by another process
+            exp = mlflow_client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        mlflow_client.restore_experiment(exp.experiment_id)
+    if exp.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND["mlflow.experimentKind"]:
+        for k, v in EXPERIMENT_KIND.items():
+            mlflow_client.set_experiment_tag(exp.experiment_id, k, v)
+    return exp.experiment_id
+
+
+class TrialRun:
+    """One MLflow run of a trial: params up front, metrics as they are reported, an outcome at the end."""
+
+    def __init__(self, mlflow_client, experiment_id: str, name: str, tags: dict[str, str] | None = None,
+                 parent_run_id: str | None = None, run_id: str | None = None):
+        self.client = mlflow_client
+        all_tags = {ROLE: "trial", **(tags or {})}
+        if parent_run_id:
+            all_tags[PARENT] = parent_run_id
+        if run_id is None:
+            run = mlflow_client.create_run(experiment_id, run_name=name, tags=all_tags)
+            run_id = run.info.run_id
+        self.run_id = run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        new = [Param(k, param_value(v)) for k, v in sorted(params.items()) if k not in existing]
+        for i in range(0, len(new), 100):
+            self.client.log_batch(self.run_id, params=new[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int, timestamp_ms: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = timestamp_ms or int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items() if isinstance(v, (int, float))]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        self.client.log_text(self.run_id, redact(json.dumps(obj, indent=2, sort_keys=True, default=str)), name)
+
+    def finish(self, outcome: str, error: str | None = None) -> None:
+        assert outcome in OUTCOMES, outcome
+        self.client.set_tag(self.run_id, OUTCOME, outcome)
+        if error:
+            self.client.set_tag(self.run_id, ERROR, redact(error)[:5000])
+            self.client.log_text(self.run_id, redact(error), "error.txt")
+        self.client.set_terminated(self.run_id, status="FAILED" if outcome == "failed" else "FINISHED")

@@ -1,0 +1,239 @@
+"""One trial: build a (converted or dense) model, fine-tune it on the ID task, evaluate ID and every OOD set.
+
+``train_and_evaluate(trial_config, report)`` knows nothing of Tune or sweeps: it calls ``report(metrics)`` at each
+evaluation (a scheduler may stop it there) and returns the final metrics. ``python -m emoe.train`` runs one trial
+and logs it to MLflow with the schema the sweeps use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from emoe import hparams, tracking
+from emoe.convert import aux_loss, convert, emoe_layers, load_model
+from emoe.data import TaskData, load_task, tokenize
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[dict[str, float]], None]
+
+
+def _autocast(device: torch.device, precision: str):
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext(), None
+    dtype = torch.float16 if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()) \
+        else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
+def _loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int):
+    from transformers import DataCollatorWithPadding
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g,
+                                       collate_fn=DataCollatorWithPadding(tokenizer))
+
+
+@torch.no_grad()
+def evaluate(model, loaders: dict[str, Any], device, autocast) -> tuple[dict[str, float], dict[int, float]]:
+    """Accuracy of every loader, and each converted layer's load entropy over the first loader (the ID set)."""
+    model.eval()
+    accs, entropies = {}, {}
+    layers = emoe_layers(model)
+    for i, (name, loader) in enumerate(loaders.items()):
+        correct = total = 0
+        loads = {f.block: torch.zeros(f.num_experts) for f in layers}
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            with autocast:
+                logits = model(**batch).logits
+            correct += (logits.argmax(-1) == labels).sum().item()
+            total += labels.numel()
+            if i == 0:
+                for f in layers:
+                    loads[f.block] += f.last_load.cpu() * batch["input_ids"].numel()
+        accs[name] = correct / total
+        if i == 0:
+            for block, load in loads.items():
+                p = load / load.sum()
+                p = p[p > 0]
+                entropies[block] = float(-(p * p.log()).sum())
+    model.train()
+    return accs, entropies
+
+
+def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = None,
+                       data: TaskData | None = None) -> dict[str, float]:
+    """Fine-tune and evaluate one trial.
+
+    Args:
+        trial_config: flat config (see ``emoe.hparams.KNOBS``); missing keys take their defaults.
+        report: called with the metrics at each evaluation (``train_loss``, ``id_acc``, ``ood_acc.<set>``,
+            ``ood_acc``, ``epoch``, ``step``, ``load_entropy.block<b>``).
+        data: an already loaded task (else loaded from ``task``/``data_dir``).
+
+    Returns:
+        The metrics of the last evaluation.
+
+    Raises:
+        FloatingPointError: the training loss became NaN or infinite.
+    """
+    from transformers import get_linear_schedule_with_warmup, set_seed
+
+    cfg = hparams.trial_config(trial_config)
+    config = hparams.emoe_config(cfg)
+    set_seed(cfg["seed"])
+    data = data or load_task(cfg["task"], cfg["data_dir"], cfg.get("ood"), cfg["max_train_samples"],
+                             cfg["max_eval_samples"])
+    model, tokenizer = load_model(cfg["model"], data.task.num_labels, cfg["init"], cfg["seed"])
+    convert(model, config)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).train()
+
+    def tok(ds):
+        return tokenize(ds, tokenizer, data.task, cfg["max_length"])
+
+    micro = cfg["batch_size"] // cfg["grad_accum_steps"]
+    train_loader = _loader(tok(data.train), tokenizer, micro, True, cfg["seed"])
+    eval_loaders = {"id": _loader(tok(data.validation), tokenizer, 2 * micro, False, 0)}
+    eval_loaders.update({name: _loader(tok(ds), tokenizer, 2 * micro, False, 0) for name, ds in data.ood.items()})
+
+    steps_per_epoch = math.ceil(len(train_loader) / cfg["grad_accum_steps"])
+    total_steps = steps_per_epoch * cfg["epochs"]
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith(no_decay)],
+         "weight_decay": cfg["weight_decay"]},
+        {"params": [p for n, p in model.named_parameters() if p.requires_grad and n.endswith(no_decay)],
+         "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=cfg["learning_rate"])
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg["warmup_ratio"] * total_steps), total_steps)
+    autocast, scaler = _autocast(device, cfg["precision"])
+
+    step, losses, metrics = 0, [], {}
+
+    def run_eval() -> dict[str, float]:
+        accs, entropies = evaluate(model, eval_loaders, device, autocast)
+        ood = {tracking.ood_metric(k): v for k, v in accs.items() if k != "id"}
+        out = {tracking.TRAIN_LOSS: float(np.mean(losses)) if losses else float("nan"),
+               tracking.ID_ACC: accs["id"], **ood,
+               tracking.OOD_ACC: float(np.mean(list(ood.values()))) if ood else float("nan"),
+               tracking.EPOCH: step / steps_per_epoch, tracking.STEP: step}
+        out.update({tracking.load_entropy_metric(b): e for b, e in entropies.items()})
+        losses.clear()
+        if report is not None:
+            report(out)
+        return out
+
+    for epoch in range(cfg["epochs"]):
+        optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(train_loader):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast:
+                loss = model(**batch).loss
+                extra = aux_loss(model)
+                if extra is not None:
+                    loss = loss + extra
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"train_loss became {loss.item()} at step {step} (epoch {epoch})")
+            losses.append(loss.item())
+            loss = loss / cfg["grad_accum_steps"]
+            (scaler.scale(loss) if scaler else loss).backward()
+            if (i + 1) % cfg["grad_accum_steps"] and i + 1 != len(train_loader):
+                continue
+            if scaler:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if cfg["eval_steps"] and step % cfg["eval_steps"] == 0 and step % steps_per_epoch:
+                metrics = run_eval()
+        metrics = run_eval()
+    return metrics
+
+
+def parse_ood(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--ood expects NAME=PATH, got {item!r}")
+        out[name] = path
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m emoe.train",
+        description="Fine-tune and evaluate one EMoE (or dense) trial; log it to MLflow.")
+    hparams.add_arguments(parser)
+    parser.add_argument("--ood", action="append", metavar="NAME=PATH",
+                        help="an extra OOD test set (csv, tsv, json lines or parquet with the task's fields); "
+                             "repeatable")
+    parser.add_argument("--tracking-uri", default=tracking.DEFAULT_TRACKING_URI,
+                        help=f"MLflow store (default: {tracking.DEFAULT_TRACKING_URI}; http://host:port for a server)")
+    parser.add_argument("--experiment", default="emoe-train", help="MLflow experiment (default: emoe-train)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow; print the metrics only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cfg = hparams.trial_config({**hparams.overrides_from_args(args), "ood": parse_ood(args.ood)})
+        if not args.no_mlflow:
+            tracking.check_tracking_uri(args.tracking_uri)
+        data = load_task(cfg["task"], cfg["data_dir"], cfg["ood"], cfg["max_train_samples"], cfg["max_eval_samples"])
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    run = None
+    if not args.no_mlflow:
+        client = tracking.client(args.tracking_uri)
+        run = tracking.TrialRun(client, tracking.get_or_create_experiment(client, args.experiment),
+                                name=f"{cfg['method']}-{cfg['clustering']}-{cfg['gate']}-s{cfg['seed']}",
+                                tags={tracking.ARM: "cli"})
+        run.log_params(cfg)
+        run.log_dict(hparams.emoe_config(cfg).to_dict(), "emoe_config.json")
+
+    def report(metrics):
+        print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
+        if run:
+            run.log_metrics(metrics, step=int(metrics[tracking.STEP]))
+
+    start = time.time()
+    try:
+        final = train_and_evaluate(cfg, report, data=data)
+    except BaseException as e:
+        if run:
+            run.finish("failed", error=f"{type(e).__name__}: {e}")
+        raise
+    if run:
+        run.finish("completed")
+        print(f"MLflow run {run.run_id} in {args.tracking_uri} (mlflow ui --backend-store-uri {args.tracking_uri})")
+    print(f"done in {time.time() - start:.0f}s: id_acc={final[tracking.ID_ACC]:.4f} "
+          f"ood_acc={final[tracking.OOD_ACC]:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

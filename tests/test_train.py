@@ -1,0 +1,95 @@
+"""One trial end to end on a tiny model: metric schema, reproducibility, NaN handling and the MLflow-logging CLI."""
+
+import math
+
+import pytest
+
+from emoe import hparams, tracking
+from emoe.train import main, train_and_evaluate
+
+
+def tiny_trial(model_dir, data_dir, **kw):
+    return {"model": model_dir, "data_dir": str(data_dir), "num_experts": 4, "top_k": 2, "batch_size": 16,
+            "max_length": 48, "max_train_samples": 96, "eval_steps": 3, "learning_rate": 1e-3, **kw}
+
+
+def test_metric_schema_and_reports(tiny_model_dir, tiny_data_dir):
+    reports = []
+    final = train_and_evaluate(tiny_trial(tiny_model_dir, tiny_data_dir), reports.append)
+    assert [r["step"] for r in reports] == [3, 6]  # every eval_steps and at the epoch end (6 steps)
+    assert final == reports[-1]
+    expected = {"train_loss", "id_acc", "ood_acc.imdb", "ood_acc.yelp", "ood_acc.amazon", "ood_acc", "epoch", "step",
+                "load_entropy.block0", "load_entropy.block1"}
+    assert set(final) == expected
+    assert final["epoch"] == 1.0 and 0 <= final["id_acc"] <= 1
+    assert math.isclose(final["ood_acc"], (final["ood_acc.imdb"] + final["ood_acc.yelp"] + final["ood_acc.amazon"]) / 3)
+    assert 0 < final["load_entropy.block1"] <= math.log(4) + 1e-6
+
+
+def test_dense_has_no_expert_metrics(tiny_model_dir, tiny_data_dir):
+    final = train_and_evaluate(tiny_trial(tiny_model_dir, tiny_data_dir, method="dense", eval_steps=None))
+    assert not [k for k in final if k.startswith("load_entropy")]
+
+
+def test_same_config_and_seed_give_same_metrics(tiny_model_dir, tiny_data_dir):
+    cfg = tiny_trial(tiny_model_dir, tiny_data_dir, gate="learned", aux_loss_weight=0.01, seed=3, grad_accum_steps=2)
+    assert train_and_evaluate(cfg) == train_and_evaluate(cfg)
+    other = train_and_evaluate({**cfg, "seed": 4})
+    assert other["train_loss"] != train_and_evaluate(cfg)["train_loss"]
+
+
+def test_nan_loss_raises(tiny_model_dir, tiny_data_dir):
+    with pytest.raises(FloatingPointError, match="train_loss became nan at step"):
+        train_and_evaluate(tiny_trial(tiny_model_dir, tiny_data_dir, learning_rate=1e30, max_grad_norm=1e30))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"clustering": "dbscan"}, "unknown clustering 'dbscan'"),
+    ({"task": "cola"}, "unknown task 'cola'"),
+    ({"num_experts": 4, "top_k": 5}, "top_k=5 must be between 1 and num_experts=4"),
+    ({"batch_size": 10, "grad_accum_steps": 3}, "batch_size=10 is not divisible by grad_accum_steps=3"),
+    ({"learning_rate": 0}, "learning_rate=0.0 must be > 0"),
+    ({"lr": 1e-3}, "unknown trial config key 'lr'"),
+    ({"layers": "a,b"}, "layers must be comma-separated block indices"),
+])
+def test_bad_trial_config(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        hparams.trial_config(overrides)
+
+
+def test_cli_logs_one_run_with_the_schema(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["--model", tiny_model_dir, "--data-dir", str(tiny_data_dir), "--num-experts", "4", "--top-k", "2",
+            "--max-train-samples", "64", "--max-length", "48", "--batch-size", "16", "--tracking-uri", uri,
+            "--layers=-1"]
+    assert main(args) == 0
+    client = tracking.client(uri)
+    exp = client.get_experiment_by_name("emoe-train")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[tracking.ROLE] == "trial" and run.data.tags[tracking.OUTCOME] == "completed"
+    assert set(hparams.KNOBS) <= set(run.data.params)
+    assert run.data.params["num_experts"] == "4" and run.data.params["layers"] == "-1"
+    assert {"id_acc", "ood_acc", "ood_acc.imdb", "train_loss", "load_entropy.block1"} <= set(run.data.metrics)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "id_acc")] == [4]
+    assert "emoe_config.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+def test_cli_bad_input_is_one_line_and_logs_nothing(tiny_data_dir, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert main(["--clustering", "dbscan", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown clustering 'dbscan'; valid choices:" in err
+    assert main(["--data-dir", str(tmp_path / "nowhere"), "--tracking-uri", uri]) == 2
+    assert "data file not found" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for knob in hparams.KNOBS.values():
+        assert knob.flag in out
+    assert "--tracking-uri" in out and "--ood" in out
