@@ -77,38 +77,49 @@ def resolve_blocks(indices, num_blocks: int) -> list[int]:
     return sorted(out)
 
 
-def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True) -> nn.Module:
-    """Replace the FFN of each chosen block with an ``EmoeFFN``, in place; returns ``model``.
+def plan_conversion(model: nn.Module, config: EmoeConfig) -> list[dict]:
+    """Every check of ``convert`` (architecture, block indices, N against d_ff, not converted yet), changing nothing.
 
-    Every check (architecture, block indices, N against d_ff, not already converted) runs and every partition is
-    computed before any module is replaced, so on error the model is untouched. ``method='dense'`` returns the
-    model unchanged.
+    Works on a weightless (meta-device) model too. Returns one entry per chosen block: the block index, its key
+    projection, and where its value projection sits.
     """
     if not isinstance(config, EmoeConfig):
         raise TypeError(f"config must be an EmoeConfig, got {type(config).__name__}")
     if config.method == "dense":
-        return model
+        return []
     layout, blocks = find_blocks(model)
-    chosen = resolve_blocks(config.layers, len(blocks))
     plan = []
-    for b in chosen:
+    for b in resolve_blocks(config.layers, len(blocks)):
         keys_proj = blocks[b].get_submodule(layout.keys)
-        values_parent_path, _, values_name = layout.values.rpartition(".")
-        values_parent = blocks[b].get_submodule(values_parent_path) if values_parent_path else blocks[b]
-        values_proj = getattr(values_parent, values_name)
-        if isinstance(values_proj, EmoeFFN):
+        parent_path, _, name = layout.values.rpartition(".")
+        parent = blocks[b].get_submodule(parent_path) if parent_path else blocks[b]
+        if isinstance(getattr(parent, name), EmoeFFN):
             raise ValueError(f"block {b} is already converted to EMoE")
         keys = key_matrix(keys_proj, layout.transposed)
         check_partition_shape(config.clustering, keys.shape[0], config.num_experts, where=f"block {b}")
-        plan.append((b, keys_proj, values_parent, values_name, values_proj, keys))
-    labels = {b: partition(keys, config.clustering, config.num_experts, config.seed, layer=b, use_cache=use_cache)
-              for b, *_, keys in plan}
-    for b, keys_proj, values_parent, values_name, values_proj, _ in plan:
-        ffn = EmoeFFN(keys_proj, values_proj, torch.from_numpy(labels[b]), config.gate, config.num_experts,
-                      config.top_k, seed=config.seed + b, transposed=layout.transposed, block=b)
-        setattr(values_parent, values_name, ffn)
+        plan.append({"block": b, "keys_proj": keys_proj, "parent": parent, "name": name, "keys": keys,
+                     "transposed": layout.transposed})
+    return plan
+
+
+def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True) -> nn.Module:
+    """Replace the FFN of each chosen block with an ``EmoeFFN``, in place; returns ``model``.
+
+    Every check (``plan_conversion``) runs and every partition is computed before any module is replaced, so on
+    error the model is untouched. ``method='dense'`` returns the model unchanged.
+    """
+    plan = plan_conversion(model, config)
+    if not plan:
+        return model
+    labels = {p["block"]: partition(p["keys"], config.clustering, config.num_experts, config.seed, layer=p["block"],
+                                    use_cache=use_cache) for p in plan}
+    for p in plan:
+        b = p["block"]
+        ffn = EmoeFFN(p["keys_proj"], getattr(p["parent"], p["name"]), torch.from_numpy(labels[b]), config.gate,
+                      config.num_experts, config.top_k, seed=config.seed + b, transposed=p["transposed"], block=b)
+        setattr(p["parent"], p["name"], ffn)
     model.emoe_config = config
-    log.info("converted blocks %s to EMoE (%s, %s, N=%d, k=%d)", chosen, config.clustering, config.gate,
+    log.info("converted blocks %s to EMoE (%s, %s, N=%d, k=%d)", sorted(labels), config.clustering, config.gate,
              config.num_experts, config.top_k)
     return model
 

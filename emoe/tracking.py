@@ -11,8 +11,8 @@ from typing import Any
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
-ROLE, SWEEP, ARM, TRIAL_ID, OUTCOME, ERROR = ("emoe.role", "emoe.sweep", "emoe.arm", "emoe.trial_id",
-                                              "emoe.outcome", "emoe.error")
+ROLE, SWEEP, FACTOR, ARM, TRIAL_ID, OUTCOME, ERROR = (
+    "emoe.role", "emoe.sweep", "emoe.factor", "emoe.arm", "emoe.trial_id", "emoe.outcome", "emoe.error")
 OUTCOMES = ("completed", "early_stopped", "failed")
 PARENT = "mlflow.parentRunId"
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3 UI: open on training runs

@@ -74,7 +74,7 @@ def evaluate(model, loaders: dict[str, Any], device, autocast) -> tuple[dict[str
 
 
 def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = None,
-                       data: TaskData | None = None) -> dict[str, float]:
+                       data: TaskData | None = None, on_model: Callable | None = None) -> dict[str, float]:
     """Fine-tune and evaluate one trial.
 
     Args:
@@ -82,6 +82,7 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
         report: called with the metrics at each evaluation (``train_loss``, ``id_acc``, ``ood_acc.<set>``,
             ``ood_acc``, ``epoch``, ``step``, ``load_entropy.block<b>``).
         data: an already loaded task (else loaded from ``task``/``data_dir``).
+        on_model: called with the converted model before training (e.g. to save its partitions).
 
     Returns:
         The metrics of the last evaluation.
@@ -98,6 +99,8 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
                              cfg["max_eval_samples"])
     model, tokenizer = load_model(cfg["model"], data.task.num_labels, cfg["init"], cfg["seed"])
     convert(model, config)
+    if on_model is not None:
+        on_model(model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).train()
 

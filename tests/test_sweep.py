@@ -1,0 +1,250 @@
+"""Sweeps: scripts' dry runs, bad input before Ray starts, per-arm ASHA, and real tiny sweeps on a local Ray."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from emoe import tracking
+from emoe.sweep import Ablation, PerArmScheduler, run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = ROOT / "sweeps"
+
+
+def sweep_cmd(script, *args):
+    return [sys.executable, str(SWEEPS / f"{script}.py"), *args]
+
+
+def tiny_args(model_dir, data_dir, tmp_path, *extra):
+    return ["--model", model_dir, "--data-dir", str(data_dir), "--max-train-samples", "64",
+            "--max-eval-samples", "16", "--max-length", "32", "--batch-size", "16", "--num-experts", "4",
+            "--top-k", "2", "--eval-steps", "1", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+            "--storage-path", str(tmp_path / "ray"), *extra]
+
+
+def env():
+    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+            "RAY_DEDUP_LOGS": "0"}
+
+
+@pytest.mark.parametrize("script, trials", [("clustering", 6 * 3 * 3), ("gating", 6 * 3 * 3),
+                                            ("pretraining", 4 * 3 * 3), ("experts", 15 * 3 * 3)])
+def test_each_script_dry_run(script, trials, tmp_path):
+    out = subprocess.run(sweep_cmd(script, "--dry-run", "--model", "minilm"), capture_output=True, text=True,
+                         cwd=tmp_path, env=env(), timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"= {trials} trials" in out.stdout and "dense" in out.stdout
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+
+
+def test_dry_run_preset_and_optuna(capsys):
+    from clustering import ABLATION
+
+    assert run_sweep(ABLATION, ["--preset", "demo", "--dry-run", "--search", "optuna", "--num-samples", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "6 arms x 2 seeds x optuna lr in [1e-05, 0.0001] = 18 trials" in out
+
+
+def test_experts_grid_is_valid_pairs_only():
+    from experts import ABLATION
+
+    pairs = [(a["num_experts"], a["top_k"]) for a in ABLATION.arms.values() if "num_experts" in a]
+    assert (4, 1) in pairs and (64, 32) in pairs and all(n % k == 0 and k >= 1 for n, k in pairs)
+    assert len(pairs) == 14 and "dense" in ABLATION.arms
+
+
+@pytest.fixture(autouse=True)
+def _sweeps_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(SWEEPS))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gate", "foo"], "unknown gate 'foo'; valid choices: avg_keys"),
+    (["--clustering", "kmeans"], "--clustering is swept by this ablation"),
+    (["--num-experts", "4", "--top-k", "8"], "top_k=8 must be between 1 and num_experts=4"),
+    (["--num-experts", "7", "--top-k", "2"], "arm 'constrained': num_experts=7 does not divide d_ff=64"),
+    (["--layers", "0,9"], "block index 9 out of range for a model with 2 blocks"),
+    (["--tracking-uri", "http://127.0.0.1:9"], "tracking URI 'http://127.0.0.1:9' is unreachable"),
+    (["--tracking-uri", "./mlruns"], "MLflow 3 deprecates the file store"),
+    (["--data-dir", "/nonexistent"], "data file not found: /nonexistent/sst2/train.jsonl"),
+    (["--model", "/nonexistent/model"], "model '/nonexistent/model' cannot be loaded"),
+    (["--task", "cola"], "unknown task 'cola'"),
+    (["--seeds", "0,0"], "--seeds must be distinct"),
+    (["--seeds", "a"], "expected comma-separated integers"),
+    (["--learning-rates", "-1"], "--learning-rates must be positive"),
+    (["--search", "random"], "argument --search: invalid choice"),
+    (["--gpus-per-trial", "1.5"], "above 1 it must be a whole number"),
+    (["--resume"], "nothing to resume"),
+])
+def test_bad_input_one_line_before_ray(args, message, tiny_model_dir, tiny_data_dir, tmp_path, capsys, monkeypatch):
+    from clustering import ABLATION
+
+    monkeypatch.chdir(tmp_path)
+    base = ["--model", tiny_model_dir, "--data-dir", str(tiny_data_dir), "--seeds", "0", "--learning-rates", "1e-3",
+            "--storage-path", str(tmp_path / "ray"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    assert exit_code(lambda: run_sweep(ABLATION, base + args)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()
+    import ray
+
+    assert not ray.is_initialized()
+
+
+def exit_code(fn) -> int:
+    """What the process would exit with: the returned code, or argparse's SystemExit code."""
+    try:
+        return fn()
+    except SystemExit as e:
+        return e.code
+
+
+def _trial(tid, arm):
+    return types.SimpleNamespace(trial_id=tid, config={"arm": arm})
+
+
+def _trial(tid, arm, seed=0):
+    return types.SimpleNamespace(trial_id=tid, config={"arm": arm, "seed": seed})
+
+
+def test_asha_per_arm_compares_trials_only_within_their_arm_and_seed():
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    def make():
+        return ASHAScheduler(time_attr="epoch", max_t=1.0, grace_period=0.25, reduction_factor=2)
+
+    per_arm, glob = PerArmScheduler(make), make()
+    for s in (per_arm, glob):
+        s.set_search_properties("id_acc", "max")
+    a1, b1, b2, b1_seed1 = _trial("a1", "fast"), _trial("b1", "slow"), _trial("b2", "slow"), _trial("b3", "slow", 1)
+    for t in (a1, b1, b2, b1_seed1):
+        per_arm.on_trial_add(None, t)
+        glob.on_trial_add(None, t)
+    r = lambda acc: {"epoch": 0.25, "id_acc": acc}  # noqa: E731
+    assert per_arm.on_trial_result(None, a1, r(0.9)) == TrialScheduler.CONTINUE
+    assert glob.on_trial_result(None, a1, r(0.9)) == TrialScheduler.CONTINUE
+    # The slow arm's first trial would be stopped by the fast arm under global ASHA, not per arm.
+    assert glob.on_trial_result(None, b1, r(0.5)) == TrialScheduler.STOP
+    assert per_arm.on_trial_result(None, b1, r(0.5)) == TrialScheduler.CONTINUE
+    # Within its own arm and seed (another learning rate), a worse trial is stopped...
+    assert per_arm.on_trial_result(None, b2, r(0.4)) == TrialScheduler.STOP
+    # ...but another seed is a separate replicate: it never competes with its sibling seeds.
+    assert per_arm.on_trial_result(None, b1_seed1, r(0.3)) == TrialScheduler.CONTINUE
+
+
+def test_summary_uses_completed_trials_only():
+    from emoe.sweep import summarize
+
+    rows = [{"arm": "a", "learning_rate": 1e-3, "id_acc": 0.8, "ood_acc": 0.7, "epoch": 1.0},
+            {"arm": "a", "learning_rate": 1e-3, "id_acc": 0.6, "ood_acc": 0.5, "epoch": 1.0},
+            {"arm": "a", "learning_rate": 1e-4, "id_acc": 0.99, "ood_acc": 0.9, "epoch": 0.25},
+            {"arm": "b", "learning_rate": 1e-3, "id_acc": 0.5, "ood_acc": 0.5, "epoch": 0.5}]
+    out = summarize(rows, epochs=1).splitlines()
+    assert out[1].split() == ["a", "0.001", "2", "1", "0.7000+-0.1414", "0.6000+-0.1414"]
+    assert out[2].split() == ["b", "-", "0", "1", "n/a", "n/a"]
+
+
+def _children(uri, experiment):
+    client = tracking.client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get(tracking.ROLE) == "sweep"]
+    children = [r for r in runs if r.data.tags.get(tracking.ROLE) == "trial"]
+    return client, exp, parents, children
+
+
+@pytest.mark.slow
+def test_tiny_sweep_with_asha_logs_every_trial(tiny_model_dir, tiny_data_dir, tmp_path):
+    out = subprocess.run(sweep_cmd("clustering", *tiny_args(tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0,1",
+                                                            "--learning-rates", "1e-3", "--cpus-per-trial", "0.5",
+                                                            "--early-stop-scope", "global")),
+                         capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "per arm, completed trials (learning rate chosen on mean id_acc over seeds)" in out.stdout
+    assert "mlflow ui --backend-store-uri" in out.stdout
+    client, exp, parents, children = _children(f"sqlite:///{tmp_path}/mlflow.db", "emoe-clustering")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    (parent,) = parents
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags[tracking.SWEEP] == "clustering" and parent.data.tags[tracking.FACTOR] == "clustering"
+    assert "emoe.git_commit" in parent.data.tags and "emoe.command" in parent.data.tags
+    assert len(children) == 12
+    assert {c.data.tags[tracking.ARM] for c in children} == {"constrained", "kmeans", "hierarchical", "spectral",
+                                                              "random", "dense"}
+    assert len({c.data.tags[tracking.TRIAL_ID] for c in children}) == 12
+    for c in children:
+        assert c.data.tags[tracking.PARENT] == parent.info.run_id
+        assert c.info.status == "FINISHED"
+        outcome = c.data.tags[tracking.OUTCOME]
+        assert outcome in ("completed", "early_stopped")
+        assert (c.data.metrics["epoch"] == 1.0) == (outcome == "completed")
+        assert c.data.params["clustering"] == c.data.tags[tracking.ARM] or c.data.tags[tracking.ARM] == "dense"
+        assert {"id_acc", "ood_acc", "ood_acc.imdb", "train_loss", "step"} <= set(c.data.metrics)
+        history = client.get_metric_history(c.info.run_id, "id_acc")
+        assert [m.step for m in history] == sorted(m.step for m in history) and history[0].step == 1
+        artifacts = {a.path for a in client.list_artifacts(c.info.run_id)}
+        assert "emoe_config.json" in artifacts
+        assert ("partitions.npz" in artifacts) == (c.data.tags[tracking.ARM] != "dense")
+
+
+@pytest.mark.slow
+def test_logical_gpus_fractional_placement(tiny_model_dir, tiny_data_dir, tmp_path):
+    out = subprocess.run(sweep_cmd("pretraining", *tiny_args(tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0,1",
+                                                             "--learning-rates", "1e-3", "--num-gpus", "4",
+                                                             "--gpus-per-trial", "0.5", "--cpus-per-trial", "0.25",
+                                                             "--scheduler", "none", "--eval-steps", "none")),
+                         capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (exp_dir,) = (tmp_path / "ray").iterdir()
+    placements = [json.loads(p.read_text()) for p in exp_dir.glob("emoe_trials/*/placement.json")]
+    assert len(placements) == 8
+    for p in placements:  # each trial sees exactly its own (logical) GPU
+        assert len(p["gpu_ids"]) == 1 and p["gpu_ids"][0] in {"0", "1", "2", "3"}
+        assert p["cuda_visible_devices"] == p["gpu_ids"][0]
+    events = sorted([(p["start"], 1, p["gpu_ids"][0]) for p in placements] +
+                    [(p["end"], -1, p["gpu_ids"][0]) for p in placements])
+    running, per_gpu, peak = 0, {}, 0
+    for _, delta, gpu in events:
+        running += delta
+        per_gpu[gpu] = per_gpu.get(gpu, 0) + delta
+        peak = max(peak, running)
+        assert per_gpu[gpu] <= 2  # 0.5 GPU per trial: at most two trials share a GPU
+    assert 2 < peak <= 8  # more at once than 2 CPUs alone would allow at 1 CPU each, never more than 4 / 0.5
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_rerun_or_duplicates(tiny_model_dir, tiny_data_dir, tmp_path):
+    args = tiny_args(tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0", "--learning-rates", "1e-3",
+                     "--max-concurrent", "1", "--scheduler", "none")
+    proc = subprocess.Popen(sweep_cmd("pretraining", *args), cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list((tmp_path / "ray").glob("*/emoe_trials/*/final.json")):
+        time.sleep(1)
+    assert list((tmp_path / "ray").glob("*/emoe_trials/*/final.json")), "no trial finished"
+    proc.send_signal(signal.SIGINT)
+    log, _ = proc.communicate(timeout=300)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    _, _, parents, children = _children(uri, "emoe-pretraining")
+    assert all(r.info.status != "RUNNING" for r in parents + children), log[-3000:]
+    done_before = {p.parent.name for p in (tmp_path / "ray").glob("*/emoe_trials/*/final.json")}
+    assert 1 <= len(done_before) < 4, log[-3000:]
+
+    out = subprocess.run(sweep_cmd("pretraining", "--resume", "--storage-path", str(tmp_path / "ray")),
+                         capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    _, _, parents, children = _children(uri, "emoe-pretraining")
+    (parent,) = parents
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 4 and len({c.data.tags[tracking.TRIAL_ID] for c in children}) == 4
+    assert all(c.info.status == "FINISHED" and c.data.tags[tracking.OUTCOME] == "completed" for c in children)
+    work = next((tmp_path / "ray").iterdir()) / "emoe_trials"
+    for trial in done_before:  # finished before the interruption: trained exactly once
+        assert len((work / trial / "starts.log").read_text().splitlines()) == 1
