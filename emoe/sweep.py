@@ -57,7 +57,7 @@ SWEEP_DEFAULTS = {"seeds": [0, 1, 2], "learning_rates": [2e-5, 3e-5, 5e-5], "lr_
 PRESETS: dict[str, dict[str, Any]] = {
     # A few minutes on a laptop CPU: the packaged MiniLM, a small SST-2 subset, 2 seeds, 1 learning rate.
     "demo": {"model": "minilm", "task": "sst2", "max_train_samples": 1000, "max_eval_samples": 200,
-             "max_length": 64, "batch_size": 16, "epochs": 1, "eval_steps": 16, "seeds": [0, 1],
+             "max_length": 64, "batch_size": 16, "epochs": 1, "eval_steps": 32, "seeds": [0, 1],
              "learning_rates": [1e-4], "cpus_per_trial": 2.0},
     # The paper's setting on GLUE with BERT-base: full data, its learning-rate grid, 3 seeds.
     "paper": {"model": "bert-base-uncased", "task": "sst2", "max_train_samples": None, "max_eval_samples": None,
@@ -259,12 +259,19 @@ def tune_trainable(config: dict[str, Any], arms: dict[str, dict[str, Any]], root
 
     with open(work / "starts.log", "a") as f:  # one line per time this trial starts training
         f.write(f"{time.time()} {os.getpid()}\n")
-    final = train_and_evaluate(trial_cfg, tune.report, on_model=save_partitions)
-    placement["end"] = time.time()
-    (work / "placement.json").write_text(json.dumps(placement))
-    tmp = final_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(final))
-    os.replace(tmp, final_path)
+
+    def report(metrics: dict[str, float]) -> None:
+        # NOTE: the final evaluation is saved *before* it is reported: a scheduler may stop the trial on that very
+        # report (ASHA stops every trial that reaches max_t), and the function never runs past it.
+        if metrics[tracking.EPOCH] >= trial_cfg["epochs"] - 1e-9:
+            placement["end"] = time.time()
+            (work / "placement.json").write_text(json.dumps(placement))
+            tmp = final_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(metrics))
+            os.replace(tmp, final_path)
+        tune.report(metrics)
+
+    train_and_evaluate(trial_cfg, report, on_model=save_partitions)
 
 
 def quiet_libraries() -> None:
@@ -425,7 +432,8 @@ class MlflowTrials(Callback):
     def _run(self, trial) -> tracking.TrialRun | None:
         if trial.trial_id not in self._runs:
             run = self._safe("run lookup", open_trial_run, self.client, self.experiment_id, self.parent_run_id,
-                             trial.trial_id, trial.config.get("arm"), trial.trial_id)
+                             trial.trial_id, trial.config.get("arm"),
+                             tracking.trial_run_name(trial.config.get("arm"), trial.config))
             if run is None:
                 return None
             self._runs[trial.trial_id] = run
@@ -456,14 +464,17 @@ class MlflowTrials(Callback):
         last = trial.last_result or {}
         finished = last.get(tracking.EPOCH, 0) >= trial.config.get("epochs", 1) - 1e-9
         self._partitions(trial, run)
-        self._safe("outcome", run.finish, "completed" if finished else "early_stopped")
+        outcome = "completed" if finished else "early_stopped"
+        self._safe("outcome", run.finish, outcome,
+                   name=tracking.trial_run_name(trial.config.get("arm"), trial.config, outcome, last))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run = self._run(trial)
         if run is None:
             return
         error = trial_error_text(trial)
-        self._safe("failure", run.finish, "failed", error)
+        self._safe("failure", run.finish, "failed", error,
+                   name=tracking.trial_run_name(trial.config.get("arm"), trial.config, "failed"))
 
 
 def trial_error_text(trial) -> str:
@@ -487,7 +498,7 @@ def open_trial_run(client, experiment_id: str, parent_run_id: str, trial_id: str
         max_results=1)
     if found:
         return tracking.TrialRun(client, experiment_id, name, run_id=found[0].info.run_id)
-    return tracking.TrialRun(client, experiment_id, f"{arm}-{name}", parent_run_id=parent_run_id,
+    return tracking.TrialRun(client, experiment_id, name, parent_run_id=parent_run_id,
                              tags={tracking.ARM: str(arm), tracking.TRIAL_ID: trial_id})
 
 

@@ -29,6 +29,20 @@ def load_entropy_metric(block: int) -> str:
     return f"load_entropy.block{block}"
 
 
+def trial_run_name(arm: str, config: dict[str, Any], outcome: str | None = None,
+                   metrics: dict[str, float] | None = None) -> str:
+    """What the MLflow UI shows in its default table: arm, seed, learning rate; at the end outcome and accuracy."""
+    name = f"{arm} s{config.get('seed')} lr{float(config.get('learning_rate', 0)):.0e}"
+    if outcome:
+        name += f" | {outcome}"
+    m = metrics or {}
+    if ID_ACC in m:
+        name += f" | id {m[ID_ACC]:.3f}"
+    if isinstance(m.get(OOD_ACC), float) and m[OOD_ACC] == m[OOD_ACC]:
+        name += f" ood {m[OOD_ACC]:.3f}"
+    return name
+
+
 def experiment_name(ablation: str) -> str:
     return f"emoe-{ablation}"
 
@@ -136,8 +150,10 @@ class TrialRun:
     def log_dict(self, obj: Any, name: str) -> None:
         self.client.log_text(self.run_id, redact(json.dumps(obj, indent=2, sort_keys=True, default=str)), name)
 
-    def finish(self, outcome: str, error: str | None = None) -> None:
+    def finish(self, outcome: str, error: str | None = None, name: str | None = None) -> None:
         assert outcome in OUTCOMES, outcome
+        if name:
+            self.client.update_run(self.run_id, name=name)
         self.client.set_tag(self.run_id, OUTCOME, outcome)
         if error:
             self.client.set_tag(self.run_id, ERROR, redact(error)[:5000])

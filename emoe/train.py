@@ -44,6 +44,12 @@ def _loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int):
                                        collate_fn=DataCollatorWithPadding(tokenizer))
 
 
+def by_length(ds):
+    """An evaluation set ordered by length, so that its batches carry little padding (accuracy ignores order)."""
+    lengths = np.fromiter((len(x) for x in ds["input_ids"]), dtype=np.int64, count=len(ds))
+    return ds.select(np.argsort(lengths, kind="stable"))
+
+
 @torch.no_grad()
 def evaluate(model, loaders: dict[str, Any], device, autocast) -> tuple[dict[str, float], dict[int, float]]:
     """Accuracy of every loader, and each converted layer's load entropy over the first loader (the ID set)."""
@@ -109,8 +115,8 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
 
     micro = cfg["batch_size"] // cfg["grad_accum_steps"]
     train_loader = _loader(tok(data.train), tokenizer, micro, True, cfg["seed"])
-    eval_loaders = {"id": _loader(tok(data.validation), tokenizer, 2 * micro, False, 0)}
-    eval_loaders.update({name: _loader(tok(ds), tokenizer, 2 * micro, False, 0) for name, ds in data.ood.items()})
+    eval_sets = {"id": data.validation, **data.ood}
+    eval_loaders = {name: _loader(by_length(tok(ds)), tokenizer, 2 * micro, False, 0) for name, ds in eval_sets.items()}
 
     steps_per_epoch = math.ceil(len(train_loader) / cfg["grad_accum_steps"])
     total_steps = steps_per_epoch * cfg["epochs"]

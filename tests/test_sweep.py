@@ -185,6 +185,9 @@ def test_tiny_sweep_with_asha_logs_every_trial(tiny_model_dir, tiny_data_dir, tm
         outcome = c.data.tags[tracking.OUTCOME]
         assert outcome in ("completed", "early_stopped")
         assert (c.data.metrics["epoch"] == 1.0) == (outcome == "completed")
+        arm = c.data.tags[tracking.ARM]  # the UI's default table shows the run name: arm, seed, lr, outcome, accuracy
+        assert c.data.tags["mlflow.runName"] == (f"{arm} s{c.data.params['seed']} lr1e-03 | {outcome} | "
+                                                 f"id {c.data.metrics['id_acc']:.3f} ood {c.data.metrics['ood_acc']:.3f}")
         assert c.data.params["clustering"] == c.data.tags[tracking.ARM] or c.data.tags[tracking.ARM] == "dense"
         assert {"id_acc", "ood_acc", "ood_acc.imdb", "train_loss", "step"} <= set(c.data.metrics)
         history = client.get_metric_history(c.info.run_id, "id_acc")
@@ -248,3 +251,14 @@ def test_interrupted_sweep_resumes_without_rerun_or_duplicates(tiny_model_dir, t
     work = next((tmp_path / "ray").iterdir()) / "emoe_trials"
     for trial in done_before:  # finished before the interruption: trained exactly once
         assert len((work / trial / "starts.log").read_text().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_final_metrics_saved_even_when_asha_stops_at_max_t(tiny_model_dir, tiny_data_dir, tmp_path):
+    """ASHA stops every trial on the report that reaches max_t; the completion marker must exist all the same."""
+    out = subprocess.run(sweep_cmd("pretraining", *tiny_args(tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0",
+                                                             "--learning-rates", "1e-3", "--cpus-per-trial", "0.5")),
+                         capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    finals = list((tmp_path / "ray").glob("*/emoe_trials/*/final.json"))
+    assert len(finals) == 4 and all(json.loads(f.read_text())["epoch"] == 1.0 for f in finals)

@@ -1,0 +1,124 @@
+"""Tables and figures of an ``Analysis``: console text, CSV, Markdown, LaTeX (booktabs), CD diagram, ID-vs-OOD."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.stats import Analysis, ood_sets
+from emoe import tracking
+
+
+def _pm(mean, std, digits=4) -> str:
+    return "n/a" if mean is None or (isinstance(mean, float) and math.isnan(mean)) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def display_table(a: Analysis) -> pd.DataFrame:
+    """The per-arm table as people read it: mean ± std strings, the rank, the selection and the counts."""
+    t = a.table
+    sets = [c[len(tracking.OOD_ACC) + 1:-len("_mean")] for c in t.columns
+            if c.startswith(tracking.OOD_ACC + ".") and c.endswith("_mean")]
+    out = pd.DataFrame({"task": t["task"], "arm": t["arm"]})
+    out["ID acc"] = [_pm(m, s) for m, s in zip(t.get("id_acc_mean", []), t.get("id_acc_std", []))]
+    for s in sets:
+        out[f"OOD {s}"] = [_pm(m, d) for m, d in zip(t[f"ood_acc.{s}_mean"], t[f"ood_acc.{s}_std"])]
+    if "ood_acc_mean" in t:
+        out["OOD mean"] = [_pm(m, s) for m, s in zip(t["ood_acc_mean"], t["ood_acc_std"])]
+    out[f"rank ({a.metric})"] = [f"{r:.2f}" if not math.isnan(r) else "n/a" for r in t.get("rank", [math.nan] * len(t))]
+    out["lr"] = [f"{x:g}" if isinstance(x, float) and not math.isnan(x) else "n/a"
+                 for x in t.get("learning_rate", [math.nan] * len(t))]
+    out["seeds"] = t.get("seeds", "")
+    out["failed"] = t["failed"]
+    out["early stopped"] = t["early_stopped"]
+    return out
+
+
+def tests_text(a: Analysis) -> list[str]:
+    t = a.tests
+    lines = [f"blocks: {t.get('blocks', 0)}, arms: {t.get('arms', 0)}"]
+    if "friedman" in t:
+        f, i = t["friedman"], t["iman_davenport"]
+        lines.append(f"Friedman chi2({f['df']}) = {f['chi2']:.4f}, p = {f['p']:.4g}")
+        lines.append(f"Iman-Davenport F({i['df1']}, {i['df2']}) = {i['F']:.4f}, p = {i['p']:.4g}")
+        lines.append(f"Nemenyi critical difference (alpha = {t['alpha']}): {t['nemenyi_cd']:.4f}")
+    if "wilcoxon" in t and len(t["wilcoxon"]):
+        lines.append(f"Wilcoxon signed-rank vs {a.baseline} (Holm-corrected):")
+        for _, r in t["wilcoxon"].iterrows():
+            sig = "significant" if r["significant"] else "not significant"
+            lines.append(f"  {r['arm']}: W = {r['W']:.4g}, p = {r['p']:.4g}, p_holm = {r['p_holm']:.4g} ({sig})")
+    return lines
+
+
+def console(a: Analysis) -> str:
+    parts = ["Method:"] + [f"  - {m}" for m in a.method]
+    parts += ["", display_table(a).to_string(index=False), ""] + tests_text(a)
+    if a.warnings:
+        parts += ["", "Warnings:"] + [f"  ! {w}" for w in a.warnings]
+    return "\n".join(parts)
+
+
+def write_files(a: Analysis, out: Path, title: str) -> list[Path]:
+    """CSV (numbers), Markdown and LaTeX (booktabs) tables, a CD diagram and an ID-vs-OOD chart."""
+    out.mkdir(parents=True, exist_ok=True)
+    shown = display_table(a)
+    paths = [out / "table.csv", out / "table.md", out / "table.tex", out / "tests.txt"]
+    a.table.to_csv(paths[0], index=False)
+    md = [f"# {title}", "", shown.to_markdown(index=False), "", "## Tests", ""] + [f"    {l}" for l in tests_text(a)]
+    md += ["", "## Method", ""] + [f"- {m}" for m in a.method]
+    if a.warnings:
+        md += ["", "## Warnings", ""] + [f"- {w}" for w in a.warnings]
+    paths[1].write_text("\n".join(md) + "\n")
+    paths[2].write_text(shown.style.hide(axis="index").to_latex(hrules=True, column_format="l" * shown.shape[1])
+                        .replace("±", r"$\pm$"))
+    paths[3].write_text("\n".join(tests_text(a) + [""] + a.method + [""] + a.warnings) + "\n")
+    paths += [p for p in (cd_diagram(a, out / "cd_diagram.png"), id_vs_ood(a, out / "id_vs_ood.png")) if p]
+    return paths
+
+
+def cd_diagram(a: Analysis, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import scikit_posthocs as sp
+
+    if "nemenyi_p" not in a.tests:
+        return None
+    ranks = a.ranks.mean().sort_values()
+    fig, ax = plt.subplots(figsize=(8, 2.8), dpi=150)
+    sp.critical_difference_diagram(ranks, a.tests["nemenyi_p"], ax=ax, cd=a.tests["nemenyi_cd"],
+                                   alpha=a.tests["alpha"])
+    ax.set_title(f"Mean rank on {a.metric} over {a.tests['blocks']} blocks (1 = best); bars join arms within "
+                 f"the Nemenyi critical difference", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def id_vs_ood(a: Analysis, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = a.table.dropna(subset=["id_acc_mean", "ood_acc_mean"]) if "ood_acc_mean" in a.table else a.table.iloc[0:0]
+    if t.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=150)
+    for _, r in t.iterrows():
+        base = r["arm"] == a.baseline
+        ax.errorbar(r["id_acc_mean"], r["ood_acc_mean"], xerr=r["id_acc_std"], yerr=r["ood_acc_std"],
+                    fmt="s" if base else "o", color="black" if base else None, capsize=3)
+        ax.annotate(f"{r['arm']}" + (f" ({r['task']})" if t["task"].nunique() > 1 else ""),
+                    (r["id_acc_mean"], r["ood_acc_mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("ID accuracy (mean ± std over seeds)")
+    ax.set_ylabel("OOD accuracy (mean over OOD sets, ± std over seeds)")
+    ax.set_title("ID vs OOD per arm (square: dense baseline)", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,71 @@
+"""MLflow -> one DataFrame of trial runs (one row per trial). Knows MLflow; nothing below it does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from emoe import tracking
+
+PARAM_COLUMNS = ("task", "seed", "learning_rate", "method", "init", "clustering", "gate", "num_experts", "top_k")
+
+
+def load_trials(tracking_uri: str, experiment: str, parent_run_id: str | None = None) -> tuple[pd.DataFrame, dict]:
+    """Every trial run of ``experiment`` (optionally of one sweep), and the tags of its latest sweep run.
+
+    ``mlflow.search_runs`` pages through the store itself, so experiments of thousands of runs are read whole.
+
+    Returns:
+        ``(trials, sweep)``: trials has columns ``run_id, parent_run_id, arm, outcome, status`` + ``PARAM_COLUMNS``
+        (seed, learning_rate as numbers) + every metric (``id_acc``, ``ood_acc``, ``ood_acc.<set>``, ...);
+        sweep holds ``run_id`` and the tags of the latest sweep (parent) run, or is empty.
+    """
+    import mlflow
+
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
+        raise ValueError(f"no MLflow store at {tracking_uri} (run a sweep first, or pass --tracking-uri)")
+    mlflow.set_tracking_uri(tracking_uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ValueError(f"no MLflow experiment {experiment!r} in {tracking_uri}")
+    runs = mlflow.search_runs([exp.experiment_id], max_results=1_000_000, output_format="pandas")
+    if runs.empty:
+        return pd.DataFrame(columns=["run_id", "arm", "outcome"]), {}
+    tag = lambda name: runs.get(f"tags.{name}", pd.Series([None] * len(runs), index=runs.index))  # noqa: E731
+    roles = tag(tracking.ROLE)
+    parents = runs[roles == "sweep"].sort_values("start_time")
+    sweep = {}
+    if parent_run_id is not None:
+        parents = parents[parents["run_id"] == parent_run_id]
+    if len(parents):
+        last = parents.iloc[-1]
+        sweep = {"run_id": last["run_id"], **{c[len("tags."):]: last[c] for c in parents.columns
+                                              if c.startswith("tags.") and isinstance(last[c], str)}}
+        if isinstance(last.get("params.arms"), str):
+            sweep["arms"] = last["params.arms"].split(",")
+    trials = runs[roles == "trial"].sort_values("start_time")
+    if parent_run_id is not None:
+        trials = trials[tag(tracking.PARENT)[trials.index] == parent_run_id]
+    out = pd.DataFrame({"run_id": trials["run_id"], "parent_run_id": tag(tracking.PARENT)[trials.index],
+                        "arm": tag(tracking.ARM)[trials.index], "outcome": tag(tracking.OUTCOME)[trials.index],
+                        "status": trials["status"]})
+    for p in PARAM_COLUMNS:
+        out[p] = trials.get(f"params.{p}")
+    for c in ("seed", "learning_rate", "num_experts", "top_k"):
+        out[c] = pd.to_numeric(out[c], errors="coerce")
+    for c in trials.columns:
+        if c.startswith("metrics."):
+            out[c[len("metrics."):]] = trials[c].astype(float)
+    # A trial that never ended (killed driver, no resume yet) has no outcome: it counts as failed.
+    out["outcome"] = out["outcome"].fillna("failed")
+    order = {arm: i for i, arm in enumerate(sweep.get("arms", []))}  # the sweep's declared arm order
+    out = out.sort_values("arm", key=lambda col: col.map(lambda a: order.get(a, len(order))), kind="stable")
+    return out.reset_index(drop=True), sweep
+
+
+def log_report(tracking_uri: str, run_id: str, paths: list, artifact_path: str = "analysis") -> None:
+    """Attach the report files to the sweep's parent run, so they show in the MLflow UI."""
+    client = tracking.client(tracking_uri)
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path)

@@ -1,0 +1,213 @@
+"""Statistics over a DataFrame of trials: model selection on ID, seed means, ranks per block, Friedman and friends.
+
+Pure functions of a DataFrame (no MLflow). The method, stated in every report:
+1. Trials: completed and early-stopped ones are used; failed ones are counted.
+2. Model selection uses ID only: for each arm and task, the learning rate with the best mean ``id_acc`` over seeds;
+   that learning rate's seeds are reported. OOD metrics never select anything.
+3. Seeds are averaged first, then ranked: within each block (by default each task's each OOD set; ID ranks over
+   tasks separately) arms are ranked, 1 = best, ties get the average rank; an arm's Friedman rank is its mean rank.
+4. Friedman chi-square with the Iman-Davenport F; the Nemenyi critical difference (q from scipy's studentized
+   range); Holm-corrected Wilcoxon signed-rank tests of each arm against the dense baseline over the same blocks.
+   With two arms only the Wilcoxon test.
+5. Incomplete data is never ranked silently: a block missing an arm (or holding NaN) is dropped with a warning, and
+   an arm missing seeds is averaged over the seeds it has, with a warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from emoe import tracking
+
+USED_OUTCOMES = ("completed", "early_stopped")
+BLOCKINGS = ("sets", "sets-seeds")
+
+
+@dataclasses.dataclass
+class Analysis:
+    table: pd.DataFrame  # one row per (task, arm): chosen lr, seeds, means and stds, ranks, failure counts
+    ranks: pd.DataFrame  # blocks x arms, 1 = best
+    id_ranks: pd.DataFrame  # tasks x arms on id_acc
+    tests: dict  # friedman / iman_davenport / nemenyi_cd / wilcoxon (DataFrame) / nemenyi_p (DataFrame)
+    warnings: list[str]
+    method: list[str]
+    metric: str
+    baseline: str | None
+
+
+def ood_sets(df: pd.DataFrame) -> list[str]:
+    prefix = tracking.OOD_ACC + "."
+    return sorted(c[len(prefix):] for c in df.columns if c.startswith(prefix))
+
+
+def find_baseline(df: pd.DataFrame, requested: str | None = None) -> str | None:
+    """The dense baseline arm: ``requested``, else the arm named ``dense``, else the pre-trained dense one."""
+    arms = list(dict.fromkeys(df["arm"]))
+    if requested:
+        if requested not in arms:
+            raise ValueError(f"baseline arm {requested!r} not found; arms: {', '.join(map(str, arms))}")
+        return requested
+    if "dense" in arms:
+        return "dense"
+    dense = df[(df.get("method") == "dense") & (df.get("init", "pretrained") == "pretrained")]["arm"].unique()
+    return dense[0] if len(dense) == 1 else None
+
+
+def select(df: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
+    """The trials of each (task, arm)'s chosen learning rate (best mean id_acc over seeds)."""
+    chosen = []
+    all_seeds = sorted(df["seed"].dropna().unique())
+    for (task, arm), group in df.groupby(["task", "arm"], sort=False):
+        scored = group.dropna(subset=[tracking.ID_ACC])
+        if len(scored) < len(group):
+            warnings.append(f"{task}/{arm}: {len(group) - len(scored)} trial(s) without id_acc ignored")
+        if scored.empty:
+            warnings.append(f"{task}/{arm}: no trial with id_acc; arm left out")
+            continue
+        means = scored.groupby("learning_rate")[tracking.ID_ACC].mean().sort_index()
+        best = means.idxmax()  # first (smallest) learning rate among equals
+        rows = scored[scored["learning_rate"] == best]
+        missing = sorted(set(all_seeds) - set(rows["seed"]))
+        if missing:
+            warnings.append(f"{task}/{arm}: seed(s) {[int(s) for s in missing]} missing at the chosen learning rate "
+                            f"{best:g}; averaged over seeds {[int(s) for s in sorted(rows['seed'])]}")
+        stopped = int((rows["outcome"] == "early_stopped").sum())
+        if stopped:
+            warnings.append(f"{task}/{arm}: {stopped} early-stopped trial(s) at the chosen learning rate {best:g} "
+                            "report partially trained metrics")
+        chosen.append(rows)
+    return pd.concat(chosen, ignore_index=True) if chosen else df.iloc[0:0]
+
+
+def block_matrix(chosen: pd.DataFrame, metric: str, blocks: str, warnings: list[str]) -> pd.DataFrame:
+    """Blocks x arms of seed-averaged (``sets``) or per-seed (``sets-seeds``) values; incomplete blocks dropped."""
+    if blocks not in BLOCKINGS:
+        raise ValueError(f"unknown blocks {blocks!r}; valid choices: {', '.join(BLOCKINGS)}")
+    # ood_acc: one block per OOD set (its per-set metrics); any other metric: one block per task.
+    columns = [f"{tracking.OOD_ACC}.{s}" for s in ood_sets(chosen)] if metric == tracking.OOD_ACC else []
+    columns = columns or [metric]
+    keys = ["task"] + (["seed"] if blocks == "sets-seeds" else [])
+    values = {}
+    for col in columns:
+        if col not in chosen:
+            continue
+        table = chosen.groupby(keys + ["arm"], sort=False)[col].mean().unstack("arm")
+        for idx, row in table.iterrows():
+            idx = idx if isinstance(idx, tuple) else (idx,)
+            name = col[len(tracking.OOD_ACC) + 1:] if col.startswith(tracking.OOD_ACC + ".") else col
+            values[(*idx[:1], name, *idx[1:])] = row
+    if not values:
+        return pd.DataFrame()
+    matrix = pd.DataFrame(values).T
+    matrix.index.names = ["task", "set"] + (["seed"] if blocks == "sets-seeds" else [])
+    arms = list(dict.fromkeys(chosen["arm"]))
+    matrix = matrix.reindex(columns=arms)
+    incomplete = matrix.isna().any(axis=1)
+    for idx in matrix.index[incomplete]:
+        lacking = [a for a in arms if pd.isna(matrix.loc[idx, a])]
+        warnings.append(f"block {'/'.join(map(str, idx))}: no {metric} for arm(s) {lacking}; block dropped")
+    return matrix[~incomplete]
+
+
+def rank_blocks(matrix: pd.DataFrame) -> pd.DataFrame:
+    """Within each block, 1 = best (highest value); ties share the average rank."""
+    return matrix.apply(lambda row: pd.Series(stats.rankdata(-row.to_numpy(float), method="average"),
+                                              index=row.index), axis=1)
+
+
+def friedman_tests(matrix: pd.DataFrame, baseline: str | None, alpha: float, warnings: list[str]) -> dict:
+    import scikit_posthocs as sp
+    from statsmodels.stats.multitest import multipletests
+
+    n, k = matrix.shape
+    out: dict = {"blocks": n, "arms": k, "alpha": alpha}
+    if k >= 3 and n >= 2:
+        chi2, p = stats.friedmanchisquare(*[matrix[c].to_numpy(float) for c in matrix.columns])
+        denom = n * (k - 1) - chi2
+        f = (n - 1) * chi2 / denom if denom > 0 else math.inf
+        out["friedman"] = {"chi2": float(chi2), "df": k - 1, "p": float(p)}
+        out["iman_davenport"] = {"F": float(f), "df1": k - 1, "df2": (k - 1) * (n - 1),
+                                 "p": float(stats.f.sf(f, k - 1, (k - 1) * (n - 1))) if math.isfinite(f) else 0.0}
+        q = stats.studentized_range.ppf(1 - alpha, k, np.inf) / math.sqrt(2)
+        out["nemenyi_cd"] = float(q * math.sqrt(k * (k + 1) / (6 * n)))
+        out["nemenyi_p"] = sp.posthoc_nemenyi_friedman(matrix.to_numpy(float))
+        out["nemenyi_p"].index = out["nemenyi_p"].columns = list(matrix.columns)
+    elif k >= 3:
+        warnings.append(f"Friedman test needs at least 2 complete blocks, got {n}: not computed")
+    if baseline is None or baseline not in matrix.columns:
+        warnings.append("no dense baseline arm: Wilcoxon tests against it not computed")
+        return out
+    rows = []
+    for arm in [c for c in matrix.columns if c != baseline]:
+        diff = matrix[arm].to_numpy(float) - matrix[baseline].to_numpy(float)
+        if n < 1 or np.allclose(diff, 0):
+            rows.append({"arm": arm, "vs": baseline, "n": n, "W": math.nan, "p": 1.0})
+            continue
+        res = stats.wilcoxon(matrix[arm].to_numpy(float), matrix[baseline].to_numpy(float))
+        rows.append({"arm": arm, "vs": baseline, "n": n, "W": float(res.statistic), "p": float(res.pvalue)})
+    wil = pd.DataFrame(rows, columns=["arm", "vs", "n", "W", "p"])
+    if len(wil):
+        wil["p_holm"] = multipletests(wil["p"].to_numpy(), method="holm")[1]
+        wil["significant"] = wil["p_holm"] < alpha
+        if n < 6:
+            warnings.append(f"Wilcoxon over {n} blocks: the smallest two-sided p it can give is {2 / 2 ** n:.3g}; "
+                            "use more blocks (tasks, OOD sets, or --blocks sets-seeds) for power")
+    out["wilcoxon"] = wil
+    return out
+
+
+def analyse(df: pd.DataFrame, metric: str = tracking.OOD_ACC, blocks: str = "sets", baseline: str | None = None,
+            alpha: float = 0.05) -> Analysis:
+    """The whole method (module docstring) on a trials DataFrame (``analysis.results.load_trials``)."""
+    warnings: list[str] = []
+    if df.empty:
+        raise ValueError("no trial runs to analyse")
+    df = df.copy()
+    df["task"] = df["task"].fillna("?") if "task" in df else "?"
+    counts = df.groupby(["task", "arm"], sort=False)["outcome"].value_counts().unstack(fill_value=0)
+    used = df[df["outcome"].isin(USED_OUTCOMES)]
+    failed = int((df["outcome"] == "failed").sum())
+    if failed:
+        warnings.append(f"{failed} failed trial(s) left out (counted per arm in the table)")
+    chosen = select(used, warnings)
+    base = find_baseline(df, baseline)
+    matrix = block_matrix(chosen, metric, blocks, warnings)
+    ranks = rank_blocks(matrix) if not matrix.empty else pd.DataFrame()
+    id_matrix = block_matrix(chosen, tracking.ID_ACC, "sets", warnings)
+    id_ranks = rank_blocks(id_matrix) if not id_matrix.empty else pd.DataFrame()
+    tests = friedman_tests(matrix, base, alpha, warnings) if not matrix.empty else {"blocks": 0}
+
+    rows = []
+    metric_cols = [tracking.ID_ACC] + [f"{tracking.OOD_ACC}.{s}" for s in ood_sets(chosen)] + [tracking.OOD_ACC]
+    for (task, arm), group in chosen.groupby(["task", "arm"], sort=False):
+        row = {"task": task, "arm": arm, "learning_rate": group["learning_rate"].iloc[0],
+               "seeds": ",".join(str(int(s)) for s in sorted(group["seed"]))}
+        for col in metric_cols:
+            if col in group:
+                row[f"{col}_mean"] = group[col].mean()
+                row[f"{col}_std"] = group[col].std(ddof=1) if group[col].count() > 1 else 0.0
+        row["rank"] = ranks[arm].mean() if arm in ranks else math.nan
+        row["id_rank"] = id_ranks[arm].mean() if arm in id_ranks else math.nan
+        c = counts.loc[(task, arm)] if (task, arm) in counts.index else {}
+        row["failed"] = int(c.get("failed", 0))
+        row["early_stopped"] = int(c.get("early_stopped", 0))
+        rows.append(row)
+    for (task, arm) in counts.index:  # arms with no usable trial still show their failures
+        if not any(r["task"] == task and r["arm"] == arm for r in rows):
+            rows.append({"task": task, "arm": arm, "failed": int(counts.loc[(task, arm)].get("failed", 0)),
+                         "early_stopped": int(counts.loc[(task, arm)].get("early_stopped", 0))})
+    table = pd.DataFrame(rows)
+    method = [
+        "trials: completed and early-stopped used, failed counted",
+        "selection: per arm and task, the learning rate with the best mean id_acc over seeds (ID only)",
+        f"ranking: seeds averaged first; blocks = {'each task x OOD set' if blocks == 'sets' else 'each task x OOD set x seed'}"
+        f" on {metric}; 1 = best, ties averaged; ID ranks over tasks separately",
+        f"tests: Friedman chi2 + Iman-Davenport F, Nemenyi CD (alpha={alpha}), Wilcoxon signed-rank vs "
+        f"{base or 'n/a'} with Holm correction",
+    ]
+    return Analysis(table, ranks, id_ranks, tests, warnings, method, metric, base)

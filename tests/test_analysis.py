@@ -1,0 +1,174 @@
+"""Analysis: a golden experiment with ties, a missing seed, a failed and an early-stopped trial.
+
+The expected table below was worked out by hand from the logged values; the expected statistics are recomputed
+independently here with scipy. To see what the code makes of the same store:
+    pytest tests/test_analysis.py -k golden_cli -s   (prints the report of the golden experiment)
+"""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis import friedman, results
+from analysis.report import display_table
+from analysis.stats import analyse
+from emoe import tracking
+
+SETS = ("imdb", "yelp", "amazon")
+# (arm, seed, lr, outcome, id_acc, {set: acc}); OOD values at the rejected learning rates are high on purpose: OOD
+# metrics must never select anything.
+TRIALS = [
+    ("constrained", 0, 1e-4, "completed", 0.80, {"imdb": 0.70, "yelp": 0.90, "amazon": 0.60}),
+    ("constrained", 1, 1e-4, "completed", 0.82, {"imdb": 0.72, "yelp": 0.88, "amazon": 0.62}),
+    ("constrained", 0, 2e-4, "completed", 0.70, {"imdb": 0.99, "yelp": 0.99, "amazon": 0.99}),
+    ("constrained", 1, 2e-4, "early_stopped", 0.71, {"imdb": 0.99, "yelp": 0.99, "amazon": 0.99}),
+    ("kmeans", 0, 1e-4, "completed", 0.75, {"imdb": 0.99, "yelp": 0.99, "amazon": 0.99}),
+    ("kmeans", 1, 1e-4, "completed", 0.76, {"imdb": 0.99, "yelp": 0.99, "amazon": 0.99}),
+    ("kmeans", 0, 2e-4, "completed", 0.81, {"imdb": 0.70, "yelp": 0.90, "amazon": 0.58}),  # seed 1 missing here
+    ("dense", 0, 1e-4, "completed", 0.79, {"imdb": 0.66, "yelp": 0.90, "amazon": 0.60}),
+    ("dense", 1, 1e-4, "completed", 0.79, {"imdb": 0.68, "yelp": 0.90, "amazon": 0.58}),
+    ("dense", 0, 2e-4, "failed", None, None),
+    ("dense", 1, 2e-4, "completed", 0.60, {"imdb": 0.99, "yelp": 0.99, "amazon": 0.99}),
+]
+
+EXPECTED_TABLE = [  # task, arm, ID, amazon, imdb, yelp, OOD mean, rank, lr, seeds, failed, early stopped
+    ["sst2", "constrained", "0.8100 ± 0.0141", "0.6100 ± 0.0141", "0.7100 ± 0.0141", "0.8900 ± 0.0141",
+     "0.7367 ± 0.0047", "1.67", "0.0001", "0,1", 0, 1],
+    ["sst2", "kmeans", "0.8100 ± 0.0000", "0.5800 ± 0.0000", "0.7000 ± 0.0000", "0.9000 ± 0.0000",
+     "0.7267 ± 0.0000", "2.17", "0.0002", "0", 0, 0],
+    ["sst2", "dense", "0.7900 ± 0.0000", "0.5900 ± 0.0141", "0.6700 ± 0.0141", "0.9000 ± 0.0000",
+     "0.7200 ± 0.0000", "2.17", "0.0001", "0,1", 1, 0],
+]
+# Seed-averaged blocks (amazon, imdb, yelp) per arm, by hand: yelp ties kmeans and dense.
+BLOCKS = {"constrained": [0.61, 0.71, 0.89], "kmeans": [0.58, 0.70, 0.90], "dense": [0.59, 0.67, 0.90]}
+
+
+def log_golden(uri: str, experiment: str = "emoe-golden") -> str:
+    client = tracking.client(uri)
+    exp = tracking.get_or_create_experiment(client, experiment)
+    parent = client.create_run(exp, tags={tracking.ROLE: "sweep", tracking.SWEEP: "clustering",
+                                          tracking.FACTOR: "clustering"})
+    client.log_param(parent.info.run_id, "arms", "constrained,kmeans,dense")
+    for i, (arm, seed, lr, outcome, id_acc, ood) in enumerate(TRIALS):
+        run = tracking.TrialRun(client, exp, f"{arm}-{i}", parent_run_id=parent.info.run_id,
+                                tags={tracking.ARM: arm, tracking.TRIAL_ID: f"t{i}"})
+        run.log_params({"task": "sst2", "seed": seed, "learning_rate": lr,
+                        "method": "dense" if arm == "dense" else "emoe", "clustering": arm})
+        if id_acc is not None:
+            metrics = {"id_acc": id_acc, "epoch": 0.5 if outcome == "early_stopped" else 1.0,
+                       "ood_acc": float(np.mean(list(ood.values())))}
+            metrics.update({f"ood_acc.{s}": v for s, v in ood.items()})
+            run.log_metrics(metrics, step=10)
+        run.finish(outcome, error="FloatingPointError: train_loss became nan" if outcome == "failed" else None)
+    client.set_terminated(parent.info.run_id)
+    return parent.info.run_id
+
+
+@pytest.fixture(scope="module")
+def golden(tmp_path_factory):
+    uri = f"sqlite:///{tmp_path_factory.mktemp('golden')}/mlflow.db"
+    parent = log_golden(uri)
+    trials, sweep = results.load_trials(uri, "emoe-golden")
+    return uri, parent, trials, sweep
+
+
+def test_golden_results_frame(golden):
+    _, parent, trials, sweep = golden
+    assert len(trials) == len(TRIALS) and sweep["run_id"] == parent and sweep["emoe.factor"] == "clustering"
+    assert list(dict.fromkeys(trials["arm"])) == ["constrained", "kmeans", "dense"]  # the sweep's arm order
+    assert (trials["outcome"] == "failed").sum() == 1 and trials["seed"].dtype.kind in "if"
+
+
+def test_golden_table_exact(golden):
+    a = analyse(golden[2])
+    assert display_table(a).values.tolist() == EXPECTED_TABLE
+
+
+def test_golden_statistics_match_scipy(golden):
+    a = analyse(golden[2])
+    matrix = np.array([BLOCKS[arm] for arm in ("constrained", "kmeans", "dense")]).T  # blocks x arms
+    np.testing.assert_allclose(a.ranks.to_numpy(), [[1, 3, 2], [1, 2, 3], [3, 1.5, 1.5]])
+    chi2, p = stats.friedmanchisquare(*matrix.T)
+    n, k = matrix.shape
+    f = (n - 1) * chi2 / (n * (k - 1) - chi2)
+    t = a.tests
+    assert t["friedman"]["chi2"] == pytest.approx(chi2) and t["friedman"]["p"] == pytest.approx(p)
+    assert t["iman_davenport"]["F"] == pytest.approx(f)
+    assert t["iman_davenport"]["p"] == pytest.approx(stats.f.sf(f, k - 1, (k - 1) * (n - 1)))
+    q = stats.studentized_range.ppf(0.95, k, np.inf) / math.sqrt(2)
+    assert t["nemenyi_cd"] == pytest.approx(q * math.sqrt(k * (k + 1) / (6 * n)))
+    raw = [stats.wilcoxon(matrix[:, j], matrix[:, 2]).pvalue for j in (0, 1)]
+    order = np.argsort(raw)  # Holm by hand: sorted p times (m - i), running maximum, capped at 1
+    holm = np.empty(2)
+    running = 0.0
+    for i, j in enumerate(order):
+        running = max(running, min(1.0, raw[j] * (2 - i)))
+        holm[j] = running
+    wil = t["wilcoxon"].set_index("arm")
+    np.testing.assert_allclose(wil.loc[["constrained", "kmeans"], "p"], raw)
+    np.testing.assert_allclose(wil.loc[["constrained", "kmeans"], "p_holm"], holm)
+    assert a.baseline == "dense"
+
+
+def test_golden_warnings_name_each_gap(golden):
+    w = "\n".join(analyse(golden[2]).warnings)
+    assert "sst2/kmeans: seed(s) [1] missing at the chosen learning rate 0.0002; averaged over seeds [0]" in w
+    assert "1 failed trial(s) left out" in w
+    assert "smallest two-sided p it can give is 0.25" in w
+
+
+def test_golden_cli_writes_and_logs_every_file(golden, tmp_path, capsys):
+    uri, parent, _, _ = golden
+    assert friedman.main(["--experiment", "emoe-golden", "--tracking-uri", uri, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Friedman chi2(2)" in out and "Nemenyi critical difference" in out and "Holm" in out
+    names = {"table.csv", "table.md", "table.tex", "tests.txt", "cd_diagram.png", "id_vs_ood.png"}
+    assert names <= {p.name for p in tmp_path.iterdir()}
+    assert "\\toprule" in (tmp_path / "table.tex").read_text() and "$\\pm$" in (tmp_path / "table.tex").read_text()
+    csv = pd.read_csv(tmp_path / "table.csv")
+    assert csv.loc[csv["arm"] == "constrained", "id_acc_mean"].item() == pytest.approx(0.81)
+    logged = {a.path for a in tracking.client(uri).list_artifacts(parent, "analysis")}
+    assert {f"analysis/{n}" for n in names} <= logged
+
+
+def _frame(rows):
+    df = pd.DataFrame(rows, columns=["arm", "seed", "learning_rate", "id_acc", "ood_acc.a", "ood_acc.b"])
+    df["task"], df["outcome"] = "t", "completed"
+    df["ood_acc"] = df[["ood_acc.a", "ood_acc.b"]].mean(axis=1)
+    return df
+
+
+def test_nan_metric_drops_block_with_warning():
+    df = _frame([("x", 0, 1e-4, 0.8, 0.7, float("nan")), ("dense", 0, 1e-4, 0.7, 0.6, 0.5),
+                 ("y", 0, 1e-4, 0.75, 0.65, 0.55)])
+    a = analyse(df)
+    assert list(a.ranks.index) == [("t", "a")]
+    assert any("block t/b: no ood_acc for arm(s) ['x']; block dropped" in w for w in a.warnings)
+    assert any("Friedman test needs at least 2 complete blocks, got 1" in w for w in a.warnings)
+
+
+def test_two_arms_get_the_wilcoxon_test_only():
+    df = _frame([("x", s, 1e-4, 0.8, 0.7 + s / 100, 0.6) for s in range(3)] +
+                [("dense", s, 1e-4, 0.7, 0.6, 0.5 + s / 100) for s in range(3)])
+    a = analyse(df, blocks="sets-seeds")
+    assert "friedman" not in a.tests and len(a.tests["wilcoxon"]) == 1 and a.tests["blocks"] == 6
+    assert a.tests["wilcoxon"]["p"].item() == pytest.approx(stats.wilcoxon([0.7, 0.6, 0.71, 0.6, 0.72, 0.6],
+                                                                           [0.6, 0.5, 0.6, 0.51, 0.6, 0.52]).pvalue)
+
+
+def test_bad_requests():
+    with pytest.raises(ValueError, match="no trial runs"):
+        analyse(pd.DataFrame(columns=["arm", "outcome"]))
+    with pytest.raises(ValueError, match="baseline arm 'bert' not found; arms: x, dense"):
+        analyse(_frame([("x", 0, 1e-4, 0.8, 0.7, 0.6), ("dense", 0, 1e-4, 0.7, 0.6, 0.5)]), baseline="bert")
+
+
+def test_unknown_experiment_or_store_is_one_line(golden, tmp_path, capsys):
+    assert friedman.main(["--experiment", "nope", "--tracking-uri", golden[0]]) == 2
+    assert capsys.readouterr().err.strip() == f"error: no MLflow experiment 'nope' in {golden[0]}"
+    assert friedman.main(["--experiment", "emoe-golden", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert "error: no MLflow store at sqlite:///" in capsys.readouterr().err
+    assert not (tmp_path / "m.db").exists()
