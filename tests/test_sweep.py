@@ -262,3 +262,20 @@ def test_final_metrics_saved_even_when_asha_stops_at_max_t(tiny_model_dir, tiny_
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     finals = list((tmp_path / "ray").glob("*/emoe_trials/*/final.json"))
     assert len(finals) == 4 and all(json.loads(f.read_text())["epoch"] == 1.0 for f in finals)
+
+
+@pytest.mark.slow
+def test_optuna_gives_every_arm_the_same_budget(tiny_model_dir, tiny_data_dir, tmp_path):
+    out = subprocess.run(sweep_cmd("pretraining", *tiny_args(tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0,1",
+                                                             "--search", "optuna", "--num-samples", "2",
+                                                             "--cpus-per-trial", "0.5", "--eval-steps", "none")),
+                         capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    _, _, _, children = _children(f"sqlite:///{tmp_path}/mlflow.db", "emoe-pretraining")
+    by_arm = {}
+    for c in children:
+        by_arm.setdefault(c.data.tags[tracking.ARM], []).append(c)
+    assert sorted(by_arm) == ["pretrained-dense", "pretrained-emoe", "random-dense", "random-emoe"]
+    for runs in by_arm.values():  # an equal budget: 2 samples per arm, seeds in turn, rates from the range
+        assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
+        assert all(1e-5 <= float(r.data.params["learning_rate"]) <= 1e-4 for r in runs)
