@@ -175,7 +175,7 @@ def make_plan(ablation: Ablation, argv: list[str] | None) -> SweepPlan:
         raise ValueError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
     if args.gpus_per_trial and args.gpus_per_trial > 1 and args.gpus_per_trial != int(args.gpus_per_trial):
         raise ValueError(f"--gpus-per-trial={args.gpus_per_trial}: above 1 it must be a whole number")
-    base = hparams.trial_config(overrides)
+    base = absolute_paths(hparams.trial_config(overrides))
     base = {k: v for k, v in base.items() if k not in ("seed", "learning_rate")}
     plan = SweepPlan(ablation, args, base, seeds, lrs, lr_range,
                      args.experiment or tracking.experiment_name(ablation.name))
@@ -185,6 +185,18 @@ def make_plan(ablation: Ablation, argv: list[str] | None) -> SweepPlan:
         except ValueError as e:
             raise ValueError(f"arm {arm!r}: {e}") from None
     return plan
+
+
+def absolute_paths(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Local paths made absolute: trials run in their own working directories (and on other nodes)."""
+    cfg = dict(cfg)
+    if cfg.get("data_dir"):
+        cfg["data_dir"] = str(Path(cfg["data_dir"]).expanduser().resolve())
+    if cfg.get("model") and Path(cfg["model"]).expanduser().exists():
+        cfg["model"] = str(Path(cfg["model"]).expanduser().resolve())
+    if cfg.get("ood"):
+        cfg["ood"] = {k: str(Path(v).expanduser().resolve()) for k, v in cfg["ood"].items()}
+    return cfg
 
 
 def check_model_and_data(plan: SweepPlan) -> None:
@@ -411,9 +423,10 @@ class MlflowTrials(Callback):
         self.arms, self.root = arms, root
         self._runs: dict[str, tracking.TrialRun] = {}
         self._client = None
+        self._down_until = 0.0
 
     def __getstate__(self):
-        return {**self.__dict__, "_client": None, "_runs": {}}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_down_until": 0.0}
 
     @property
     def client(self):
@@ -422,11 +435,17 @@ class MlflowTrials(Callback):
         return self._client
 
     def _safe(self, what, fn, *a, **k):
+        # NOTE: a circuit breaker: with the server down every call would block Tune's event loop through the
+        # client's retries, so after a failure MLflow is left alone for a minute (python -m emoe.sync backfills).
+        if time.time() < self._down_until:
+            return None
         try:
             return fn(*a, **k)
         except Exception as e:  # never let tracking break training
-            log.warning("MLflow %s failed (%s); Ray keeps the results, backfill later with python -m emoe.sync",
-                        what, e)
+            self._down_until = time.time() + 60
+            log.warning("MLflow %s failed (%s); skipping MLflow for 60 s. Ray keeps every result: backfill with "
+                        "python -m emoe.sync --storage-path %s --tracking-uri %s", what, str(e)[:200],
+                        Path(self.root).parent, self.uri)
             return None
 
     def _run(self, trial) -> tracking.TrialRun | None:
@@ -628,7 +647,8 @@ def _run(plan: SweepPlan, resume_dir: Path | None, argv: list[str], n_trials: in
             "emoe.ray_dir": str(exp_dir)})
         parent_id = parent.info.run_id
         (exp_dir / SIDECAR).write_text(json.dumps({"argv": argv, "parent_run_id": parent_id,
-                                                   "experiment_id": experiment_id}, indent=2))
+                                                   "experiment_id": experiment_id, "experiment": plan.experiment,
+                                                   "arms": plan.ablation.arms}, indent=2))
         tracking.TrialRun(client, experiment_id, "", run_id=parent_id).log_params(
             {"arms": ",".join(plan.ablation.arms), "seeds": plan.seeds, "learning_rates": plan.learning_rates,
              "search": a.search, "scheduler": a.scheduler, "early_stop_scope": a.early_stop_scope,

@@ -199,7 +199,8 @@ def test_tiny_sweep_with_asha_logs_every_trial(tiny_model_dir, tiny_data_dir, tm
 
 @pytest.mark.slow
 def test_logical_gpus_fractional_placement(tiny_model_dir, tiny_data_dir, tmp_path):
-    out = subprocess.run(sweep_cmd("pretraining", *tiny_args(tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0,1",
+    relative = os.path.relpath(tiny_data_dir, tmp_path)  # as a user types it; trials run in other directories
+    out = subprocess.run(sweep_cmd("pretraining", *tiny_args(tiny_model_dir, relative, tmp_path, "--seeds", "0,1",
                                                              "--learning-rates", "1e-3", "--num-gpus", "4",
                                                              "--gpus-per-trial", "0.5", "--cpus-per-trial", "0.25",
                                                              "--scheduler", "none", "--eval-steps", "none")),
