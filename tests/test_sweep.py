@@ -224,20 +224,29 @@ def test_logical_gpus_fractional_placement(tiny_model_dir, tiny_data_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_interrupted_sweep_resumes_without_rerun_or_duplicates(tiny_model_dir, tiny_data_dir, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_interrupted_sweep_resumes_without_rerun_or_duplicates(sig, tiny_model_dir, tiny_data_dir, tmp_path):
+    """Ctrl-C, or the driver killed outright (with its local Ray: the machine died), then --resume."""
     args = tiny_args(tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0", "--learning-rates", "1e-3",
                      "--max-concurrent", "1", "--scheduler", "none")
     proc = subprocess.Popen(sweep_cmd("pretraining", *args), cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and not list((tmp_path / "ray").glob("*/emoe_trials/*/final.json")):
         time.sleep(1)
     assert list((tmp_path / "ray").glob("*/emoe_trials/*/final.json")), "no trial finished"
-    proc.send_signal(signal.SIGINT)
-    log, _ = proc.communicate(timeout=300)
+    time.sleep(3)  # let Tune save its experiment state once after that trial (it does so every few seconds)
+    if sig == signal.SIGINT:
+        proc.send_signal(sig)
+        log, _ = proc.communicate(timeout=300)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        log, _ = proc.communicate(timeout=60)
+        time.sleep(2)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     _, _, parents, children = _children(uri, "emoe-pretraining")
-    assert all(r.info.status != "RUNNING" for r in parents + children), log[-3000:]
+    if sig == signal.SIGINT:  # a clean stop leaves nothing RUNNING; after SIGKILL the resume must clean up
+        assert all(r.info.status != "RUNNING" for r in parents + children), log[-3000:]
     done_before = {p.parent.name for p in (tmp_path / "ray").glob("*/emoe_trials/*/final.json")}
     assert 1 <= len(done_before) < 4, log[-3000:]
 
@@ -248,6 +257,7 @@ def test_interrupted_sweep_resumes_without_rerun_or_duplicates(tiny_model_dir, t
     (parent,) = parents
     assert parent.info.status == "FINISHED"
     assert len(children) == 4 and len({c.data.tags[tracking.TRIAL_ID] for c in children}) == 4
+    assert all(r.info.status != "RUNNING" for r in parents + children)
     assert all(c.info.status == "FINISHED" and c.data.tags[tracking.OUTCOME] == "completed" for c in children)
     work = next((tmp_path / "ray").iterdir()) / "emoe_trials"
     for trial in done_before:  # finished before the interruption: trained exactly once
