@@ -101,13 +101,21 @@ def read_file(path: str | Path):
         if not f.read(4096).strip() and path.stat().st_size <= 4096:
             raise ValueError(f"{path}: empty file")
     builder, kwargs = _FORMATS[path.suffix.lower()]
+    quiet = logging.getLogger("datasets")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # it logs its own traceback for a bad file; ours is the one line that counts
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as e:  # datasets raises many types for unparseable files
         if "corresponds to no data" in str(e):
             raise ValueError(f"{path}: empty split (no rows)") from e
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: unreadable {builder} file ({first})") from e
+        root = e
+        while root.__cause__ is not None or root.__context__ is not None:
+            root = root.__cause__ or root.__context__
+        text = str(root).strip() or type(root).__name__
+        raise ValueError(f"{path}: unreadable {builder} file ({text.splitlines()[0][:200]})") from e
+    finally:
+        quiet.setLevel(level)
 
 
 def _load_source(source: Source, data_dir: str | Path | None):

@@ -65,29 +65,51 @@ def _sweeps_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(SWEEPS))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--gate", "foo"], "unknown gate 'foo'; valid choices: avg_keys"),
-    (["--clustering", "kmeans"], "--clustering is swept by this ablation"),
-    (["--num-experts", "4", "--top-k", "8"], "top_k=8 must be between 1 and num_experts=4"),
-    (["--num-experts", "7", "--top-k", "2"], "arm 'constrained': num_experts=7 does not divide d_ff=64"),
-    (["--layers", "0,9"], "block index 9 out of range for a model with 2 blocks"),
-    (["--tracking-uri", "http://127.0.0.1:9"], "tracking URI 'http://127.0.0.1:9' is unreachable"),
-    (["--tracking-uri", "./mlruns"], "MLflow 3 deprecates the file store"),
-    (["--data-dir", "/nonexistent"], "data file not found: /nonexistent/sst2/train.jsonl"),
-    (["--model", "/nonexistent/model"], "model '/nonexistent/model' cannot be loaded"),
-    (["--task", "cola"], "unknown task 'cola'"),
-    (["--seeds", "0,0"], "--seeds must be distinct"),
-    (["--seeds", "a"], "expected comma-separated integers"),
-    (["--learning-rates", "-1"], "--learning-rates must be positive"),
-    (["--search", "random"], "argument --search: invalid choice"),
-    (["--gpus-per-trial", "1.5"], "above 1 it must be a whole number"),
-    (["--resume"], "nothing to resume"),
+@pytest.mark.parametrize("args, message, broken", [
+    (["--gate", "foo"], "unknown gate 'foo'; valid choices: avg_keys", None),
+    (["--clustering", "kmeans"], "--clustering is swept by this ablation", None),
+    (["--num-experts", "4", "--top-k", "8"], "top_k=8 must be between 1 and num_experts=4", None),
+    (["--num-experts", "7", "--top-k", "2"], "arm 'constrained': num_experts=7 does not divide d_ff=64", None),
+    (["--layers", "0,9"], "block index 9 out of range for a model with 2 blocks", None),
+    (["--tracking-uri", "http://127.0.0.1:9"], "tracking URI 'http://127.0.0.1:9' is unreachable", None),
+    (["--tracking-uri", "./mlruns"], "MLflow 3 deprecates the file store", None),
+    (["--data-dir", "/nonexistent"], "data file not found: /nonexistent/sst2/train.jsonl", None),
+    (["--model", "/nonexistent/model"], "model '/nonexistent/model' cannot be loaded", None),
+    (["--task", "cola"], "unknown task 'cola'", None),
+    (["--seeds", "0,0"], "--seeds must be distinct", None),
+    (["--seeds", "a"], "expected comma-separated integers", None),
+    (["--learning-rates", "-1"], "--learning-rates must be positive", None),
+    (["--search", "random"], "argument --search: invalid choice", None),
+    (["--gpus-per-trial", "1.5"], "above 1 it must be a whole number", None),
+    (["--resume"], "nothing to resume", None),
+    (["--epochs", "0"], "epochs=0 must be >= 1", None),
+    (["--max-length", "x"], "invalid literal for int()", None),
+    (["--max-concurrent", "x"], "argument --max-concurrent: invalid int value", None),
+    (["--cpus-per-trial", "0"], "--cpus-per-trial must be > 0", None),
+    (["--lr-range", "1e-3,1e-5", "--search", "optuna"], "--lr-range must be LOW,HIGH with 0 < LOW < HIGH", None),
+    (["--model", "not-an-org/not-a-model-xyz"], "model 'not-an-org/not-a-model-xyz' cannot be loaded", None),
+    (["--tracking-uri", "ftp://host/x"], "unsupported scheme 'ftp'", None),
+    (["--precision", "fp8"], "unknown precision 'fp8'; valid choices: auto, fp32, bf16, fp16", None),
+    # malformed data files: (file under the data dir, new content)
+    ([], "sst2/train.jsonl: unreadable json file", ("sst2/train.jsonl", '{"sentence": "ok", "label": 1}\n{broken\n')),
+    ([], "sst2/validation.jsonl: label(s) [7] outside task sst2's labels 0..1",
+     ("sst2/validation.jsonl", '{"sentence": "ok", "label": 7}\n')),
+    ([], "imdb/test.jsonl: missing field(s) ['sentence']", ("imdb/test.jsonl", '{"text": "ok", "label": 1}\n')),
+    ([], "yelp/test.jsonl: empty file", ("yelp/test.jsonl", "")),
+    ([], "amazon/test.jsonl: field 'sentence' holds int64, not text", ("amazon/test.jsonl", '{"sentence": 3, "label": 1}\n')),
 ])
-def test_bad_input_one_line_before_ray(args, message, tiny_model_dir, tiny_data_dir, tmp_path, capsys, monkeypatch):
+def test_bad_input_one_line_before_ray(args, message, broken, tiny_model_dir, tiny_data_dir, tmp_path, capsys,
+                                       monkeypatch):
     from clustering import ABLATION
 
     monkeypatch.chdir(tmp_path)
-    base = ["--model", tiny_model_dir, "--data-dir", str(tiny_data_dir), "--seeds", "0", "--learning-rates", "1e-3",
+    data = tiny_data_dir
+    if broken is not None:
+        import shutil
+
+        data = shutil.copytree(tiny_data_dir, tmp_path / "data")
+        (data / broken[0]).write_text(broken[1])
+    base = ["--model", tiny_model_dir, "--data-dir", str(data), "--seeds", "0", "--learning-rates", "1e-3",
             "--storage-path", str(tmp_path / "ray"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
     assert exit_code(lambda: run_sweep(ABLATION, base + args)) == 2
     err = capsys.readouterr().err.strip()
