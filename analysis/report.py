@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.stats import Analysis, ood_sets
+from analysis.stats import Analysis
 from emoe import tracking
 
 

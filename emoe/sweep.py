@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
 import shlex
 import subprocess

@@ -1,6 +1,5 @@
 """Faults on real engines: a failing trial, the MLflow server down mid-sweep (then backfilled), secrets kept out."""
 
-import json
 import os
 import signal
 import socket
@@ -10,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_sweep import _children, env, sweep_cmd, tiny_args
+from test_sweep import _children, env, run_tiny, sweep_cmd, tiny_args
 
 from analysis.results import load_trials
 from analysis.stats import analyse
@@ -52,11 +51,8 @@ def fault_env():
 
 
 def test_nan_trial_is_failed_with_its_error_and_the_rest_finish(tiny_model_dir, tiny_data_dir, tmp_path):
-    out = subprocess.run(sweep_cmd("pretraining", *tiny_args(tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0",
-                                                             "--learning-rates", "1e-3,1e30", "--scheduler", "none",
-                                                             "--cpus-per-trial", "0.5", "--max-grad-norm", "1e30")),
-                         capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    out = run_tiny("pretraining", tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0", "--learning-rates",
+                   "1e-3,1e30", "--scheduler", "none", "--cpus-per-trial", "0.5", "--max-grad-norm", "1e30")
     assert "4 trial(s) failed" in out.stdout
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     _, _, parents, children = _children(uri, "emoe-pretraining")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from emoe import tracking
-from emoe.sweep import Ablation, PerArmScheduler, run_sweep
+from emoe.sweep import PerArmScheduler, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "sweeps"
@@ -27,6 +27,14 @@ def tiny_args(model_dir, data_dir, tmp_path, *extra):
             "--max-eval-samples", "16", "--max-length", "32", "--batch-size", "16", "--num-experts", "4",
             "--top-k", "2", "--eval-steps", "1", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
             "--storage-path", str(tmp_path / "ray"), *extra]
+
+
+def run_tiny(script, model_dir, data_dir, tmp_path, *extra, environ=None):
+    """Run ``sweeps/<script>.py`` on the tiny model and data in ``tmp_path``; it must succeed."""
+    out = subprocess.run(sweep_cmd(script, *tiny_args(model_dir, data_dir, tmp_path, *extra)), capture_output=True,
+                         text=True, cwd=tmp_path, env=environ or env(), timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
 
 
 def env():
@@ -128,10 +136,6 @@ def exit_code(fn) -> int:
         return e.code
 
 
-def _trial(tid, arm):
-    return types.SimpleNamespace(trial_id=tid, config={"arm": arm})
-
-
 def _trial(tid, arm, seed=0):
     return types.SimpleNamespace(trial_id=tid, config={"arm": arm, "seed": seed})
 
@@ -184,11 +188,8 @@ def _children(uri, experiment):
 
 @pytest.mark.slow
 def test_tiny_sweep_with_asha_logs_every_trial(tiny_model_dir, tiny_data_dir, tmp_path):
-    out = subprocess.run(sweep_cmd("clustering", *tiny_args(tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0,1",
-                                                            "--learning-rates", "1e-3", "--cpus-per-trial", "0.5",
-                                                            "--early-stop-scope", "global")),
-                         capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    out = run_tiny("clustering", tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0,1", "--learning-rates",
+                   "1e-3", "--cpus-per-trial", "0.5", "--early-stop-scope", "global")
     assert "per arm, completed trials (learning rate chosen on mean id_acc over seeds)" in out.stdout
     assert "mlflow ui --backend-store-uri" in out.stdout
     client, exp, parents, children = _children(f"sqlite:///{tmp_path}/mlflow.db", "emoe-clustering")
@@ -222,12 +223,9 @@ def test_tiny_sweep_with_asha_logs_every_trial(tiny_model_dir, tiny_data_dir, tm
 @pytest.mark.slow
 def test_logical_gpus_fractional_placement(tiny_model_dir, tiny_data_dir, tmp_path):
     relative = os.path.relpath(tiny_data_dir, tmp_path)  # as a user types it; trials run in other directories
-    out = subprocess.run(sweep_cmd("pretraining", *tiny_args(tiny_model_dir, relative, tmp_path, "--seeds", "0,1",
-                                                             "--learning-rates", "1e-3", "--num-gpus", "4",
-                                                             "--gpus-per-trial", "0.5", "--cpus-per-trial", "0.25",
-                                                             "--scheduler", "none", "--eval-steps", "none")),
-                         capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run_tiny("pretraining", tiny_model_dir, relative, tmp_path, "--seeds", "0,1", "--learning-rates", "1e-3",
+             "--num-gpus", "4", "--gpus-per-trial", "0.5", "--cpus-per-trial", "0.25", "--scheduler", "none",
+             "--eval-steps", "none")
     (exp_dir,) = (tmp_path / "ray").iterdir()
     placements = [json.loads(p.read_text()) for p in exp_dir.glob("emoe_trials/*/placement.json")]
     assert len(placements) == 8
@@ -289,21 +287,16 @@ def test_interrupted_sweep_resumes_without_rerun_or_duplicates(sig, tiny_model_d
 @pytest.mark.slow
 def test_final_metrics_saved_even_when_asha_stops_at_max_t(tiny_model_dir, tiny_data_dir, tmp_path):
     """ASHA stops every trial on the report that reaches max_t; the completion marker must exist all the same."""
-    out = subprocess.run(sweep_cmd("pretraining", *tiny_args(tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0",
-                                                             "--learning-rates", "1e-3", "--cpus-per-trial", "0.5")),
-                         capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run_tiny("pretraining", tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0", "--learning-rates", "1e-3",
+             "--cpus-per-trial", "0.5")
     finals = list((tmp_path / "ray").glob("*/emoe_trials/*/final.json"))
     assert len(finals) == 4 and all(json.loads(f.read_text())["epoch"] == 1.0 for f in finals)
 
 
 @pytest.mark.slow
 def test_optuna_gives_every_arm_the_same_budget(tiny_model_dir, tiny_data_dir, tmp_path):
-    out = subprocess.run(sweep_cmd("pretraining", *tiny_args(tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0,1",
-                                                             "--search", "optuna", "--num-samples", "2",
-                                                             "--cpus-per-trial", "0.5", "--eval-steps", "none")),
-                         capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run_tiny("pretraining", tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0,1", "--search", "optuna",
+             "--num-samples", "2", "--cpus-per-trial", "0.5", "--eval-steps", "none")
     _, _, _, children = _children(f"sqlite:///{tmp_path}/mlflow.db", "emoe-pretraining")
     by_arm = {}
     for c in children:
