@@ -15,6 +15,13 @@ from emoe.architectures import key_matrix, value_matrix
 from emoe.gating import GATES
 
 
+def load_entropy(load: torch.Tensor) -> float:
+    """Entropy (nats) of expert loads (any non-negative weights, normalised here): log(N) when balanced."""
+    p = load / load.sum()
+    p = p[p > 0]
+    return float(-(p * p.log()).sum())
+
+
 class EmoeFFN(nn.Module):
     """Wraps one FFN's value projection (``self.values``) and routes tokens over ``num_experts`` experts.
 
@@ -86,10 +93,7 @@ class EmoeFFN(nn.Module):
 
     def load_entropy(self) -> float:
         """Entropy (nats) of the last forward's expert loads: log(N) when perfectly balanced."""
-        if self.last_load is None:
-            return float("nan")
-        p = self.last_load[self.last_load > 0]
-        return float(-(p * p.log()).sum())
+        return float("nan") if self.last_load is None else load_entropy(self.last_load)
 
     def remove(self) -> nn.Module:
         """Detach the routing hook and give back the wrapped value projection."""

@@ -21,6 +21,7 @@ import torch
 from emoe import hparams, tracking
 from emoe.convert import aux_loss, convert, emoe_layers, load_model
 from emoe.data import TaskData, load_task, tokenize
+from emoe.layer import load_entropy
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,7 @@ def evaluate(model, loaders: dict[str, Any], device, autocast) -> tuple[dict[str
                     loads[f.block] += f.last_load.cpu() * batch["input_ids"].numel()
         accs[name] = correct / total
         if i == 0:
-            for block, load in loads.items():
-                p = load / load.sum()
-                p = p[p > 0]
-                entropies[block] = float(-(p * p.log()).sum())
+            entropies = {block: load_entropy(load) for block, load in loads.items()}
     model.train()
     return accs, entropies
 
