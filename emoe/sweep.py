@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -268,8 +269,8 @@ def tune_trainable(config: dict[str, Any], arms: dict[str, dict[str, Any]], root
         if layers:
             np.savez(work / "partitions.npz", **{f"block{f.block}": f.labels.cpu().numpy() for f in layers})
 
-    with open(work / "starts.log", "a") as f:  # one line per time this trial starts training
-        f.write(f"{time.time()} {os.getpid()}\n")
+    with open(work / "starts.log", "a") as f:  # one line per time this trial starts training: time, pid, node
+        f.write(f"{time.time()} {os.getpid()} {placement['node']}\n")
 
     def report(metrics: dict[str, float]) -> None:
         # NOTE: the final evaluation is saved *before* it is reported: a scheduler may stop the trial on that very
@@ -486,6 +487,14 @@ class MlflowTrials(Callback):
         self._safe("outcome", run.finish, outcome,
                    name=tracking.trial_run_name(trial.config.get("arm"), trial.config, outcome, last))
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # A retry (--max-failures) continues the same run; its metrics restart from step 1 (see the README).
+        run = self._run(trial)
+        if run is not None:
+            error = trial_error_text(trial).split("\n\n")[0]
+            self._safe("restart", run.set_tags, {tracking.RESTARTS: trial.num_failures,
+                                                 f"{tracking.RESTARTS}.last_error": error})
+
     def on_trial_error(self, iteration, trials, trial, **info):
         run = self._run(trial)
         if run is None:
@@ -610,7 +619,38 @@ def run_sweep(ablation: Ablation, argv: list[str] | None = None) -> int:
     if plan.args.dry_run:
         print(dry_run_table(plan, n_trials))
         return 0
+    try:
+        connect_ray(plan.args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return _run(plan, resume_dir, argv, n_trials)
+
+
+def connect_ray(a: argparse.Namespace) -> None:
+    """Join the cluster at ``--address``, else start a local Ray; ``ValueError`` (one line) if it cannot be
+    reached. Runs before anything is written to MLflow."""
+    import ray
+
+    if not a.address:
+        # NOTE: "local" always starts a fresh Ray: plain ray.init() would join (or, if its head died, hang on) the
+        # cluster recorded in /tmp/ray/ray_current_cluster by an earlier `ray start`.
+        ray.init(address="local", num_gpus=a.num_gpus, ignore_reinit_error=True, include_dashboard=False)
+        return
+    host, _, port = a.address.removeprefix("ray://").rpartition(":")
+    if a.address != "auto":
+        if not host or not port.isdigit():
+            raise ValueError(f"--address {a.address!r}: expected HOST:PORT (the head's GCS port, e.g. 10.0.0.1:6379),"
+                             " ray://HOST:PORT or auto")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError as e:
+            raise ValueError(f"--address {a.address!r}: no Ray head reachable there ({e.strerror or e}); start one "
+                             "with ray start --head, or omit --address for a local Ray") from None
+    try:
+        ray.init(address=a.address, ignore_reinit_error=True, log_to_driver=True)
+    except (ConnectionError, RuntimeError) as e:
+        raise ValueError(f"--address {a.address!r}: cannot join the Ray cluster ({str(e).splitlines()[0]})") from None
 
 
 def dry_run_table(plan: SweepPlan, n_trials: int) -> str:
@@ -658,10 +698,6 @@ def _run(plan: SweepPlan, resume_dir: Path | None, argv: list[str], n_trials: in
         client.update_run(parent_id, "RUNNING")
         print(f"resuming {exp_dir} (MLflow parent run {parent_id})")
 
-    if a.address:
-        ray.init(address=a.address, ignore_reinit_error=True, log_to_driver=True)
-    else:
-        ray.init(num_gpus=a.num_gpus, ignore_reinit_error=True, include_dashboard=False)
     gpus = a.gpus_per_trial
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0

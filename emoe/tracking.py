@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import urllib.parse
 from pathlib import Path
@@ -13,6 +14,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 ROLE, SWEEP, FACTOR, ARM, TRIAL_ID, OUTCOME, ERROR = (
     "emoe.role", "emoe.sweep", "emoe.factor", "emoe.arm", "emoe.trial_id", "emoe.outcome", "emoe.error")
+RESTARTS = "emoe.restarts"  # times a trial was retried after a failure (--max-failures), with the last error
 OUTCOMES = ("completed", "early_stopped", "failed")
 PARENT = "mlflow.parentRunId"
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3 UI: open on training runs
@@ -47,16 +49,22 @@ def experiment_name(ablation: str) -> str:
     return f"emoe-{ablation}"
 
 
-# Environment variables whose values must never reach MLflow (tokens, passwords).
+# Environment variables whose values must never reach MLflow (tokens, passwords, keys): these names, and any
+# name that looks like a credential (a value of 8+ characters, so flags such as TOKENIZERS_PARALLELISM=false stay).
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD",
-              "MLFLOW_TRACKING_USERNAME", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+              "MLFLOW_TRACKING_USERNAME", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN")
+_SECRET_NAME = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|CREDENTIAL|API_?KEY|ACCESS_KEY|PRIVATE_KEY")
+
+
+def _secrets() -> list[str]:
+    values = {os.environ.get(n, "") for n in SECRET_ENV if len(os.environ.get(n, "")) >= 4}
+    values |= {v for n, v in os.environ.items() if _SECRET_NAME.search(n.upper()) and len(v) >= 8}
+    return sorted(values, key=len, reverse=True)  # the longest first: no secret is left half-replaced
 
 
 def redact(text: str) -> str:
-    for name in SECRET_ENV:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
+    for value in _secrets():
+        text = text.replace(value, "***")
     return text
 
 
@@ -149,6 +157,10 @@ class TrialRun:
 
     def log_dict(self, obj: Any, name: str) -> None:
         self.client.log_text(self.run_id, redact(json.dumps(obj, indent=2, sort_keys=True, default=str)), name)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, redact(str(value))[:5000])
 
     def finish(self, outcome: str, error: str | None = None, name: str | None = None) -> None:
         assert outcome in OUTCOMES, outcome

@@ -97,6 +97,8 @@ def _sweeps_on_path(monkeypatch):
     (["--lr-range", "1e-3,1e-5", "--search", "optuna"], "--lr-range must be LOW,HIGH with 0 < LOW < HIGH", None),
     (["--model", "not-an-org/not-a-model-xyz"], "model 'not-an-org/not-a-model-xyz' cannot be loaded", None),
     (["--tracking-uri", "ftp://host/x"], "unsupported scheme 'ftp'", None),
+    (["--address", "headnode"], "--address 'headnode': expected HOST:PORT", None),
+    (["--address", "127.0.0.1:9"], "--address '127.0.0.1:9': no Ray head reachable there", None),
     (["--precision", "fp8"], "unknown precision 'fp8'; valid choices: auto, fp32, bf16, fp16", None),
     # malformed data files: (file under the data dir, new content)
     ([], "sst2/train.jsonl: unreadable json file", ("sst2/train.jsonl", '{"sentence": "ok", "label": 1}\n{broken\n')),

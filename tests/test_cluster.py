@@ -1,0 +1,179 @@
+"""A real multi-node Ray cluster on loopback (``ray start --head`` and a worker node, token authentication on), an
+``mlflow server`` as the tracking URI, and a worker node killed mid-trial."""
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_faults import free_port, start_mlflow_server, stop
+from test_sweep import _children, env, sweep_cmd, tiny_args
+
+from emoe import tracking
+
+pytestmark = pytest.mark.slow
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+class LoopbackCluster:
+    """Ray nodes started by ``ray start ... --block`` in their own process groups, so a node can be killed whole
+    (raylet and its workers) the way a machine dies."""
+
+    def __init__(self, tmp_path: Path):
+        token = tmp_path / "ray_auth_token"  # the documented set-up: one token, RAY_AUTH_MODE=token on every node
+        token.write_text(secrets.token_hex(32))
+        self.env = {**env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+                    # a dead node is noticed within seconds, not the default half a minute
+                    "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
+                    "RAY_health_check_timeout_ms": "1000"}
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.logs = tmp_path / "ray_nodes"
+        self.logs.mkdir()
+        self.nodes: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, cpus: int, head: bool = False) -> None:
+        where = ["--head", "--port", str(self.port), "--include-dashboard", "false"] if head else [
+            "--address", self.address]
+        log = open(self.logs / f"{name}.log", "w")
+        self.nodes[name] = subprocess.Popen(
+            [RAY, "start", *where, "--num-cpus", str(cpus), "--num-gpus", "0", "--resources", json.dumps({name: 1}),
+             "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_for(lambda nodes: name in self.alive(nodes), f"node {name} did not join")
+
+    def nodes_info(self) -> list[dict]:
+        code = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
+                "print(json.dumps([{'id': n['NodeID'], 'alive': n['Alive'], 'resources': n['Resources']} "
+                "for n in ray.nodes()]))" % self.address)
+        out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
+        return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else []
+
+    @staticmethod
+    def alive(nodes: list[dict]) -> dict[str, str]:
+        """name -> node id of the live nodes (each node carries a custom resource named after it)."""
+        return {r: n["id"] for n in nodes if n["alive"] for r in n["resources"] if not r[0].isupper()
+                and not r.startswith(("node:", "memory", "object_store_memory", "accelerator"))}
+
+    def wait_for(self, ok, what: str, timeout: float = 120) -> list[dict]:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            nodes = self.nodes_info()
+            if nodes and ok(nodes):
+                return nodes
+            time.sleep(1)
+        raise AssertionError(what + "\n" + "\n".join(p.read_text()[-2000:] for p in self.logs.iterdir()))
+
+    def kill(self, name: str) -> None:
+        os.killpg(self.nodes[name].pid, signal.SIGKILL)
+        self.nodes[name].wait(timeout=30)
+
+    def shutdown(self) -> None:
+        for name in self.nodes:
+            if self.nodes[name].poll() is None:
+                self.kill(name)
+        # What `ray stop` does too: forget the dead head, which `ray start` recorded for later ray.init() calls.
+        record = Path("/tmp/ray/ray_current_cluster")
+        if record.exists() and record.read_text().strip().endswith(f":{self.port}"):
+            record.unlink()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = LoopbackCluster(tmp_path)
+    try:
+        c.start("head", cpus=1, head=True)
+        c.start("worker", cpus=1)
+        yield c
+    finally:
+        c.shutdown()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    server = start_mlflow_server(tmp_path, port)
+    yield f"http://127.0.0.1:{port}"
+    stop(server)
+
+
+def cluster_args(cluster, model_dir, data_dir, tmp_path, uri, *extra):
+    args = tiny_args(model_dir, data_dir, tmp_path, "--address", cluster.address, "--cpus-per-trial", "1",
+                     "--scheduler", "none", *extra)
+    args[args.index("--tracking-uri") + 1] = uri
+    return args
+
+
+def starts(exp_dir: Path) -> dict[str, list[str]]:
+    """trial id -> the node id of each start of its training."""
+    return {p.parent.name: [line.split()[2] for line in p.read_text().splitlines()]
+            for p in exp_dir.glob("emoe_trials/*/starts.log")}
+
+
+def test_sweep_on_a_two_node_cluster_logs_to_an_mlflow_server(cluster, mlflow_server, tiny_model_dir,
+                                                              tiny_data_dir, tmp_path):
+    nodes = cluster.alive(cluster.nodes_info())
+    args = cluster_args(cluster, tiny_model_dir, tiny_data_dir, tmp_path, mlflow_server, "--seeds", "0,1",
+                        "--learning-rates", "1e-3")
+    out = subprocess.run(sweep_cmd("pretraining", *args), capture_output=True, text=True, cwd=tmp_path,
+                         env=cluster.env, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (exp_dir,) = (tmp_path / "ray").iterdir()
+    ran_on = starts(exp_dir)
+    assert len(ran_on) == 8 and all(len(s) == 1 for s in ran_on.values())
+    # One CPU per node and one per trial: two trials at a time can only run on two nodes, so both did work.
+    assert {s[0] for s in ran_on.values()} == {nodes["head"], nodes["worker"]}
+    _, _, parents, children = _children(mlflow_server, "emoe-pretraining")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 8 and len({c.data.tags[tracking.TRIAL_ID] for c in children}) == 8
+    assert all(c.info.status == "FINISHED" and c.data.tags[tracking.OUTCOME] == "completed" for c in children)
+    client = tracking.client(mlflow_server)
+    assert all("partitions.npz" in {a.path for a in client.list_artifacts(c.info.run_id)}
+               for c in children if c.data.tags[tracking.ARM].endswith("emoe"))
+
+
+def test_worker_node_killed_mid_trial_is_retried_on_the_surviving_node(cluster, mlflow_server, tiny_model_dir,
+                                                                       tiny_data_dir, tmp_path):
+    nodes = cluster.alive(cluster.nodes_info())
+    # Longer trials (3 epochs of 400 sentences) so that the kill lands mid-training.
+    args = cluster_args(cluster, tiny_model_dir, tiny_data_dir, tmp_path, mlflow_server, "--seeds", "0",
+                        "--learning-rates", "1e-3", "--max-failures", "2", "--max-train-samples", "400",
+                        "--epochs", "3", "--eval-steps", "5")
+    proc = subprocess.Popen(sweep_cmd("pretraining", *args), cwd=tmp_path, env=cluster.env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        victim = None
+        deadline = time.time() + 600
+        while victim is None and time.time() < deadline and proc.poll() is None:
+            for exp_dir in (tmp_path / "ray").glob("*"):
+                on_worker = [t for t, s in starts(exp_dir).items() if s == [nodes["worker"]]]
+                if on_worker:
+                    victim = on_worker[0]
+            time.sleep(0.2)
+        assert victim, "no trial started on the worker node"
+        cluster.kill("worker")
+        log, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, log[-4000:]
+    (exp_dir,) = (tmp_path / "ray").iterdir()
+    assert (exp_dir / "emoe_trials" / victim / "final.json").exists()
+    ran_on = starts(exp_dir)
+    # The victim started on the worker, died with it, and was retried, to the end, on the surviving head node.
+    assert ran_on[victim][0] == nodes["worker"] and ran_on[victim][-1] == nodes["head"], ran_on
+    assert json.loads((exp_dir / "emoe_trials" / victim / "placement.json").read_text())["node"] == nodes["head"]
+    _, _, parents, children = _children(mlflow_server, "emoe-pretraining")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4 and len({c.data.tags[tracking.TRIAL_ID] for c in children}) == 4
+    assert all(c.info.status == "FINISHED" and c.data.tags[tracking.OUTCOME] == "completed" for c in children)
+    (retried,) = [c for c in children if c.data.tags[tracking.TRIAL_ID] == victim]
+    assert int(retried.data.tags[tracking.RESTARTS]) >= 1 and retried.data.metrics["epoch"] == 3.0
+    assert all(tracking.RESTARTS not in c.data.tags for c in children if c is not retried)
