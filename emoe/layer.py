@@ -88,7 +88,10 @@ class EmoeFFN(nn.Module):
         if self._routing is None:
             raise RuntimeError("EmoeFFN ran without routing: its key projection must run first in the same forward")
         routing, self._routing = self._routing, None
-        h = h * routing.index_select(-1, self.labels).to(h.dtype)  # [..., d_ff]
+        # NOTE: the per-neuron mask as routing @ one-hot(labels): a thin matmul, several times faster on CPU than
+        # gathering along the last dimension (index_select), and exact (one non-zero term per neuron).
+        expand = nn.functional.one_hot(self.labels, self.num_experts).t().to(h.dtype)  # [num_experts, d_ff]
+        h = h * (routing.to(h.dtype) @ expand)  # [..., d_ff]
         return self.values(h)
 
     def load_entropy(self) -> float:
