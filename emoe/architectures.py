@@ -18,10 +18,11 @@ class FFNLayout:
     keys: str  # from a block to the first projection
     values: str  # from a block to the second projection
     transposed: bool = False  # Conv1D (GPT-2) stores weight as [in, out]
+    up: str | None = None  # gated MLPs: the up projection, multiplied with act(keys x)
 
 
 _BERT = FFNLayout("encoder.layer", "intermediate.dense", "output.dense")
-_LLAMA = FFNLayout("layers", "mlp.gate_proj", "mlp.down_proj")
+_LLAMA = FFNLayout("layers", "mlp.gate_proj", "mlp.down_proj", up="mlp.up_proj")
 
 # model_type -> layouts tried in order (transformers 5 moved ViT's FFN to ``layers.N.mlp.fc1/fc2``).
 ARCHITECTURES: dict[str, tuple[FFNLayout, ...]] = {

@@ -98,7 +98,8 @@ def plan_conversion(model: nn.Module, config: EmoeConfig) -> list[dict]:
         keys = key_matrix(keys_proj, layout.transposed)
         check_partition_shape(config.clustering, keys.shape[0], config.num_experts, where=f"block {b}")
         plan.append({"block": b, "keys_proj": keys_proj, "parent": parent, "name": name, "keys": keys,
-                     "transposed": layout.transposed})
+                     "transposed": layout.transposed,
+                     "up_proj": blocks[b].get_submodule(layout.up) if layout.up else None})
     return plan
 
 
@@ -116,7 +117,9 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True) -> nn.
     for p in plan:
         b = p["block"]
         ffn = EmoeFFN(p["keys_proj"], getattr(p["parent"], p["name"]), torch.from_numpy(labels[b]), config.gate,
-                      config.num_experts, config.top_k, seed=config.seed + b, transposed=p["transposed"], block=b)
+                      config.num_experts, config.top_k, seed=config.seed + b, transposed=p["transposed"], block=b,
+                      up_proj=p["up_proj"])
+        ffn.train(ffn.values.training)  # a new module starts in training mode; keep the model's mode
         setattr(p["parent"], p["name"], ffn)
     model.emoe_config = config
     log.info("converted blocks %s to EMoE (%s, %s, N=%d, k=%d)", sorted(labels), config.clustering, config.gate,
@@ -127,6 +130,14 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True) -> nn.
 def emoe_layers(model: nn.Module) -> list[EmoeFFN]:
     """The converted FFNs of a model, in block order."""
     return [m for m in model.modules() if isinstance(m, EmoeFFN)]
+
+
+def set_execution(model: nn.Module, mode: str) -> nn.Module:
+    """Switch every converted FFN of ``model`` between ``masked`` (default; training and inference) and ``sparse``
+    (inference only: each token computes only its top-k experts' neurons). Returns ``model``."""
+    for layer in emoe_layers(model):
+        layer.set_execution(mode)
+    return model
 
 
 def aux_loss(model: nn.Module) -> torch.Tensor | None:

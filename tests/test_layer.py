@@ -203,3 +203,48 @@ def test_sequence_classification_wrapper_converts():
         convert(model, EmoeConfig(num_experts=4, top_k=4))
         torch.testing.assert_close(model(**inputs).logits, ref, atol=1e-5, rtol=0)
     assert model.emoe_config.num_experts == 4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("gate", list(emoe.GATES))
+@pytest.mark.parametrize("clustering", ["constrained", "kmeans"])  # balanced, and unequal experts (padding)
+def test_sparse_execution_equals_masked(arch, gate, clustering):
+    model = tiny_model(arch)
+    inputs = tiny_inputs(arch)
+    convert(model, EmoeConfig(clustering=clustering, gate=gate, num_experts=8, top_k=2, layers=(0, -1)))
+    with torch.no_grad():
+        masked = hidden(model, inputs)
+        emoe.set_execution(model, "sparse")
+        sparse = hidden(model, inputs)
+        assert (masked - hidden(tiny_model(arch), inputs)).abs().max() > 1e-4  # routing really drops neurons
+        emoe.set_execution(model, "masked")
+        again = hidden(model, inputs)
+    torch.testing.assert_close(sparse, masked, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, masked, atol=0, rtol=0)
+
+
+def test_sparse_execution_computes_only_the_selected_experts_and_follows_weight_changes():
+    model = tiny_model("bert")
+    convert(model, EmoeConfig(clustering="constrained", num_experts=8, top_k=2, layers=(1,)))
+    (ffn,) = emoe_layers(model)
+    emoe.set_execution(model, "sparse")
+    widths = []
+    ffn._keys_proj[0].register_forward_hook(lambda m, a, out: widths.append(out.shape[-1]))
+    inputs = tiny_inputs("bert")
+    with torch.no_grad():
+        hidden(model, inputs)
+        assert widths == [2 * 64 // 8]  # k * m neurons per token instead of d_ff = 64
+        ffn.values.weight.mul_(2.0)  # an in-place change (as an optimiser makes) repacks the weights
+        sparse = hidden(model, inputs)
+        emoe.set_execution(model, "masked")
+        torch.testing.assert_close(sparse, hidden(model, inputs), atol=1e-5, rtol=1e-5)
+
+
+def test_sparse_execution_is_inference_only_and_checks_its_mode():
+    model = tiny_model("bert")
+    convert(model, EmoeConfig(num_experts=8, top_k=2, layers=(1,)))
+    with pytest.raises(ValueError, match="unknown execution 'fast'; valid choices: masked, sparse"):
+        emoe.set_execution(model, "fast")
+    emoe.set_execution(model, "sparse").train()
+    with pytest.raises(RuntimeError, match="sparse execution is for inference"):
+        hidden(model, tiny_inputs("bert"))
