@@ -283,7 +283,24 @@ def tune_trainable(config: dict[str, Any], arms: dict[str, dict[str, Any]], root
             os.replace(tmp, final_path)
         tune.report(metrics)
 
-    train_and_evaluate(trial_cfg, report, on_model=save_partitions)
+    train_and_evaluate(trial_cfg, report, data=_task_data(trial_cfg), on_model=save_partitions)
+
+
+_TASK_DATA: dict[str, Any] = {}
+
+
+def _task_data(cfg: dict[str, Any]):
+    """The trial's task data, loaded once per worker process: Tune reuses a trial's actor for the next trial
+    (``reuse_actors``), so a sweep's trials on one worker share the loaded (read-only) datasets."""
+    from emoe.data import load_task
+
+    key = json.dumps([cfg["task"], cfg["data_dir"], cfg.get("ood"), cfg["max_train_samples"],
+                      cfg["max_eval_samples"]], sort_keys=True, default=str)
+    if key not in _TASK_DATA:
+        _TASK_DATA.clear()  # one task at a time: never hold several datasets in a worker
+        _TASK_DATA[key] = load_task(cfg["task"], cfg["data_dir"], cfg.get("ood"), cfg["max_train_samples"],
+                                    cfg["max_eval_samples"])
+    return _TASK_DATA[key]
 
 
 def quiet_libraries() -> None:
@@ -721,7 +738,10 @@ def _run(plan: SweepPlan, resume_dir: Path | None, argv: list[str], n_trials: in
         num_samples = a.num_samples or 1
     tune_config = tune.TuneConfig(metric=tracking.ID_ACC, mode="max", scheduler=_scheduler(plan),
                                   search_alg=search_alg, num_samples=num_samples,
-                                  max_concurrent_trials=a.max_concurrent)
+                                  max_concurrent_trials=a.max_concurrent,
+                                  # NOTE: every trial asks for the same resources, so a finished trial's worker
+                                  # (torch, transformers imported; data loaded) runs the next one.
+                                  reuse_actors=True)
     all_done = False
     try:
         if resume_dir is not None and tune.Tuner.can_restore(str(exp_dir)):
