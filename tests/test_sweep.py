@@ -249,8 +249,11 @@ def test_logical_gpus_fractional_placement(tiny_model_dir, tiny_data_dir, tmp_pa
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
 def test_interrupted_sweep_resumes_without_rerun_or_duplicates(sig, tiny_model_dir, tiny_data_dir, tmp_path):
     """Ctrl-C, or the driver killed outright (with its local Ray: the machine died), then --resume."""
+    # Trials long enough (3 epochs of 400 sentences) that the interruption lands while later ones still run:
+    # a reused worker starts the next trial at once.
     args = tiny_args(tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0", "--learning-rates", "1e-3",
-                     "--max-concurrent", "1", "--scheduler", "none")
+                     "--max-concurrent", "1", "--scheduler", "none", "--max-train-samples", "400", "--epochs", "3",
+                     "--eval-steps", "10")
     proc = subprocess.Popen(sweep_cmd("pretraining", *args), cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 600
