@@ -26,9 +26,8 @@ def main() -> None:
     import ray
     from clustering import ABLATION
 
-    from emoe.data import load_task
     from emoe.sweep import make_plan, quiet_libraries, resolve_trial, run_sweep
-    from emoe.train import train_and_evaluate
+    from emoe.train import load_trial_data, train_and_evaluate
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
@@ -44,9 +43,7 @@ def main() -> None:
         plan = make_plan(ABLATION, argv)
         trials = [resolve_trial({**plan.base, "arm": arm, "seed": s, "learning_rate": lr}, ABLATION.arms)
                   for arm, s, lr in plan.grid()]
-        cfg = trials[0]
-        data = load_task(cfg["task"], cfg["data_dir"], cfg.get("ood"), cfg["max_train_samples"],
-                         cfg["max_eval_samples"])
+        data = load_trial_data(trials[0])
         for t in trials:  # warm every cache (partitions, tokenisation, file system)
             train_and_evaluate(t, data=data)
         start = time.perf_counter()

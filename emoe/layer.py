@@ -90,12 +90,14 @@ class EmoeFFN(nn.Module):
                 weights = top_scores.float().softmax(-1).to(x.dtype) * self.top_k
             else:
                 weights = torch.ones_like(top_scores)
-            routing = torch.zeros_like(scores).scatter(-1, top, weights)  # [..., num_experts]
-        if self.execution == "sparse":
-            self._sparse = self._group(top.reshape(-1, self.top_k), weights.reshape(-1, self.top_k))
         with torch.no_grad():
-            counts = torch.bincount(top.reshape(-1), minlength=self.num_experts).float()
-            self.last_load = counts / counts.sum()
+            counts = torch.bincount(top.reshape(-1), minlength=self.num_experts)
+            self.last_load = counts.float() / counts.sum()
+        if self.execution == "sparse":  # the grouping replaces the dense routing table
+            self._sparse = self._group(top, weights, counts)
+            routing = None
+        else:
+            routing = torch.zeros_like(scores).scatter(-1, top, weights)  # [..., num_experts]
         if weighted and self.training:
             probs = scores.float().softmax(-1).reshape(-1, self.num_experts).mean(0)
             # Switch-style balance: N * sum_i (share of selections_i) * (mean router probability_i); 1 when uniform.
@@ -163,13 +165,11 @@ class EmoeFFN(nn.Module):
         self._packed = (version, packed)
         return packed
 
-    def _group(self, top: torch.Tensor, weights: torch.Tensor) -> dict:
+    def _group(self, top: torch.Tensor, weights: torch.Tensor, counts: torch.Tensor) -> dict:
         """Token-expert pairs sorted by expert: each expert's tokens are one contiguous run."""
-        flat = top.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
-        return {"tokens": order // self.top_k, "counts": counts, "weights": weights.reshape(-1)[order],
-                "n_tokens": top.shape[0]}
+        order = torch.argsort(top.reshape(-1), stable=True)
+        return {"tokens": order // self.top_k, "counts": counts.tolist(), "weights": weights.reshape(-1)[order],
+                "n_tokens": top.numel() // self.top_k}
 
     def _sparse_projection(self, proj: nn.Module):
         which = "keys" if proj is self._keys_proj[0] else "up"

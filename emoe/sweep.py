@@ -292,14 +292,13 @@ _TASK_DATA: dict[str, Any] = {}
 def _task_data(cfg: dict[str, Any]):
     """The trial's task data, loaded once per worker process: Tune reuses a trial's actor for the next trial
     (``reuse_actors``), so a sweep's trials on one worker share the loaded (read-only) datasets."""
-    from emoe.data import load_task
+    from emoe.train import load_trial_data
 
     key = json.dumps([cfg["task"], cfg["data_dir"], cfg.get("ood"), cfg["max_train_samples"],
                       cfg["max_eval_samples"]], sort_keys=True, default=str)
     if key not in _TASK_DATA:
         _TASK_DATA.clear()  # one task at a time: never hold several datasets in a worker
-        _TASK_DATA[key] = load_task(cfg["task"], cfg["data_dir"], cfg.get("ood"), cfg["max_train_samples"],
-                                    cfg["max_eval_samples"])
+        _TASK_DATA[key] = load_trial_data(cfg)
     return _TASK_DATA[key]
 
 

@@ -77,6 +77,11 @@ def evaluate(model, loaders: dict[str, Any], device, autocast) -> tuple[dict[str
     return accs, entropies
 
 
+def load_trial_data(cfg: dict[str, Any]) -> TaskData:
+    """The task data a trial config asks for (task, data_dir, ood, max_train_samples, max_eval_samples)."""
+    return load_task(cfg["task"], cfg["data_dir"], cfg.get("ood"), cfg["max_train_samples"], cfg["max_eval_samples"])
+
+
 def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = None,
                        data: TaskData | None = None, on_model: Callable | None = None) -> dict[str, float]:
     """Fine-tune and evaluate one trial.
@@ -99,8 +104,7 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
     cfg = hparams.trial_config(trial_config)
     config = hparams.emoe_config(cfg)
     set_seed(cfg["seed"])
-    data = data or load_task(cfg["task"], cfg["data_dir"], cfg.get("ood"), cfg["max_train_samples"],
-                             cfg["max_eval_samples"])
+    data = data or load_trial_data(cfg)
     model, tokenizer = load_model(cfg["model"], data.task.num_labels, cfg["init"], cfg["seed"])
     convert(model, config)
     if on_model is not None:
