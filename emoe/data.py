@@ -1,8 +1,9 @@
 """Tasks (an ID dataset and its OOD test sets), read from the Hub by name or from local files, checked, tokenised once.
 
 A task's datasets keep the Hub datasets' field names and label ids. ``data_dir`` reads the same tasks from JSON lines
-laid out as ``<data_dir>/<folder>/<split>.jsonl`` (see ``Source.local``); user OOD sets come as ``{name: path}`` in
-any format ``datasets`` reads (csv, tsv, json lines, parquet).
+laid out as ``<data_dir>/<folder>/<split>.jsonl`` (see ``Source.local``; ``demo`` is the slice shipped in
+``emoe/demo_data``); user OOD sets come as ``{name: path}`` in any format ``datasets`` reads (csv, tsv, json lines,
+parquet).
 """
 
 from __future__ import annotations
@@ -78,6 +79,19 @@ TASKS: dict[str, Task] = {
         ood={"sick": _SICK}),
 }
 
+# Short names for data directories that ship inside the package (usable offline).
+DATA_ALIASES = {"demo": Path(__file__).resolve().with_name("demo_data")}
+_POINT_AT_FILES = ("pass --data-dir DIR with local files laid out as DIR/<set>/<split>.jsonl (see the README), or "
+                   "--data-dir demo for the packaged SST-2 demo slice")
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
+    """``None`` (the Hub), an alias of ``DATA_ALIASES``, or a local directory."""
+    if data_dir is None:
+        return None
+    return DATA_ALIASES.get(str(data_dir), Path(data_dir))
+
+
 _FORMATS = {".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"}), ".json": ("json", {}),
             ".jsonl": ("json", {}), ".parquet": ("parquet", {})}
 
@@ -124,7 +138,16 @@ def _load_source(source: Source, data_dir: str | Path | None):
     if data_dir is not None:
         return read_file(Path(data_dir) / source.local), str(Path(data_dir) / source.local)
     where = f"{source.hub}" + (f"/{source.config}" if source.config else "") + f" [{source.split}]"
-    ds = datasets.load_dataset(source.hub, source.config, split=source.split)
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry messages; the one line below says what failed
+    try:
+        ds = datasets.load_dataset(source.hub, source.config, split=source.split)
+    except Exception as e:  # ConnectionError, FileNotFoundError, DatasetNotFoundError... depending on the cause
+        raise ValueError(f"{where} cannot be loaded from the Hub ({str(e).strip().splitlines()[0][:160]}); "
+                         f"{_POINT_AT_FILES}") from e
+    finally:
+        hub_log.setLevel(level)
     for old, new in source.rename:
         if old in ds.column_names and new not in ds.column_names:
             ds = ds.rename_column(old, new)
@@ -167,6 +190,7 @@ def load_task(name: str, data_dir: str | Path | None = None, ood: dict[str, str]
     data); ``max_eval_samples`` caps each evaluation set the same way (None: all of it).
     """
     task = get_task(name)
+    data_dir = resolve_data_dir(data_dir)
     loaded = {}
     for split, source in [("train", task.train), ("validation", task.validation), *task.ood.items()]:
         ds, where = _load_source(source, data_dir)

@@ -22,7 +22,6 @@ class Gate(nn.Module):
     """Base gate. ``weighted`` gates weight the top-k experts by softmaxed scores; the others keep a binary mask."""
 
     weighted = False
-    trainable = False
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, labels: torch.Tensor, num_experts: int, seed: int):
         super().__init__()
@@ -80,7 +79,6 @@ class LearnedGate(Gate):
     """EMoE-learn: a trainable gate initialised from avg-k; the top-k experts are weighted by softmaxed scores."""
 
     weighted = True
-    trainable = True
 
     def __init__(self, keys, values, labels, num_experts, seed):
         super().__init__(keys, values, labels, num_experts, seed)

@@ -1,7 +1,8 @@
-"""Every knob of a trial, declared once: name, default, type, help. Defaults, CLIs and search spaces derive from it.
+"""Every knob of a trial, declared once: name, default, type, help and, where a sweep varies it, its search domain.
 
-The EMoE construction knobs take their defaults from ``EmoeConfig``; a trial config is the flat dict of all of them
-(every key becomes an MLflow param).
+Defaults, the CLIs' flags and help strings, the sweeps' seed and learning-rate grids and the Optuna range all derive
+from these declarations (DomainBed's ``hparams_registry`` shape). The EMoE construction knobs take their defaults
+from ``EmoeConfig``; a trial config is the flat dict of all of them (every key becomes an MLflow param).
 """
 
 from __future__ import annotations
@@ -32,19 +33,24 @@ def _optional_str(text):
 
 @dataclasses.dataclass(frozen=True)
 class Knob:
+    """One trial knob. ``grid``: the values a sweep crosses by default (seeds, learning rates); ``log_range``: the
+    (low, high) of a log-uniform search over it (``--search optuna``)."""
+
     name: str
     default: Any
     help: str
     type: Callable = str
     choices: tuple | None = None
+    grid: tuple | None = None
+    log_range: tuple[float, float] | None = None
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
 
-def _emoe(name: str, help: str, type: Callable = str, choices=None) -> Knob:
-    return Knob(name, getattr(EmoeConfig, name), help, type, choices)
+def _emoe(name: str, help: str, type: Callable = str, choices=None, **domain) -> Knob:
+    return Knob(name, getattr(EmoeConfig, name), help, type, choices, **domain)
 
 
 def _knobs() -> dict[str, Knob]:
@@ -64,8 +70,10 @@ def _knobs() -> dict[str, Knob]:
         _emoe("top_k", "experts kept per token (k)", int),
         _emoe("layers", "blocks to convert, comma-separated, negative from the end", _int_tuple),
         _emoe("aux_loss_weight", "load-balancing loss weight (learned gate only)", float),
-        Knob("seed", 0, "seed of clustering, initialisation, dropout and data order", int),
-        Knob("learning_rate", 5e-5, "peak AdamW learning rate", float),
+        _emoe("seed", "seed of clustering, initialisation, dropout and data order", int, grid=(0, 1, 2)),
+        # The paper's grid (qiuzh20/EMoE search_glue_no_trainer.py) and a log-uniform range around it.
+        Knob("learning_rate", 5e-5, "peak AdamW learning rate", float, grid=(2e-5, 3e-5, 5e-5),
+             log_range=(1e-5, 1e-4)),
         Knob("batch_size", 32, "examples per optimiser step (split over grad_accum_steps)", int),
         Knob("epochs", 1, "training epochs", int),
         Knob("max_length", 128, "tokens per example (longer ones are truncated)", int),
@@ -80,8 +88,8 @@ def _knobs() -> dict[str, Knob]:
         Knob("max_grad_norm", 1.0, "gradient clipping norm", float),
         Knob("precision", "auto", "auto = bf16 (or fp16) autocast on GPU, fp32 on CPU", str,
              ("auto", "fp32", "bf16", "fp16")),
-        Knob("data_dir", None, "read the task from local JSON lines (e.g. ../shared/data) instead of the Hub",
-             _optional_str),
+        Knob("data_dir", None, "read the task from local JSON lines laid out as DIR/<set>/<split>.jsonl instead of "
+             "the Hub; 'demo' = the packaged demo slice (SST-2 and its OOD sets, offline)", _optional_str),
     ]
     return {k.name: k for k in knobs}
 

@@ -1,8 +1,8 @@
 """Clustering ablation: how the FFN's neurons are split into experts (plus the dense baseline)."""
 
-import emoe.sweep as sweep
+from emoe.sweep import Ablation, main
 
-ABLATION = sweep.Ablation.over("clustering", ["constrained", "kmeans", "hierarchical", "spectral", "random"])
+ABLATION = Ablation.over("clustering", ["constrained", "kmeans", "hierarchical", "spectral", "random"])
 
 if __name__ == "__main__":
-    sweep.main(ABLATION)
+    raise SystemExit(main(ABLATION))

@@ -2,12 +2,12 @@
 
 from fractions import Fraction
 
-import emoe.sweep as sweep
+from emoe.sweep import DENSE, Ablation, main
 
 PAIRS = [(n, int(n * r)) for n in (4, 8, 16, 32, 64) for r in (Fraction(1, 8), Fraction(1, 4), Fraction(1, 2))
          if (n * r).denominator == 1]
-ABLATION = sweep.Ablation("experts", {**{f"N{n}-k{k}": {"num_experts": n, "top_k": k} for n, k in PAIRS},
-                                      sweep.DENSE: {"method": "dense"}}, factor="num_experts,top_k")
+ABLATION = Ablation("experts", {**{f"N{n}-k{k}": {"num_experts": n, "top_k": k} for n, k in PAIRS},
+                                DENSE: {"method": "dense"}}, factor="num_experts,top_k")
 
 if __name__ == "__main__":
-    sweep.main(ABLATION)
+    raise SystemExit(main(ABLATION))

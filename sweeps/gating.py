@@ -1,8 +1,8 @@
 """Gate ablation: how each expert's gate vector is derived (plus the dense baseline)."""
 
-import emoe.sweep as sweep
+from emoe.sweep import Ablation, main
 
-ABLATION = sweep.Ablation.over("gate", ["avg_keys", "centroid", "avg_values", "random", "learned"])
+ABLATION = Ablation.over("gate", ["avg_keys", "centroid", "avg_values", "random", "learned"], name="gating")
 
 if __name__ == "__main__":
-    sweep.main(ABLATION)
+    raise SystemExit(main(ABLATION))

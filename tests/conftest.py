@@ -4,7 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# The full offline data beside the checkout (this project's machines); tests that need it skip without it.
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+needs_shared_data = pytest.mark.skipif(not (DATA_DIR / "sst2" / "train.jsonl").is_file(),
+                                       reason=f"the full offline data is not at {DATA_DIR}")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -13,6 +16,12 @@ def _isolated_cache(tmp_path_factory):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.use_deterministic_algorithms(False)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _no_mlruns_in_checkout(monkeypatch, tmp_path):
+    """MLflow falls back on ./mlruns when no tracking URI is set: point that fallback at the test's own folder."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/default-mlflow.db")
 
 
 def tiny_model(arch: str, seed: int = 0):
@@ -66,17 +75,25 @@ def _head(path: Path, n: int):
         return [json.loads(next(f)) for _ in range(n)]
 
 
+PACKAGED_DATA = Path(__file__).resolve().parents[1] / "emoe" / "demo_data"
+
+# A few NLI rows in the Hub's SNLI/SICK layout (0 entailment, 1 neutral, 2 contradiction), made up for the tests.
+_NLI = [("A man plays a guitar.", "A person makes music.", 0), ("A dog runs in a park.", "A cat sleeps.", 2),
+        ("Two kids eat lunch.", "The kids are at school.", 1), ("A woman reads a book.", "Someone is reading.", 0),
+        ("A car is parked outside.", "The car is driving fast.", 2), ("People walk in the rain.", "It is cold.", 1)]
+
+
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> Path:
-    """The shared data's layout with a few rows of each sentiment file (balanced labels) and of SNLI/SICK."""
+    """The data layout with a few rows of each packaged demo file (SST-2 and its OOD sets: real data, shipped with
+    the package) and a made-up SNLI/SICK; no file outside the checkout is read."""
     root = tmp_path_factory.mktemp("data")
     for rel, n in [("sst2/train.jsonl", 400), ("sst2/validation.jsonl", 64), ("imdb/test.jsonl", 40),
-                   ("yelp/test.jsonl", 1000), ("amazon/test.jsonl", 1000), ("snli/train.jsonl", 64),
-                   ("snli/validation.jsonl", 32), ("sick/test.jsonl", 32)]:
-        rows = _head(DATA_DIR / rel, n)
-        if n == 1000:  # yelp/amazon files are sorted by label: take both ends
-            rows = rows[:16] + rows[-16:]
-        write_jsonl(root / rel, rows)
+                   ("yelp/test.jsonl", 32), ("amazon/test.jsonl", 32)]:
+        write_jsonl(root / rel, _head(PACKAGED_DATA / rel, n))
+    for rel, n in [("snli/train.jsonl", 64), ("snli/validation.jsonl", 32), ("sick/test.jsonl", 32)]:
+        write_jsonl(root / rel, [{"premise": p, "hypothesis": h, "label": y, "idx": i}
+                                 for i, (p, h, y) in enumerate((_NLI * n)[:n])])
     return root
 
 

@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis import friedman, results
-from analysis.report import display_table
-from analysis.stats import analyse
+from emoe.analysis import cli as friedman
+from emoe.analysis import results
+from emoe.analysis.report import display_table
+from emoe.analysis.stats import analyse
 from emoe import tracking
 
 SETS = ("imdb", "yelp", "amazon")
@@ -168,7 +169,8 @@ def test_bad_requests():
 
 def test_unknown_experiment_or_store_is_one_line(golden, tmp_path, capsys):
     assert friedman.main(["--experiment", "nope", "--tracking-uri", golden[0]]) == 2
-    assert capsys.readouterr().err.strip() == f"error: no MLflow experiment 'nope' in {golden[0]}"
+    assert capsys.readouterr().err.strip() == (f"error: no MLflow experiment 'nope' in {golden[0]}; its emoe "
+                                               "experiments: emoe-golden")
     assert friedman.main(["--experiment", "emoe-golden", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
     assert "error: no MLflow store at sqlite:///" in capsys.readouterr().err
     assert not (tmp_path / "m.db").exists()

@@ -1,9 +1,32 @@
 """Task data: the built-in tasks read offline, user OOD sets, every bad input failing by name, tokenisation cache."""
 
 import pytest
-from conftest import DATA_DIR, write_jsonl
+from conftest import DATA_DIR, needs_shared_data, write_jsonl
 
 from emoe.data import TASKS, load_task, tokenize
+
+
+def test_packaged_demo_slice_is_what_the_demo_draws_from_the_full_data():
+    """The shipped slice holds exactly the rows (and order) the demo preset's subsets take from the full files."""
+    demo = load_task("sst2", "demo", max_train_samples=1000, max_eval_samples=200)
+    assert len(demo.train) == 1000 and all(len(ds) == 200 for ds in [demo.validation, *demo.ood.values()])
+    assert set(demo.train.unique("label")) == {0, 1}
+    if not (DATA_DIR / "sst2" / "train.jsonl").is_file():
+        pytest.skip(f"the full offline data is not at {DATA_DIR}")
+    full = load_task("sst2", DATA_DIR, max_train_samples=1000, max_eval_samples=200)
+    assert list(demo.train["sentence"]) == list(full.train["sentence"])
+    assert list(demo.train["label"]) == list(full.train["label"])
+    for name in full.ood:
+        assert list(demo.ood[name]["sentence"]) == list(full.ood[name]["sentence"])
+
+
+def test_hub_unreachable_is_one_line_naming_the_fix(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError) as err:
+        load_task("sst2")
+    text = str(err.value)
+    assert "\n" not in text and "cannot be loaded from the Hub" in text and "--data-dir demo" in text
 
 
 def test_sst2_offline_has_id_and_all_ood_sets(tiny_data_dir):
@@ -13,6 +36,7 @@ def test_sst2_offline_has_id_and_all_ood_sets(tiny_data_dir):
     assert set(data.train.unique("label")) == {0, 1}
 
 
+@needs_shared_data
 def test_full_shared_data_layout_matches_tasks():
     for task in ("sst2", "snli"):
         data = load_task(task, DATA_DIR, max_train_samples=10, max_eval_samples=5)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from test_sweep import _children, env, run_tiny, sweep_cmd, tiny_args
 
-from analysis.results import load_trials
-from analysis.stats import analyse
+from emoe.analysis.results import load_trials
+from emoe.analysis.stats import analyse
 from emoe import tracking
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from emoe import tracking
-from emoe.sweep import PerArmScheduler, run_sweep
+from emoe.sweep.cli import main as run_sweep
+from emoe.sweep.search import PerArmScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "sweeps"
@@ -37,6 +38,17 @@ def run_tiny(script, model_dir, data_dir, tmp_path, *extra, environ=None):
     return out
 
 
+def trial_results(exp_dir: Path) -> dict[str, list[dict]]:
+    """trial id -> every result Tune recorded for it, in order (Tune's own ``result.json``: our metrics plus its
+    fields: pid, node_ip, timestamp, time_total_s..., and the trainable's ``gpu_ids`` and ``node_id``)."""
+    out = {}
+    for path in Path(exp_dir).glob("*/result.json"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if rows:
+            out[rows[0]["trial_id"]] = rows
+    return out
+
+
 def env():
     return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
             "RAY_DEDUP_LOGS": "0"}
@@ -45,7 +57,8 @@ def env():
 @pytest.mark.parametrize("script, trials", [("clustering", 6 * 3 * 3), ("gating", 6 * 3 * 3),
                                             ("pretraining", 4 * 3 * 3), ("experts", 15 * 3 * 3)])
 def test_each_script_dry_run(script, trials, tmp_path):
-    out = subprocess.run(sweep_cmd(script, "--dry-run", "--model", "minilm"), capture_output=True, text=True,
+    out = subprocess.run(sweep_cmd(script, "--dry-run", "--model", "minilm", "--data-dir", "demo"),
+                         capture_output=True, text=True,
                          cwd=tmp_path, env=env(), timeout=300)
     assert out.returncode == 0, out.stderr
     assert f"= {trials} trials" in out.stdout and "dense" in out.stdout
@@ -84,11 +97,16 @@ def _sweeps_on_path(monkeypatch):
     (["--data-dir", "/nonexistent"], "data file not found: /nonexistent/sst2/train.jsonl", None),
     (["--model", "/nonexistent/model"], "model '/nonexistent/model' cannot be loaded", None),
     (["--task", "cola"], "unknown task 'cola'", None),
+    (["--preset", "huge"], "argument --preset: invalid choice: 'huge'", None),
     (["--seeds", "0,0"], "--seeds must be distinct", None),
     (["--seeds", "a"], "expected comma-separated integers", None),
     (["--learning-rates", "-1"], "--learning-rates must be positive", None),
     (["--search", "random"], "argument --search: invalid choice", None),
     (["--gpus-per-trial", "1.5"], "above 1 it must be a whole number", None),
+    (["--cpus-per-trial", "512"], "--cpus-per-trial=512 asks for more CPUs than any node has (this machine: ", None),
+    (["--gpus-per-trial", "1"], "--gpus-per-trial=1 asks for more GPUs than any node has (this machine: 0 GPUs)",
+     None),
+    (["--data-dir", "none"], "cannot be loaded from the Hub", None),
     (["--resume"], "nothing to resume", None),
     (["--epochs", "0"], "epochs=0 must be >= 1", None),
     (["--max-length", "x"], "invalid literal for int()", None),
@@ -113,6 +131,7 @@ def test_bad_input_one_line_before_ray(args, message, broken, tiny_model_dir, ti
     from clustering import ABLATION
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # the Hub is unreachable here either way; fail without retries
     data = tiny_data_dir
     if broken is not None:
         import shutil
@@ -167,16 +186,29 @@ def test_asha_per_arm_compares_trials_only_within_their_arm_and_seed():
     assert per_arm.on_trial_result(None, b1_seed1, r(0.3)) == TrialScheduler.CONTINUE
 
 
-def test_summary_uses_completed_trials_only():
-    from emoe.sweep import summarize
+def test_sweep_table_and_report_select_with_the_same_rule(monkeypatch):
+    """The sweep's closing table and the analysis report both call ``emoe.analysis.selection.select``; on trials
+    where the rules once differed (an early-stopped trial with the best id_acc) they pick the same rate."""
+    import pandas as pd
 
-    rows = [{"arm": "a", "learning_rate": 1e-3, "id_acc": 0.8, "ood_acc": 0.7, "epoch": 1.0},
-            {"arm": "a", "learning_rate": 1e-3, "id_acc": 0.6, "ood_acc": 0.5, "epoch": 1.0},
-            {"arm": "a", "learning_rate": 1e-4, "id_acc": 0.99, "ood_acc": 0.9, "epoch": 0.25},
-            {"arm": "b", "learning_rate": 1e-3, "id_acc": 0.5, "ood_acc": 0.5, "epoch": 0.5}]
-    out = summarize(rows, epochs=1).splitlines()
-    assert out[1].split() == ["a", "0.001", "2", "1", "0.7000+-0.1414", "0.6000+-0.1414"]
-    assert out[2].split() == ["b", "-", "0", "1", "n/a", "n/a"]
+    from emoe.analysis import selection, stats
+    from emoe.sweep.cli import closing_table
+
+    rows = [("a", 0, 1e-3, "completed", 0.80, 0.7), ("a", 1, 1e-3, "completed", 0.60, 0.5),
+            ("a", 0, 1e-4, "early_stopped", 0.99, 0.9), ("a", 1, 1e-4, "completed", 0.70, 0.6),
+            ("dense", 0, 1e-3, "completed", 0.5, 0.5), ("dense", 1, 1e-3, "failed", None, None)]
+    trials = pd.DataFrame(rows, columns=["arm", "seed", "learning_rate", "outcome", "id_acc", "ood_acc"])
+    trials["task"] = "sst2"
+    calls = []
+    real = selection.select
+    monkeypatch.setattr(selection, "select", lambda *a, **k: calls.append("select") or real(*a, **k))
+    table = closing_table(trials).splitlines()
+    report = stats.analyse(trials, metric="id_acc")
+    assert calls == ["select", "select"]  # one each: no second rule anywhere
+    assert table[1].split() == ["a", "0.0001", "2", "1", "0.8450+-0.2051", "0.7500+-0.2121"]
+    assert table[2].split() == ["dense", "0.001", "1", "0", "0.5000+-0.0000", "0.5000+-0.0000"]
+    chosen = dict(zip(report.table["arm"], report.table["learning_rate"]))
+    assert chosen == {"a": 1e-4, "dense": 1e-3}
 
 
 def _children(uri, experiment):
@@ -192,7 +224,7 @@ def _children(uri, experiment):
 def test_tiny_sweep_with_asha_logs_every_trial(tiny_model_dir, tiny_data_dir, tmp_path):
     out = run_tiny("clustering", tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0,1", "--learning-rates",
                    "1e-3", "--cpus-per-trial", "0.5", "--early-stop-scope", "global")
-    assert "per arm, completed trials (learning rate chosen on mean id_acc over seeds)" in out.stdout
+    assert "per arm (per arm and task, the learning rate with the best mean id_acc" in out.stdout
     assert "mlflow ui --backend-store-uri" in out.stdout
     client, exp, parents, children = _children(f"sqlite:///{tmp_path}/mlflow.db", "emoe-clustering")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -220,6 +252,9 @@ def test_tiny_sweep_with_asha_logs_every_trial(tiny_model_dir, tiny_data_dir, tm
         artifacts = {a.path for a in client.list_artifacts(c.info.run_id)}
         assert "emoe_config.json" in artifacts
         assert ("partitions.npz" in artifacts) == (c.data.tags[tracking.ARM] != "dense")
+        assert c.data.tags[tracking.PLACEMENT].startswith("node ")
+    # The closing lines link to the experiment's runs table, not the MLflow 3 UI's GenAI overview.
+    assert f"#/experiments/{exp.experiment_id}/runs" in out.stdout
 
 
 @pytest.mark.slow
@@ -229,13 +264,17 @@ def test_logical_gpus_fractional_placement(tiny_model_dir, tiny_data_dir, tmp_pa
              "--num-gpus", "4", "--gpus-per-trial", "0.5", "--cpus-per-trial", "0.25", "--scheduler", "none",
              "--eval-steps", "none")
     (exp_dir,) = (tmp_path / "ray").iterdir()
-    placements = [json.loads(p.read_text()) for p in exp_dir.glob("emoe_trials/*/placement.json")]
-    assert len(placements) == 8
-    for p in placements:  # each trial sees exactly its own (logical) GPU
-        assert len(p["gpu_ids"]) == 1 and p["gpu_ids"][0] in {"0", "1", "2", "3"}
-        assert p["cuda_visible_devices"] == p["gpu_ids"][0]
-    events = sorted([(p["start"], 1, p["gpu_ids"][0]) for p in placements] +
-                    [(p["end"], -1, p["gpu_ids"][0]) for p in placements])
+    results = trial_results(exp_dir)
+    assert len(results) == 8
+    spans = []
+    for rows in results.values():  # each trial sees exactly one (logical) GPU, the same in every result
+        assert {r["gpu_ids"] for r in rows} == {rows[0]["gpu_ids"]} and rows[0]["gpu_ids"] in {"0", "1", "2", "3"}
+        # Tune's own times; its timestamps are whole seconds (truncated), so a span computed from them may start
+        # up to 1 s early and end up to 1 s early: it is shortened by 1 s at its start, never making a false overlap.
+        start = rows[0]["timestamp"] - rows[0]["time_total_s"] + 1.0
+        spans.append((start, rows[-1]["timestamp"], rows[0]["gpu_ids"]))
+    events = sorted([(start, 1, gpu) for start, _, gpu in spans] + [(end, -1, gpu) for _, end, gpu in spans],
+                    key=lambda e: (e[0], e[1]))  # at equal times, an end before a start
     running, per_gpu, peak = 0, {}, 0
     for _, delta, gpu in events:
         running += delta
@@ -260,6 +299,7 @@ def test_interrupted_sweep_resumes_without_rerun_or_duplicates(sig, tiny_model_d
     while time.time() < deadline and not list((tmp_path / "ray").glob("*/emoe_trials/*/final.json")):
         time.sleep(1)
     assert list((tmp_path / "ray").glob("*/emoe_trials/*/final.json")), "no trial finished"
+    first_step = 10  # --eval-steps 10: a trial trained again would report this step again
     time.sleep(3)  # let Tune save its experiment state once after that trial (it does so every few seconds)
     if sig == signal.SIGINT:
         proc.send_signal(sig)
@@ -284,9 +324,9 @@ def test_interrupted_sweep_resumes_without_rerun_or_duplicates(sig, tiny_model_d
     assert len(children) == 4 and len({c.data.tags[tracking.TRIAL_ID] for c in children}) == 4
     assert all(r.info.status != "RUNNING" for r in parents + children)
     assert all(c.info.status == "FINISHED" and c.data.tags[tracking.OUTCOME] == "completed" for c in children)
-    work = next((tmp_path / "ray").iterdir()) / "emoe_trials"
+    results = trial_results(next((tmp_path / "ray").iterdir()))
     for trial in done_before:  # finished before the interruption: trained exactly once
-        assert len((work / trial / "starts.log").read_text().splitlines()) == 1
+        assert [r["step"] for r in results[trial]].count(first_step) == 1
 
 
 @pytest.mark.slow

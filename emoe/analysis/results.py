@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from emoe import tracking
+from emoe.tracking import schema as tracking
 
 PARAM_COLUMNS = ("task", "seed", "learning_rate", "method", "init", "clustering", "gate", "num_experts", "top_k")
 
@@ -28,7 +28,9 @@ def load_trials(tracking_uri: str, experiment: str, parent_run_id: str | None = 
     mlflow.set_tracking_uri(tracking_uri)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
-        raise ValueError(f"no MLflow experiment {experiment!r} in {tracking_uri}")
+        names = sorted(e.name for e in mlflow.search_experiments() if e.name.startswith("emoe-"))
+        raise ValueError(f"no MLflow experiment {experiment!r} in {tracking_uri}; its emoe experiments: "
+                         f"{', '.join(names) or 'none'}")
     runs = mlflow.search_runs([exp.experiment_id], max_results=1_000_000, output_format="pandas")
     if runs.empty:
         return pd.DataFrame(columns=["run_id", "arm", "outcome"]), {}
@@ -66,6 +68,8 @@ def load_trials(tracking_uri: str, experiment: str, parent_run_id: str | None = 
 
 def log_report(tracking_uri: str, run_id: str, paths: list, artifact_path: str = "analysis") -> None:
     """Attach the report files to the sweep's parent run, so they show in the MLflow UI."""
-    client = tracking.client(tracking_uri)
+    from emoe.tracking.runs import client as mlflow_client
+
+    client = mlflow_client(tracking_uri)
     for path in paths:
         client.log_artifact(run_id, str(path), artifact_path)

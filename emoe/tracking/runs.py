@@ -1,52 +1,20 @@
-"""The MLflow schema in one place: tag, param and metric names; experiments; parent (sweep) and child (trial) runs."""
+"""MLflow runs: the store (checked before any cluster work), experiments, the sweep's parent run and its trials'
+child runs (open, continue, close), and the redaction of secrets from everything logged."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
 import socket
+import subprocess
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-
-ROLE, SWEEP, FACTOR, ARM, TRIAL_ID, OUTCOME, ERROR = (
-    "emoe.role", "emoe.sweep", "emoe.factor", "emoe.arm", "emoe.trial_id", "emoe.outcome", "emoe.error")
-RESTARTS = "emoe.restarts"  # times a trial was retried after a failure (--max-failures), with the last error
-OUTCOMES = ("completed", "early_stopped", "failed")
-PARENT = "mlflow.parentRunId"
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3 UI: open on training runs
-
-# Metric names shared by Tune results, MLflow and analysis.
-TRAIN_LOSS, ID_ACC, OOD_ACC, EPOCH, STEP = "train_loss", "id_acc", "ood_acc", "epoch", "step"
-
-
-def ood_metric(name: str) -> str:
-    return f"{OOD_ACC}.{name}"
-
-
-def load_entropy_metric(block: int) -> str:
-    return f"load_entropy.block{block}"
-
-
-def trial_run_name(arm: str, config: dict[str, Any], outcome: str | None = None,
-                   metrics: dict[str, float] | None = None) -> str:
-    """What the MLflow UI shows in its default table: arm, seed, learning rate; at the end outcome and accuracy."""
-    name = f"{arm} s{config.get('seed')} lr{float(config.get('learning_rate', 0)):.0e}"
-    if outcome:
-        name += f" | {outcome}"
-    m = metrics or {}
-    if ID_ACC in m:
-        name += f" | id {m[ID_ACC]:.3f}"
-    if isinstance(m.get(OOD_ACC), float) and m[OOD_ACC] == m[OOD_ACC]:
-        name += f" ood {m[OOD_ACC]:.3f}"
-    return name
-
-
-def experiment_name(ablation: str) -> str:
-    return f"emoe-{ablation}"
+from emoe.tracking.schema import (ARM, COMMAND, DEFAULT_TRACKING_URI, ERROR, EXPERIMENT_KIND, FACTOR, GIT_COMMIT,
+                                  OUTCOME, OUTCOMES, PARENT, RAY_DIR, ROLE, SWEEP, TRIAL_ID)
 
 
 # Environment variables whose values must never reach MLflow (tokens, passwords, keys): these names, and any
@@ -123,6 +91,15 @@ def get_or_create_experiment(mlflow_client, name: str) -> str:
     return exp.experiment_id
 
 
+def git_commit() -> str:
+    """The commit of the emoe checkout that runs (``unknown`` outside a git checkout)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 class TrialRun:
     """One MLflow run of a trial: params up front, metrics as they are reported, an outcome at the end."""
 
@@ -171,3 +148,37 @@ class TrialRun:
             self.client.set_tag(self.run_id, ERROR, redact(error)[:5000])
             self.client.log_text(self.run_id, redact(error), "error.txt")
         self.client.set_terminated(self.run_id, status="FAILED" if outcome == "failed" else "FINISHED")
+
+
+def create_sweep_run(mlflow_client, experiment_id: str, name: str, design: str, factor: str, argv: list[str],
+                     ray_dir: str, params: dict[str, Any]) -> str:
+    """The parent run of one sweep invocation (tags: role, design, factor, commit, command, Ray directory; params:
+    the grid and the shared trial config). Returns its run id."""
+    run = mlflow_client.create_run(experiment_id, run_name=name, tags={
+        ROLE: "sweep", SWEEP: design, FACTOR: factor, GIT_COMMIT: git_commit(), COMMAND: redact(shlex.join(argv)),
+        RAY_DIR: ray_dir})
+    TrialRun(mlflow_client, experiment_id, "", run_id=run.info.run_id).log_params(params)
+    return run.info.run_id
+
+
+def open_trial_run(mlflow_client, experiment_id: str, parent_run_id: str, trial_id: str, arm: str | None,
+                   name: str) -> TrialRun:
+    """The child run of ``trial_id`` under ``parent_run_id``: the existing one (a resumed or retried trial continues
+    its run), else a new one."""
+    found = mlflow_client.search_runs([experiment_id], filter_string=(
+        f"tags.`{TRIAL_ID}` = '{trial_id}' and tags.`{PARENT}` = '{parent_run_id}'"), max_results=1)
+    if found:
+        return TrialRun(mlflow_client, experiment_id, name, run_id=found[0].info.run_id)
+    return TrialRun(mlflow_client, experiment_id, name, parent_run_id=parent_run_id,
+                    tags={ARM: str(arm), TRIAL_ID: trial_id})
+
+
+def close_runs(mlflow_client, experiment_id: str, parent_run_id: str, all_done: bool) -> None:
+    """Leave no run RUNNING: unfinished child runs become KILLED (a resume continues them); the parent FINISHED
+    when every trial ended, else KILLED."""
+    children = mlflow_client.search_runs([experiment_id], filter_string=f"tags.`{PARENT}` = '{parent_run_id}'",
+                                         max_results=50000)
+    for run in children:
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            mlflow_client.set_terminated(run.info.run_id, status="KILLED")
+    mlflow_client.set_terminated(parent_run_id, status="FINISHED" if all_done else "KILLED")

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from emoe import tracking
+from emoe.analysis import selection
+from emoe.tracking import schema as tracking
 
-USED_OUTCOMES = ("completed", "early_stopped")
 BLOCKINGS = ("sets", "sets-seeds")
 
 
@@ -56,32 +56,6 @@ def find_baseline(df: pd.DataFrame, requested: str | None = None) -> str | None:
         return "dense"
     dense = df[(df.get("method") == "dense") & (df.get("init", "pretrained") == "pretrained")]["arm"].unique()
     return dense[0] if len(dense) == 1 else None
-
-
-def select(df: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
-    """The trials of each (task, arm)'s chosen learning rate (best mean id_acc over seeds)."""
-    chosen = []
-    all_seeds = sorted(df["seed"].dropna().unique())
-    for (task, arm), group in df.groupby(["task", "arm"], sort=False):
-        scored = group.dropna(subset=[tracking.ID_ACC])
-        if len(scored) < len(group):
-            warnings.append(f"{task}/{arm}: {len(group) - len(scored)} trial(s) without id_acc ignored")
-        if scored.empty:
-            warnings.append(f"{task}/{arm}: no trial with id_acc; arm left out")
-            continue
-        means = scored.groupby("learning_rate")[tracking.ID_ACC].mean().sort_index()
-        best = means.idxmax()  # first (smallest) learning rate among equals
-        rows = scored[scored["learning_rate"] == best]
-        missing = sorted(set(all_seeds) - set(rows["seed"]))
-        if missing:
-            warnings.append(f"{task}/{arm}: seed(s) {[int(s) for s in missing]} missing at the chosen learning rate "
-                            f"{best:g}; averaged over seeds {[int(s) for s in sorted(rows['seed'])]}")
-        stopped = int((rows["outcome"] == "early_stopped").sum())
-        if stopped:
-            warnings.append(f"{task}/{arm}: {stopped} early-stopped trial(s) at the chosen learning rate {best:g} "
-                            "report partially trained metrics")
-        chosen.append(rows)
-    return pd.concat(chosen, ignore_index=True) if chosen else df.iloc[0:0]
 
 
 def block_matrix(chosen: pd.DataFrame, metric: str, blocks: str, warnings: list[str]) -> pd.DataFrame:
@@ -163,18 +137,17 @@ def friedman_tests(matrix: pd.DataFrame, baseline: str | None, alpha: float, war
 
 def analyse(df: pd.DataFrame, metric: str = tracking.OOD_ACC, blocks: str = "sets", baseline: str | None = None,
             alpha: float = 0.05) -> Analysis:
-    """The whole method (module docstring) on a trials DataFrame (``analysis.results.load_trials``)."""
+    """The whole method (module docstring) on a trials DataFrame (``emoe.analysis.results.load_trials``)."""
     warnings: list[str] = []
     if df.empty:
         raise ValueError("no trial runs to analyse")
     df = df.copy()
     df["task"] = df["task"].fillna("?") if "task" in df else "?"
     counts = df.groupby(["task", "arm"], sort=False)["outcome"].value_counts().unstack(fill_value=0)
-    used = df[df["outcome"].isin(USED_OUTCOMES)]
     failed = int((df["outcome"] == "failed").sum())
     if failed:
         warnings.append(f"{failed} failed trial(s) left out (counted per arm in the table)")
-    chosen = select(used, warnings)
+    chosen = selection.select(df, warnings)
     base = find_baseline(df, baseline)
     matrix = block_matrix(chosen, metric, blocks, warnings)
     ranks = rank_blocks(matrix) if not matrix.empty else pd.DataFrame()
@@ -204,7 +177,7 @@ def analyse(df: pd.DataFrame, metric: str = tracking.OOD_ACC, blocks: str = "set
     table = pd.DataFrame(rows)
     method = [
         "trials: completed and early-stopped used, failed counted",
-        "selection: per arm and task, the learning rate with the best mean id_acc over seeds (ID only)",
+        f"selection: {selection.RULE}",
         f"ranking: seeds averaged first; blocks = {'each task x OOD set' if blocks == 'sets' else 'each task x OOD set x seed'}"
         f" on {metric}; 1 = best, ties averaged; ID ranks over tasks separately",
         f"tests: Friedman chi2 + Iman-Davenport F, Nemenyi CD (alpha={alpha}), Wilcoxon signed-rank vs "

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.stats import Analysis
-from emoe import tracking
+from emoe.analysis.stats import Analysis
+from emoe.tracking import schema as tracking
 
 
 def _pm(mean, std, digits=4) -> str:

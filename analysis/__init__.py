@@ -1,1 +1,0 @@
-"""Reading sweep results: MLflow -> one DataFrame (results), statistics (stats), tables and figures (report)."""

@@ -1,0 +1,50 @@
+"""ID and OOD accuracy per arm, Friedman ranks and significance, from a sweep's MLflow experiment.
+
+    python analysis/friedman.py --experiment emoe-clustering [--tracking-uri sqlite:///mlflow.db] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from emoe import tracking
+from emoe.analysis import report, results, stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python analysis/friedman.py", description=__doc__.splitlines()[0])
+    p.add_argument("--experiment", required=True, help="MLflow experiment of a sweep, e.g. emoe-clustering")
+    p.add_argument("--tracking-uri", default=tracking.DEFAULT_TRACKING_URI,
+                   help=f"MLflow store (default: {tracking.DEFAULT_TRACKING_URI})")
+    p.add_argument("--parent", help="analyse one sweep run only (default: every trial of the experiment)")
+    p.add_argument("--factor", help="the swept factor, for the title (default: the sweep's emoe.factor tag)")
+    p.add_argument("--metric", default=tracking.OOD_ACC,
+                   help="metric to rank on (default: ood_acc, one block per OOD set); e.g. id_acc")
+    p.add_argument("--blocks", default="sets", choices=stats.BLOCKINGS,
+                   help="sets: each task x OOD set, seeds averaged (default); sets-seeds: each seed a block too")
+    p.add_argument("--baseline", help="baseline arm (default: dense)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
+    p.add_argument("--out", help="output folder (default: reports/<experiment>/)")
+    p.add_argument("--no-log", action="store_true", help="do not attach the files to the sweep's MLflow run")
+    args = p.parse_args(argv)
+    try:
+        tracking.check_tracking_uri(args.tracking_uri)
+        trials, sweep = results.load_trials(args.tracking_uri, args.experiment, args.parent)
+        analysis = stats.analyse(trials, metric=args.metric, blocks=args.blocks, baseline=args.baseline,
+                                 alpha=args.alpha)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    factor = args.factor or sweep.get(tracking.FACTOR, "arm")
+    title = f"{args.experiment}: {factor} ablation"
+    print(title)
+    print(report.console(analysis))
+    out = Path(args.out or Path("reports") / args.experiment)
+    paths = report.write_files(analysis, out, title)
+    print(f"\nwrote {', '.join(str(p) for p in paths)}")
+    if sweep.get("run_id") and not args.no_log:
+        results.log_report(args.tracking_uri, sweep["run_id"], paths)
+        print(f"logged to MLflow run {sweep['run_id']} (artifacts/analysis)")
+    return 0

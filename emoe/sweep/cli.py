@@ -1,0 +1,228 @@
+"""The sweep scripts' command line: flags (defaults shown as the chosen preset sets them), the dry run, and what a
+finished sweep prints (the per-arm table under the one selection rule, the MLflow UI link). Exit codes: 0 done,
+1 every trial failed, 2 bad input (one ``error:`` line, before Ray starts and before anything is logged)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from emoe import hparams
+from emoe.sweep.design import PRESETS, Ablation
+from emoe.sweep.plan import SCHEDULERS, SCOPES, SEARCHES, SweepSettings
+from emoe.tracking import schema
+from emoe.tracking.records import SweepRecord
+
+# Flags of the sweep itself (not trial knobs): name -> SweepSettings field.
+_SWEEP_FLAGS = ("seeds", "learning_rates", "lr_range", "search", "num_samples", "scheduler", "early_stop_scope",
+                "grace_period", "reduction_factor", "address", "num_gpus", "gpus_per_trial", "cpus_per_trial",
+                "max_concurrent", "max_failures", "storage_path", "tracking_uri", "experiment")
+
+
+def _numbers(kind: type):
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            name = "integers" if kind is int else "numbers"
+            raise argparse.ArgumentTypeError(f"expected comma-separated {name}, got {text!r}") from None
+
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints the usage block first otherwise)
+        self.exit(2, f"error: {message}\n")
+
+
+def _shown(value) -> str:
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, tuple) \
+        else str(value)
+
+
+def build_parser(design: Ablation, preset: str | None = None) -> argparse.ArgumentParser:
+    """The flags of a sweep script; help shows the defaults ``preset`` sets. Swept knobs have no listed flag."""
+    d = SweepSettings.from_preset(preset)
+    seeds = d.seeds or hparams.KNOBS["seed"].grid
+    lrs = d.learning_rates or hparams.KNOBS["learning_rate"].grid
+    lr_range = d.lr_range or hparams.KNOBS["learning_rate"].log_range
+    p = _Parser(prog=Path(sys.argv[0]).name,
+                description=f"EMoE ablation '{design.name}': arms {', '.join(design.arms)}; each crossed with seeds "
+                            "and learning rates, run as a Ray Tune search, logged to MLflow."
+                            + (f" Defaults shown are preset {preset}'s." if preset else ""))
+    g = p.add_argument_group("sweep")
+    g.add_argument("--preset", choices=list(PRESETS), help="demo: packaged MiniLM and data, a few minutes on a CPU; "
+                   "paper: bert-base-uncased, full data from the Hub. Explicit flags override it; "
+                   "--preset NAME --help shows its defaults")
+    g.add_argument("--seeds", type=_numbers(int), help=f"comma-separated seeds (default: {_shown(seeds)})")
+    g.add_argument("--learning-rates", type=_numbers(float), help=f"comma-separated grid (default: {_shown(lrs)})")
+    g.add_argument("--search", choices=SEARCHES,
+                   help=f"grid, or optuna: a log-uniform learning rate (--lr-range), --num-samples per arm "
+                        f"(default: {d.search})")
+    g.add_argument("--num-samples", type=int,
+                   help="optuna: trials per arm (default: seeds x learning rates); grid: repeats of the grid")
+    g.add_argument("--lr-range", type=_numbers(float),
+                   help=f"optuna: LOW,HIGH of the log-uniform learning rate (default: {_shown(tuple(lr_range))})")
+    g.add_argument("--scheduler", choices=SCHEDULERS, help=f"early stopping on {schema.ID_ACC} (default: {d.scheduler})")
+    g.add_argument("--early-stop-scope", choices=SCOPES,
+                   help="arm: a trial competes only with the learning rates of its own arm and seed; global: with "
+                        f"every trial (default: {d.early_stop_scope})")
+    g.add_argument("--grace-period", type=float,
+                   help="ASHA: epochs before a trial can be stopped (default: a quarter of --epochs)")
+    g.add_argument("--reduction-factor", type=float, help=f"ASHA reduction factor (default: {d.reduction_factor:g})")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print the settings, the trials and a time estimate; run nothing")
+    r = p.add_argument_group("cluster")
+    r.add_argument("--address", help="Ray cluster address HOST:PORT (default: start a local Ray)")
+    r.add_argument("--num-gpus", type=float, help="local Ray only: GPUs to declare (default: detected); logical "
+                   "GPUs work for testing")
+    r.add_argument("--gpus-per-trial", type=float,
+                   help="GPU share per trial, fractions allowed (default: 1 if the cluster has GPUs, else 0)")
+    r.add_argument("--cpus-per-trial", type=float,
+                   help=f"CPUs per trial, also its torch threads (default: {d.cpus_per_trial:g})")
+    r.add_argument("--max-concurrent", type=int, help="cap on trials running at once (default: as resources allow)")
+    r.add_argument("--max-failures", type=int, help=f"retries of a failed trial (default: {d.max_failures})")
+    r.add_argument("--storage-path", help="Ray results; a shared path on a multi-node cluster "
+                   f"(default: {d.storage_path})")
+    r.add_argument("--resume", nargs="?", const="latest", metavar="DIR",
+                   help="continue an interrupted sweep with its own settings (default: the latest of this experiment)")
+    t = p.add_argument_group("tracking")
+    t.add_argument("--tracking-uri", help=f"MLflow store (default: {d.tracking_uri}; http://host:port for a server)")
+    t.add_argument("--experiment", help=f"MLflow experiment (default: {schema.experiment_name(design.name)})")
+    k = p.add_argument_group("trial (every other knob of emoe.hparams)")
+    owned = {"seed", "learning_rate"}
+    hparams.add_arguments(k, [n for n in hparams.KNOBS if n not in owned | design.swept], defaults_from=d.trial)
+    for name in sorted(design.swept & set(hparams.KNOBS)):  # accepted only to be refused with a clear message
+        k.add_argument(hparams.KNOBS[name].flag, dest=name, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(design: Ablation, argv: list[str]) -> argparse.Namespace:
+    pre = _Parser(add_help=False)
+    pre.add_argument("--preset", choices=list(PRESETS))
+    known, _ = pre.parse_known_args(argv)
+    return build_parser(design, known.preset).parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> SweepSettings:
+    """Flags over the preset over the declared defaults."""
+    given = {name: getattr(args, name) for name in _SWEEP_FLAGS if getattr(args, name) is not None}
+    return SweepSettings.from_preset(args.preset, trial=hparams.overrides_from_args(args), **given)
+
+
+def latest_sweep(storage: Path, experiment: str) -> Path:
+    candidates = sorted(p for p in storage.glob(f"{experiment}-*") if SweepRecord.exists(p))
+    if not candidates:
+        raise ValueError(f"nothing to resume: no sweep of experiment {experiment!r} under {storage}")
+    return candidates[-1]
+
+
+def dry_run(plan, workload) -> str:
+    from emoe.sweep.estimate import estimate
+    from emoe.sweep.plan import local_nodes
+
+    s, b = plan.settings, plan.base
+    nodes = local_nodes(s.num_gpus)
+    gpus = "auto (1 if the cluster has GPUs)" if s.gpus_per_trial is None else f"{s.gpus_per_trial:g}"
+    search = (f"{len(plan.learning_rates)} learning rates" if s.search == "grid"
+              else f"optuna lr in [{plan.lr_range[0]:g}, {plan.lr_range[1]:g}]")
+    data = b["data_dir"] or "the Hub"
+    head = [
+        f"ablation {plan.design.name}: {len(plan.design.arms)} arms x {len(plan.seeds)} seeds x {search} = "
+        f"{plan.n_trials} trials" + (f" (preset {s.preset})" if s.preset else ""),
+        f"shared: task {b['task']}, model {b['model']} ({workload.params / 1e6:.1f}M block parameters), data "
+        f"{data} ({workload.train_examples} training examples, {workload.eval_examples} evaluation examples), "
+        f"batch {b['batch_size']}, max length {b['max_length']}, {b['epochs']} epoch(s), evaluation every "
+        f"{b['eval_steps'] or 'epoch'}" + (" steps" if b["eval_steps"] else ""),
+        f"resources per trial: cpu={s.cpus_per_trial:g} gpu={gpus}; max concurrent: {s.max_concurrent or 'auto'}",
+        f"scheduler: {s.scheduler} (scope {s.early_stop_scope}, on {schema.ID_ACC}); MLflow: {s.tracking_uri} "
+        f"experiment {plan.experiment}",
+        estimate(plan, workload, nodes[0]["CPU"], nodes[0]["GPU"]),
+        f"{'arm':<16} {'seed':>4} {'learning_rate':>13}  arm knobs"]
+    rows = [f"{arm:<16} {seed:>4} {lr:>13.3g}  {plan.design.arms[arm]}"
+            for arm, seed, lr in (plan.grid() if s.search == "grid" else
+                                  [(arm, seed, float("nan")) for arm in plan.design.arms for seed in plan.seeds])]
+    return "\n".join(head + rows)
+
+
+def closing_table(trials) -> str:
+    """Per arm, the trials that ``emoe.analysis.selection.select`` chooses: learning rate, seeds, ID and OOD
+    mean +- std (and how many of the arm's trials were early-stopped)."""
+    from emoe.analysis import selection
+
+    if trials.empty or schema.ID_ACC not in trials:
+        return "no trial reported a result"
+    chosen = selection.select(trials)
+    lines = [f"{'arm':<16} {'best lr':>9} {'seeds':>5} {'early-stopped':>13} {schema.ID_ACC:>15} "
+             f"{schema.OOD_ACC:>15}"]
+    for arm, group in trials.groupby("arm", sort=False):
+        stopped = int((group["outcome"] == "early_stopped").sum())
+        sel = chosen[chosen["arm"] == arm]
+        if sel.empty:
+            lines.append(f"{arm:<16} {'-':>9} {0:>5} {stopped:>13} {'n/a':>15} {'n/a':>15}")
+            continue
+
+        def fmt(col):
+            vals = sel[col].dropna() if col in sel else []
+            return f"{vals.mean():.4f}+-{vals.std(ddof=1) if len(vals) > 1 else 0:.4f}" if len(vals) else "n/a"
+
+        lines.append(f"{arm:<16} {sel['learning_rate'].iloc[0]:>9.2g} {len(sel):>5} {stopped:>13} "
+                     f"{fmt(schema.ID_ACC):>15} {fmt(schema.OOD_ACC):>15}")
+    return "\n".join(lines)
+
+
+def mlflow_lines(uri: str, experiment: str, experiment_id: str, parent_run_id: str) -> list[str]:
+    """How to open the sweep's runs: the UI command for a local store, and the link to the runs table."""
+    if uri.startswith("sqlite"):
+        exe = Path(sys.executable).with_name("mlflow")
+        rel = os.path.relpath(exe)
+        exe = rel if not rel.startswith("..") else str(exe)
+        return [f"MLflow: {exe} ui --backend-store-uri {uri}   (experiment {experiment}, parent run {parent_run_id})",
+                f"then open {schema.runs_url('http://127.0.0.1:5000', experiment_id)}"]
+    return [f"MLflow: {schema.runs_url(uri, experiment_id)}   (experiment {experiment}, parent run {parent_run_id})"]
+
+
+def main(design: Ablation, argv: list[str] | None = None) -> int:
+    """The whole sweep from a command line. Returns the exit code."""
+    from emoe.analysis.selection import RULE
+    from emoe.sweep.runner import prepare, results_frame, run_sweep
+    from emoe.sweep.trainable import quiet_libraries
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_libraries()
+    resume = None
+    try:
+        args = parse_args(design, argv)
+        if args.resume:
+            storage = Path(args.storage_path or SweepSettings.storage_path).resolve()
+            experiment = args.experiment or schema.experiment_name(design.name)
+            resume = latest_sweep(storage, experiment) if args.resume == "latest" else Path(args.resume).resolve()
+            record = SweepRecord.load(resume)  # the interrupted sweep's own design and settings
+            design = Ablation(record.design, record.arms, record.factor)
+            settings, command = SweepSettings.from_dict(record.settings), record.argv
+        else:
+            settings, command = settings_from_args(args), [sys.argv[0], *argv]
+        if args.dry_run:
+            print(dry_run(*prepare(design, settings)))
+            return 0
+        outcome = run_sweep(design, settings, resume=resume, argv=command)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"\nper arm ({RULE}):")
+    print(closing_table(results_frame(outcome)))
+    if outcome.failed:
+        print(f"{outcome.failed} trial(s) failed; their MLflow runs hold the error")
+    print()
+    print("\n".join(mlflow_lines(settings.tracking_uri, outcome.plan.experiment, outcome.experiment_id,
+                                 outcome.parent_run_id)))
+    if not outcome.complete:
+        print(f"sweep incomplete; continue with: {sys.argv[0]} --resume {outcome.directory}")
+    if outcome.exit_code:
+        print("every trial failed (see the errors above and in MLflow)", file=sys.stderr)
+    return outcome.exit_code

@@ -1,0 +1,203 @@
+"""Running a sweep: ``run_sweep(design, settings)`` checks everything, joins (or starts) Ray, opens the MLflow parent
+run, fits (or restores) the Tuner, closes the runs, and returns what happened. No argv here: that is the CLI's."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from emoe.sweep.design import Ablation
+from emoe.sweep.plan import Plan, SweepSettings, check_model_and_data, check_resources, local_nodes, make_plan
+from emoe.sweep.search import scheduler, search_space
+from emoe.sweep.trainable import TrialSetup, quiet_libraries, tune_trainable
+from emoe.tracking import runs, schema
+from emoe.tracking.callback import MlflowTrials
+from emoe.tracking.records import SweepRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrialResult:
+    """One trial as the sweep saw it end: its arm, seed, rate, outcome and last reported metrics."""
+
+    trial_id: str
+    arm: str
+    seed: int
+    learning_rate: float
+    outcome: str
+    metrics: dict[str, float]
+
+
+@dataclasses.dataclass
+class SweepOutcome:
+    """What ``run_sweep`` did."""
+
+    plan: Plan
+    experiment_id: str
+    parent_run_id: str
+    directory: Path  # the Ray experiment directory (``--resume`` takes it)
+    trials: list[TrialResult]
+    complete: bool  # every trial of the plan ended (a resume has nothing left to do)
+
+    @property
+    def failed(self) -> int:
+        return sum(t.outcome == "failed" for t in self.trials)
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 1 when every trial failed (a sweep that produced nothing is not a success)."""
+        return 1 if self.trials and self.failed == len(self.trials) else 0
+
+
+def prepare(design: Ablation, settings: SweepSettings):
+    """Every check that needs no Ray: the plan, the tracking store, the model, the data and this machine's
+    resources (for a local Ray). Returns ``(plan, workload)``; ``ValueError`` (one line) on bad input."""
+    plan = make_plan(design, settings)
+    runs.check_tracking_uri(settings.tracking_uri)
+    workload = check_model_and_data(plan)
+    if settings.address is None:
+        nodes = local_nodes(settings.num_gpus)
+        check_resources(settings, nodes, gpus_per_trial(settings, nodes))
+    return plan, workload
+
+
+def gpus_per_trial(settings: SweepSettings, nodes: list[dict[str, float]]) -> float:
+    """``--gpus-per-trial``, else 1 when some node has a GPU, else 0."""
+    if settings.gpus_per_trial is not None:
+        return settings.gpus_per_trial
+    return 1.0 if any(n.get("GPU", 0) >= 1 for n in nodes) else 0.0
+
+
+def connect_ray(settings: SweepSettings) -> list[dict[str, float]]:
+    """Join the cluster at ``settings.address``, else start a local Ray; ``ValueError`` (one line) if it cannot be
+    reached. Runs before anything is written to MLflow. Returns the live nodes' resources."""
+    import ray
+
+    address = settings.address
+    if not address:
+        # NOTE: "local" always starts a fresh Ray: plain ray.init() would join (or, if its head died, hang on) the
+        # cluster recorded in /tmp/ray/ray_current_cluster by an earlier `ray start`.
+        ray.init(address="local", num_gpus=settings.num_gpus, ignore_reinit_error=True, include_dashboard=False)
+    else:
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        if address != "auto":
+            if not host or not port.isdigit():
+                raise ValueError(f"--address {address!r}: expected HOST:PORT (the head's GCS port, e.g. "
+                                 "10.0.0.1:6379), ray://HOST:PORT or auto")
+            try:
+                socket.create_connection((host, int(port)), timeout=5).close()
+            except OSError as e:
+                raise ValueError(f"--address {address!r}: no Ray head reachable there ({e.strerror or e}); start "
+                                 "one with ray start --head, or omit --address for a local Ray") from None
+        try:
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+        except (ConnectionError, RuntimeError) as e:
+            raise ValueError(f"--address {address!r}: cannot join the Ray cluster ({str(e).splitlines()[0]})") \
+                from None
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def run_sweep(design: Ablation, settings: SweepSettings, resume: str | Path | None = None,
+              argv: list[str] | None = None) -> SweepOutcome:
+    """Run (or, with ``resume``, continue) a sweep.
+
+    Args:
+        design: the arms.
+        settings: everything else (``SweepSettings``).
+        resume: the experiment directory of an interrupted sweep with these design and settings.
+        argv: the command line, recorded in the parent run's ``emoe.command`` tag.
+
+    Raises:
+        ValueError: bad input, before Ray starts or anything is logged (one line).
+    """
+    import ray
+
+    quiet_libraries()
+    plan, _ = prepare(design, settings)
+    nodes = connect_ray(settings)
+    gpus = gpus_per_trial(settings, nodes)
+    try:
+        check_resources(settings, nodes, gpus)
+    except ValueError:
+        ray.shutdown()
+        raise
+    client = runs.client(settings.tracking_uri)
+    experiment_id = runs.get_or_create_experiment(client, plan.experiment)
+    storage = Path(settings.storage_path).resolve()
+    if resume is None:
+        directory = storage / f"{plan.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+        directory.mkdir(parents=True, exist_ok=False)
+        parent_id = runs.create_sweep_run(
+            client, experiment_id, f"{design.name}-{directory.name[-15:]}", design.name, design.factor,
+            argv or [], str(directory),
+            {"arms": ",".join(design.arms), "seeds": plan.seeds, "learning_rates": plan.learning_rates,
+             "search": settings.search, "scheduler": settings.scheduler,
+             "early_stop_scope": settings.early_stop_scope, "preset": settings.preset or "", **plan.base})
+        record = SweepRecord(design.name, design.factor, design.arms, settings.to_dict(), plan.experiment,
+                             parent_id, argv or [])
+        record.save(directory)
+    else:
+        directory = Path(resume).resolve()
+        record = SweepRecord.load(directory)
+        parent_id = record.parent_run_id
+        client.update_run(parent_id, "RUNNING")
+        log.info("resuming %s (MLflow parent run %s)", directory, parent_id)
+    return _fit(plan, record, directory, client, experiment_id, gpus, resume is not None)
+
+
+def _fit(plan: Plan, record: SweepRecord, directory: Path, client, experiment_id: str, gpus: float,
+         resume: bool) -> SweepOutcome:
+    from ray import tune
+
+    s = plan.settings
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trainable, setup=TrialSetup(record, str(directory), max(1, int(s.cpus_per_trial)))),
+        {"cpu": s.cpus_per_trial, "gpu": gpus})
+    callback = MlflowTrials(s.tracking_uri, experiment_id, record, str(directory))
+    all_done, trials = False, []
+    try:
+        if resume and tune.Tuner.can_restore(str(directory)):
+            tuner = tune.Tuner.restore(str(directory), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=False)
+        else:
+            param_space, search_alg, num_samples = search_space(plan)
+            tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(
+                metric=schema.ID_ACC, mode="max", scheduler=scheduler(plan), search_alg=search_alg,
+                num_samples=num_samples, max_concurrent_trials=s.max_concurrent,
+                # NOTE: every trial asks for the same resources, so a finished trial's worker (torch and
+                # transformers imported, data loaded) runs the next one.
+                reuse_actors=True),
+                run_config=tune.RunConfig(name=directory.name, storage_path=str(directory.parent),
+                                          callbacks=[callback], verbose=1,
+                                          failure_config=tune.FailureConfig(max_failures=s.max_failures)))
+        grid = tuner.fit()
+        for r in grid:
+            if r.config:
+                trials.append(TrialResult(
+                    (r.metrics or {}).get("trial_id", ""), r.config.get("arm"), r.config.get("seed"),
+                    r.config.get("learning_rate"), schema.outcome(r.metrics, r.config.get("epochs", 1),
+                                                                  r.error is not None),
+                    schema.trial_metrics(r.metrics or {})))
+        all_done = grid.num_terminated + grid.num_errors >= plan.n_trials
+    finally:
+        try:
+            runs.close_runs(client, experiment_id, record.parent_run_id, all_done)
+        except Exception as e:
+            log.warning("could not close MLflow runs (%s); run python -m emoe.sync after the server is back", e)
+    return SweepOutcome(plan, experiment_id, record.parent_run_id, directory, trials, all_done)
+
+
+def results_frame(outcome: SweepOutcome) -> Any:
+    """The sweep's trials as the analysis reads them (one row per trial: task, arm, seed, learning_rate, outcome,
+    metrics), for ``emoe.analysis.selection``."""
+    import pandas as pd
+
+    rows = [{"task": outcome.plan.base["task"], "arm": t.arm, "seed": t.seed, "learning_rate": t.learning_rate,
+             "outcome": t.outcome, **t.metrics} for t in outcome.trials]
+    columns = ["task", "arm", "seed", "learning_rate", "outcome", schema.ID_ACC, schema.OOD_ACC]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)

@@ -1,0 +1,132 @@
+"""The driver-side Tune callback that logs a sweep into MLflow: one child run per trial under the sweep's parent run.
+
+All logging happens in the driver, so trials never contend for the store and workers never need to reach it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from ray.tune import Callback
+
+from emoe import hparams
+from emoe.tracking import runs, schema
+from emoe.tracking.records import SweepRecord, TrialFiles
+
+log = logging.getLogger(__name__)
+
+
+def trial_error_text(trial) -> str:
+    """The error of a failed Tune trial: its last line ("Type: message") first, then the whole traceback."""
+    try:
+        err = trial.get_error()
+        text = str(err) if err is not None else ""
+    except Exception:
+        text = ""
+    if not text and trial.error_file and os.path.exists(trial.error_file):
+        text = Path(trial.error_file).read_text()
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return (lines[-1] + "\n\n" + text) if lines else "trial failed (no error recorded)"
+
+
+def placement(result: dict) -> str:
+    """Where a result was computed, from the fields Tune adds to every result and the trainable's GPU ids."""
+    return (f"node {result.get('node_ip', '?')} pid {result.get('pid', '?')} gpus {result.get('gpu_ids') or '-'}")
+
+
+class MlflowTrials(Callback):
+    """One child run per trial under the sweep's parent run.
+
+    A trial that restarts (resume, retry) continues its own run, found by its ``emoe.trial_id`` tag; MLflow errors
+    are logged and never stop the sweep (Ray's own records keep every result; ``python -m emoe.sync`` backfills).
+    """
+
+    def __init__(self, uri: str, experiment_id: str, record: SweepRecord, root: str):
+        self.uri, self.experiment_id, self.record, self.root = uri, experiment_id, record, root
+        self._runs: dict[str, runs.TrialRun] = {}
+        self._placed: set[str] = set()
+        self._client = None
+        self._down_until = 0.0
+
+    def __getstate__(self):
+        return {**self.__dict__, "_client": None, "_runs": {}, "_placed": set(), "_down_until": 0.0}
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = runs.client(self.uri)
+        return self._client
+
+    def _safe(self, what, fn, *a, **k):
+        # NOTE: a circuit breaker: with the server down every call would block Tune's event loop through the
+        # client's retries, so after a failure MLflow is left alone for a minute (python -m emoe.sync backfills).
+        if time.time() < self._down_until:
+            return None
+        try:
+            return fn(*a, **k)
+        except Exception as e:  # never let tracking break training
+            self._down_until = time.time() + 60
+            log.warning("MLflow %s failed (%s); skipping MLflow for 60 s. Ray keeps every result: backfill with "
+                        "python -m emoe.sync --storage-path %s --tracking-uri %s", what, str(e)[:200],
+                        Path(self.root).parent, self.uri)
+            return None
+
+    def _run(self, trial) -> runs.TrialRun | None:
+        if trial.trial_id not in self._runs:
+            arm = trial.config.get("arm")
+            run = self._safe("run lookup", runs.open_trial_run, self.client, self.experiment_id,
+                             self.record.parent_run_id, trial.trial_id, arm, schema.trial_run_name(arm, trial.config))
+            if run is None:
+                return None
+            self._runs[trial.trial_id] = run
+        return self._runs[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        run = self._run(trial)
+        if run is not None:
+            config = self.record.trial_config(trial.config)
+            self._safe("params", run.log_params, config)
+            self._safe("config artifact", run.log_dict, hparams.emoe_config(config).to_dict(), "emoe_config.json")
+            self._safe("status", self.client.update_run, run.run_id, "RUNNING")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run = self._run(trial)
+        if run is None:
+            return
+        self._safe("metrics", run.log_metrics, schema.trial_metrics(result), int(result.get(schema.STEP, 0)))
+        if trial.trial_id not in self._placed:  # once per start of the trial (a retry may run elsewhere)
+            self._placed.add(trial.trial_id)
+            self._safe("placement", run.set_tags, {schema.PLACEMENT: placement(result)})
+
+    def _partitions(self, trial, run):
+        path = TrialFiles(self.root, trial.trial_id).partitions
+        if path.exists():
+            self._safe("partitions artifact", self.client.log_artifact, run.run_id, str(path))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run = self._run(trial)
+        if run is None:
+            return
+        last = trial.last_result or {}
+        self._partitions(trial, run)
+        outcome = schema.outcome(last, trial.config.get("epochs", 1))
+        self._safe("outcome", run.finish, outcome,
+                   name=schema.trial_run_name(trial.config.get("arm"), trial.config, outcome, last))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # A retry (--max-failures) continues the same run; its metrics restart from step 1 (see the README).
+        self._placed.discard(trial.trial_id)
+        run = self._run(trial)
+        if run is not None:
+            error = trial_error_text(trial).split("\n\n")[0]
+            self._safe("restart", run.set_tags, {schema.RESTARTS: trial.num_failures, schema.RESTART_ERROR: error})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run = self._run(trial)
+        if run is None:
+            return
+        self._safe("failure", run.finish, "failed", trial_error_text(trial),
+                   name=schema.trial_run_name(trial.config.get("arm"), trial.config, "failed"))

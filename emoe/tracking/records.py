@@ -1,0 +1,98 @@
+"""What a sweep keeps beside Ray's own records in its experiment directory, read by the resume, the driver-side
+MLflow callback and the backfill: the sweep record (``emoe_sweep.json``: its design, settings and MLflow parent run)
+and each trial's files (``emoe_trials/<trial_id>/``: final metrics, partitions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+SWEEP_RECORD = "emoe_sweep.json"
+TRIALS_DIR = "emoe_trials"
+
+
+@dataclasses.dataclass
+class SweepRecord:
+    """How to resume a sweep and where it logs: written once when the sweep starts.
+
+    Attributes:
+        design: the design's name (``emoe-<design>`` experiment by default).
+        factor: the swept factor(s).
+        arms: arm name -> the knobs it sets.
+        settings: the sweep's settings (``emoe.sweep.plan.SweepSettings`` as a dict).
+        experiment: the MLflow experiment.
+        parent_run_id: the sweep's MLflow parent run.
+        argv: the command line that started it (for the ``emoe.command`` tag).
+    """
+
+    design: str
+    factor: str
+    arms: dict[str, dict[str, Any]]
+    settings: dict[str, Any]
+    experiment: str
+    parent_run_id: str
+    argv: list[str] = dataclasses.field(default_factory=list)
+
+    @staticmethod
+    def exists(directory: str | Path) -> bool:
+        return (Path(directory) / SWEEP_RECORD).is_file()
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "SweepRecord":
+        path = Path(directory) / SWEEP_RECORD
+        if not path.is_file():
+            raise ValueError(f"{directory}: not a sweep directory (no {SWEEP_RECORD})")
+        data = json.loads(path.read_text())
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def save(self, directory: str | Path) -> None:
+        path = Path(directory) / SWEEP_RECORD
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True))
+        os.replace(tmp, path)
+
+    def trial_config(self, tune_config: dict[str, Any]) -> dict[str, Any]:
+        """The flat trial config of a Tune config: its knobs plus its arm's knobs (private ``_`` keys dropped)."""
+        from emoe import hparams
+
+        flat = {k: v for k, v in tune_config.items() if not k.startswith("_") and k != "arm"}
+        flat.update(self.arms[tune_config["arm"]])
+        return hparams.trial_config(flat)
+
+
+class TrialFiles:
+    """``<experiment dir>/emoe_trials/<trial_id>/``: the files one trial writes on the shared storage."""
+
+    def __init__(self, root: str | Path, trial_id: str):
+        self.dir = Path(root) / TRIALS_DIR / trial_id
+
+    @property
+    def final(self) -> Path:
+        """The final metrics, saved when the trial finished (so a resume does not train it again)."""
+        return self.dir / "final.json"
+
+    @property
+    def partitions(self) -> Path:
+        """The expert of each neuron per converted block (``block<b>`` arrays)."""
+        return self.dir / "partitions.npz"
+
+    def save_final(self, metrics: dict[str, Any]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.final.with_suffix(".tmp")
+        tmp.write_text(json.dumps(metrics))
+        os.replace(tmp, self.final)
+
+    def load_final(self) -> dict[str, Any] | None:
+        return json.loads(self.final.read_text()) if self.final.is_file() else None
+
+    def save_partitions(self, partitions: dict[int, Any]) -> None:
+        import numpy as np
+
+        if partitions:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            np.savez(self.partitions, **{f"block{b}": labels for b, labels in partitions.items()})

@@ -1,0 +1,87 @@
+"""The MLflow schema in one place: every tag, param and metric name, run names, the UI link, and the predicate that
+says a trial finished. Sweeps, backfill, the one-trial CLI and the analysis all read their names from here."""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any
+
+__all__ = ["DEFAULT_TRACKING_URI", "ROLE", "PARENT", "SWEEP", "FACTOR", "GIT_COMMIT", "COMMAND", "RAY_DIR",
+           "BACKFILLED", "ARM", "TRIAL_ID", "OUTCOME", "ERROR", "RESTARTS", "RESTART_ERROR", "PLACEMENT", "OUTCOMES",
+           "EXPERIMENT_KIND", "TRAIN_LOSS", "ID_ACC", "OOD_ACC", "EPOCH", "STEP", "LOAD_ENTROPY", "METRIC_PREFIXES",
+           "ood_metric", "load_entropy_metric", "trial_metrics", "finished", "outcome", "experiment_name",
+           "trial_run_name", "runs_url"]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+# Tags of every run.
+ROLE = "emoe.role"  # sweep (the parent run of one invocation) | trial (a child run)
+PARENT = "mlflow.parentRunId"
+# Tags of a sweep's parent run.
+SWEEP, FACTOR = "emoe.sweep", "emoe.factor"  # the design's name and its swept factor(s)
+GIT_COMMIT, COMMAND, RAY_DIR = "emoe.git_commit", "emoe.command", "emoe.ray_dir"
+BACKFILLED = "emoe.backfilled"  # a parent run that python -m emoe.sync had to create
+# Tags of a trial run.
+ARM, TRIAL_ID, OUTCOME, ERROR = "emoe.arm", "emoe.trial_id", "emoe.outcome", "emoe.error"
+RESTARTS = "emoe.restarts"  # times a trial was retried after a failure (--max-failures)
+RESTART_ERROR = "emoe.restarts.last_error"
+PLACEMENT = "emoe.placement"  # where the trial (last) ran: node, process, GPUs
+OUTCOMES = ("completed", "early_stopped", "failed")
+# Experiment tag: the MLflow 3 UI opens an experiment on its training runs, not on the GenAI overview.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+# Metric names shared by Tune results, MLflow and analysis (logged with step = optimiser step).
+TRAIN_LOSS, ID_ACC, OOD_ACC, EPOCH, STEP = "train_loss", "id_acc", "ood_acc", "epoch", "step"
+LOAD_ENTROPY = "load_entropy"
+METRIC_PREFIXES = (TRAIN_LOSS, ID_ACC, OOD_ACC, EPOCH, STEP, LOAD_ENTROPY)
+
+
+def ood_metric(name: str) -> str:
+    return f"{OOD_ACC}.{name}"
+
+
+def load_entropy_metric(block: int) -> str:
+    return f"{LOAD_ENTROPY}.block{block}"
+
+
+def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The schema's metrics in a Tune result (Tune's own fields and non-numbers left out)."""
+    return {k: v for k, v in result.items()
+            if k.startswith(METRIC_PREFIXES) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def finished(metrics: dict[str, Any] | None, epochs: float) -> bool:
+    """Whether the metrics are those of a trial that trained all its ``epochs`` (not stopped early, not cut off)."""
+    return bool(metrics) and float(metrics.get(EPOCH, 0.0)) >= float(epochs) - 1e-9
+
+
+def outcome(metrics: dict[str, Any] | None, epochs: float, error: bool = False) -> str:
+    """One of ``OUTCOMES`` for a trial that ended: failed, else completed if it finished, else early_stopped."""
+    return "failed" if error else ("completed" if finished(metrics, epochs) else "early_stopped")
+
+
+def experiment_name(design: str) -> str:
+    return f"emoe-{design}"
+
+
+def trial_run_name(arm: str, config: dict[str, Any], outcome: str | None = None,
+                   metrics: dict[str, float] | None = None) -> str:
+    """What the MLflow UI shows in its default table: arm, seed, learning rate; at the end outcome and accuracy."""
+    name = f"{arm} s{config.get('seed')} lr{float(config.get('learning_rate', 0)):.0e}"
+    if outcome:
+        name += f" | {outcome}"
+    m = metrics or {}
+    if ID_ACC in m:
+        name += f" | id {m[ID_ACC]:.3f}"
+    if isinstance(m.get(OOD_ACC), float) and m[OOD_ACC] == m[OOD_ACC]:
+        name += f" ood {m[OOD_ACC]:.3f}"
+    return name
+
+
+def runs_url(ui: str, experiment_id: str) -> str:
+    """The MLflow UI page of an experiment's runs table.
+
+    NOTE: MLflow 3's experiment list opens an experiment on its GenAI overview (its GenAI / model-training toggle
+    lives in the browser's local storage and defaults to GenAI); this route lands on the runs table directly.
+    """
+    return f"{ui.rstrip('/')}/#/experiments/{urllib.parse.quote(str(experiment_id))}/runs"
