@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from test_faults import free_port, start_mlflow_server, stop
-from test_sweep import _children, env, sweep_cmd, tiny_args
+from test_sweep import _children, env, sweep_cmd, tiny_args, trial_results
 
 from emoe import tracking
 
@@ -110,10 +110,9 @@ def cluster_args(cluster, model_dir, data_dir, tmp_path, uri, *extra):
     return args
 
 
-def starts(exp_dir: Path) -> dict[str, list[str]]:
-    """trial id -> the node id of each start of its training."""
-    return {p.parent.name: [line.split()[2] for line in p.read_text().splitlines()]
-            for p in exp_dir.glob("emoe_trials/*/starts.log")}
+def ran_on(exp_dir: Path) -> dict[str, list[str]]:
+    """trial id -> the node id of each of its results, in order (from Tune's records)."""
+    return {trial: [r["node_id"] for r in rows] for trial, rows in trial_results(exp_dir).items()}
 
 
 def test_sweep_on_a_two_node_cluster_logs_to_an_mlflow_server(cluster, mlflow_server, tiny_model_dir,
@@ -125,10 +124,10 @@ def test_sweep_on_a_two_node_cluster_logs_to_an_mlflow_server(cluster, mlflow_se
                          env=cluster.env, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (exp_dir,) = (tmp_path / "ray").iterdir()
-    ran_on = starts(exp_dir)
-    assert len(ran_on) == 8 and all(len(s) == 1 for s in ran_on.values())
+    nodes_of = ran_on(exp_dir)
+    assert len(nodes_of) == 8 and all(len(set(s)) == 1 for s in nodes_of.values())
     # One CPU per node and one per trial: two trials at a time can only run on two nodes, so both did work.
-    assert {s[0] for s in ran_on.values()} == {nodes["head"], nodes["worker"]}
+    assert {s[0] for s in nodes_of.values()} == {nodes["head"], nodes["worker"]}
     _, _, parents, children = _children(mlflow_server, "emoe-pretraining")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 8 and len({c.data.tags[tracking.TRIAL_ID] for c in children}) == 8
@@ -151,8 +150,9 @@ def test_worker_node_killed_mid_trial_is_retried_on_the_surviving_node(cluster, 
         victim = None
         deadline = time.time() + 600
         while victim is None and time.time() < deadline and proc.poll() is None:
-            for exp_dir in (tmp_path / "ray").glob("*"):
-                on_worker = [t for t, s in starts(exp_dir).items() if s == [nodes["worker"]]]
+            for exp_dir in (tmp_path / "ray").glob("*"):  # a trial that reported from the worker, not finished
+                on_worker = [t for t, s in ran_on(exp_dir).items() if set(s) == {nodes["worker"]}
+                             and not (exp_dir / "emoe_trials" / t / "final.json").exists()]
                 if on_worker:
                     victim = on_worker[0]
             time.sleep(0.2)
@@ -165,10 +165,9 @@ def test_worker_node_killed_mid_trial_is_retried_on_the_surviving_node(cluster, 
     assert proc.returncode == 0, log[-4000:]
     (exp_dir,) = (tmp_path / "ray").iterdir()
     assert (exp_dir / "emoe_trials" / victim / "final.json").exists()
-    ran_on = starts(exp_dir)
+    nodes_of = ran_on(exp_dir)
     # The victim started on the worker, died with it, and was retried, to the end, on the surviving head node.
-    assert ran_on[victim][0] == nodes["worker"] and ran_on[victim][-1] == nodes["head"], ran_on
-    assert json.loads((exp_dir / "emoe_trials" / victim / "placement.json").read_text())["node"] == nodes["head"]
+    assert nodes_of[victim][0] == nodes["worker"] and nodes_of[victim][-1] == nodes["head"], nodes_of
     _, _, parents, children = _children(mlflow_server, "emoe-pretraining")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 4 and len({c.data.tags[tracking.TRIAL_ID] for c in children}) == 4

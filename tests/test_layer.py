@@ -255,3 +255,19 @@ def test_sparse_execution_is_inference_only_and_checks_its_mode():
     emoe.set_execution(model, "sparse").train()
     with pytest.raises(RuntimeError, match="sparse execution is for inference"):
         hidden(model, tiny_inputs("bert"))
+
+
+def test_routing_is_fp32_under_bf16_autocast():
+    """The router scores in fp32 even inside a bf16 autocast region (the official code's fp32 gate): the top-k
+    choice is the one fp32 weights make, not one bf16 rounding could flip."""
+    from emoe.routing import route
+
+    g = torch.Generator().manual_seed(0)
+    x, gates = torch.randn(64, 32, generator=g), torch.randn(8, 32, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        r = route(x, gates, top_k=2, weighted=True, training=True)
+        assert (x @ gates.t()).dtype == torch.bfloat16  # what autocast does to a plain matmul
+    assert r.scores.dtype == r.weights.dtype == r.aux_loss.dtype == torch.float32
+    torch.testing.assert_close(r.scores, x @ gates.t())
+    assert torch.equal(r.experts, (x @ gates.t()).topk(2, dim=-1).indices)
+    assert r.counts.sum() == 64 * 2 and torch.isclose(r.load.sum(), torch.tensor(1.0))

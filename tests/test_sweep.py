@@ -350,3 +350,59 @@ def test_optuna_gives_every_arm_the_same_budget(tiny_model_dir, tiny_data_dir, t
     for runs in by_arm.values():  # an equal budget: 2 samples per arm, seeds in turn, rates from the range
         assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
         assert all(1e-5 <= float(r.data.params["learning_rate"]) <= 1e-4 for r in runs)
+
+
+def _ended(uri: str, experiment: str) -> int:
+    """Trial runs of the experiment that have an outcome (read while the sweep runs)."""
+    try:
+        _, _, _, children = _children(uri, experiment)
+    except Exception:  # the store or the experiment is not there yet
+        return 0
+    return sum(tracking.OUTCOME in c.data.tags for c in children)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("search", ["asha", "optuna"])
+def test_resume_after_driver_kill_keeps_the_grid_and_each_arms_budget(search, tiny_model_dir, tiny_data_dir,
+                                                                      tmp_path):
+    """The driver (and its local Ray) SIGKILLed mid-sweep, then --resume: with the default ASHA (per arm and seed,
+    two learning rates so that brackets have rivals) every grid cell runs once; with Optuna every arm gets exactly
+    its budget, its seeds in turn, and no trial runs twice."""
+    extra = ["--seeds", "0,1", "--max-concurrent", "1", "--max-train-samples", "96", "--epochs", "2",
+             "--eval-steps", "3"]
+    extra += (["--learning-rates", "1e-3,1e-4"] if search == "asha" else
+              ["--search", "optuna", "--num-samples", "4", "--scheduler", "none"])
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = subprocess.Popen(sweep_cmd("pretraining", *tiny_args(tiny_model_dir, tiny_data_dir, tmp_path, *extra)),
+                            cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and _ended(uri, "emoe-pretraining") < 3 and proc.poll() is None:
+        time.sleep(1)
+    time.sleep(3)  # Tune saves its experiment state (and the searcher's) every few seconds
+    os.killpg(proc.pid, signal.SIGKILL)
+    log, _ = proc.communicate(timeout=60)
+    before = _ended(uri, "emoe-pretraining")
+    assert 3 <= before < 16, log[-3000:]
+
+    out = subprocess.run(sweep_cmd("pretraining", "--resume", "--storage-path", str(tmp_path / "ray")),
+                         capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    _, _, parents, children = _children(uri, "emoe-pretraining")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 16 and len({c.data.tags[tracking.TRIAL_ID] for c in children}) == 16
+    assert all(c.info.status == "FINISHED" for c in children)
+    outcomes = {c.data.tags[tracking.OUTCOME] for c in children}
+    arms = ["pretrained-dense", "pretrained-emoe", "random-dense", "random-emoe"]
+    if search == "asha":
+        cells = sorted((c.data.tags[tracking.ARM], c.data.params["seed"], c.data.params["learning_rate"])
+                       for c in children)
+        assert cells == sorted((a, s, lr) for a in arms for s in ("0", "1") for lr in ("0.001", "0.0001"))
+        assert outcomes <= {"completed", "early_stopped"}
+    else:
+        for arm in arms:  # exactly the budget, the seeds in turn (each rate on both seeds)
+            runs = [c for c in children if c.data.tags[tracking.ARM] == arm]
+            assert sorted(c.data.params["seed"] for c in runs) == ["0", "0", "1", "1"]
+            rates = sorted(float(c.data.params["learning_rate"]) for c in runs)
+            assert rates[0] == rates[1] and rates[2] == rates[3], rates  # a rate runs on every seed
+        assert outcomes == {"completed"}

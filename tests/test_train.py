@@ -93,3 +93,41 @@ def test_help_explains_every_flag(capsys):
     for knob in hparams.KNOBS.values():
         assert knob.flag in out
     assert "--tracking-uri" in out and "--ood" in out
+
+
+def _keyword_task(root, seed: int):
+    """A task a tiny model must learn: the label is which of two keywords a sentence of random fillers holds."""
+    import random
+
+    from conftest import write_jsonl
+
+    rng = random.Random(seed)
+    fillers = "the a film plot actor scene story music day night city river old new long short red blue".split()
+
+    def rows(n, words):
+        out = []
+        for i in range(n):
+            label = i % 2
+            text = [rng.choice(words) for _ in range(rng.randint(4, 10))]
+            text.insert(rng.randint(0, len(text)), "wonderful" if label else "terrible")
+            out.append({"sentence": " ".join(text), "label": label, "idx": i})
+        return out
+
+    write_jsonl(root / "sst2/train.jsonl", rows(320, fillers[:10]))
+    write_jsonl(root / "sst2/validation.jsonl", rows(64, fillers[:10]))
+    for name in ("imdb", "yelp", "amazon"):  # other fillers: the keyword rule still holds out of distribution
+        write_jsonl(root / f"{name}/test.jsonl", rows(64, fillers[10:]))
+    return root
+
+
+@pytest.mark.parametrize("overrides", [{"method": "dense"}, {"clustering": "constrained", "gate": "avg_keys"},
+                                       {"gate": "learned", "aux_loss_weight": 0.01}],
+                         ids=["dense", "emoe-avg_keys", "emoe-learned"])
+def test_training_learns_a_learnable_task(overrides, tiny_model_dir, tmp_path):
+    """If the model stopped learning (a broken mask, a frozen optimiser, a lost gradient), this fails: a random tiny
+    BERT must reach high ID and OOD accuracy on a keyword task within a few epochs."""
+    data = _keyword_task(tmp_path / "data", seed=0)
+    final = train_and_evaluate({"model": tiny_model_dir, "data_dir": str(data), "num_experts": 4, "top_k": 2,
+                                "batch_size": 16, "max_length": 32, "epochs": 4, "learning_rate": 2e-3,
+                                "warmup_ratio": 0.0, "seed": 0, **overrides})
+    assert final["id_acc"] >= 0.95 and final["ood_acc"] >= 0.9, final
