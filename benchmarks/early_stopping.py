@@ -1,6 +1,6 @@
 """Item 5: what ASHA saves on the demo grid, and whether it picks the same best arm as the full grid.
 
-    python benchmarks/early_stopping.py [--tracking-uri sqlite:///bench_asha.db] [--data-dir ../shared/data]
+    python benchmarks/early_stopping.py [--tracking-uri sqlite:///bench_asha.db] [--data-dir demo]
 
 The full demo grid of the clustering ablation runs once without early stopping (skipped when the tracking URI
 already holds it), logging every evaluation. Then the sweep's own ASHA schedulers (both scopes: per arm and seed,
@@ -53,10 +53,11 @@ def replay(trials: list, scope: str, data_dir: str, epochs: float):
     from clustering import ABLATION
     from ray.tune.schedulers import TrialScheduler
 
-    from emoe.sweep import _scheduler, make_plan
+    from emoe.sweep import SweepSettings, make_plan
+    from emoe.sweep.search import scheduler as make_scheduler
 
-    plan = make_plan(ABLATION, ["--preset", "demo", "--data-dir", data_dir, "--early-stop-scope", scope])
-    scheduler = _scheduler(plan)
+    plan = make_plan(ABLATION, SweepSettings.from_preset("demo", trial={"data_dir": data_dir}, early_stop_scope=scope))
+    scheduler = make_scheduler(plan)
     scheduler.set_search_properties("id_acc", "max")
     for t in trials:
         scheduler.on_trial_add(None, t)
@@ -87,10 +88,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tracking-uri", default="sqlite:///bench_asha.db")
     p.add_argument("--storage-path", default="bench_asha_ray")
-    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--data-dir", default="demo", help="the demo's data (default: the packaged slice)")
     a = p.parse_args()
     trials = full_grid(a.tracking_uri, a.data_dir, a.storage_path)
-    epochs = float(PRESETS["demo"].get("epochs", 1))
+    epochs = float(PRESETS["demo"]["trial"]["epochs"])
     full = len(trials) * epochs
     arm, acc = best_arm(trials, {t.trial_id for t in trials})
     print(f"demo grid: {len(trials)} completed trials x {epochs:g} epoch(s), evaluations at epochs "

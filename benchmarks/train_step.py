@@ -14,7 +14,7 @@ import torch
 from _timing import compare, ratio_line
 
 from emoe import EmoeConfig, convert, load_model
-from emoe.sweep import quiet_libraries
+from emoe.sweep.trainable import quiet_libraries
 
 
 def step_fn(model, batch):
