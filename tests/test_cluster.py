@@ -118,6 +118,16 @@ def ran_on(exp_dir: Path) -> dict[str, list[str]]:
 def test_sweep_on_a_two_node_cluster_logs_to_an_mlflow_server(cluster, mlflow_server, tiny_model_dir,
                                                               tiny_data_dir, tmp_path):
     nodes = cluster.alive(cluster.nodes_info())
+    # Trials that ask for more CPUs than any node has would stay PENDING for ever: refused in one line, before any
+    # MLflow run is created.
+    greedy = cluster_args(cluster, tiny_model_dir, tiny_data_dir, tmp_path, mlflow_server, "--cpus-per-trial", "2")
+    out = subprocess.run(sweep_cmd("pretraining", *greedy), capture_output=True, text=True, cwd=tmp_path,
+                         env=cluster.env, timeout=300)
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert out.returncode == 2 and len(errors) == 1 and errors[0].startswith(
+        f"error: --cpus-per-trial=2 asks for more CPUs than any node has (the largest node of the cluster at "
+        f"{cluster.address}: 1 CPUs)"), out.stderr[-2000:]
+    assert tracking.client(mlflow_server).get_experiment_by_name("emoe-pretraining") is None
     args = cluster_args(cluster, tiny_model_dir, tiny_data_dir, tmp_path, mlflow_server, "--seeds", "0,1",
                         "--learning-rates", "1e-3")
     out = subprocess.run(sweep_cmd("pretraining", *args), capture_output=True, text=True, cwd=tmp_path,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from emoe import tracking
-from emoe.sweep.cli import main as run_sweep
+from emoe.sweep.cli import main as sweep_main
 from emoe.sweep.search import PerArmScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_each_script_dry_run(script, trials, tmp_path):
 def test_dry_run_preset_and_optuna(capsys):
     from clustering import ABLATION
 
-    assert run_sweep(ABLATION, ["--preset", "demo", "--dry-run", "--search", "optuna", "--num-samples", "3"]) == 0
+    assert sweep_main(ABLATION, ["--preset", "demo", "--dry-run", "--search", "optuna", "--num-samples", "3"]) == 0
     out = capsys.readouterr().out
     assert "6 arms x 2 seeds x optuna lr in [1e-05, 0.0001] = 18 trials" in out
 
@@ -140,7 +140,7 @@ def test_bad_input_one_line_before_ray(args, message, broken, tiny_model_dir, ti
         (data / broken[0]).write_text(broken[1])
     base = ["--model", tiny_model_dir, "--data-dir", str(data), "--seeds", "0", "--learning-rates", "1e-3",
             "--storage-path", str(tmp_path / "ray"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
-    assert exit_code(lambda: run_sweep(ABLATION, base + args)) == 2
+    assert exit_code(lambda: sweep_main(ABLATION, base + args)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()
@@ -406,3 +406,34 @@ def test_resume_after_driver_kill_keeps_the_grid_and_each_arms_budget(search, ti
             rates = sorted(float(c.data.params["learning_rate"]) for c in runs)
             assert rates[0] == rates[1] and rates[2] == rates[3], rates  # a rate runs on every seed
         assert outcomes == {"completed"}
+
+
+def test_help_shows_the_presets_defaults_and_hides_the_swept_flag(capsys):
+    from clustering import ABLATION
+
+    assert exit_code(lambda: sweep_main(ABLATION, ["--preset", "demo", "--help"])) == 0
+    demo = capsys.readouterr().out
+    assert "Defaults shown are preset demo's" in demo
+    assert "(default: 0,1)" in demo and "(default: 0.0001)" in demo and "(default: 1000)" in demo  # seeds, lrs, data
+    assert "--clustering" not in demo and "--seed " not in demo  # swept by the script / owned by --seeds
+    assert exit_code(lambda: sweep_main(ABLATION, ["--help"])) == 0
+    plain = capsys.readouterr().out
+    assert "(default: 0,1,2)" in plain and "(default: 2e-05,3e-05,5e-05)" in plain  # the knobs' declared grids
+
+
+def test_settings_round_trip_through_the_sweep_record(tmp_path):
+    from emoe.sweep import SweepSettings
+    from emoe.tracking.records import SweepRecord
+
+    settings = SweepSettings.from_preset("demo", trial={"epochs": 2}, seeds=(3, 4), search="optuna")
+    assert settings.trial["model"] == "minilm" and settings.trial["epochs"] == 2 and settings.cpus_per_trial == 2
+    record = SweepRecord("clustering", "clustering", {"dense": {"method": "dense"}}, settings.to_dict(), "emoe-x",
+                         "run1", ["sweeps/clustering.py"])
+    record.save(tmp_path)
+    again = SweepRecord.load(tmp_path)
+    assert (again.design, again.arms, again.parent_run_id, again.argv) == (record.design, record.arms, "run1",
+                                                                            ["sweeps/clustering.py"])
+    assert SweepSettings.from_dict(again.settings) == settings  # tuples come back as tuples
+    flat = again.trial_config({**settings.trial, "arm": "dense", "seed": 3, "learning_rate": 1e-4,
+                               "__trial_index__": 0})
+    assert flat["method"] == "dense" and flat["seed"] == 3 and "arm" not in flat and "__trial_index__" not in flat
