@@ -23,23 +23,25 @@ log = logging.getLogger(__name__)
 class Algorithm:
     fit: Callable[[np.ndarray, int, int], np.ndarray]  # (normalised keys, num_experts, seed) -> labels
     balanced: bool  # every expert gets exactly d_ff / N neurons (so N must divide d_ff)
+    settings: str = ""  # the fit's fixed settings, part of the partition cache's key (a change is a new partition)
 
 
 def _constrained(keys: np.ndarray, num_experts: int, seed: int) -> np.ndarray:
     from k_means_constrained import KMeansConstrained
 
     size = keys.shape[0] // num_experts
-    # NOTE: the paper's own choice (k-means-constrained, equal sizes); n_init lowered from 10 to 3 since the
-    # min-cost-flow assignment dominates the time and restarts barely change the partition of real keys.
-    km = KMeansConstrained(n_clusters=num_experts, size_min=size, size_max=size, random_state=seed, n_init=3,
-                           max_iter=300)
+    # The official code's call (qiuzh20/EMoE Language/moe_utils.py): equal sizes, max_iter=1000, the library's
+    # default n_init=10 and k-means++ initialisation, on the L2-normalised key rows.
+    km = KMeansConstrained(n_clusters=num_experts, size_min=size, size_max=size, random_state=seed, n_init=10,
+                           max_iter=1000)
     return km.fit_predict(keys)
 
 
 def _kmeans(keys: np.ndarray, num_experts: int, seed: int) -> np.ndarray:
     from sklearn.cluster import KMeans
 
-    return KMeans(n_clusters=num_experts, random_state=seed, n_init=3).fit_predict(keys)
+    # The same restarts and iterations as the constrained (official) algorithm, so that the two differ only in balance.
+    return KMeans(n_clusters=num_experts, random_state=seed, n_init=10, max_iter=1000).fit_predict(keys)
 
 
 def _hierarchical(keys: np.ndarray, num_experts: int, seed: int) -> np.ndarray:
@@ -65,8 +67,8 @@ def _random(keys: np.ndarray, num_experts: int, seed: int) -> np.ndarray:
 
 
 CLUSTERING: dict[str, Algorithm] = {
-    "constrained": Algorithm(_constrained, balanced=True),
-    "kmeans": Algorithm(_kmeans, balanced=False),
+    "constrained": Algorithm(_constrained, balanced=True, settings="ninit10-iter1000"),
+    "kmeans": Algorithm(_kmeans, balanced=False, settings="ninit10-iter1000"),
     "hierarchical": Algorithm(_hierarchical, balanced=False),
     "spectral": Algorithm(_spectral, balanced=False),
     "random": Algorithm(_random, balanced=True),
@@ -120,7 +122,8 @@ def partition(keys: torch.Tensor, algorithm: str, num_experts: int, seed: int = 
     """
     if not use_cache:
         return cluster_keys(keys, algorithm, num_experts, seed)
-    name = f"{fingerprint(keys)}-L{layer}-{algorithm}-N{num_experts}-s{seed}.npy"
+    settings = get_algorithm(algorithm).settings
+    name = f"{fingerprint(keys)}-L{layer}-{algorithm}{'-' + settings if settings else ''}-N{num_experts}-s{seed}.npy"
     path = cache_dir("partitions") / name
     if path.exists():
         try:

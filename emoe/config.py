@@ -28,8 +28,16 @@ class EmoeConfig:
         num_experts: N, experts per converted layer.
         top_k: experts kept per token.
         layers: block indices to convert; negative counts from the end (default: the last two).
-        seed: seeds clustering and random gates.
-        aux_loss_weight: weight of the load-balancing loss of the ``learned`` gate (0 disables it).
+        seed: the trial seed: seeds random gates (and clustering when ``cluster_seed='trial'``).
+        cluster_seed: the clustering's seed: an integer (default 0, the official ``random_state=0``: one partition
+            for every trial seed), or ``'trial'`` (re-clustered with each trial's ``seed``).
+        capacity_factor: ``None``: exact routing, nothing dropped; else each expert takes at most
+            ``top_k * int(capacity_factor * ceil(T / N))`` of a batch's T token positions (official: 1.5).
+        gate_noise: training noise on the gate logits, ``gate_noise * randn / N`` (official: 1.0).
+        expert_dropout: dropout on the experts' pre-activations, before the activation, in training (official: 0.1).
+        aux_loss_weight: weight of Tutel's load-importance loss, for every gate (official: 0.01; needs gate_noise).
+        expert_selection: ``top`` (the paper), ``bottom`` (the k lowest-scoring experts), ``not_top`` (all but the
+            top k).
     """
 
     init: str = "pretrained"
@@ -40,17 +48,27 @@ class EmoeConfig:
     top_k: int = 4
     layers: tuple[int, ...] = (-2, -1)
     seed: int = 0
+    cluster_seed: int | str = 0
+    capacity_factor: float | None = None
+    gate_noise: float = 0.0
+    expert_dropout: float = 0.0
     aux_loss_weight: float = 0.0
+    expert_selection: str = "top"
 
     def __post_init__(self):
         from emoe.clustering import CLUSTERING
         from emoe.gating import GATES
+        from emoe.routing import SELECTIONS
 
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
         check_choice("init", self.init, INITS)
         check_choice("method", self.method, METHODS)
         check_choice("clustering", self.clustering, tuple(CLUSTERING))
         check_choice("gate", self.gate, tuple(GATES))
+        check_choice("expert_selection", self.expert_selection, SELECTIONS)
+        if self.cluster_seed != "trial":
+            if isinstance(self.cluster_seed, bool) or not isinstance(self.cluster_seed, int):
+                raise ValueError(f"cluster_seed must be an integer or 'trial', got {self.cluster_seed!r}")
         for name in ("num_experts", "top_k", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -61,10 +79,24 @@ class EmoeConfig:
             raise ValueError(f"top_k={self.top_k} must be between 1 and num_experts={self.num_experts}")
         if not self.layers:
             raise ValueError("layers is empty; give at least one block index (negative counts from the end)")
-        if self.aux_loss_weight < 0:
-            raise ValueError(f"aux_loss_weight={self.aux_loss_weight} must be >= 0")
-        if self.aux_loss_weight and self.gate != "learned":
-            raise ValueError(f"aux_loss_weight={self.aux_loss_weight} needs gate='learned', got gate={self.gate!r}")
+        if self.expert_selection == "not_top" and self.top_k == self.num_experts:
+            raise ValueError(f"expert_selection='not_top' keeps num_experts - top_k experts: top_k={self.top_k} "
+                             f"must be below num_experts={self.num_experts}")
+        if self.capacity_factor is not None and not self.capacity_factor > 0:
+            raise ValueError(f"capacity_factor={self.capacity_factor} must be > 0 (or none: exact routing)")
+        for name in ("gate_noise", "aux_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if not 0 <= self.expert_dropout < 1:
+            raise ValueError(f"expert_dropout={self.expert_dropout} must be in [0, 1)")
+        if self.aux_loss_weight and not self.gate_noise:
+            raise ValueError(f"aux_loss_weight={self.aux_loss_weight} needs gate_noise > 0 (the load term of Tutel's "
+                             "load-importance loss is scaled by the noise; official: gate_noise 1.0)")
+
+    @property
+    def partition_seed(self) -> int:
+        """The seed the clustering uses: ``cluster_seed``, or the trial ``seed`` when it is ``'trial'``."""
+        return self.seed if self.cluster_seed == "trial" else int(self.cluster_seed)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -112,13 +112,15 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True) -> nn.
     plan = plan_conversion(model, config)
     if not plan:
         return model
-    labels = {p["block"]: partition(p["keys"], config.clustering, config.num_experts, config.seed, layer=p["block"],
-                                    use_cache=use_cache) for p in plan}
+    labels = {p["block"]: partition(p["keys"], config.clustering, config.num_experts, config.partition_seed,
+                                    layer=p["block"], use_cache=use_cache) for p in plan}
     for p in plan:
         b = p["block"]
         ffn = EmoeFFN(p["keys_proj"], getattr(p["parent"], p["name"]), torch.from_numpy(labels[b]), config.gate,
                       config.num_experts, config.top_k, seed=config.seed + b, transposed=p["transposed"], block=b,
-                      up_proj=p["up_proj"])
+                      up_proj=p["up_proj"], capacity_factor=config.capacity_factor, gate_noise=config.gate_noise,
+                      expert_dropout=config.expert_dropout, aux=config.aux_loss_weight > 0,
+                      expert_selection=config.expert_selection)
         ffn.train(ffn.values.training)  # a new module starts in training mode; keep the model's mode
         setattr(p["parent"], p["name"], ffn)
     model.emoe_config = config
@@ -140,8 +142,16 @@ def set_execution(model: nn.Module, mode: str) -> nn.Module:
     return model
 
 
+def set_bypass(model: nn.Module, bypass: bool) -> nn.Module:
+    """Turn every converted FFN of ``model`` into its dense FFN (``True``: every expert on, no routing, no expert
+    dropout) or back to EMoE (``False``). The weights are untouched. Returns ``model``."""
+    for layer in emoe_layers(model):
+        layer.bypass = bypass
+    return model
+
+
 def aux_loss(model: nn.Module) -> torch.Tensor | None:
-    """The weighted load-balancing loss of the last forward pass (None when the model has none)."""
+    """The weighted load-importance loss of the last training forward pass (None when the model has none)."""
     weight = getattr(getattr(model, "emoe_config", None), "aux_loss_weight", 0.0)
     losses = [m.aux_loss for m in emoe_layers(model) if m.aux_loss is not None]
     if not weight or not losses:

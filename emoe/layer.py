@@ -37,13 +37,15 @@ class EmoeFFN(nn.Module):
 
     Attributes:
         labels: ``[d_ff]`` expert of each neuron (a buffer, saved in the state dict).
-        last_load: ``[num_experts]`` share of the top-k selections each expert got in the last forward pass.
-        aux_loss: the learned gate's load-balancing loss of the last forward pass (None for other gates).
+        last_load: ``[num_experts]`` share of the kept selections each expert got in the last forward pass.
+        aux_loss: the load-importance loss of the last training forward pass (None unless asked for).
+        bypass: when True the layer is its dense FFN (every expert on, no routing): ``emoe.set_bypass``.
     """
 
     def __init__(self, keys_proj: nn.Module, values_proj: nn.Module, labels: torch.Tensor, gate: str,
                  num_experts: int, top_k: int, seed: int = 0, transposed: bool = False, block: int | None = None,
-                 up_proj: nn.Module | None = None):
+                 up_proj: nn.Module | None = None, capacity_factor: float | None = None, gate_noise: float = 0.0,
+                 expert_dropout: float = 0.0, aux: bool = False, expert_selection: str = "top"):
         super().__init__()
         self.values = values_proj
         # NOTE: a list keeps the key projection out of this module's children: it stays registered (once) where it
@@ -56,14 +58,20 @@ class EmoeFFN(nn.Module):
         self.num_experts = num_experts
         self.top_k = top_k
         self.block = block
+        self.capacity_factor, self.gate_noise, self.aux = capacity_factor, gate_noise, aux
+        self.expert_selection = expert_selection
+        self.bypass = False
         labels = torch.as_tensor(labels, dtype=torch.long, device=values_proj.weight.device)
         self.register_buffer("labels", labels)
         self.gate = GATES[gate](self.keys, self.values_matrix, labels, num_experts, seed)
         self.gate_name = gate
+        self.expert_dropout = nn.Dropout(expert_dropout)
         self._routing: Routing | None = None
         self.last_load: torch.Tensor | None = None
         self.aux_loss: torch.Tensor | None = None
         keys_proj.register_forward_pre_hook(self._route)
+        if expert_dropout:
+            keys_proj.register_forward_hook(self._drop)
 
     @property
     def keys(self) -> torch.Tensor:  # [d_ff, d]
@@ -77,25 +85,43 @@ class EmoeFFN(nn.Module):
         return self.gate.vectors(self.keys, self.values_matrix)
 
     def _route(self, module: nn.Module, args: tuple) -> None:
-        routing = route(args[0], self.gate_vectors(), self.top_k, self.gate.weighted, self.training)
+        if self.bypass:
+            return
+        logits = self.gate.logits(args[0], self.keys, self.values_matrix)  # [..., num_experts] fp32
+        routing = route(logits, self.top_k, self.gate.combine, self.training, self.gate_noise,
+                        self.capacity_factor, self.expert_selection, self.aux)
         self.last_load = routing.load
         self.aux_loss = routing.aux_loss
         if self.execution == "sparse":
             self._sparse.group(routing)
         self._routing = routing
 
+    def _drop(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        # Expert dropout on the pre-activations (the key projection's output), before the activation; training only.
+        return output if self.bypass else self.expert_dropout(output)
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # h: [..., d_ff] intermediate activations
+        if self.bypass:
+            return self.values(h)
         routing, self._routing = self._routing, None
         if routing is None:
             raise RuntimeError("EmoeFFN ran without routing: its key projection must run first in the same forward")
         if self.execution == "sparse":
-            return self._sparse.values(h, self.gate.weighted)
+            return self._sparse.values(h, routing)
         # NOTE: the per-neuron mask as routing @ one-hot(labels): a thin matmul, several times faster on CPU than
         # gathering along the last dimension (index_select), and exact (one non-zero term per neuron).
         expand = nn.functional.one_hot(self.labels, self.num_experts).t().to(h.dtype)  # [num_experts, d_ff]
         # NOTE: not in place, even without autograd: hooks of the caller may hold the activations.
-        h = h * (routing.table().to(h.dtype) @ expand)  # [..., d_ff]
-        return self.values(h)
+        out = self.values(h * (routing.table().to(h.dtype) @ expand))  # [..., d_out]
+        return out + self.bias_correction(routing, out.dtype)
+
+    def bias_correction(self, routing: Routing, dtype: torch.dtype) -> torch.Tensor | float:
+        """What the output bias loses where a token keeps less than its whole share (dropped pairs, weights that
+        sum to less than the number of experts): ``(bias_share - 1) * bias``; 0 when nothing is lost."""
+        bias = getattr(self.values, "bias", None)
+        if routing.bias_share is None or bias is None:
+            return 0.0
+        return ((routing.bias_share - 1).unsqueeze(-1) * bias.float()).to(dtype)
 
     def set_execution(self, mode: str) -> None:
         """``masked`` or ``sparse`` (inference only: the module must be in eval mode when it runs)."""
@@ -113,4 +139,5 @@ class EmoeFFN(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"block={self.block}, num_experts={self.num_experts}, top_k={self.top_k}, gate={self.gate_name}, "
-                f"d_ff={self.labels.numel()}")
+                f"d_ff={self.labels.numel()}, capacity_factor={self.capacity_factor}, gate_noise={self.gate_noise}, "
+                f"expert_selection={self.expert_selection}")

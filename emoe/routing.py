@@ -1,14 +1,31 @@
-"""Routing as a pure function: the FFN input and the gate vectors in, each token's experts and weights out.
+"""Routing as a pure function: each token's expert logits in, its experts, weights and kept slots out.
 
-Computed in fp32 whatever the model's dtype (autocast is turned off inside), so the top-k choice of a bf16 model is
-the choice its fp32 weights make. The layer (``emoe.layer``) consumes the result; nothing here holds state.
+The logits come from the gate (``emoe.gating``), computed in fp32 with autocast off; everything here stays fp32, so
+the choice of a bf16 model is the one its fp32 weights make. The layer (``emoe.layer``) consumes the result; nothing
+here holds state. It implements the official EMoE code's router (qiuzh20/EMoE's bundled Tutel: ``moe_layer.py``,
+``fast_dispatch.py``, ``losses.py``) with each of its departures from the idealised EMoE as a knob:
+
+- ``gate_noise``: in training, ``logits + gate_noise * randn / num_experts`` before softmax and top-k;
+- ``capacity_factor``: each expert takes at most ``n * int(capacity_factor * ceil(T / N))`` (token, expert) pairs of
+  the T token positions (padding included; ``n`` experts per token); tokens claim slots in order of their largest
+  softmax probability, every token's first choice before any second choice (batch-prioritised routing); a pair past
+  capacity is dropped: the token loses that expert, and with it that expert's share of the output bias;
+- ``aux``: Tutel's ``load_importance_loss``;
+- ``selection``: ``top`` (the paper), ``bottom`` (the k lowest-scoring experts), ``not_top`` (all but the top k).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
+
+SELECTIONS = ("top", "bottom", "not_top")
+# How the kept experts' outputs are weighted: binary (EMoE's avg-k mask), softmax (EMoE-learn: the chosen experts'
+# softmax probabilities renormalised to sum to 1), binary_st (binary forward, gradient through k * softmax of the
+# chosen scores: a straight-through learned gate that starts as the binary mask).
+COMBINES = ("binary", "softmax", "binary_st")
 
 
 @dataclasses.dataclass
@@ -16,17 +33,20 @@ class Routing:
     """What the router decided for one forward pass (leading dimensions ``...`` are the tokens').
 
     Attributes:
-        scores: ``[..., num_experts]`` fp32 token-expert scores ``x . G_i``.
-        experts: ``[..., top_k]`` chosen experts of each token, best first.
-        weights: ``[..., top_k]`` fp32 weight of each chosen expert (1 for binary gates).
-        counts: ``[num_experts]`` selections each expert got.
-        aux_loss: the load-balancing loss (weighted gates in training), else None.
+        scores: ``[..., num_experts]`` fp32 logits the choice was made on (noisy in training with gate noise).
+        experts: ``[..., n]`` chosen experts of each token (``n`` = top_k, or num_experts - top_k for not_top).
+        weights: ``[..., n]`` fp32 weight of each chosen expert; 0 where the pair was dropped for capacity.
+        counts: ``[num_experts]`` kept selections each expert got.
+        bias_share: ``[...]`` share of the output bias each token keeps (1 unless pairs were dropped or the weights
+            do not sum to ``n``): each expert carries ``bias / n`` and contributes it times its weight.
+        aux_loss: Tutel's load-importance loss, when asked for, else None.
     """
 
     scores: torch.Tensor
     experts: torch.Tensor
     weights: torch.Tensor
     counts: torch.Tensor
+    bias_share: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
 
     @property
@@ -35,40 +55,112 @@ class Routing:
 
     @property
     def load(self) -> torch.Tensor:
-        """``[num_experts]`` share of the selections each expert got (sums to 1)."""
-        return self.counts.float() / self.counts.sum()
+        """``[num_experts]`` share of the kept selections each expert got (sums to 1)."""
+        return self.counts.float() / self.counts.sum().clamp_min(1)
 
     def table(self) -> torch.Tensor:
         """``[..., num_experts]``: each token's weight per expert, 0 for the experts it does not use."""
         return torch.zeros_like(self.scores).scatter(-1, self.experts, self.weights)
 
 
-def route(x: torch.Tensor, gate_vectors: torch.Tensor, top_k: int, weighted: bool = False,
-          training: bool = False) -> Routing:
-    """Score every expert for every token and keep the top-k.
+def capacity_slots(probs: torch.Tensor, experts: torch.Tensor, capacity_factor: float) -> torch.Tensor:
+    """Which (token, choice) pairs fit in their expert's capacity (batch-prioritised routing).
 
     Args:
-        x: ``[..., d]`` the FFN input.
-        gate_vectors: ``[num_experts, d]`` one vector per expert.
-        top_k: experts kept per token.
-        weighted: weight the kept experts by their softmaxed scores (the ``learned`` gate), scaled by ``top_k`` so
-            that equal scores reproduce the binary mask (and the dense FFN when ``top_k == num_experts``); else
-            every kept expert has weight 1.
-        training: compute the load-balancing loss (weighted gates only).
+        probs: ``[T, N]`` softmax probabilities (their maximum orders the tokens, highest first; ties by position).
+        experts: ``[T, n]`` each token's chosen experts, in choice order (first choice first).
+        capacity_factor: capacity = ``n * int(capacity_factor * ceil(T / N))`` pairs per expert.
 
     Returns:
-        A ``Routing``; ``weights`` carry gradient to the scores only when ``weighted`` and grad mode is on.
+        ``[T, n]`` bool: the pair got a slot.
     """
-    num_experts = gate_vectors.shape[0]
-    with torch.autocast(x.device.type, enabled=False), torch.set_grad_enabled(torch.is_grad_enabled() and weighted):
-        scores = x.float() @ gate_vectors.float().t()  # [..., num_experts]
-        top_scores, experts = scores.topk(top_k, dim=-1)  # [..., top_k]
-        weights = top_scores.softmax(-1) * top_k if weighted else torch.ones_like(top_scores)
-    counts = torch.bincount(experts.reshape(-1), minlength=num_experts)
-    aux = None
-    if weighted and training:
-        with torch.autocast(x.device.type, enabled=False):
-            probs = scores.softmax(-1).reshape(-1, num_experts).mean(0)  # [num_experts] mean router probability
-            # Switch-style balance: N * sum_i (share of selections_i) * (mean router probability_i); 1 when uniform.
-            aux = num_experts * (counts.float() / counts.sum() * probs).sum()
-    return Routing(scores, experts, weights, counts, aux)
+    num_tokens, num_experts = probs.shape
+    n = experts.shape[1]
+    capacity = n * int(capacity_factor * math.ceil(num_tokens / num_experts))
+    order = torch.argsort(-probs.max(dim=-1).values, stable=True)  # tokens by priority
+    rank_of = torch.empty_like(order)
+    rank_of[order] = torch.arange(num_tokens, device=order.device)
+    taken = torch.zeros(num_experts, dtype=torch.long, device=experts.device)  # slots used by earlier choices
+    keep = torch.empty_like(experts, dtype=torch.bool)
+    for j in range(n):  # all first choices, then all second choices, ...
+        onehot = torch.nn.functional.one_hot(experts[order, j], num_experts)  # [T, N] in priority order
+        slot = (onehot.cumsum(0) - 1).gather(1, experts[order, j, None]).squeeze(1) + taken[experts[order, j]]
+        keep[:, j] = (slot < capacity)[rank_of]
+        taken += onehot.sum(0)
+    return keep
+
+
+def load_importance_loss(clean_logits: torch.Tensor, kth_noisy_logit: torch.Tensor, gate_noise: float) -> torch.Tensor:
+    """Tutel's ``load_importance_loss``: the mean of the squared coefficients of variation of the experts'
+    importance (summed clean softmax probabilities) and load (summed probabilities that an expert is chosen under
+    noise: ``Normal(0, gate_noise / N).cdf(p - threshold)``, with the token's k-th largest noisy logit as threshold,
+    as Tutel writes it).
+
+    Args:
+        clean_logits: ``[T, N]`` logits without noise.
+        kth_noisy_logit: ``[T]`` each token's k-th largest noisy logit.
+    """
+    num_experts = clean_logits.shape[1]
+    probs = clean_logits.softmax(-1)
+    importance = probs.sum(0)
+    l_importance = importance.var() / (importance.mean() ** 2 + 1e-10)
+    normal = torch.distributions.Normal(torch.zeros((), device=probs.device),
+                                        torch.full((), gate_noise / num_experts, device=probs.device))
+    load = normal.cdf(probs - kth_noisy_logit[:, None]).sum(0)
+    l_load = load.var() / (load.mean() ** 2 + 1e-10)
+    return (l_importance + l_load) / 2
+
+
+def route(logits: torch.Tensor, top_k: int, combine: str = "binary", training: bool = False,
+          gate_noise: float = 0.0, capacity_factor: float | None = None, selection: str = "top",
+          aux: bool = False) -> Routing:
+    """Choose each token's experts from its gate logits.
+
+    Args:
+        logits: ``[..., num_experts]`` fp32 gate logits (``x . G_i`` for the vector gates).
+        top_k: k.
+        combine: one of ``COMBINES``.
+        training: noise and the aux loss act in training only.
+        gate_noise: scale of the training noise (std ``gate_noise / num_experts``); 0 = none.
+        capacity_factor: ``None`` = exact (no pair dropped), else the capacity rule of the module docstring.
+        selection: one of ``SELECTIONS``.
+        aux: compute Tutel's load-importance loss (training; needs ``gate_noise > 0``).
+    """
+    lead, num_experts = logits.shape[:-1], logits.shape[-1]
+    flat = logits.reshape(-1, num_experts).float()  # [T, N]
+    with torch.autocast(flat.device.type, enabled=False):
+        noisy = flat + gate_noise * torch.randn_like(flat) / num_experts if training and gate_noise else flat
+        top_values, top = noisy.topk(top_k, dim=-1)  # [T, k], best first
+        if selection == "top":
+            experts = top
+        elif selection == "bottom":
+            experts = (-noisy).topk(top_k, dim=-1).indices  # the k lowest, lowest first
+        elif selection == "not_top":
+            rest = noisy.scatter(-1, top, float("-inf"))
+            experts = rest.topk(num_experts - top_k, dim=-1).indices
+        else:
+            raise ValueError(f"unknown expert_selection {selection!r}; valid choices: {', '.join(SELECTIONS)}")
+        n = experts.shape[-1]
+        probs = noisy.softmax(-1)
+        chosen = probs.gather(-1, experts)  # [T, n]
+        if combine == "binary":
+            weights = torch.ones_like(chosen)
+        elif combine == "softmax":
+            weights = chosen / chosen.sum(-1, keepdim=True).clamp_min(torch.finfo(chosen.dtype).eps)
+        elif combine == "binary_st":
+            st = noisy.gather(-1, experts).softmax(-1) * n
+            weights = 1.0 + (st - st.detach())  # exactly 1 forward; k * softmax's gradient backward
+        else:
+            raise ValueError(f"unknown combine {combine!r}; valid choices: {', '.join(COMBINES)}")
+        bias_share = None
+        if capacity_factor is not None:
+            keep = capacity_slots(probs.detach(), experts, capacity_factor)
+            weights = weights * keep
+            counts = torch.bincount(experts[keep], minlength=num_experts)
+        else:
+            counts = torch.bincount(experts.reshape(-1), minlength=num_experts)
+        if capacity_factor is not None or combine == "softmax":
+            bias_share = (weights.sum(-1) / n).reshape(lead)
+        aux_loss = load_importance_loss(flat, top_values[:, -1], gate_noise) if aux and training else None
+    return Routing(noisy.reshape(*lead, num_experts), experts.reshape(*lead, n), weights.reshape(*lead, n), counts,
+                   bias_share, aux_loss)

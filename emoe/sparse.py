@@ -78,8 +78,11 @@ class SparseExecution:
         """Token-expert pairs sorted by expert: each expert's tokens are one contiguous run."""
         top_k = routing.experts.shape[-1]
         order = torch.argsort(routing.experts.reshape(-1), stable=True)
-        self.grouping = {"tokens": order // top_k, "counts": routing.counts.tolist(),
-                         "weights": routing.weights.reshape(-1)[order], "n_tokens": routing.experts.numel() // top_k}
+        weights = routing.weights.reshape(-1)
+        self.grouping = {"tokens": order // top_k, "counts": torch.bincount(routing.experts.reshape(-1),
+                                                                             minlength=routing.num_experts).tolist(),
+                         "weights": weights[order], "weighted": bool((weights != 1).any()),
+                         "n_tokens": routing.experts.numel() // top_k}
 
     def _projection_forward(self, proj: nn.Module):
         which = "keys" if proj is self.layer._keys_proj[0] else "up"
@@ -101,7 +104,7 @@ class SparseExecution:
 
         return forward
 
-    def values(self, h: torch.Tensor, weighted: bool) -> torch.Tensor:
+    def values(self, h: torch.Tensor, routing: Routing) -> torch.Tensor:
         """``h`` ``[..., k * m]`` activations grouped by expert -> the FFN output ``[..., d_out]``."""
         g, packed = self.grouping, self.pack()
         if g is None:
@@ -110,7 +113,7 @@ class SparseExecution:
         v = packed["values"]  # [N, m, d_out]
         lead = h.shape[:-1]
         h = h.reshape(-1, v.shape[1])  # [pairs, m]
-        if weighted:
+        if g["weighted"]:
             h = h * g["weights"].to(h.dtype)[:, None]
         out = h.new_zeros(g["n_tokens"], v.shape[2])
         start = 0
@@ -121,4 +124,5 @@ class SparseExecution:
         bias = getattr(self.layer.values, "bias", None)
         if bias is not None:
             out += bias
-        return out.view(*lead, v.shape[2])
+        out = out.view(*lead, v.shape[2])
+        return out + self.layer.bias_correction(routing, out.dtype)

@@ -1,5 +1,7 @@
 """Partitions: coverage, balance, determinism, planted structure, and the on-disk cache."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -50,13 +52,16 @@ def test_cache_computes_each_partition_once(monkeypatch):
     first = partition(keys, "kmeans", 4, seed=0, layer=3)
     calls = []
     original = CLUSTERING["kmeans"]
-    monkeypatch.setitem(CLUSTERING, "kmeans", emoe.clustering.Algorithm(
-        lambda *a: calls.append(a) or original.fit(*a), balanced=False))
+    monkeypatch.setitem(CLUSTERING, "kmeans", dataclasses.replace(
+        original, fit=lambda *a: calls.append(a) or original.fit(*a)))
     np.testing.assert_array_equal(partition(keys, "kmeans", 4, seed=0, layer=3), first)
     assert not calls  # served from disk
     partition(keys * 1.001 + 0.01, "kmeans", 4, seed=0, layer=3)  # other weights: another entry
     partition(keys, "kmeans", 4, seed=1, layer=3)  # other seed: another entry
     assert len(calls) == 2
+    monkeypatch.setitem(CLUSTERING, "kmeans", dataclasses.replace(CLUSTERING["kmeans"], settings="ninit3"))
+    partition(keys, "kmeans", 4, seed=0, layer=3)  # other fit settings: another entry, never a stale partition
+    assert len(calls) == 3
 
 
 def test_corrupt_cache_entry_is_recomputed(tmp_path, monkeypatch):

@@ -11,7 +11,8 @@ def test_defaults_are_the_papers():
 
 def test_json_round_trip():
     c = EmoeConfig(init="random", clustering="spectral", gate="learned", num_experts=8, top_k=2, layers=[0, -1],
-                   seed=7, aux_loss_weight=0.01)
+                   seed=7, aux_loss_weight=0.01, gate_noise=1.0, capacity_factor=1.5, expert_dropout=0.1,
+                   cluster_seed="trial", expert_selection="not_top")
     assert EmoeConfig.from_json(c.to_json()) == c
     assert EmoeConfig.from_dict(c.to_dict()) == c
     assert c.to_dict()["layers"] == [0, -1]
@@ -20,7 +21,8 @@ def test_json_round_trip():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(clustering="dbscan"), "unknown clustering 'dbscan'; valid choices: constrained, kmeans, hierarchical, "
                                 "spectral, random"),
-    (dict(gate="mlp"), "unknown gate 'mlp'; valid choices: avg_keys, centroid, avg_values, random, learned"),
+    (dict(gate="mlp"), "unknown gate 'mlp'; valid choices: avg_keys, centroid, avg_values, random, learned, "
+                       "learned_avg_keys"),
     (dict(init="imagenet"), "unknown init 'imagenet'; valid choices: pretrained, random"),
     (dict(method="moe"), "unknown method 'moe'; valid choices: emoe, dense"),
     (dict(num_experts=4, top_k=8), "top_k=8 must be between 1 and num_experts=4"),
@@ -28,7 +30,13 @@ def test_json_round_trip():
     (dict(num_experts=0, top_k=1), "num_experts=0 must be >= 1"),
     (dict(num_experts=16.0), "num_experts must be an integer"),
     (dict(layers=()), "layers is empty"),
-    (dict(aux_loss_weight=0.1), "aux_loss_weight=0.1 needs gate='learned'"),
+    (dict(aux_loss_weight=0.1), "aux_loss_weight=0.1 needs gate_noise > 0"),
+    (dict(capacity_factor=0.0), "capacity_factor=0.0 must be > 0 (or none: exact routing)"),
+    (dict(expert_dropout=1.0), "expert_dropout=1.0 must be in [0, 1)"),
+    (dict(gate_noise=-1.0), "gate_noise=-1.0 must be >= 0"),
+    (dict(cluster_seed="each"), "cluster_seed must be an integer or 'trial', got 'each'"),
+    (dict(expert_selection="middle"), "unknown expert_selection 'middle'; valid choices: top, bottom, not_top"),
+    (dict(num_experts=4, top_k=4, expert_selection="not_top"), "top_k=4 must be below num_experts=4"),
 ])
 def test_bad_config_raises(kwargs, message):
     with pytest.raises(ValueError) as err:
