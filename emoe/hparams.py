@@ -31,6 +31,27 @@ def _optional_str(text):
     return None if text in (None, "", "none", "None") else str(text)
 
 
+def _optional_float(text):
+    return None if text in (None, "", "none", "None") else float(text)
+
+
+def _cluster_seed(text):
+    return "trial" if text == "trial" else int(text)
+
+
+def _bool(text) -> bool:
+    if isinstance(text, bool):
+        return text
+    if str(text).lower() in ("true", "1", "yes", "on"):
+        return True
+    if str(text).lower() in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+EVAL_METHODS = ("same", "dense", "emoe")
+
+
 @dataclasses.dataclass(frozen=True)
 class Knob:
     """One trial knob. ``grid``: the values a sweep crosses by default (seeds, learning rates); ``log_range``: the
@@ -58,6 +79,7 @@ def _knobs() -> dict[str, Knob]:
     from emoe.config import INITS, METHODS
     from emoe.data import TASKS
     from emoe.gating import GATES
+    from emoe.routing import SELECTIONS
 
     knobs = [
         Knob("task", "sst2", "ID task; its OOD sets come with it", str, tuple(TASKS)),
@@ -69,8 +91,19 @@ def _knobs() -> dict[str, Knob]:
         _emoe("num_experts", "experts per converted layer (N)", int),
         _emoe("top_k", "experts kept per token (k)", int),
         _emoe("layers", "blocks to convert, comma-separated, negative from the end", _int_tuple),
-        _emoe("aux_loss_weight", "load-balancing loss weight (learned gate only)", float),
-        _emoe("seed", "seed of clustering, initialisation, dropout and data order", int, grid=(0, 1, 2)),
+        _emoe("cluster_seed", "seed of the clustering: an integer (one partition for every trial seed; official 0) or "
+              "'trial' (re-clustered with each trial's seed)", _cluster_seed),
+        _emoe("capacity_factor", "expert capacity factor (official 1.5): an expert takes at most "
+              "top_k * int(factor * ceil(T / N)) of a batch's T tokens; none = exact, nothing dropped",
+              _optional_float),
+        _emoe("gate_noise", "training noise on the gate logits, gate_noise * randn / N (official 1.0)", float),
+        _emoe("expert_dropout", "dropout on the experts' pre-activations, training only (official 0.1)", float),
+        _emoe("aux_loss_weight", "weight of Tutel's load-importance loss, any gate (official 0.01; needs a gate "
+              "noise)", float),
+        _emoe("expert_selection", "which experts a token keeps: top k (the paper), bottom k, or all but the top k",
+              str, SELECTIONS),
+        _emoe("seed", "seed of initialisation, dropout, gate noise and data order (and of the clustering with "
+              "--cluster-seed trial)", int, grid=(0, 1, 2)),
         # The paper's grid (qiuzh20/EMoE search_glue_no_trainer.py) and a log-uniform range around it.
         Knob("learning_rate", 5e-5, "peak AdamW learning rate", float, grid=(2e-5, 3e-5, 5e-5),
              log_range=(1e-5, 1e-4)),
@@ -82,6 +115,12 @@ def _knobs() -> dict[str, Knob]:
         Knob("max_eval_samples", None, "cap on each evaluation set (ID and OOD); none = all", _optional_int),
         Knob("eval_steps", None, "evaluate every this many optimiser steps (and at each epoch end); none = per epoch",
              _optional_int),
+        Knob("eval_method", "same", "same: evaluate as trained; dense: train EMoE, evaluate with every expert on; "
+             "emoe: train with routing off (dense), evaluate as EMoE", str, EVAL_METHODS),
+        Knob("keep_best", False, "report the metrics of the best ID evaluation so far (the official protocol keeps "
+             "the best epoch) instead of the latest", _bool),
+        Knob("patience", None, "evaluations without ID improvement before training stops (official: 4, with one "
+             "evaluation per epoch); none = off", _optional_int),
         Knob("warmup_ratio", 0.06, "share of steps with linear warm-up", float),
         Knob("weight_decay", 0.01, "AdamW weight decay", float),
         Knob("grad_accum_steps", 1, "micro-batches per optimiser step", int),
@@ -126,9 +165,12 @@ def trial_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
                          f"{cfg['grad_accum_steps']}")
     if not cfg["learning_rate"] > 0:
         raise ValueError(f"learning_rate={cfg['learning_rate']} must be > 0")
-    for key in ("max_train_samples", "max_eval_samples", "eval_steps"):
+    for key in ("max_train_samples", "max_eval_samples", "eval_steps", "patience"):
         if cfg[key] is not None and cfg[key] < 1:
             raise ValueError(f"{key}={cfg[key]} must be >= 1 (or none)")
+    if cfg["eval_method"] != "same" and cfg["method"] != "emoe":
+        raise ValueError(f"eval_method={cfg['eval_method']!r} needs method='emoe' (it switches the converted layers "
+                         f"between EMoE and dense), got method={cfg['method']!r}")
     return cfg
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from emoe import hparams, tracking
-from emoe.convert import aux_loss, convert, emoe_layers, load_model
+from emoe.convert import aux_loss, convert, emoe_layers, load_model, set_bypass
 from emoe.data import TaskData, load_task, tokenize
 from emoe.layer import load_entropy
 
@@ -59,7 +59,7 @@ def evaluate(model, loaders: dict[str, Any], device, autocast) -> tuple[dict[str
     layers = emoe_layers(model)
     for i, (name, loader) in enumerate(loaders.items()):
         correct = total = 0
-        loads = {f.block: torch.zeros(f.num_experts) for f in layers}
+        loads = {f.block: torch.zeros(f.num_experts) for f in layers if not f.bypass}
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             labels = batch.pop("labels")
@@ -69,7 +69,8 @@ def evaluate(model, loaders: dict[str, Any], device, autocast) -> tuple[dict[str
             total += labels.numel()
             if i == 0:
                 for f in layers:
-                    loads[f.block] += f.last_load.cpu() * batch["input_ids"].numel()
+                    if f.block in loads:
+                        loads[f.block] += f.last_load.cpu() * batch["input_ids"].numel()
         accs[name] = correct / total
         if i == 0:
             entropies = {block: load_entropy(load) for block, load in loads.items()}
@@ -89,12 +90,15 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
     Args:
         trial_config: flat config (see ``emoe.hparams.KNOBS``); missing keys take their defaults.
         report: called with the metrics at each evaluation (``train_loss``, ``id_acc``, ``ood_acc.<set>``,
-            ``ood_acc``, ``epoch``, ``step``, ``load_entropy.block<b>``).
+            ``ood_acc``, ``epoch``, ``step``, ``load_entropy.block<b>``). With ``keep_best`` the ID, OOD and load
+            metrics are those of the best ID evaluation so far (every OOD score measured on that same model state,
+            at that evaluation), beside ``best_step`` and the latest evaluation's ``current_id_acc``.
         data: an already loaded task (else loaded from ``task``/``data_dir``).
         on_model: called with the converted model before training (e.g. to save its partitions).
 
     Returns:
-        The metrics of the last evaluation.
+        The metrics of the last report (with ``keep_best``: those of the best ID evaluation). A trial stopped by
+        ``patience`` carries ``patience_stop = 1``: it ended by the protocol, not cut short.
 
     Raises:
         FloatingPointError: the training loss became NaN or infinite.
@@ -109,6 +113,9 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
     convert(model, config)
     if on_model is not None:
         on_model(model)
+    # eval_method: train with the converted layers dense (routing off) and evaluate as EMoE, or the reverse.
+    train_dense, eval_dense = cfg["eval_method"] == "emoe", cfg["eval_method"] == "dense"
+    set_bypass(model, train_dense)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).train()
 
@@ -134,15 +141,29 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
     autocast, scaler = _autocast(device, cfg["precision"])
 
     step, losses, metrics = 0, [], {}
+    best: dict[str, float] = {}  # the best ID evaluation so far (its ID, OOD and load metrics, and its step)
+    since_best = 0  # evaluations since the ID metric last improved
 
     def run_eval() -> dict[str, float]:
+        nonlocal best, since_best
+        set_bypass(model, eval_dense)
         accs, entropies = evaluate(model, eval_loaders, device, autocast)
+        set_bypass(model, train_dense)
         ood = {tracking.ood_metric(k): v for k, v in accs.items() if k != "id"}
+        scores = {tracking.ID_ACC: accs["id"], **ood,
+                  tracking.OOD_ACC: float(np.mean(list(ood.values()))) if ood else float("nan"),
+                  **{tracking.load_entropy_metric(b): e for b, e in entropies.items()}}
+        # Strictly better, as the official code: the first evaluation reaching the best ID score is kept.
+        if not best or scores[tracking.ID_ACC] > best[tracking.ID_ACC]:
+            best, since_best = {**scores, tracking.BEST_STEP: step}, 0
+        else:
+            since_best += 1
         out = {tracking.TRAIN_LOSS: float(np.mean(losses)) if losses else float("nan"),
-               tracking.ID_ACC: accs["id"], **ood,
-               tracking.OOD_ACC: float(np.mean(list(ood.values()))) if ood else float("nan"),
-               tracking.EPOCH: step / steps_per_epoch, tracking.STEP: step}
-        out.update({tracking.load_entropy_metric(b): e for b, e in entropies.items()})
+               **(best if cfg["keep_best"] else scores), tracking.EPOCH: step / steps_per_epoch, tracking.STEP: step}
+        if cfg["keep_best"]:
+            out[tracking.CURRENT_ID_ACC] = scores[tracking.ID_ACC]
+        if cfg["patience"] and since_best >= cfg["patience"] and step < total_steps:
+            out[tracking.PATIENCE_STOP] = 1.0
         losses.clear()
         if report is not None:
             report(out)
@@ -177,7 +198,11 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
             step += 1
             if cfg["eval_steps"] and step % cfg["eval_steps"] == 0 and step % steps_per_epoch:
                 metrics = run_eval()
+                if tracking.PATIENCE_STOP in metrics:
+                    return metrics
         metrics = run_eval()
+        if tracking.PATIENCE_STOP in metrics:
+            return metrics
     return metrics
 
 

@@ -32,7 +32,8 @@ def test_dense_has_no_expert_metrics(tiny_model_dir, tiny_data_dir):
 
 
 def test_same_config_and_seed_give_same_metrics(tiny_model_dir, tiny_data_dir):
-    cfg = tiny_trial(tiny_model_dir, tiny_data_dir, gate="learned", aux_loss_weight=0.01, seed=3, grad_accum_steps=2)
+    cfg = tiny_trial(tiny_model_dir, tiny_data_dir, gate="learned", aux_loss_weight=0.01, gate_noise=1.0,
+                     capacity_factor=1.5, expert_dropout=0.1, seed=3, grad_accum_steps=2)
     assert train_and_evaluate(cfg) == train_and_evaluate(cfg)
     other = train_and_evaluate({**cfg, "seed": 4})
     assert other["train_loss"] != train_and_evaluate(cfg)["train_loss"]
@@ -121,7 +122,7 @@ def _keyword_task(root, seed: int):
 
 
 @pytest.mark.parametrize("overrides", [{"method": "dense"}, {"clustering": "constrained", "gate": "avg_keys"},
-                                       {"gate": "learned", "aux_loss_weight": 0.01}],
+                                       {"gate": "learned", "aux_loss_weight": 0.01, "gate_noise": 1.0}],
                          ids=["dense", "emoe-avg_keys", "emoe-learned"])
 def test_training_learns_a_learnable_task(overrides, tiny_model_dir, tmp_path):
     """If the model stopped learning (a broken mask, a frozen optimiser, a lost gradient), this fails: a random tiny
@@ -131,3 +132,81 @@ def test_training_learns_a_learnable_task(overrides, tiny_model_dir, tmp_path):
                                 "batch_size": 16, "max_length": 32, "epochs": 4, "learning_rate": 2e-3,
                                 "warmup_ratio": 0.0, "seed": 0, **overrides})
     assert final["id_acc"] >= 0.95 and final["ood_acc"] >= 0.9, final
+
+
+def _accuracy(model, data_dir, model_dir):
+    """ID validation accuracy of a trained model, computed here (independently of the trainer's evaluation)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from emoe.data import load_task
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    val = load_task("sst2", data_dir).validation
+    model.eval()
+    with torch.no_grad():
+        batch = tokenizer(list(val["sentence"]), truncation=True, max_length=48, padding=True, return_tensors="pt")
+        pred = model(**batch).logits.argmax(-1)
+    return (pred == torch.tensor(list(val["label"]))).float().mean().item()
+
+
+def test_keep_best_reports_the_best_id_evaluation_and_its_ood_scores(tiny_model_dir, tiny_data_dir):
+    cfg = tiny_trial(tiny_model_dir, tiny_data_dir, max_train_samples=160, eval_steps=2, epochs=2,
+                     learning_rate=3e-3)
+    latest, best = [], []
+    train_and_evaluate(cfg, latest.append)
+    final = train_and_evaluate({**cfg, "keep_best": True}, best.append)
+    ids = [r["id_acc"] for r in latest]
+    first_best = ids.index(max(ids))
+    assert first_best < len(ids) - 1  # the case is one where the last evaluation is not the best
+    expected = latest[first_best]
+    for key in ("id_acc", "ood_acc", "ood_acc.imdb", "ood_acc.yelp", "ood_acc.amazon", "load_entropy.block1"):
+        assert final[key] == expected[key]  # every OOD score from that same evaluation
+    assert final["best_step"] == expected["step"] and final["step"] == latest[-1]["step"]
+    assert [r["current_id_acc"] for r in best] == ids  # the learning curve is still there
+    assert [r["id_acc"] for r in best] == [max(ids[:i + 1]) for i in range(len(ids))]  # what ASHA ranks on
+
+
+def test_patience_stops_after_that_many_evaluations_without_improvement(tiny_model_dir, tiny_data_dir):
+    from emoe.tracking import schema
+
+    cfg = tiny_trial(tiny_model_dir, tiny_data_dir, max_train_samples=160, eval_steps=1, epochs=3,
+                     learning_rate=3e-3)
+    full = []
+    train_and_evaluate(cfg, full.append)
+    ids = [r["id_acc"] for r in full]
+    since, stop = 0, None  # the official rule, by hand: stop once `patience` evaluations in a row did not improve
+    best = -1.0
+    for i, v in enumerate(ids):
+        best, since = (v, 0) if v > best else (best, since + 1)
+        if since >= 2:
+            stop = i
+            break
+    assert stop is not None and stop < len(ids) - 1
+    reports = []
+    final = train_and_evaluate({**cfg, "patience": 2, "keep_best": True}, reports.append)
+    assert len(reports) == stop + 1 and final["patience_stop"] == 1.0
+    assert final["id_acc"] == max(ids[:stop + 1])
+    assert schema.finished(final, cfg["epochs"])  # ended by its protocol: a completed trial, not early-stopped
+
+
+def test_eval_method_dense_and_emoe_evaluate_what_they_say(tiny_model_dir, tiny_data_dir):
+    from emoe import set_bypass
+
+    cfg = tiny_trial(tiny_model_dir, tiny_data_dir, eval_steps=None, epochs=2, layers=(0, 1))
+    seen = {}
+    # dense: trained as EMoE (the same training as eval_method=same), evaluated with every expert on.
+    same = train_and_evaluate(cfg, on_model=lambda m: seen.__setitem__("same", m))
+    dense_eval = train_and_evaluate({**cfg, "eval_method": "dense"}, on_model=lambda m: seen.__setitem__("d", m))
+    assert dense_eval["train_loss"] == same["train_loss"]
+    assert dense_eval["id_acc"] == _accuracy(set_bypass(seen["d"], True), tiny_data_dir, tiny_model_dir)
+    assert same["id_acc"] == _accuracy(seen["same"], tiny_data_dir, tiny_model_dir)
+    assert not [k for k in dense_eval if k.startswith("load_entropy")]  # no routing at evaluation
+    # emoe: trained dense (the same training as method=dense), evaluated with EMoE routing.
+    dense = train_and_evaluate({**cfg, "method": "dense"})
+    emoe_eval = train_and_evaluate({**cfg, "eval_method": "emoe"}, on_model=lambda m: seen.__setitem__("e", m))
+    assert emoe_eval["train_loss"] == dense["train_loss"]
+    assert emoe_eval["id_acc"] == _accuracy(set_bypass(seen["e"], False), tiny_data_dir, tiny_model_dir)
+    assert "load_entropy.block1" in emoe_eval
+    with pytest.raises(ValueError, match="eval_method='dense' needs method='emoe'"):
+        hparams.trial_config({"method": "dense", "eval_method": "dense"})

@@ -9,6 +9,7 @@ from typing import Any
 __all__ = ["DEFAULT_TRACKING_URI", "ROLE", "PARENT", "SWEEP", "FACTOR", "GIT_COMMIT", "COMMAND", "RAY_DIR",
            "BACKFILLED", "ARM", "TRIAL_ID", "OUTCOME", "ERROR", "RESTARTS", "RESTART_ERROR", "PLACEMENT", "OUTCOMES",
            "EXPERIMENT_KIND", "TRAIN_LOSS", "ID_ACC", "OOD_ACC", "EPOCH", "STEP", "LOAD_ENTROPY", "METRIC_PREFIXES",
+           "BEST_STEP", "CURRENT_ID_ACC", "PATIENCE_STOP",
            "ood_metric", "load_entropy_metric", "trial_metrics", "finished", "outcome", "experiment_name",
            "trial_run_name", "runs_url"]
 
@@ -33,7 +34,10 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # Metric names shared by Tune results, MLflow and analysis (logged with step = optimiser step).
 TRAIN_LOSS, ID_ACC, OOD_ACC, EPOCH, STEP = "train_loss", "id_acc", "ood_acc", "epoch", "step"
 LOAD_ENTROPY = "load_entropy"
-METRIC_PREFIXES = (TRAIN_LOSS, ID_ACC, OOD_ACC, EPOCH, STEP, LOAD_ENTROPY)
+# With keep_best: the step of the best ID evaluation, and the latest evaluation's own ID metric (the learning curve).
+BEST_STEP, CURRENT_ID_ACC = "best_step", "current_id_acc"
+PATIENCE_STOP = "patience_stop"  # 1 in the last report of a trial that patience stopped (the protocol's end)
+METRIC_PREFIXES = (TRAIN_LOSS, ID_ACC, OOD_ACC, EPOCH, STEP, LOAD_ENTROPY, BEST_STEP, CURRENT_ID_ACC, PATIENCE_STOP)
 
 
 def ood_metric(name: str) -> str:
@@ -51,8 +55,10 @@ def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 
 def finished(metrics: dict[str, Any] | None, epochs: float) -> bool:
-    """Whether the metrics are those of a trial that trained all its ``epochs`` (not stopped early, not cut off)."""
-    return bool(metrics) and float(metrics.get(EPOCH, 0.0)) >= float(epochs) - 1e-9
+    """Whether the metrics are those of a trial that ran its protocol to the end: all its ``epochs``, or until its
+    ``patience`` ran out (not stopped by a scheduler, not cut off)."""
+    return bool(metrics) and (float(metrics.get(EPOCH, 0.0)) >= float(epochs) - 1e-9
+                              or bool(metrics.get(PATIENCE_STOP)))
 
 
 def outcome(metrics: dict[str, Any] | None, epochs: float, error: bool = False) -> str:

@@ -1,0 +1,189 @@
+"""The official EMoE code's router and protocol as knobs, each checked against an independent computation of the
+rule (qiuzh20/EMoE: Language/moe_utils.py, search_glue_no_trainer.py; its Tutel: fast_dispatch.py, losses.py,
+gates/cosine_top.py)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import ARCHS, hidden, tiny_inputs, tiny_model
+
+import emoe
+from emoe import EmoeConfig, convert, emoe_layers
+from emoe.routing import capacity_slots, load_importance_loss, route
+
+
+def slots_by_hand(probs: np.ndarray, experts: np.ndarray, capacity_factor: float) -> np.ndarray:
+    """The capacity rule written out with Python loops: tokens in order of their largest probability (ties by
+    position), all first choices before any second choice, each expert taking pairs until it holds
+    n * int(factor * ceil(T / N))."""
+    num_tokens, num_experts = probs.shape
+    n = experts.shape[1]
+    capacity = n * int(capacity_factor * math.ceil(num_tokens / num_experts))
+    order = sorted(range(num_tokens), key=lambda t: (-probs[t].max(), t))
+    used = [0] * num_experts
+    keep = np.zeros_like(experts, dtype=bool)
+    for j in range(n):
+        for t in order:
+            e = experts[t, j]
+            keep[t, j] = used[e] < capacity
+            used[e] += 1  # a pair past capacity still took its place in the count (as Tutel's cumsum does)
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("num_tokens, num_experts, k, factor", [(40, 8, 3, 1.0), (37, 6, 2, 0.5), (64, 16, 4, 1.5)])
+def test_capacity_matches_the_rule_written_out(seed, num_tokens, num_experts, k, factor):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(num_tokens, num_experts, generator=g) * 3
+    logits[:, 0] += 5.0  # a popular expert: its later claimants overflow
+    probs = logits.softmax(-1)
+    experts = logits.topk(k, dim=-1).indices
+    keep = capacity_slots(probs, experts, factor).numpy()
+    expected = slots_by_hand(probs.numpy(), experts.numpy(), factor)
+    np.testing.assert_array_equal(keep, expected)
+    assert (~keep).any()  # the case is one that drops
+    partial = keep.any(1) & ~keep.all(1)
+    assert partial.any()  # some tokens lose some but not all of their experts
+
+
+def test_capacity_drops_the_expert_and_its_share_of_the_bias():
+    """A dropped pair removes that expert's neurons from the token and its bias / k share (official: each expert
+    carries the output bias divided by top_k)."""
+    model = tiny_model("bert")
+    convert(model, EmoeConfig(num_experts=4, top_k=2, layers=(0,), capacity_factor=0.25))
+    (ffn,) = emoe_layers(model)
+    seen = {}
+    ffn._keys_proj[0].register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0].detach()))
+    ffn.register_forward_hook(lambda m, a, out: seen.update(h=a[0].detach(), out=out.detach()))
+    with torch.no_grad():
+        model(**tiny_inputs("bert"))
+    x, h = seen["x"].reshape(-1, 32), seen["h"].reshape(-1, 64)
+    keys = ffn._keys_proj[0].weight.detach()
+    gates = torch.stack([keys[ffn.labels == i].mean(0) for i in range(4)])
+    logits = x @ gates.t()
+    experts = logits.topk(2, dim=-1).indices
+    keep = torch.from_numpy(slots_by_hand(logits.softmax(-1).numpy(), experts.numpy(), 0.25))
+    assert (~keep).any() and keep.any()
+    mask = torch.zeros(len(x), 4).scatter(-1, experts, keep.float())[:, ffn.labels]  # [T, d_ff]
+    expected = h * mask @ ffn.values.weight.detach().t() + keep.float().sum(1, keepdim=True) / 2 * ffn.values.bias.detach()
+    torch.testing.assert_close(seen["out"].reshape(-1, 32), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_capacity_none_is_exact_and_a_large_factor_drops_nothing():
+    model, inputs = tiny_model("bert"), tiny_inputs("bert")
+    ref = model.state_dict()
+    convert(model, EmoeConfig(num_experts=4, top_k=2, layers=(0, 1)))
+    with torch.no_grad():
+        exact = hidden(model, inputs)
+    other = tiny_model("bert")
+    other.load_state_dict(ref)
+    convert(other, EmoeConfig(num_experts=4, top_k=2, layers=(0, 1), capacity_factor=100.0))
+    with torch.no_grad():
+        torch.testing.assert_close(hidden(other, inputs), exact, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_noise_and_expert_dropout_act_in_training_only(arch):
+    model, inputs = tiny_model(arch), tiny_inputs(arch)
+    convert(model, EmoeConfig(num_experts=8, top_k=2, layers=(0, -1), gate_noise=50.0, expert_dropout=0.5))
+    with torch.no_grad():
+        model.eval()
+        first, second = hidden(model, inputs), hidden(model, inputs)
+        torch.testing.assert_close(first, second, atol=0, rtol=0)  # evaluation is deterministic
+        model.train()
+        torch.manual_seed(0)
+        noisy = hidden(model, inputs)
+        torch.manual_seed(1)
+        assert (hidden(model, inputs) - noisy).abs().max() > 1e-4  # training draws noise and dropout
+
+
+def test_gate_noise_is_scaled_by_the_number_of_experts():
+    logits = torch.zeros(20000, 8)
+    torch.manual_seed(0)
+    noisy = route(logits, 2, training=True, gate_noise=2.0).scores
+    assert noisy.std().item() == pytest.approx(2.0 / 8, rel=0.02)
+    assert torch.equal(route(logits, 2, training=False, gate_noise=2.0).scores, logits)
+
+
+def test_load_importance_loss_is_tutels():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 6, generator=g)
+    kth = torch.randn(50, generator=g)
+    p = logits.softmax(-1).numpy()
+    imp = p.sum(0)
+    cv2 = lambda v: v.var(ddof=1) / (v.mean() ** 2 + 1e-10)  # noqa: E731  (torch's var is unbiased)
+    from scipy.stats import norm
+
+    load = norm.cdf(p - kth.numpy()[:, None], scale=1.0 / 6).sum(0)
+    expected = (cv2(imp) + cv2(load)) / 2
+    assert load_importance_loss(logits, kth, 1.0).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_aux_loss_reaches_the_hidden_states_with_a_frozen_gate():
+    model = tiny_model("bert").train()
+    convert(model, EmoeConfig(num_experts=4, top_k=2, layers=(1,), gate_noise=1.0, aux_loss_weight=0.01))
+    (ffn,) = emoe_layers(model)
+    hidden(model, tiny_inputs("bert"))
+    aux = emoe.aux_loss(model)
+    assert aux is not None and aux.requires_grad
+    model.zero_grad()
+    aux.backward()
+    lower = model.encoder.layer[0].attention.self.query.weight.grad  # below the converted block
+    assert lower is not None and lower.abs().sum() > 0
+    assert not list(ffn.gate.parameters())  # avg_keys has nothing to train
+    assert ffn._keys_proj[0].weight.grad is None or ffn._keys_proj[0].weight.grad.abs().sum() == 0  # gate frozen
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_learned_avg_keys_equals_avg_keys_at_initialisation(arch):
+    inputs = tiny_inputs(arch)
+    a, b = tiny_model(arch), tiny_model(arch)
+    convert(a, EmoeConfig(gate="avg_keys", num_experts=8, top_k=2, layers=(0, -1)))
+    convert(b, EmoeConfig(gate="learned_avg_keys", num_experts=8, top_k=2, layers=(0, -1)))
+    torch.testing.assert_close(hidden(b, inputs), hidden(a, inputs), atol=0, rtol=0)
+
+
+def test_official_learned_gate_weights_sum_to_one_and_train():
+    model = tiny_model("bert").train()
+    convert(model, EmoeConfig(gate="learned", num_experts=8, top_k=3, layers=(1,), gate_noise=1.0,
+                              aux_loss_weight=0.01))
+    (ffn,) = emoe_layers(model)
+    routings = []
+    original = emoe.layer.route
+    emoe.layer.route = lambda *a, **k: routings.append(original(*a, **k)) or routings[-1]
+    try:
+        out = hidden(model, tiny_inputs("bert"))
+    finally:
+        emoe.layer.route = original
+    (r,) = routings
+    torch.testing.assert_close(r.weights.sum(-1), torch.ones(r.weights.shape[:-1]))
+    (out.sum() + emoe.aux_loss(model)).backward()
+    gate = ffn.gate
+    assert gate.sim_matrix.grad.abs().sum() > 0 and gate.cosine_projector.weight.grad.abs().sum() > 0
+    assert gate.temperature.grad is not None
+    assert gate.temperature.exp().item() == pytest.approx(2.0)  # 1 / 0.5 at initialisation
+
+
+def test_cluster_seed_fixed_shares_the_partition_across_trial_seeds():
+    def labels(**kw):
+        model = tiny_model("bert")
+        convert(model, EmoeConfig(num_experts=4, top_k=2, layers=(0,), **kw), use_cache=False)
+        return emoe_layers(model)[0].labels
+
+    fixed = [labels(seed=s, cluster_seed=0) for s in (0, 1, 2)]
+    assert all(torch.equal(fixed[0], f) for f in fixed[1:])
+    per_trial = [labels(seed=s, cluster_seed="trial") for s in (0, 1, 2)]
+    assert torch.equal(per_trial[0], fixed[0])  # trial seed 0 = cluster seed 0
+    assert not all(torch.equal(per_trial[0], f) for f in per_trial[1:])
+
+
+@pytest.mark.parametrize("selection", ["top", "bottom", "not_top"])
+def test_expert_selection_picks_the_right_experts(selection):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(30, 6, generator=g)
+    r = route(logits, 2, selection=selection)
+    order = logits.argsort(-1, descending=True)
+    expected = {"top": order[:, :2], "bottom": order[:, -2:], "not_top": order[:, 2:]}[selection]
+    assert torch.equal(r.experts.sort(-1).values, expected.sort(-1).values)
