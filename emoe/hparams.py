@@ -113,6 +113,8 @@ def _knobs() -> dict[str, Knob]:
         Knob("max_train_samples", None, "fixed random subset of the training set (seed 0); none = all",
              _optional_int),
         Knob("max_eval_samples", None, "cap on each evaluation set (ID and OOD); none = all", _optional_int),
+        Knob("eval_batch_size", None, "examples per evaluation batch (official: 8, which matters with a capacity: "
+             "a token's experts depend on its batch); none = twice the training micro-batch", _optional_int),
         Knob("eval_steps", None, "evaluate every this many optimiser steps (and at each epoch end); none = per epoch",
              _optional_int),
         Knob("eval_method", "same", "same: evaluate as trained; dense: train EMoE, evaluate with every expert on; "
@@ -165,7 +167,7 @@ def trial_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
                          f"{cfg['grad_accum_steps']}")
     if not cfg["learning_rate"] > 0:
         raise ValueError(f"learning_rate={cfg['learning_rate']} must be > 0")
-    for key in ("max_train_samples", "max_eval_samples", "eval_steps", "patience"):
+    for key in ("max_train_samples", "max_eval_samples", "eval_steps", "patience", "eval_batch_size"):
         if cfg[key] is not None and cfg[key] < 1:
             raise ValueError(f"{key}={cfg[key]} must be >= 1 (or none)")
     if cfg["eval_method"] != "same" and cfg["method"] != "emoe":

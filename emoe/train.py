@@ -125,7 +125,11 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
     micro = cfg["batch_size"] // cfg["grad_accum_steps"]
     train_loader = _loader(tok(data.train), tokenizer, micro, True, cfg["seed"])
     eval_sets = {"id": data.validation, **data.ood}
-    eval_loaders = {name: _loader(by_length(tok(ds)), tokenizer, 2 * micro, False, 0) for name, ds in eval_sets.items()}
+    # NOTE: with a capacity, a token's experts depend on the batch it shares (its T positions), so evaluation keeps
+    # the dataset's order, as the official code does; without one, length-sorted batches only save padding.
+    order = (lambda ds: ds) if config.capacity_factor is not None else by_length
+    eval_batch = cfg["eval_batch_size"] or 2 * micro
+    eval_loaders = {name: _loader(order(tok(ds)), tokenizer, eval_batch, False, 0) for name, ds in eval_sets.items()}
 
     steps_per_epoch = math.ceil(len(train_loader) / cfg["grad_accum_steps"])
     total_steps = steps_per_epoch * cfg["epochs"]

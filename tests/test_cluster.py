@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from test_faults import free_port, start_mlflow_server, stop
-from test_sweep import _children, env, sweep_cmd, tiny_args, trial_results
+from test_sweep import _children, env, sweep_cmd, tiny_args
 
 from emoe import tracking
 
@@ -110,9 +110,16 @@ def cluster_args(cluster, model_dir, data_dir, tmp_path, uri, *extra):
     return args
 
 
-def ran_on(exp_dir: Path) -> dict[str, list[str]]:
-    """trial id -> the node id of each of its results, in order (from Tune's records)."""
-    return {trial: [r["node_id"] for r in rows] for trial, rows in trial_results(exp_dir).items()}
+def placements(uri: str) -> dict[str, tuple[str, str | None]]:
+    """trial id -> (the node its run's placement tag names, its outcome), read from MLflow while the sweep runs: the
+    driver tags a run with its node (address and id) at the trial's first result, and again after a retry."""
+    try:
+        _, _, _, children = _children(uri, "emoe-pretraining")
+    except Exception:  # no experiment yet
+        return {}
+    return {c.data.tags[tracking.TRIAL_ID]: (c.data.tags[tracking.PLACEMENT].split()[2],
+                                             c.data.tags.get(tracking.OUTCOME))
+            for c in children if tracking.PLACEMENT in c.data.tags}
 
 
 def test_sweep_on_a_two_node_cluster_logs_to_an_mlflow_server(cluster, mlflow_server, tiny_model_dir,
@@ -133,11 +140,10 @@ def test_sweep_on_a_two_node_cluster_logs_to_an_mlflow_server(cluster, mlflow_se
     out = subprocess.run(sweep_cmd("pretraining", *args), capture_output=True, text=True, cwd=tmp_path,
                          env=cluster.env, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    (exp_dir,) = (tmp_path / "ray").iterdir()
-    nodes_of = ran_on(exp_dir)
-    assert len(nodes_of) == 8 and all(len(set(s)) == 1 for s in nodes_of.values())
+    placed = placements(mlflow_server)
+    assert len(placed) == 8
     # One CPU per node and one per trial: two trials at a time can only run on two nodes, so both did work.
-    assert {s[0] for s in nodes_of.values()} == {nodes["head"], nodes["worker"]}
+    assert {node for node, _ in placed.values()} == {nodes["head"], nodes["worker"]}
     _, _, parents, children = _children(mlflow_server, "emoe-pretraining")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 8 and len({c.data.tags[tracking.TRIAL_ID] for c in children}) == 8
@@ -160,11 +166,10 @@ def test_worker_node_killed_mid_trial_is_retried_on_the_surviving_node(cluster, 
         victim = None
         deadline = time.time() + 600
         while victim is None and time.time() < deadline and proc.poll() is None:
-            for exp_dir in (tmp_path / "ray").glob("*"):  # a trial that reported from the worker, not finished
-                on_worker = [t for t, s in ran_on(exp_dir).items() if set(s) == {nodes["worker"]}
-                             and not (exp_dir / "emoe_trials" / t / "final.json").exists()]
-                if on_worker:
-                    victim = on_worker[0]
+            # a trial that reported from the worker and has not ended
+            on_worker = [t for t, (node, outcome) in placements(mlflow_server).items()
+                         if node == nodes["worker"] and outcome is None]
+            victim = on_worker[0] if on_worker else None
             time.sleep(0.2)
         assert victim, "no trial started on the worker node"
         cluster.kill("worker")
@@ -175,9 +180,8 @@ def test_worker_node_killed_mid_trial_is_retried_on_the_surviving_node(cluster, 
     assert proc.returncode == 0, log[-4000:]
     (exp_dir,) = (tmp_path / "ray").iterdir()
     assert (exp_dir / "emoe_trials" / victim / "final.json").exists()
-    nodes_of = ran_on(exp_dir)
-    # The victim started on the worker, died with it, and was retried, to the end, on the surviving head node.
-    assert nodes_of[victim][0] == nodes["worker"] and nodes_of[victim][-1] == nodes["head"], nodes_of
+    # The victim started on the worker (seen above), died with it, and was retried, to the end, on the head node.
+    assert placements(mlflow_server)[victim] == (nodes["head"], "completed")
     _, _, parents, children = _children(mlflow_server, "emoe-pretraining")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 4 and len({c.data.tags[tracking.TRIAL_ID] for c in children}) == 4

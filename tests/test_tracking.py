@@ -9,3 +9,21 @@ def test_redact_hides_credentials_named_or_credential_like(monkeypatch):
     text = "hf_abcd k-1234567890 hunter2hunter2 false"
     assert tracking.redact(text) == "*** *** *** false"
     assert tracking.param_value(["a", "hunter2hunter2"]) == "a,***"
+
+
+def test_runs_of_trials_lost_with_the_driver_are_retired_not_counted(tmp_path):
+    """A trial that started after Tune's last saved state is rerun under a new id on resume: its old run goes to
+    MLflow's trash with the reason, and every run Tune still knows stays."""
+    from emoe import tracking
+
+    client = tracking.client(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = tracking.get_or_create_experiment(client, "emoe-x")
+    parent = client.create_run(exp).info.run_id
+    for tid in ("t1", "t2", "t3"):
+        tracking.open_trial_run(client, exp, parent, tid, "dense", tid)
+    assert tracking.runs.retire_lost_trials(client, exp, parent, {"t1", "t3"}) == 1
+    active = client.search_runs([exp], filter_string=f"tags.`{tracking.PARENT}` = '{parent}'")
+    assert sorted(r.data.tags[tracking.TRIAL_ID] for r in active) == ["t1", "t3"]
+    (gone,) = client.search_runs([exp], run_view_type=2, filter_string=f"tags.`{tracking.TRIAL_ID}` = 't2'")
+    assert gone.info.lifecycle_stage == "deleted" and "lost with the driver" in gone.data.tags[tracking.RETIRED]
+    assert tracking.runs.retire_lost_trials(client, exp, parent, {"t1", "t3"}) == 0  # idempotent

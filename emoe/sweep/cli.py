@@ -138,6 +138,12 @@ def dry_run(plan, workload) -> str:
         f"{data} ({workload.train_examples} training examples, {workload.eval_examples} evaluation examples), "
         f"batch {b['batch_size']}, max length {b['max_length']}, {b['epochs']} epoch(s), evaluation every "
         f"{b['eval_steps'] or 'epoch'}" + (" steps" if b["eval_steps"] else ""),
+        "emoe: " + ", ".join(f"{k} {b[k]}" for k in ("layers", "num_experts", "top_k", "clustering", "gate",
+                                                     "cluster_seed", "capacity_factor", "gate_noise", "expert_dropout",
+                                                     "aux_loss_weight", "expert_selection", "eval_method")
+                             if k not in plan.design.swept) + " (arms override their own knobs)",
+        "protocol: " + ", ".join(f"{k} {b[k]}" for k in ("keep_best", "patience", "weight_decay", "warmup_ratio",
+                                                         "eval_batch_size", "precision")),
         f"resources per trial: cpu={s.cpus_per_trial:g} gpu={gpus}; max concurrent: {s.max_concurrent or 'auto'}",
         f"scheduler: {s.scheduler} (scope {s.early_stop_scope}, on {schema.ID_ACC}); MLflow: {s.tracking_uri} "
         f"experiment {plan.experiment}",

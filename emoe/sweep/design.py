@@ -44,8 +44,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": {"trial": {"model": "minilm", "task": "sst2", "data_dir": "demo", "max_train_samples": 1000,
                        "max_eval_samples": 200, "max_length": 64, "batch_size": 16, "epochs": 1, "eval_steps": 32},
              "seeds": (0, 1), "learning_rates": (1e-4,), "cpus_per_trial": 2.0},
-    # BERT-base on GLUE from the Hub: full data; seeds and learning rates: the knobs' grids (the paper's).
-    "paper": {"trial": {"model": "bert-base-uncased", "task": "sst2", "max_train_samples": None,
-                        "max_eval_samples": None, "max_length": 128, "batch_size": 32, "epochs": 3,
-                        "eval_steps": None}},
+    # The official EMoE command (qiuzh20/EMoE Language/README.md, search_glue_no_trainer.py) for BERT-base, data
+    # from the Hub; seeds and learning rates: the knobs' grids, which are the official ones (3 x 3).
+    "paper": {"trial": {"model": "bert-base-cased", "task": "sst2", "layers": (10,), "num_experts": 64, "top_k": 16,
+                        "clustering": "constrained", "gate": "avg_keys", "cluster_seed": 0, "capacity_factor": 1.5,
+                        "gate_noise": 1.0, "expert_dropout": 0.1, "aux_loss_weight": 0.01,
+                        "max_train_samples": None, "max_eval_samples": None, "max_length": 128, "batch_size": 32,
+                        "eval_batch_size": 8, "epochs": 10, "eval_steps": None, "weight_decay": 0.0,
+                        "warmup_ratio": 0.0, "keep_best": True, "patience": 4}},
 }

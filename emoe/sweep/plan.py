@@ -108,7 +108,8 @@ class Plan:
 def make_plan(design: Ablation, settings: SweepSettings) -> Plan:
     """Check ``settings`` against ``design`` and the knobs' declarations. ``ValueError`` (one line) on bad input."""
     s = settings
-    swept = sorted(design.swept & set(s.trial))
+    preset = PRESETS.get(s.preset, {}).get("trial", {})  # a preset may set a swept knob: the arms override it
+    swept = sorted(k for k in design.swept & set(s.trial) if k not in preset or preset[k] != s.trial[k])
     if swept:
         raise ValueError(f"--{swept[0].replace('_', '-')} is swept by this ablation (arms: "
                          f"{', '.join(design.arms)}); drop the flag")

@@ -162,6 +162,11 @@ def _fit(plan: Plan, record: SweepRecord, directory: Path, client, experiment_id
     all_done, trials = False, []
     try:
         if resume and tune.Tuner.can_restore(str(directory)):
+            known = {t.trial_id for t in tune.ExperimentAnalysis(str(directory)).trials}
+            retired = runs.retire_lost_trials(client, experiment_id, record.parent_run_id, known)
+            if retired:
+                log.info("%d trial run(s) started after Tune's last saved state were lost with the driver: moved "
+                         "to MLflow's trash (tag %s); their cells run again", retired, schema.RETIRED)
             tuner = tune.Tuner.restore(str(directory), trainable=trainable, resume_unfinished=True,
                                        resume_errored=False, restart_errored=False)
         else:

@@ -34,7 +34,8 @@ def trial_error_text(trial) -> str:
 
 def placement(result: dict) -> str:
     """Where a result was computed, from the fields Tune adds to every result and the trainable's GPU ids."""
-    return (f"node {result.get('node_ip', '?')} pid {result.get('pid', '?')} gpus {result.get('gpu_ids') or '-'}")
+    return (f"node {result.get('node_ip', '?')} {result.get('node_id', '?')} pid {result.get('pid', '?')} "
+            f"gpus {result.get('gpu_ids') or '-'}")
 
 
 class MlflowTrials(Callback):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from emoe.tracking.schema import (ARM, COMMAND, DEFAULT_TRACKING_URI, ERROR, EXPERIMENT_KIND, FACTOR, GIT_COMMIT,
-                                  OUTCOME, OUTCOMES, PARENT, RAY_DIR, ROLE, SWEEP, TRIAL_ID)
+                                  OUTCOME, OUTCOMES, PARENT, RAY_DIR, RETIRED, ROLE, SWEEP, TRIAL_ID)
 
 
 # Environment variables whose values must never reach MLflow (tokens, passwords, keys): these names, and any
@@ -182,3 +182,21 @@ def close_runs(mlflow_client, experiment_id: str, parent_run_id: str, all_done: 
         if run.info.status in ("RUNNING", "SCHEDULED"):
             mlflow_client.set_terminated(run.info.run_id, status="KILLED")
     mlflow_client.set_terminated(parent_run_id, status="FINISHED" if all_done else "KILLED")
+
+
+def retire_lost_trials(mlflow_client, experiment_id: str, parent_run_id: str, known_trial_ids: set[str]) -> int:
+    """Soft-delete the child runs of trials that Ray's restored experiment does not know.
+
+    A trial that started after Tune's last experiment checkpoint is lost when the driver dies: a resume runs that
+    cell again under a new trial id, so its old run would count twice. The run is tagged with the reason and moved
+    to MLflow's trash (``mlflow gc`` purges it; ``restore_run`` brings it back). Returns how many.
+    """
+    children = mlflow_client.search_runs([experiment_id], filter_string=f"tags.`{PARENT}` = '{parent_run_id}'",
+                                         max_results=50000)
+    lost = [r for r in children if r.data.tags.get(TRIAL_ID) not in known_trial_ids]
+    for run in lost:
+        mlflow_client.set_tag(run.info.run_id, RETIRED, "lost with the driver before Tune saved its state; rerun")
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            mlflow_client.set_terminated(run.info.run_id, status="KILLED")
+        mlflow_client.delete_run(run.info.run_id)
+    return len(lost)

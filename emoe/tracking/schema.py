@@ -7,7 +7,7 @@ import urllib.parse
 from typing import Any
 
 __all__ = ["DEFAULT_TRACKING_URI", "ROLE", "PARENT", "SWEEP", "FACTOR", "GIT_COMMIT", "COMMAND", "RAY_DIR",
-           "BACKFILLED", "ARM", "TRIAL_ID", "OUTCOME", "ERROR", "RESTARTS", "RESTART_ERROR", "PLACEMENT", "OUTCOMES",
+           "BACKFILLED", "ARM", "TRIAL_ID", "RETIRED", "OUTCOME", "ERROR", "RESTARTS", "RESTART_ERROR", "PLACEMENT", "OUTCOMES",
            "EXPERIMENT_KIND", "TRAIN_LOSS", "ID_ACC", "OOD_ACC", "EPOCH", "STEP", "LOAD_ENTROPY", "METRIC_PREFIXES",
            "BEST_STEP", "CURRENT_ID_ACC", "PATIENCE_STOP",
            "ood_metric", "load_entropy_metric", "trial_metrics", "finished", "outcome", "experiment_name",
@@ -26,7 +26,8 @@ BACKFILLED = "emoe.backfilled"  # a parent run that python -m emoe.sync had to c
 ARM, TRIAL_ID, OUTCOME, ERROR = "emoe.arm", "emoe.trial_id", "emoe.outcome", "emoe.error"
 RESTARTS = "emoe.restarts"  # times a trial was retried after a failure (--max-failures)
 RESTART_ERROR = "emoe.restarts.last_error"
-PLACEMENT = "emoe.placement"  # where the trial (last) ran: node, process, GPUs
+PLACEMENT = "emoe.placement"  # where the trial (last) ran: node address and id, process, GPUs
+RETIRED = "emoe.retired"  # why a trial's run was moved to the trash (its trial was lost and rerun)
 OUTCOMES = ("completed", "early_stopped", "failed")
 # Experiment tag: the MLflow 3 UI opens an experiment on its training runs, not on the GenAI overview.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
