@@ -134,3 +134,12 @@ def test_secrets_in_the_environment_never_reach_mlflow(tiny_model_dir, tiny_data
     assert "***" in text  # the data_dir param was redacted
     for value in secrets.values():
         assert value not in text
+
+
+def test_a_sweep_whose_every_trial_failed_exits_non_zero(tiny_model_dir, tiny_data_dir, tmp_path):
+    args = tiny_args(tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0", "--learning-rates", "1e30",
+                     "--scheduler", "none", "--cpus-per-trial", "0.5", "--max-grad-norm", "1e30")
+    out = subprocess.run(sweep_cmd("pretraining", *args), capture_output=True, text=True, cwd=tmp_path, env=env(),
+                         timeout=900)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "4 trial(s) failed" in out.stdout and "every trial failed" in out.stderr

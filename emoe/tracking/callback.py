@@ -48,12 +48,12 @@ class MlflowTrials(Callback):
     def __init__(self, uri: str, experiment_id: str, record: SweepRecord, root: str):
         self.uri, self.experiment_id, self.record, self.root = uri, experiment_id, record, root
         self._runs: dict[str, runs.TrialRun] = {}
-        self._placed: set[str] = set()
+        self._placed: dict[str, str] = {}  # trial id -> the placement last tagged
         self._client = None
         self._down_until = 0.0
 
     def __getstate__(self):
-        return {**self.__dict__, "_client": None, "_runs": {}, "_placed": set(), "_down_until": 0.0}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_placed": {}, "_down_until": 0.0}
 
     @property
     def client(self):
@@ -98,9 +98,10 @@ class MlflowTrials(Callback):
         if run is None:
             return
         self._safe("metrics", run.log_metrics, schema.trial_metrics(result), int(result.get(schema.STEP, 0)))
-        if trial.trial_id not in self._placed:  # once per start of the trial (a retry may run elsewhere)
-            self._placed.add(trial.trial_id)
-            self._safe("placement", run.set_tags, {schema.PLACEMENT: placement(result)})
+        where = placement(result)
+        if self._placed.get(trial.trial_id) != where:  # at the first result, and again when a retry runs elsewhere
+            self._placed[trial.trial_id] = where
+            self._safe("placement", run.set_tags, {schema.PLACEMENT: where})
 
     def _partitions(self, trial, run):
         path = TrialFiles(self.root, trial.trial_id).partitions
@@ -119,7 +120,6 @@ class MlflowTrials(Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         # A retry (--max-failures) continues the same run; its metrics restart from step 1 (see the README).
-        self._placed.discard(trial.trial_id)
         run = self._run(trial)
         if run is not None:
             error = trial_error_text(trial).split("\n\n")[0]
