@@ -2,7 +2,8 @@
 
 from emoe.sweep import Ablation, main
 
-ABLATION = Ablation.over("gate", ["avg_keys", "centroid", "avg_values", "random", "learned"], name="gating")
+ABLATION = Ablation.over("gate", ["avg_keys", "centroid", "avg_values", "random", "learned", "learned_avg_keys"],
+                         name="gating")
 
 if __name__ == "__main__":
     raise SystemExit(main(ABLATION))

@@ -110,15 +110,17 @@ def cluster_args(cluster, model_dir, data_dir, tmp_path, uri, *extra):
     return args
 
 
-def placements(uri: str) -> dict[str, tuple[str, str | None]]:
-    """trial id -> (the node its run's placement tag names, its outcome), read from MLflow while the sweep runs: the
-    driver tags a run with its node (address and id) at the trial's first result, and again after a retry."""
+def placements(uri: str, with_step: bool = False) -> dict[str, tuple]:
+    """trial id -> (the node its run's placement tag names, its outcome[, its latest step]), read from MLflow while
+    the sweep runs: the driver tags a run with its node (address and id) at the trial's first result, again when a
+    retry runs elsewhere, and at its end."""
     try:
         _, _, _, children = _children(uri, "emoe-pretraining")
     except Exception:  # no experiment yet
         return {}
     return {c.data.tags[tracking.TRIAL_ID]: (c.data.tags[tracking.PLACEMENT].split()[2],
                                              c.data.tags.get(tracking.OUTCOME))
+            + ((c.data.metrics.get("step", 0),) if with_step else ())
             for c in children if tracking.PLACEMENT in c.data.tags}
 
 
@@ -157,8 +159,9 @@ def test_worker_node_killed_mid_trial_is_retried_on_the_surviving_node(cluster, 
                                                                        tiny_data_dir, tmp_path):
     nodes = cluster.alive(cluster.nodes_info())
     # Longer trials (3 epochs of 400 sentences) so that the kill lands mid-training.
+    # --max-failures 5: until Ray notices the dead node (about 2 s here), a retry may be placed on it and fail again.
     args = cluster_args(cluster, tiny_model_dir, tiny_data_dir, tmp_path, mlflow_server, "--seeds", "0",
-                        "--learning-rates", "1e-3", "--max-failures", "2", "--max-train-samples", "400",
+                        "--learning-rates", "1e-3", "--max-failures", "5", "--max-train-samples", "400",
                         "--epochs", "3", "--eval-steps", "5")
     proc = subprocess.Popen(sweep_cmd("pretraining", *args), cwd=tmp_path, env=cluster.env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -166,9 +169,9 @@ def test_worker_node_killed_mid_trial_is_retried_on_the_surviving_node(cluster, 
         victim = None
         deadline = time.time() + 600
         while victim is None and time.time() < deadline and proc.poll() is None:
-            # a trial that reported from the worker and has not ended
-            on_worker = [t for t, (node, outcome) in placements(mlflow_server).items()
-                         if node == nodes["worker"] and outcome is None]
+            # a trial early in its training on the worker (at most 15 of its 75 steps), so the kill lands mid-trial
+            on_worker = [t for t, (node, outcome, step) in placements(mlflow_server, with_step=True).items()
+                         if node == nodes["worker"] and outcome is None and step <= 15]
             victim = on_worker[0] if on_worker else None
             time.sleep(0.2)
         assert victim, "no trial started on the worker node"
@@ -181,7 +184,7 @@ def test_worker_node_killed_mid_trial_is_retried_on_the_surviving_node(cluster, 
     (exp_dir,) = (tmp_path / "ray").iterdir()
     assert (exp_dir / "emoe_trials" / victim / "final.json").exists()
     # The victim started on the worker (seen above), died with it, and was retried, to the end, on the head node.
-    assert placements(mlflow_server)[victim] == (nodes["head"], "completed")
+    assert placements(mlflow_server)[victim] == (nodes["head"], "completed"), log[-6000:]
     _, _, parents, children = _children(mlflow_server, "emoe-pretraining")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 4 and len({c.data.tags[tracking.TRIAL_ID] for c in children}) == 4

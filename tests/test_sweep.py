@@ -54,8 +54,10 @@ def env():
             "RAY_DEDUP_LOGS": "0"}
 
 
-@pytest.mark.parametrize("script, trials", [("clustering", 6 * 3 * 3), ("gating", 6 * 3 * 3),
-                                            ("pretraining", 4 * 3 * 3), ("experts", 15 * 3 * 3)])
+@pytest.mark.parametrize("script, trials", [("clustering", 6 * 3 * 3), ("gating", 7 * 3 * 3),
+                                            ("pretraining", 4 * 3 * 3), ("experts", 15 * 3 * 3),
+                                            ("router", 7 * 3 * 3), ("selection", 4 * 3 * 3),
+                                            ("eval_method", 4 * 3 * 3)])
 def test_each_script_dry_run(script, trials, tmp_path):
     out = subprocess.run(sweep_cmd(script, "--dry-run", "--model", "minilm", "--data-dir", "demo"),
                          capture_output=True, text=True,

@@ -27,3 +27,16 @@ def test_runs_of_trials_lost_with_the_driver_are_retired_not_counted(tmp_path):
     (gone,) = client.search_runs([exp], run_view_type=2, filter_string=f"tags.`{tracking.TRIAL_ID}` = 't2'")
     assert gone.info.lifecycle_stage == "deleted" and "lost with the driver" in gone.data.tags[tracking.RETIRED]
     assert tracking.runs.retire_lost_trials(client, exp, parent, {"t1", "t3"}) == 0  # idempotent
+
+
+def test_a_local_store_keeps_its_artifacts_beside_its_database(tmp_path, monkeypatch):
+    """MLflow's default would write ./mlruns under the current directory (a checkout, when tests run there)."""
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    client = tracking.client(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = tracking.get_or_create_experiment(client, "emoe-x")
+    run = tracking.TrialRun(client, exp, "r")
+    run.log_dict({"a": 1}, "emoe_config.json")
+    assert (tmp_path / "mlartifacts" / "emoe-x").is_dir() and not list(elsewhere.iterdir())
+    assert list((tmp_path / "mlartifacts" / "emoe-x").rglob("emoe_config.json"))

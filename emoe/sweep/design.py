@@ -29,6 +29,9 @@ class Ablation:
         """One arm per value of one knob, plus the dense baseline arm; ``name`` defaults to the factor."""
         arms = {str(v): {factor: v} for v in values}
         if baseline:
+            if DENSE in arms:
+                raise ValueError(f"a value of {factor} is named {DENSE!r}, the baseline arm's name; declare the arms "
+                                 "with names of their own")
             arms[DENSE] = {"method": DENSE}
         return cls(name or factor, arms, factor)
 

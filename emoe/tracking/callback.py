@@ -114,6 +114,8 @@ class MlflowTrials(Callback):
             return
         last = trial.last_result or {}
         self._partitions(trial, run)
+        if last:  # where the trial ended (a retry may have moved it since its placement was last tagged)
+            self._safe("placement", run.set_tags, {schema.PLACEMENT: placement(last)})
         outcome = schema.outcome(last, trial.config.get("epochs", 1))
         self._safe("outcome", run.finish, outcome,
                    name=schema.trial_run_name(trial.config.get("arm"), trial.config, outcome, last))

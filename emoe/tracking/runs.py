@@ -74,11 +74,22 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment of a local SQLite store keeps its artifacts: beside the database
+    (``<db dir>/mlartifacts/<experiment>``), so the store is one self-contained folder. MLflow's own default is
+    ``./mlruns`` under whatever directory the process that creates the experiment runs in. ``None`` (the server's or
+    database's default) for any other store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts" / experiment).as_uri()
+
+
 def get_or_create_experiment(mlflow_client, name: str) -> str:
     exp = mlflow_client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return mlflow_client.create_experiment(name, tags=EXPERIMENT_KIND)
+            return mlflow_client.create_experiment(
+                name, artifact_location=artifact_location(mlflow_client.tracking_uri, name), tags=EXPERIMENT_KIND)
         except Exception:  # created concurrently by another process
             exp = mlflow_client.get_experiment_by_name(name)
             if exp is None:
