@@ -162,11 +162,6 @@ def _fit(plan: Plan, record: SweepRecord, directory: Path, client, experiment_id
     all_done, trials = False, []
     try:
         if resume and tune.Tuner.can_restore(str(directory)):
-            known = {t.trial_id for t in tune.ExperimentAnalysis(str(directory)).trials}
-            retired = runs.retire_lost_trials(client, experiment_id, record.parent_run_id, known)
-            if retired:
-                log.info("%d trial run(s) started after Tune's last saved state were lost with the driver: moved "
-                         "to MLflow's trash (tag %s); their cells run again", retired, schema.RETIRED)
             tuner = tune.Tuner.restore(str(directory), trainable=trainable, resume_unfinished=True,
                                        resume_errored=False, restart_errored=False)
         else:
@@ -189,6 +184,14 @@ def _fit(plan: Plan, record: SweepRecord, directory: Path, client, experiment_id
                                                                   r.error is not None),
                     schema.trial_metrics(r.metrics or {})))
         all_done = grid.num_terminated + grid.num_errors >= plan.n_trials
+        if resume:
+            # NOTE: after the fit, when Tune has written its final state: read before it, the state on the storage
+            # path can be older than the one the Tuner restored from, and would retire runs of trials it knows.
+            known = {t.trial_id for t in tune.ExperimentAnalysis(str(directory)).trials}
+            retired = runs.retire_lost_trials(client, experiment_id, record.parent_run_id, known)
+            if retired:
+                log.info("%d trial run(s) started after Tune's last saved state were lost with the driver: moved "
+                         "to MLflow's trash (tag %s); their cells ran again", retired, schema.RETIRED)
     finally:
         try:
             runs.close_runs(client, experiment_id, record.parent_run_id, all_done)
