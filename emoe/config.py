@@ -10,6 +10,14 @@ INITS = ("pretrained", "random")
 METHODS = ("emoe", "dense")
 
 
+def check_fields(cls, data: dict[str, Any], what: str) -> None:
+    """Refuse keys of ``data`` that are not fields of the dataclass ``cls``, naming the valid ones."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; valid fields: {', '.join(sorted(names))}")
+
+
 def check_choice(kind: str, value: Any, choices) -> None:
     """Raise a one-line ``ValueError`` naming the valid choices when ``value`` is not one of them."""
     if value not in choices:
@@ -105,10 +113,7 @@ class EmoeConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EmoeConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown EmoeConfig field(s) {unknown}; valid fields: {', '.join(sorted(names))}")
+        check_fields(cls, d, "EmoeConfig field(s)")
         return cls(**d)
 
     def to_json(self) -> str:

@@ -12,7 +12,7 @@ import emoe
 from emoe import EmoeConfig, convert, emoe_layers
 
 NON_LEARNED = [g for g in emoe.GATES if g != "learned"]  # gates whose weights are 1 (the binary mask) forward
-VECTOR_GATES = [g for g in emoe.GATES if g != "learned"]  # x . G_i gates (learned: the cosine router)
+VECTOR_GATES = NON_LEARNED  # the same gates score x . G_i (learned: the cosine router)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from emoe import hparams
+from emoe.config import check_fields
 from emoe.sweep.design import PRESETS, Ablation
 from emoe.tracking import schema
 
@@ -64,10 +65,7 @@ class SweepSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SweepSettings":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown sweep setting(s) {unknown}; valid: {', '.join(sorted(names))}")
+        check_fields(cls, data, "sweep setting(s)")
         out = cls(**data)
         for name in ("seeds", "learning_rates", "lr_range"):
             if getattr(out, name) is not None:
