@@ -158,20 +158,21 @@ def test_sweep_on_a_two_node_cluster_logs_to_an_mlflow_server(cluster, mlflow_se
 def test_worker_node_killed_mid_trial_is_retried_on_the_surviving_node(cluster, mlflow_server, tiny_model_dir,
                                                                        tiny_data_dir, tmp_path):
     nodes = cluster.alive(cluster.nodes_info())
-    # Longer trials (3 epochs of 400 sentences) so that the kill lands mid-training.
+    # Long trials (12 epochs of 400 sentences: 300 steps, a few seconds even for the fast random-init arms) so that
+    # the kill lands mid-training: a 75-step random-init trial could end between being spotted and the kill.
     # --max-failures 5: until Ray notices the dead node (about 2 s here), a retry may be placed on it and fail again.
     args = cluster_args(cluster, tiny_model_dir, tiny_data_dir, tmp_path, mlflow_server, "--seeds", "0",
                         "--learning-rates", "1e-3", "--max-failures", "5", "--max-train-samples", "400",
-                        "--epochs", "3", "--eval-steps", "5")
+                        "--epochs", "12", "--eval-steps", "5")
     proc = subprocess.Popen(sweep_cmd("pretraining", *args), cwd=tmp_path, env=cluster.env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         victim = None
         deadline = time.time() + 600
         while victim is None and time.time() < deadline and proc.poll() is None:
-            # a trial early in its training on the worker (at most 15 of its 75 steps), so the kill lands mid-trial
+            # a trial early in its training on the worker (at most 30 of its 300 steps), so the kill lands mid-trial
             on_worker = [t for t, (node, outcome, step) in placements(mlflow_server, with_step=True).items()
-                         if node == nodes["worker"] and outcome is None and step <= 15]
+                         if node == nodes["worker"] and outcome is None and step <= 30]
             victim = on_worker[0] if on_worker else None
             time.sleep(0.2)
         assert victim, "no trial started on the worker node"
@@ -190,5 +191,5 @@ def test_worker_node_killed_mid_trial_is_retried_on_the_surviving_node(cluster, 
     assert len(children) == 4 and len({c.data.tags[tracking.TRIAL_ID] for c in children}) == 4
     assert all(c.info.status == "FINISHED" and c.data.tags[tracking.OUTCOME] == "completed" for c in children)
     (retried,) = [c for c in children if c.data.tags[tracking.TRIAL_ID] == victim]
-    assert int(retried.data.tags[tracking.RESTARTS]) >= 1 and retried.data.metrics["epoch"] == 3.0
+    assert int(retried.data.tags[tracking.RESTARTS]) >= 1 and retried.data.metrics["epoch"] == 12.0
     assert all(tracking.RESTARTS not in c.data.tags for c in children if c is not retried)
