@@ -6,7 +6,7 @@ The full demo grid of the clustering ablation runs once without early stopping (
 already holds it), logging every evaluation. Then the sweep's own ASHA schedulers (both scopes: per arm and seed,
 and global) are replayed on those learning curves, results arriving in the order they were logged: a trial stops
 where ASHA says STOP. Printed: trial-epochs spent as a fraction of the full grid's, and the best arm (mean final
-id_acc over seeds, completed trials only) with and without early stopping.
+id_score over seeds, completed trials only) with and without early stopping.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def full_grid(uri: str, data_dir: str, storage: str) -> list:
     for r in runs:
         if r.data.tags.get(tracking.OUTCOME) != "completed":
             continue
-        acc = {m.step: m for m in client.get_metric_history(r.info.run_id, tracking.ID_ACC)}
+        acc = {m.step: m for m in client.get_metric_history(r.info.run_id, tracking.ID_SCORE)}
         epoch = {m.step: m.value for m in client.get_metric_history(r.info.run_id, tracking.EPOCH)}
         curve = [(acc[s].timestamp, epoch[s], acc[s].value) for s in sorted(acc) if s in epoch]
         trials.append(types.SimpleNamespace(trial_id=r.info.run_id, curve=curve, config={
@@ -58,7 +58,7 @@ def replay(trials: list, scope: str, data_dir: str, epochs: float):
 
     plan = make_plan(ABLATION, SweepSettings.from_preset("demo", trial={"data_dir": data_dir}, early_stop_scope=scope))
     scheduler = make_scheduler(plan)
-    scheduler.set_search_properties("id_acc", "max")
+    scheduler.set_search_properties(tracking.ID_SCORE, "max")
     for t in trials:
         scheduler.on_trial_add(None, t)
     events = sorted((ts, i, e, acc) for i, t in enumerate(trials) for ts, e, acc in t.curve)
@@ -68,7 +68,7 @@ def replay(trials: list, scope: str, data_dir: str, epochs: float):
         if t.trial_id in stopped:
             continue
         spent[t.trial_id] = e
-        if scheduler.on_trial_result(None, t, {"epoch": e, "id_acc": acc}) == TrialScheduler.STOP and e < epochs:
+        if scheduler.on_trial_result(None, t, {"epoch": e, tracking.ID_SCORE: acc}) == TrialScheduler.STOP and e < epochs:
             stopped.add(t.trial_id)
     return spent, {t.trial_id for t in trials} - stopped
 
@@ -96,12 +96,12 @@ def main() -> None:
     arm, acc = best_arm(trials, {t.trial_id for t in trials})
     print(f"demo grid: {len(trials)} completed trials x {epochs:g} epoch(s), evaluations at epochs "
           f"{sorted({round(e, 3) for t in trials for _, e, _ in t.curve})}")
-    print(f"  full grid: best arm {arm} (mean id_acc {acc:.4f})")
+    print(f"  full grid: best arm {arm} (mean id_score {acc:.4f})")
     for scope in ("arm", "global"):
         spent, finished = replay(trials, scope, a.data_dir, epochs)
         b_arm, b_acc = best_arm(trials, finished)
         print(f"  ASHA scope {scope:<6}: {sum(spent.values()) / full:.2f} of the trial-epochs, "
-              f"{len(trials) - len(finished)} trial(s) stopped; best arm {b_arm} (mean id_acc {b_acc:.4f}), "
+              f"{len(trials) - len(finished)} trial(s) stopped; best arm {b_arm} (mean id_score {b_acc:.4f}), "
               f"{'the same' if b_arm == arm else 'NOT the same'} as the full grid")
 
 

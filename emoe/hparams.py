@@ -35,6 +35,14 @@ def _optional_float(text):
     return None if text in (None, "", "none", "None") else float(text)
 
 
+def _optional_names(text):
+    """Comma-separated names (or a list) as a tuple; none/empty = None (all)."""
+    if text is None or text in ("", "none", "None"):
+        return None
+    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    return tuple(str(i).strip() for i in items if str(i).strip())
+
+
 def _cluster_seed(text):
     return "trial" if text == "trial" else int(text)
 
@@ -82,7 +90,9 @@ def _knobs() -> dict[str, Knob]:
     from emoe.routing import SELECTIONS
 
     knobs = [
-        Knob("task", "sst2", "ID task; its OOD sets come with it", str, tuple(TASKS)),
+        Knob("task", "sst2", "ID task; its GLUE-X OOD sets, metrics and epoch cap come with it", str, tuple(TASKS)),
+        Knob("ood_sets", None, "which of the task's OOD sets to evaluate, comma-separated; none = all of them",
+             _optional_names),
         Knob("model", "minilm", "Hub id, local path, or 'minilm' (packaged all-MiniLM-L6-v2, offline)"),
         _emoe("init", "pre-trained weights or a random initialisation of the same architecture", str, INITS),
         _emoe("method", "emoe, or dense for the baseline", str, METHODS),
@@ -108,7 +118,8 @@ def _knobs() -> dict[str, Knob]:
         Knob("learning_rate", 5e-5, "peak AdamW learning rate", float, grid=(2e-5, 3e-5, 5e-5),
              log_range=(1e-5, 1e-4)),
         Knob("batch_size", 32, "examples per optimiser step (split over grad_accum_steps)", int),
-        Knob("epochs", 1, "training epochs", int),
+        Knob("epochs", None, "training epochs; none = the task's official cap (10; 3 for MNLI, QQP and QNLI)",
+             _optional_int),
         Knob("max_length", 128, "tokens per example (longer ones are truncated)", int),
         Knob("max_train_samples", None, "fixed random subset of the training set (seed 0); none = all",
              _optional_int),
@@ -158,6 +169,10 @@ def trial_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         else:
             raise ValueError(f"unknown trial config key {key!r}; valid keys: {', '.join(KNOBS)}, ood")
     cfg.update(extra)
+    if cfg["epochs"] is None:
+        from emoe.data import get_task
+
+        cfg["epochs"] = get_task(cfg["task"]).epochs
     emoe_config(cfg)  # validates the construction knobs
     for key in ("batch_size", "epochs", "max_length", "grad_accum_steps"):
         if cfg[key] < 1:

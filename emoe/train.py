@@ -18,9 +18,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from emoe import hparams, tracking
+from emoe import hparams, metrics, tracking
 from emoe.convert import aux_loss, convert, emoe_layers, load_model, set_bypass
-from emoe.data import TaskData, load_task, tokenize
+from emoe.data import Task, TaskData, load_task, tokenize
 from emoe.layer import load_entropy
 
 log = logging.getLogger(__name__)
@@ -52,35 +52,51 @@ def by_length(ds):
 
 
 @torch.no_grad()
-def evaluate(model, loaders: dict[str, Any], device, autocast) -> tuple[dict[str, float], dict[int, float]]:
-    """Accuracy of every loader, and each converted layer's load entropy over the first loader (the ID set)."""
+def evaluate(model, loaders: dict[str, Any], device, autocast, task: Task) -> tuple[dict[str, dict[str, float]],
+                                                                                 dict[int, float]]:
+    """The task's metrics on every loader, and each converted layer's load entropy over the first loader (ID)."""
     model.eval()
-    accs, entropies = {}, {}
+    scores, entropies = {}, {}
     layers = emoe_layers(model)
     for i, (name, loader) in enumerate(loaders.items()):
-        correct = total = 0
+        preds, golds = [], []
         loads = {f.block: torch.zeros(f.num_experts) for f in layers if not f.bypass}
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             labels = batch.pop("labels")
             with autocast:
                 logits = model(**batch).logits
-            correct += (logits.argmax(-1) == labels).sum().item()
-            total += labels.numel()
+            preds.append(metrics.predictions(logits.float().cpu().numpy(), task.regression))
+            golds.append(labels.cpu().numpy())
             if i == 0:
                 for f in layers:
                     if f.block in loads:
                         loads[f.block] += f.last_load.cpu() * batch["input_ids"].numel()
-        accs[name] = correct / total
+        scores[name] = metrics.compute(task.metrics, np.concatenate(preds), np.concatenate(golds))
         if i == 0:
             entropies = {block: load_entropy(load) for block, load in loads.items()}
     model.train()
-    return accs, entropies
+    return scores, entropies
+
+
+def score_metrics(scores: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The schema's metrics of one evaluation: ``id_score``, ``id.<metric>``, ``ood_score.<set>``,
+    ``ood.<set>.<metric>`` and ``ood_score`` (the mean over the OOD sets; NaN without any)."""
+    out = {tracking.ID_SCORE: metrics.primary(scores["id"]),
+           **{tracking.id_metric(m): v for m, v in scores["id"].items()}}
+    ood = {name: metrics.primary(s) for name, s in scores.items() if name != "id"}
+    for name, s in scores.items():
+        if name != "id":
+            out[tracking.ood_score_metric(name)] = ood[name]
+            out.update({tracking.ood_metric(name, m): v for m, v in s.items()})
+    out[tracking.OOD_SCORE] = float(np.mean(list(ood.values()))) if ood else float("nan")
+    return out
 
 
 def load_trial_data(cfg: dict[str, Any]) -> TaskData:
     """The task data a trial config asks for (task, data_dir, ood, max_train_samples, max_eval_samples)."""
-    return load_task(cfg["task"], cfg["data_dir"], cfg.get("ood"), cfg["max_train_samples"], cfg["max_eval_samples"])
+    return load_task(cfg["task"], cfg["data_dir"], cfg.get("ood"), cfg["max_train_samples"], cfg["max_eval_samples"],
+                     cfg.get("ood_sets"))
 
 
 def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = None,
@@ -89,10 +105,11 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
 
     Args:
         trial_config: flat config (see ``emoe.hparams.KNOBS``); missing keys take their defaults.
-        report: called with the metrics at each evaluation (``train_loss``, ``id_acc``, ``ood_acc.<set>``,
-            ``ood_acc``, ``epoch``, ``step``, ``load_entropy.block<b>``). With ``keep_best`` the ID, OOD and load
-            metrics are those of the best ID evaluation so far (every OOD score measured on that same model state,
-            at that evaluation), beside ``best_step`` and the latest evaluation's ``current_id_acc``.
+        report: called with the metrics at each evaluation (``train_loss``, ``id_score``, ``id.<metric>``,
+            ``ood_score.<set>``, ``ood.<set>.<metric>``, ``ood_score``, ``epoch``, ``step``,
+            ``load_entropy.block<b>``; see ``score_metrics``). With ``keep_best`` the ID, OOD and load metrics are
+            those of the best ID evaluation so far (every OOD score measured on that same model state, at that
+            evaluation), beside ``best_step`` and the latest evaluation's ``current_id_score``.
         data: an already loaded task (else loaded from ``task``/``data_dir``).
         on_model: called with the converted model before training (e.g. to save its partitions).
 
@@ -144,28 +161,25 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg["warmup_ratio"] * total_steps), total_steps)
     autocast, scaler = _autocast(device, cfg["precision"])
 
-    step, losses, metrics = 0, [], {}
+    step, losses, last = 0, [], {}
     best: dict[str, float] = {}  # the best ID evaluation so far (its ID, OOD and load metrics, and its step)
     since_best = 0  # evaluations since the ID metric last improved
 
     def run_eval() -> dict[str, float]:
         nonlocal best, since_best
         set_bypass(model, eval_dense)
-        accs, entropies = evaluate(model, eval_loaders, device, autocast)
+        per_set, entropies = evaluate(model, eval_loaders, device, autocast, data.task)
         set_bypass(model, train_dense)
-        ood = {tracking.ood_metric(k): v for k, v in accs.items() if k != "id"}
-        scores = {tracking.ID_ACC: accs["id"], **ood,
-                  tracking.OOD_ACC: float(np.mean(list(ood.values()))) if ood else float("nan"),
-                  **{tracking.load_entropy_metric(b): e for b, e in entropies.items()}}
+        scores = {**score_metrics(per_set), **{tracking.load_entropy_metric(b): e for b, e in entropies.items()}}
         # Strictly better, as the official code: the first evaluation reaching the best ID score is kept.
-        if not best or scores[tracking.ID_ACC] > best[tracking.ID_ACC]:
+        if not best or scores[tracking.ID_SCORE] > best[tracking.ID_SCORE]:
             best, since_best = {**scores, tracking.BEST_STEP: step}, 0
         else:
             since_best += 1
         out = {tracking.TRAIN_LOSS: float(np.mean(losses)) if losses else float("nan"),
                **(best if cfg["keep_best"] else scores), tracking.EPOCH: step / steps_per_epoch, tracking.STEP: step}
         if cfg["keep_best"]:
-            out[tracking.CURRENT_ID_ACC] = scores[tracking.ID_ACC]
+            out[tracking.CURRENT_ID_SCORE] = scores[tracking.ID_SCORE]
         if cfg["patience"] and since_best >= cfg["patience"] and step < total_steps:
             out[tracking.PATIENCE_STOP] = 1.0
         losses.clear()
@@ -201,13 +215,13 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if cfg["eval_steps"] and step % cfg["eval_steps"] == 0 and step % steps_per_epoch:
-                metrics = run_eval()
-                if tracking.PATIENCE_STOP in metrics:
-                    return metrics
-        metrics = run_eval()
-        if tracking.PATIENCE_STOP in metrics:
-            return metrics
-    return metrics
+                last = run_eval()
+                if tracking.PATIENCE_STOP in last:
+                    return last
+        last = run_eval()
+        if tracking.PATIENCE_STOP in last:
+            return last
+    return last
 
 
 def parse_ood(items: list[str] | None) -> dict[str, str]:
@@ -242,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = hparams.trial_config({**hparams.overrides_from_args(args), "ood": parse_ood(args.ood)})
         if not args.no_mlflow:
             tracking.check_tracking_uri(args.tracking_uri)
-        data = load_task(cfg["task"], cfg["data_dir"], cfg["ood"], cfg["max_train_samples"], cfg["max_eval_samples"])
+        data = load_trial_data(cfg)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -255,10 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         run.log_params(cfg)
         run.log_dict(hparams.emoe_config(cfg).to_dict(), "emoe_config.json")
 
-    def report(metrics):
-        print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
+    def report(result):
+        print(" ".join(f"{k}={v:.4g}" for k, v in result.items()), flush=True)
         if run:
-            run.log_metrics(metrics, step=int(metrics[tracking.STEP]))
+            run.log_metrics(result, step=int(result[tracking.STEP]))
 
     start = time.time()
     try:
@@ -270,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     if run:
         run.finish("completed")
         print(f"MLflow run {run.run_id} in {args.tracking_uri} (mlflow ui --backend-store-uri {args.tracking_uri})")
-    print(f"done in {time.time() - start:.0f}s: id_acc={final[tracking.ID_ACC]:.4f} "
-          f"ood_acc={final[tracking.OOD_ACC]:.4f}")
+    print(f"done in {time.time() - start:.0f}s: {tracking.ID_SCORE}={final[tracking.ID_SCORE]:.4f} "
+          f"{tracking.OOD_SCORE}={final[tracking.OOD_SCORE]:.4f}")
     return 0
 
 

@@ -85,13 +85,16 @@ _NLI = [("A man plays a guitar.", "A person makes music.", 0), ("A dog runs in a
 
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> Path:
-    """The data layout with a few rows of each packaged demo file (SST-2 and its OOD sets: real data, shipped with
-    the package) and a made-up SNLI/SICK; no file outside the checkout is read."""
+    """The data layout with a few rows of each packaged file (SST-2, RTE, MRPC, STS-B and the OOD sets that exist
+    offline: real data, shipped with the package) and a made-up SNLI; no file outside the checkout is read."""
     root = tmp_path_factory.mktemp("data")
     for rel, n in [("sst2/train.jsonl", 400), ("sst2/validation.jsonl", 64), ("imdb/test.jsonl", 40),
-                   ("yelp/test.jsonl", 32), ("amazon/test.jsonl", 32)]:
+                   ("yelp/test.jsonl", 32), ("amazon/test.jsonl", 32), ("flipkart/test.jsonl", 32),
+                   ("rte/train.jsonl", 96), ("rte/validation.jsonl", 32), ("mrpc/train.jsonl", 96),
+                   ("mrpc/validation.jsonl", 32), ("stsb/train.jsonl", 96), ("stsb/validation.jsonl", 32),
+                   ("qqp/train.jsonl", 32), ("scitail/test.jsonl", 32), ("sick/test.jsonl", 32)]:
         write_jsonl(root / rel, _head(PACKAGED_DATA / rel, n))
-    for rel, n in [("snli/train.jsonl", 64), ("snli/validation.jsonl", 32), ("sick/test.jsonl", 32)]:
+    for rel, n in [("snli/train.jsonl", 64), ("snli/validation.jsonl", 32)]:
         write_jsonl(root / rel, [{"premise": p, "hypothesis": h, "label": y, "idx": i}
                                  for i, (p, h, y) in enumerate((_NLI * n)[:n])])
     return root

@@ -59,9 +59,9 @@ def log_golden(uri: str, experiment: str = "emoe-golden") -> str:
         run.log_params({"task": "sst2", "seed": seed, "learning_rate": lr,
                         "method": "dense" if arm == "dense" else "emoe", "clustering": arm})
         if id_acc is not None:
-            metrics = {"id_acc": id_acc, "epoch": 0.5 if outcome == "early_stopped" else 1.0,
-                       "ood_acc": float(np.mean(list(ood.values())))}
-            metrics.update({f"ood_acc.{s}": v for s, v in ood.items()})
+            metrics = {"id_score": id_acc, "epoch": 0.5 if outcome == "early_stopped" else 1.0,
+                       "ood_score": float(np.mean(list(ood.values())))}
+            metrics.update({f"ood_score.{s}": v for s, v in ood.items()})
             run.log_metrics(metrics, step=10)
         run.finish(outcome, error="FloatingPointError: train_loss became nan" if outcome == "failed" else None)
     client.set_terminated(parent.info.run_id)
@@ -130,15 +130,15 @@ def test_golden_cli_writes_and_logs_every_file(golden, tmp_path, capsys):
     assert names <= {p.name for p in tmp_path.iterdir()}
     assert "\\toprule" in (tmp_path / "table.tex").read_text() and "$\\pm$" in (tmp_path / "table.tex").read_text()
     csv = pd.read_csv(tmp_path / "table.csv")
-    assert csv.loc[csv["arm"] == "constrained", "id_acc_mean"].item() == pytest.approx(0.81)
+    assert csv.loc[csv["arm"] == "constrained", "id_score_mean"].item() == pytest.approx(0.81)
     logged = {a.path for a in tracking.client(uri).list_artifacts(parent, "analysis")}
     assert {f"analysis/{n}" for n in names} <= logged
 
 
 def _frame(rows):
-    df = pd.DataFrame(rows, columns=["arm", "seed", "learning_rate", "id_acc", "ood_acc.a", "ood_acc.b"])
+    df = pd.DataFrame(rows, columns=["arm", "seed", "learning_rate", "id_score", "ood_score.a", "ood_score.b"])
     df["task"], df["outcome"] = "t", "completed"
-    df["ood_acc"] = df[["ood_acc.a", "ood_acc.b"]].mean(axis=1)
+    df["ood_score"] = df[["ood_score.a", "ood_score.b"]].mean(axis=1)
     return df
 
 
@@ -147,7 +147,7 @@ def test_nan_metric_drops_block_with_warning():
                  ("y", 0, 1e-4, 0.75, 0.65, 0.55)])
     a = analyse(df)
     assert list(a.ranks.index) == [("t", "a")]
-    assert any("block t/b: no ood_acc for arm(s) ['x']; block dropped" in w for w in a.warnings)
+    assert any("block t/b: no ood_score for arm(s) ['x']; block dropped" in w for w in a.warnings)
     assert any("Friedman test needs at least 2 complete blocks, got 1" in w for w in a.warnings)
 
 

@@ -31,7 +31,7 @@ def test_hub_unreachable_is_one_line_naming_the_fix(monkeypatch):
 
 def test_sst2_offline_has_id_and_all_ood_sets(tiny_data_dir):
     data = load_task("sst2", tiny_data_dir)
-    assert list(data.ood) == ["imdb", "yelp", "amazon"]
+    assert list(data.ood) == ["imdb", "yelp", "amazon", "flipkart"]
     assert len(data.train) == 400 and len(data.validation) == 64
     assert set(data.train.unique("label")) == {0, 1}
 
@@ -60,7 +60,7 @@ def test_user_ood_set_in_any_format(tiny_data_dir, tmp_path, suffix):
      ".jsonl": lambda: df.to_json(path, orient="records", lines=True),
      ".parquet": lambda: df.to_parquet(path)}[suffix]()
     data = load_task("sst2", tiny_data_dir, ood={"mine": str(path)})
-    assert list(data.ood) == ["imdb", "yelp", "amazon", "mine"] and len(data.ood["mine"]) == 3
+    assert list(data.ood) == ["imdb", "yelp", "amazon", "flipkart", "mine"] and len(data.ood["mine"]) == 3
 
 
 def _copy_layout(src, dst):
@@ -95,8 +95,9 @@ def test_ood_set_with_other_task_fields_fails(tiny_data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(name="cola"), "unknown task 'cola'; valid choices: sst2, mnli, snli"),
-    (dict(name="sst2", ood={"imdb": "x.jsonl"}), "OOD set name 'imdb' is taken"),
+    (dict(name="colaa"), "unknown task 'colaa'; valid choices: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, snli"),
+    (dict(name="sst2", ood={"imdb": "x.jsonl"}, ood_sets=["yelp"]), "OOD set name 'imdb' is taken"),
+    (dict(name="sst2", ood={"imdb": "x.jsonl"}), "data file not found: x.jsonl"),
     (dict(name="sst2", ood={"mine": "x.xlsx"}), "data file not found: x.xlsx"),
 ])
 def test_bad_task_requests(tiny_data_dir, kwargs, message):

@@ -104,7 +104,7 @@ def test_mlflow_server_down_mid_sweep_then_backfilled(tiny_model_dir, tiny_data_
         for c in children:  # every reported evaluation is in MLflow, once
             # NOTE: MLflow returns a metric's history in no promised order (backfilled points share whole-second
             # timestamps); the UI plots by step, so the order does not matter to a user: compare as sets.
-            steps = [m.step for m in client.get_metric_history(c.info.run_id, "id_acc")]
+            steps = [m.step for m in client.get_metric_history(c.info.run_id, "id_score")]
             assert sorted(steps) == [1, 2, 3, 4]
             assert c.info.status == "FINISHED"
         second = subprocess.run(sync, capture_output=True, text=True, env=fault_env(), timeout=600)

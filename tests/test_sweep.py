@@ -171,12 +171,12 @@ def test_asha_per_arm_compares_trials_only_within_their_arm_and_seed():
 
     per_arm, glob = PerArmScheduler(make), make()
     for s in (per_arm, glob):
-        s.set_search_properties("id_acc", "max")
+        s.set_search_properties("id_score", "max")
     a1, b1, b2, b1_seed1 = _trial("a1", "fast"), _trial("b1", "slow"), _trial("b2", "slow"), _trial("b3", "slow", 1)
     for t in (a1, b1, b2, b1_seed1):
         per_arm.on_trial_add(None, t)
         glob.on_trial_add(None, t)
-    r = lambda acc: {"epoch": 0.25, "id_acc": acc}  # noqa: E731
+    r = lambda acc: {"epoch": 0.25, "id_score": acc}  # noqa: E731
     assert per_arm.on_trial_result(None, a1, r(0.9)) == TrialScheduler.CONTINUE
     assert glob.on_trial_result(None, a1, r(0.9)) == TrialScheduler.CONTINUE
     # The slow arm's first trial would be stopped by the fast arm under global ASHA, not per arm.
@@ -190,7 +190,7 @@ def test_asha_per_arm_compares_trials_only_within_their_arm_and_seed():
 
 def test_sweep_table_and_report_select_with_the_same_rule(monkeypatch):
     """The sweep's closing table and the analysis report both call ``emoe.analysis.selection.select``; on trials
-    where the rules once differed (an early-stopped trial with the best id_acc) they pick the same rate."""
+    where the rules once differed (an early-stopped trial with the best id_score) they pick the same rate."""
     import pandas as pd
 
     from emoe.analysis import selection, stats
@@ -199,13 +199,13 @@ def test_sweep_table_and_report_select_with_the_same_rule(monkeypatch):
     rows = [("a", 0, 1e-3, "completed", 0.80, 0.7), ("a", 1, 1e-3, "completed", 0.60, 0.5),
             ("a", 0, 1e-4, "early_stopped", 0.99, 0.9), ("a", 1, 1e-4, "completed", 0.70, 0.6),
             ("dense", 0, 1e-3, "completed", 0.5, 0.5), ("dense", 1, 1e-3, "failed", None, None)]
-    trials = pd.DataFrame(rows, columns=["arm", "seed", "learning_rate", "outcome", "id_acc", "ood_acc"])
+    trials = pd.DataFrame(rows, columns=["arm", "seed", "learning_rate", "outcome", "id_score", "ood_score"])
     trials["task"] = "sst2"
     calls = []
     real = selection.select
     monkeypatch.setattr(selection, "select", lambda *a, **k: calls.append("select") or real(*a, **k))
     table = closing_table(trials).splitlines()
-    report = stats.analyse(trials, metric="id_acc")
+    report = stats.analyse(trials, metric="id_score")
     assert calls == ["select", "select"]  # one each: no second rule anywhere
     assert table[1].split() == ["a", "0.0001", "2", "1", "0.8450+-0.2051", "0.7500+-0.2121"]
     assert table[2].split() == ["dense", "0.001", "1", "0", "0.5000+-0.0000", "0.5000+-0.0000"]
@@ -226,7 +226,7 @@ def _children(uri, experiment):
 def test_tiny_sweep_with_asha_logs_every_trial(tiny_model_dir, tiny_data_dir, tmp_path):
     out = run_tiny("clustering", tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0,1", "--learning-rates",
                    "1e-3", "--cpus-per-trial", "0.5", "--early-stop-scope", "global")
-    assert "per arm (per arm and task, the learning rate with the best mean id_acc" in out.stdout
+    assert "per arm (per arm and task, the learning rate with the best mean id_score" in out.stdout
     assert "mlflow ui --backend-store-uri" in out.stdout
     client, exp, parents, children = _children(f"sqlite:///{tmp_path}/mlflow.db", "emoe-clustering")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -245,11 +245,12 @@ def test_tiny_sweep_with_asha_logs_every_trial(tiny_model_dir, tiny_data_dir, tm
         assert outcome in ("completed", "early_stopped")
         assert (c.data.metrics["epoch"] == 1.0) == (outcome == "completed")
         arm = c.data.tags[tracking.ARM]  # the UI's default table shows the run name: arm, seed, lr, outcome, accuracy
-        assert c.data.tags["mlflow.runName"] == (f"{arm} s{c.data.params['seed']} lr1e-03 | {outcome} | "
-                                                 f"id {c.data.metrics['id_acc']:.3f} ood {c.data.metrics['ood_acc']:.3f}")
+        assert c.data.tags["mlflow.runName"] == (f"{arm} sst2 s{c.data.params['seed']} lr1e-03 | {outcome} | "
+                                                 f"id {c.data.metrics['id_score']:.3f} ood {c.data.metrics['ood_score']:.3f}")
         assert c.data.params["clustering"] == c.data.tags[tracking.ARM] or c.data.tags[tracking.ARM] == "dense"
-        assert {"id_acc", "ood_acc", "ood_acc.imdb", "train_loss", "step"} <= set(c.data.metrics)
-        history = client.get_metric_history(c.info.run_id, "id_acc")
+        assert {"id_score", "id.accuracy", "ood_score", "ood_score.imdb", "ood.imdb.accuracy", "train_loss",
+                "step"} <= set(c.data.metrics) and c.data.tags[tracking.TASK] == "sst2"
+        history = client.get_metric_history(c.info.run_id, "id_score")
         assert [m.step for m in history] == sorted(m.step for m in history) and history[0].step == 1
         artifacts = {a.path for a in client.list_artifacts(c.info.run_id)}
         assert "emoe_config.json" in artifacts
@@ -329,7 +330,7 @@ def test_interrupted_sweep_resumes_without_rerun_or_duplicates(sig, tiny_model_d
     client = tracking.client(uri)
     for c in children:  # finished before the interruption: trained exactly once (MLflow keeps every point logged)
         if c.data.tags[tracking.TRIAL_ID] in done_before:
-            steps = [m.step for m in client.get_metric_history(c.info.run_id, "id_acc")]
+            steps = [m.step for m in client.get_metric_history(c.info.run_id, "id_score")]
             assert steps.count(first_step) == 1, steps
 
 

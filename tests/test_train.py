@@ -18,11 +18,11 @@ def test_metric_schema_and_reports(tiny_model_dir, tiny_data_dir):
     final = train_and_evaluate(tiny_trial(tiny_model_dir, tiny_data_dir), reports.append)
     assert [r["step"] for r in reports] == [3, 6]  # every eval_steps and at the epoch end (6 steps)
     assert final == reports[-1]
-    expected = {"train_loss", "id_acc", "ood_acc.imdb", "ood_acc.yelp", "ood_acc.amazon", "ood_acc", "epoch", "step",
+    expected = {"train_loss", "id_score", "ood_score.imdb", "ood_score.yelp", "ood_score.amazon", "ood_score", "epoch", "step",
                 "load_entropy.block0", "load_entropy.block1"}
     assert set(final) == expected
-    assert final["epoch"] == 1.0 and 0 <= final["id_acc"] <= 1
-    assert math.isclose(final["ood_acc"], (final["ood_acc.imdb"] + final["ood_acc.yelp"] + final["ood_acc.amazon"]) / 3)
+    assert final["epoch"] == 1.0 and 0 <= final["id_score"] <= 1
+    assert math.isclose(final["ood_score"], (final["ood_score.imdb"] + final["ood_score.yelp"] + final["ood_score.amazon"]) / 3)
     assert 0 < final["load_entropy.block1"] <= math.log(4) + 1e-6
 
 
@@ -72,8 +72,8 @@ def test_cli_logs_one_run_with_the_schema(tiny_model_dir, tiny_data_dir, tmp_pat
     assert run.data.tags[tracking.ROLE] == "trial" and run.data.tags[tracking.OUTCOME] == "completed"
     assert set(hparams.KNOBS) <= set(run.data.params)
     assert run.data.params["num_experts"] == "4" and run.data.params["layers"] == "-1"
-    assert {"id_acc", "ood_acc", "ood_acc.imdb", "train_loss", "load_entropy.block1"} <= set(run.data.metrics)
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "id_acc")] == [4]
+    assert {"id_score", "ood_score", "ood_score.imdb", "train_loss", "load_entropy.block1"} <= set(run.data.metrics)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "id_score")] == [4]
     assert "emoe_config.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
 
 
@@ -131,7 +131,7 @@ def test_training_learns_a_learnable_task(overrides, tiny_model_dir, tmp_path):
     final = train_and_evaluate({"model": tiny_model_dir, "data_dir": str(data), "num_experts": 4, "top_k": 2,
                                 "batch_size": 16, "max_length": 32, "epochs": 4, "learning_rate": 2e-3,
                                 "warmup_ratio": 0.0, "seed": 0, **overrides})
-    assert final["id_acc"] >= 0.95 and final["ood_acc"] >= 0.9, final
+    assert final["id_score"] >= 0.95 and final["ood_score"] >= 0.9, final
 
 
 def _accuracy(model, data_dir, model_dir):
@@ -156,15 +156,15 @@ def test_keep_best_reports_the_best_id_evaluation_and_its_ood_scores(tiny_model_
     latest, best = [], []
     train_and_evaluate(cfg, latest.append)
     final = train_and_evaluate({**cfg, "keep_best": True}, best.append)
-    ids = [r["id_acc"] for r in latest]
+    ids = [r["id_score"] for r in latest]
     first_best = ids.index(max(ids))
     assert first_best < len(ids) - 1  # the case is one where the last evaluation is not the best
     expected = latest[first_best]
-    for key in ("id_acc", "ood_acc", "ood_acc.imdb", "ood_acc.yelp", "ood_acc.amazon", "load_entropy.block1"):
+    for key in ("id_score", "ood_score", "ood_score.imdb", "ood_score.yelp", "ood_score.amazon", "load_entropy.block1"):
         assert final[key] == expected[key]  # every OOD score from that same evaluation
     assert final["best_step"] == expected["step"] and final["step"] == latest[-1]["step"]
-    assert [r["current_id_acc"] for r in best] == ids  # the learning curve is still there
-    assert [r["id_acc"] for r in best] == [max(ids[:i + 1]) for i in range(len(ids))]  # what ASHA ranks on
+    assert [r["current_id_score"] for r in best] == ids  # the learning curve is still there
+    assert [r["id_score"] for r in best] == [max(ids[:i + 1]) for i in range(len(ids))]  # what ASHA ranks on
 
 
 def test_patience_stops_after_that_many_evaluations_without_improvement(tiny_model_dir, tiny_data_dir):
@@ -174,7 +174,7 @@ def test_patience_stops_after_that_many_evaluations_without_improvement(tiny_mod
                      learning_rate=3e-3)
     full = []
     train_and_evaluate(cfg, full.append)
-    ids = [r["id_acc"] for r in full]
+    ids = [r["id_score"] for r in full]
     since, stop = 0, None  # the official rule, by hand: stop once `patience` evaluations in a row did not improve
     best = -1.0
     for i, v in enumerate(ids):
@@ -186,7 +186,7 @@ def test_patience_stops_after_that_many_evaluations_without_improvement(tiny_mod
     reports = []
     final = train_and_evaluate({**cfg, "patience": 2, "keep_best": True}, reports.append)
     assert len(reports) == stop + 1 and final["patience_stop"] == 1.0
-    assert final["id_acc"] == max(ids[:stop + 1])
+    assert final["id_score"] == max(ids[:stop + 1])
     assert schema.finished(final, cfg["epochs"])  # ended by its protocol: a completed trial, not early-stopped
 
 
@@ -199,14 +199,14 @@ def test_eval_method_dense_and_emoe_evaluate_what_they_say(tiny_model_dir, tiny_
     same = train_and_evaluate(cfg, on_model=lambda m: seen.__setitem__("same", m))
     dense_eval = train_and_evaluate({**cfg, "eval_method": "dense"}, on_model=lambda m: seen.__setitem__("d", m))
     assert dense_eval["train_loss"] == same["train_loss"]
-    assert dense_eval["id_acc"] == _accuracy(set_bypass(seen["d"], True), tiny_data_dir, tiny_model_dir)
-    assert same["id_acc"] == _accuracy(seen["same"], tiny_data_dir, tiny_model_dir)
+    assert dense_eval["id_score"] == _accuracy(set_bypass(seen["d"], True), tiny_data_dir, tiny_model_dir)
+    assert same["id_score"] == _accuracy(seen["same"], tiny_data_dir, tiny_model_dir)
     assert not [k for k in dense_eval if k.startswith("load_entropy")]  # no routing at evaluation
     # emoe: trained dense (the same training as method=dense), evaluated with EMoE routing.
     dense = train_and_evaluate({**cfg, "method": "dense"})
     emoe_eval = train_and_evaluate({**cfg, "eval_method": "emoe"}, on_model=lambda m: seen.__setitem__("e", m))
     assert emoe_eval["train_loss"] == dense["train_loss"]
-    assert emoe_eval["id_acc"] == _accuracy(set_bypass(seen["e"], False), tiny_data_dir, tiny_model_dir)
+    assert emoe_eval["id_score"] == _accuracy(set_bypass(seen["e"], False), tiny_data_dir, tiny_model_dir)
     assert "load_entropy.block1" in emoe_eval
     with pytest.raises(ValueError, match="eval_method='dense' needs method='emoe'"):
         hparams.trial_config({"method": "dense", "eval_method": "dense"})

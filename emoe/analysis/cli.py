@@ -1,4 +1,4 @@
-"""ID and OOD accuracy per arm, Friedman ranks and significance, from a sweep's MLflow experiment.
+"""ID and OOD scores per arm, Friedman ranks and significance, from a sweep's MLflow experiment.
 
     python analysis/friedman.py --experiment emoe-clustering [--tracking-uri sqlite:///mlflow.db] [--out DIR]
 """
@@ -20,10 +20,12 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"MLflow store (default: {tracking.DEFAULT_TRACKING_URI})")
     p.add_argument("--parent", help="analyse one sweep run only (default: every trial of the experiment)")
     p.add_argument("--factor", help="the swept factor, for the title (default: the sweep's emoe.factor tag)")
-    p.add_argument("--metric", default=tracking.OOD_ACC,
-                   help="metric to rank on (default: ood_acc, one block per OOD set); e.g. id_acc")
-    p.add_argument("--blocks", default="sets", choices=stats.BLOCKINGS,
-                   help="sets: each task x OOD set, seeds averaged (default); sets-seeds: each seed a block too")
+    p.add_argument("--metric", default=tracking.OOD_SCORE,
+                   help=f"metric to rank on (default: {tracking.OOD_SCORE}); e.g. {tracking.ID_SCORE}")
+    p.add_argument("--blocks", choices=stats.BLOCKINGS,
+                   help="tasks: each task, its OOD sets averaged (GLUE-X's rank; the default with several tasks); "
+                        "sets: each task x OOD set, seeds averaged (the default with one task: within-task "
+                        "evidence); sets-seeds: each seed a block too (pseudo-replication)")
     p.add_argument("--baseline", help="baseline arm (default: dense)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
     p.add_argument("--out", help="output folder (default: reports/<experiment>/)")

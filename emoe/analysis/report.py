@@ -18,14 +18,16 @@ def _pm(mean, std, digits=4) -> str:
 def display_table(a: Analysis) -> pd.DataFrame:
     """The per-arm table as people read it: mean ± std strings, the rank, the selection and the counts."""
     t = a.table
-    sets = [c[len(tracking.OOD_ACC) + 1:-len("_mean")] for c in t.columns
-            if c.startswith(tracking.OOD_ACC + ".") and c.endswith("_mean")]
+    sets = [tracking.ood_score_set(c[:-len("_mean")]) for c in t.columns
+            if tracking.ood_score_set(c) and c.endswith("_mean")]
     out = pd.DataFrame({"task": t["task"], "arm": t["arm"]})
-    out["ID acc"] = [_pm(m, s) for m, s in zip(t.get("id_acc_mean", []), t.get("id_acc_std", []))]
+    idm, ids = f"{tracking.ID_SCORE}_mean", f"{tracking.ID_SCORE}_std"
+    out["ID score"] = [_pm(m, s) for m, s in zip(t.get(idm, []), t.get(ids, []))]
     for s in sets:
-        out[f"OOD {s}"] = [_pm(m, d) for m, d in zip(t[f"ood_acc.{s}_mean"], t[f"ood_acc.{s}_std"])]
-    if "ood_acc_mean" in t:
-        out["OOD mean"] = [_pm(m, s) for m, s in zip(t["ood_acc_mean"], t["ood_acc_std"])]
+        col = tracking.ood_score_metric(s)
+        out[f"OOD {s}"] = [_pm(m, d) for m, d in zip(t[f"{col}_mean"], t[f"{col}_std"])]
+    if f"{tracking.OOD_SCORE}_mean" in t:
+        out["OOD mean"] = [_pm(m, s) for m, s in zip(t[f"{tracking.OOD_SCORE}_mean"], t[f"{tracking.OOD_SCORE}_std"])]
     out[f"rank ({a.metric})"] = [f"{r:.2f}" if not math.isnan(r) else "n/a" for r in t.get("rank", [math.nan] * len(t))]
     out["lr"] = [f"{x:g}" if isinstance(x, float) and not math.isnan(x) else "n/a"
                  for x in t.get("learning_rate", [math.nan] * len(t))]
@@ -51,9 +53,27 @@ def tests_text(a: Analysis) -> list[str]:
     return lines
 
 
+def paper_display(a: Analysis) -> pd.DataFrame:
+    """The paper's table (per arm, over tasks) as people read it; empty for a one-task analysis."""
+    s = a.summary
+    if s.empty or s["tasks"].max() < 2:
+        return pd.DataFrame()
+
+    def num(x, digits=4):
+        return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+    return pd.DataFrame({"arm": s["arm"], "tasks": s["tasks"], "avg ID score": [num(x) for x in s["id_score"]],
+                         "avg OOD score": [num(x) for x in s["ood_score"]],
+                         "GLUE-X OOD rank": [num(x, 2) for x in s["ood_rank"]],
+                         "ID rank": [num(x, 2) for x in s["id_rank"]]})
+
+
 def console(a: Analysis) -> str:
     parts = ["Method:"] + [f"  - {m}" for m in a.method]
-    parts += ["", display_table(a).to_string(index=False), ""] + tests_text(a)
+    paper = paper_display(a)
+    if not paper.empty:
+        parts += ["", "Over tasks (average scores; Friedman ranks over tasks, 1 = best):", paper.to_string(index=False)]
+    parts += ["", "Per task:" if not paper.empty else "", display_table(a).to_string(index=False), ""] + tests_text(a)
     if a.warnings:
         parts += ["", "Warnings:"] + [f"  ! {w}" for w in a.warnings]
     return "\n".join(parts)
@@ -65,7 +85,13 @@ def write_files(a: Analysis, out: Path, title: str) -> list[Path]:
     shown = display_table(a)
     paths = [out / "table.csv", out / "table.md", out / "table.tex", out / "tests.txt"]
     a.table.to_csv(paths[0], index=False)
-    md = [f"# {title}", "", shown.to_markdown(index=False), "", "## Tests", ""] + [f"    {l}" for l in tests_text(a)]
+    paper = paper_display(a)
+    md = [f"# {title}", ""]
+    if not paper.empty:
+        md += ["## Over tasks", "", paper.to_markdown(index=False), "", "## Per task", ""]
+        a.summary.to_csv(out / "summary.csv", index=False)
+        paths.append(out / "summary.csv")
+    md += [shown.to_markdown(index=False), "", "## Tests", ""] + [f"    {l}" for l in tests_text(a)]
     md += ["", "## Method", ""] + [f"- {m}" for m in a.method]
     if a.warnings:
         md += ["", "## Warnings", ""] + [f"- {w}" for w in a.warnings]
@@ -104,18 +130,19 @@ def id_vs_ood(a: Analysis, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t = a.table.dropna(subset=["id_acc_mean", "ood_acc_mean"]) if "ood_acc_mean" in a.table else a.table.iloc[0:0]
+    idm, oodm = f"{tracking.ID_SCORE}_mean", f"{tracking.OOD_SCORE}_mean"
+    t = a.table.dropna(subset=[idm, oodm]) if oodm in a.table else a.table.iloc[0:0]
     if t.empty:
         return None
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=150)
     for _, r in t.iterrows():
         base = r["arm"] == a.baseline
-        ax.errorbar(r["id_acc_mean"], r["ood_acc_mean"], xerr=r["id_acc_std"], yerr=r["ood_acc_std"],
+        ax.errorbar(r[idm], r[oodm], xerr=r[f"{tracking.ID_SCORE}_std"], yerr=r[f"{tracking.OOD_SCORE}_std"],
                     fmt="s" if base else "o", color="black" if base else None, capsize=3)
         ax.annotate(f"{r['arm']}" + (f" ({r['task']})" if t["task"].nunique() > 1 else ""),
-                    (r["id_acc_mean"], r["ood_acc_mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlabel("ID accuracy (mean ± std over seeds)")
-    ax.set_ylabel("OOD accuracy (mean over OOD sets, ± std over seeds)")
+                    (r[idm], r[oodm]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("ID score (the task's GLUE metric; mean ± std over seeds)")
+    ax.set_ylabel("OOD score (mean over OOD sets, ± std over seeds)")
     ax.set_title("ID vs OOD per arm (square: dense baseline)", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -8,7 +8,8 @@ import pandas as pd
 
 from emoe.tracking import schema as tracking
 
-PARAM_COLUMNS = ("task", "seed", "learning_rate", "method", "init", "clustering", "gate", "num_experts", "top_k")
+PARAM_COLUMNS = ("task", "seed", "learning_rate", "method", "init", "clustering", "gate", "num_experts", "top_k",
+                 "model", "epochs", "max_train_samples", "max_length", "layers", "batch_size", "ood_sets")
 
 
 def load_trials(tracking_uri: str, experiment: str, parent_run_id: str | None = None) -> tuple[pd.DataFrame, dict]:
@@ -18,7 +19,7 @@ def load_trials(tracking_uri: str, experiment: str, parent_run_id: str | None = 
 
     Returns:
         ``(trials, sweep)``: trials has columns ``run_id, parent_run_id, arm, outcome, status`` + ``PARAM_COLUMNS``
-        (seed, learning_rate as numbers) + every metric (``id_acc``, ``ood_acc``, ``ood_acc.<set>``, ...);
+        (seed, learning_rate as numbers) + every metric (``id_score``, ``id.<metric>``, ``ood_score``, ``ood_score.<set>``, ...);
         sweep holds ``run_id`` and the tags of the latest sweep (parent) run, or is empty.
     """
     import mlflow

@@ -8,7 +8,7 @@ import pandas as pd
 from emoe.tracking import schema
 
 USED_OUTCOMES = ("completed", "early_stopped")
-RULE = (f"per arm and task, the learning rate with the best mean {schema.ID_ACC} over seeds (ID only; the smaller "
+RULE = (f"per arm and task, the learning rate with the best mean {schema.ID_SCORE} over seeds (ID only; the smaller "
         "rate among equals); completed and early-stopped trials count, failed ones do not")
 
 
@@ -16,8 +16,8 @@ def select(trials: pd.DataFrame, warnings: list[str] | None = None) -> pd.DataFr
     """The trials of each (task, arm)'s chosen learning rate (``RULE``).
 
     Args:
-        trials: one row per trial with ``task, arm, seed, learning_rate, outcome`` and ``id_acc``.
-        warnings: gets a line for each gap (trials without ``id_acc``, seeds missing at the chosen rate,
+        trials: one row per trial with ``task, arm, seed, learning_rate, outcome`` and ``id_score``.
+        warnings: gets a line for each gap (trials without ``id_score``, seeds missing at the chosen rate,
             early-stopped trials among the chosen).
 
     Returns:
@@ -28,13 +28,13 @@ def select(trials: pd.DataFrame, warnings: list[str] | None = None) -> pd.DataFr
     chosen = []
     all_seeds = sorted(used["seed"].dropna().unique())
     for (task, arm), group in used.groupby(["task", "arm"], sort=False):
-        scored = group.dropna(subset=[schema.ID_ACC])
+        scored = group.dropna(subset=[schema.ID_SCORE])
         if len(scored) < len(group):
-            warnings.append(f"{task}/{arm}: {len(group) - len(scored)} trial(s) without {schema.ID_ACC} ignored")
+            warnings.append(f"{task}/{arm}: {len(group) - len(scored)} trial(s) without {schema.ID_SCORE} ignored")
         if scored.empty:
-            warnings.append(f"{task}/{arm}: no trial with {schema.ID_ACC}; arm left out")
+            warnings.append(f"{task}/{arm}: no trial with {schema.ID_SCORE}; arm left out")
             continue
-        means = scored.groupby("learning_rate")[schema.ID_ACC].mean().sort_index()
+        means = scored.groupby("learning_rate")[schema.ID_SCORE].mean().sort_index()
         best = means.idxmax()  # first (smallest) learning rate among equals
         rows = scored[scored["learning_rate"] == best]
         missing = sorted(set(all_seeds) - set(rows["seed"]))

@@ -2,10 +2,12 @@
 
 Pure functions of a DataFrame (no MLflow). The method, stated in every report:
 1. Trials: completed and early-stopped ones are used; failed ones are counted.
-2. Model selection uses ID only: for each arm and task, the learning rate with the best mean ``id_acc`` over seeds;
+2. Model selection uses ID only: for each arm and task, the learning rate with the best mean ``id_score`` over seeds;
    that learning rate's seeds are reported. OOD metrics never select anything.
-3. Seeds are averaged first, then ranked: within each block (by default each task's each OOD set; ID ranks over
-   tasks separately) arms are ranked, 1 = best, ties get the average rank; an arm's Friedman rank is its mean rank.
+3. Seeds are averaged first, then ranked: within each block arms are ranked, 1 = best, ties get the average rank; an
+   arm's Friedman rank is its mean rank. Blocks: with several tasks, each task (GLUE-X's rank: a task's OOD sets
+   averaged into its ``ood_score``); with one task, each of its OOD sets (within-task evidence: the same models
+   score every set). ID ranks over tasks separately.
 4. Friedman chi-square with the Iman-Davenport F; the Nemenyi critical difference (q from scipy's studentized
    range); Holm-corrected Wilcoxon signed-rank tests of each arm against the dense baseline over the same blocks.
    With two arms only the Wilcoxon test.
@@ -25,24 +27,25 @@ from scipy import stats
 from emoe.analysis import selection
 from emoe.tracking import schema as tracking
 
-BLOCKINGS = ("sets", "sets-seeds")
+BLOCKINGS = ("tasks", "sets", "sets-seeds")
 
 
 @dataclasses.dataclass
 class Analysis:
     table: pd.DataFrame  # one row per (task, arm): chosen lr, seeds, means and stds, ranks, failure counts
     ranks: pd.DataFrame  # blocks x arms, 1 = best
-    id_ranks: pd.DataFrame  # tasks x arms on id_acc
+    id_ranks: pd.DataFrame  # tasks x arms on id_score
     tests: dict  # friedman / iman_davenport / nemenyi_cd / wilcoxon (DataFrame) / nemenyi_p (DataFrame)
     warnings: list[str]
     method: list[str]
     metric: str
     baseline: str | None
+    summary: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # the paper's table: one row per arm
+    blocks: str = "sets"
 
 
 def ood_sets(df: pd.DataFrame) -> list[str]:
-    prefix = tracking.OOD_ACC + "."
-    return sorted(c[len(prefix):] for c in df.columns if c.startswith(prefix))
+    return sorted(s for s in map(tracking.ood_score_set, df.columns) if s)
 
 
 def find_baseline(df: pd.DataFrame, requested: str | None = None) -> str | None:
@@ -59,11 +62,14 @@ def find_baseline(df: pd.DataFrame, requested: str | None = None) -> str | None:
 
 
 def block_matrix(chosen: pd.DataFrame, metric: str, blocks: str, warnings: list[str]) -> pd.DataFrame:
-    """Blocks x arms of seed-averaged (``sets``) or per-seed (``sets-seeds``) values; incomplete blocks dropped."""
+    """Blocks x arms of seed-averaged (``tasks``, ``sets``) or per-seed (``sets-seeds``) values; incomplete blocks
+    dropped with a warning (a block no arm has, such as an OOD set of another task, never existed: left out)."""
     if blocks not in BLOCKINGS:
         raise ValueError(f"unknown blocks {blocks!r}; valid choices: {', '.join(BLOCKINGS)}")
-    # ood_acc: one block per OOD set (its per-set metrics); any other metric: one block per task.
-    columns = [f"{tracking.OOD_ACC}.{s}" for s in ood_sets(chosen)] if metric == tracking.OOD_ACC else []
+    # ood_score with sets: one block per task's OOD set; otherwise one block per task (ood_score: the task's sets
+    # averaged).
+    columns = [tracking.ood_score_metric(s) for s in ood_sets(chosen)] \
+        if metric == tracking.OOD_SCORE and blocks != "tasks" else []
     columns = columns or [metric]
     keys = ["task"] + (["seed"] if blocks == "sets-seeds" else [])
     values = {}
@@ -73,8 +79,9 @@ def block_matrix(chosen: pd.DataFrame, metric: str, blocks: str, warnings: list[
         table = chosen.groupby(keys + ["arm"], sort=False)[col].mean().unstack("arm")
         for idx, row in table.iterrows():
             idx = idx if isinstance(idx, tuple) else (idx,)
-            name = col[len(tracking.OOD_ACC) + 1:] if col.startswith(tracking.OOD_ACC + ".") else col
-            values[(*idx[:1], name, *idx[1:])] = row
+            if row.isna().all():
+                continue  # e.g. OOD set imdb of task rte: not a block
+            values[(*idx[:1], tracking.ood_score_set(col) or col, *idx[1:])] = row
     if not values:
         return pd.DataFrame()
     matrix = pd.DataFrame(values).T
@@ -135,8 +142,8 @@ def friedman_tests(matrix: pd.DataFrame, baseline: str | None, alpha: float, war
     return out
 
 
-def analyse(df: pd.DataFrame, metric: str = tracking.OOD_ACC, blocks: str = "sets", baseline: str | None = None,
-            alpha: float = 0.05) -> Analysis:
+def analyse(df: pd.DataFrame, metric: str = tracking.OOD_SCORE, blocks: str | None = None,
+            baseline: str | None = None, alpha: float = 0.05) -> Analysis:
     """The whole method (module docstring) on a trials DataFrame (``emoe.analysis.results.load_trials``)."""
     warnings: list[str] = []
     if df.empty:
@@ -149,14 +156,17 @@ def analyse(df: pd.DataFrame, metric: str = tracking.OOD_ACC, blocks: str = "set
         warnings.append(f"{failed} failed trial(s) left out (counted per arm in the table)")
     chosen = selection.select(df, warnings)
     base = find_baseline(df, baseline)
+    if blocks is None:  # GLUE-X's rank over tasks once there are several; else within-task evidence
+        blocks = "tasks" if chosen["task"].nunique() > 1 else "sets"
     matrix = block_matrix(chosen, metric, blocks, warnings)
     ranks = rank_blocks(matrix) if not matrix.empty else pd.DataFrame()
-    id_matrix = block_matrix(chosen, tracking.ID_ACC, "sets", warnings)
+    id_matrix = block_matrix(chosen, tracking.ID_SCORE, "tasks", warnings)
     id_ranks = rank_blocks(id_matrix) if not id_matrix.empty else pd.DataFrame()
     tests = friedman_tests(matrix, base, alpha, warnings) if not matrix.empty else {"blocks": 0}
 
     rows = []
-    metric_cols = [tracking.ID_ACC] + [f"{tracking.OOD_ACC}.{s}" for s in ood_sets(chosen)] + [tracking.OOD_ACC]
+    metric_cols = [tracking.ID_SCORE] + [tracking.ood_score_metric(s) for s in ood_sets(chosen)] \
+        + [tracking.OOD_SCORE]
     for (task, arm), group in chosen.groupby(["task", "arm"], sort=False):
         row = {"task": task, "arm": arm, "learning_rate": group["learning_rate"].iloc[0],
                "seeds": ",".join(str(int(s)) for s in sorted(group["seed"]))}
@@ -164,8 +174,11 @@ def analyse(df: pd.DataFrame, metric: str = tracking.OOD_ACC, blocks: str = "set
             if col in group:
                 row[f"{col}_mean"] = group[col].mean()
                 row[f"{col}_std"] = group[col].std(ddof=1) if group[col].count() > 1 else 0.0
-        row["rank"] = ranks[arm].mean() if arm in ranks else math.nan
-        row["id_rank"] = id_ranks[arm].mean() if arm in id_ranks else math.nan
+        # this task's blocks only (the rank over tasks is the paper table's)
+        mine = ranks[ranks.index.get_level_values("task") == task] if not ranks.empty else ranks
+        row["rank"] = mine[arm].mean() if arm in mine and len(mine) else math.nan
+        mine = id_ranks[id_ranks.index.get_level_values("task") == task] if not id_ranks.empty else id_ranks
+        row["id_rank"] = mine[arm].mean() if arm in mine and len(mine) else math.nan
         c = counts.loc[(task, arm)] if (task, arm) in counts.index else {}
         row["failed"] = int(c.get("failed", 0))
         row["early_stopped"] = int(c.get("early_stopped", 0))
@@ -178,9 +191,39 @@ def analyse(df: pd.DataFrame, metric: str = tracking.OOD_ACC, blocks: str = "set
     method = [
         "trials: completed and early-stopped used, failed counted",
         f"selection: {selection.RULE}",
-        f"ranking: seeds averaged first; blocks = {'each task x OOD set' if blocks == 'sets' else 'each task x OOD set x seed'}"
-        f" on {metric}; 1 = best, ties averaged; ID ranks over tasks separately",
+        f"ranking: seeds averaged first; blocks = {BLOCK_NAMES[blocks]} on {metric}; 1 = best, ties averaged; "
+        "ID ranks over tasks separately",
         f"tests: Friedman chi2 + Iman-Davenport F, Nemenyi CD (alpha={alpha}), Wilcoxon signed-rank vs "
         f"{base or 'n/a'} with Holm correction",
     ]
-    return Analysis(table, ranks, id_ranks, tests, warnings, method, metric, base)
+    return Analysis(table, ranks, id_ranks, tests, warnings, method, metric, base, paper_table(table, id_ranks, chosen),
+                    blocks)
+
+
+def paper_table(table: pd.DataFrame, id_ranks: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
+    """The paper's table, one row per arm: the average ID score over tasks, the average OOD score over tasks, and
+    the GLUE-X Friedman rank over tasks (each task's OOD sets averaged into its ``ood_score``, seeds averaged, arms
+    ranked within each task, 1 = best), beside the ID rank over tasks. Tasks where an arm has no value are left out
+    of every arm's averages (the same tasks for all)."""
+    id_col, ood_col = f"{tracking.ID_SCORE}_mean", f"{tracking.OOD_SCORE}_mean"
+    if table.empty or id_col not in table:
+        return pd.DataFrame()
+    wide = {c: table.pivot_table(index="task", columns="arm", values=c, sort=False) for c in (id_col, ood_col)
+            if c in table}
+    arms = list(dict.fromkeys(table["arm"]))
+    rows = []
+    ood = wide.get(ood_col, pd.DataFrame()).reindex(columns=arms).dropna()
+    ood_ranks = rank_blocks(ood) if not ood.empty else pd.DataFrame()
+    ids = wide[id_col].reindex(columns=arms).dropna()
+    for arm in arms:
+        rows.append({"arm": arm, "tasks": len(ids),
+                     "id_score": ids[arm].mean() if arm in ids else math.nan,
+                     "ood_score": ood[arm].mean() if arm in ood else math.nan,
+                     "ood_rank": ood_ranks[arm].mean() if arm in ood_ranks else math.nan,
+                     "id_rank": id_ranks[arm].mean() if arm in id_ranks else math.nan})
+    return pd.DataFrame(rows)
+
+
+BLOCK_NAMES = {"tasks": "each task (its OOD sets averaged: GLUE-X's rank)",
+               "sets": "each task x OOD set (within-task evidence: the same models score every set)",
+               "sets-seeds": "each task x OOD set x seed (pseudo-replication: seeds are not independent blocks)"}

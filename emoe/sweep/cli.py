@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from emoe import hparams
+from emoe.data import GLUE
 from emoe.sweep.design import PRESETS, Ablation
 from emoe.sweep.plan import SCHEDULERS, SCOPES, SEARCHES, SweepSettings
 from emoe.tracking import schema
@@ -20,7 +21,7 @@ from emoe.tracking.records import SweepRecord
 # Flags of the sweep itself (not trial knobs): name -> SweepSettings field.
 _SWEEP_FLAGS = ("seeds", "learning_rates", "lr_range", "search", "num_samples", "scheduler", "early_stop_scope",
                 "grace_period", "reduction_factor", "address", "num_gpus", "gpus_per_trial", "cpus_per_trial",
-                "max_concurrent", "max_failures", "storage_path", "tracking_uri", "experiment")
+                "max_concurrent", "max_failures", "storage_path", "tracking_uri", "experiment", "tasks")
 
 
 def _numbers(kind: type):
@@ -32,6 +33,10 @@ def _numbers(kind: type):
             raise argparse.ArgumentTypeError(f"expected comma-separated {name}, got {text!r}") from None
 
     return parse
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,7 +61,8 @@ def build_parser(design: Ablation, preset: str | None = None) -> argparse.Argume
                             + (f" Defaults shown are preset {preset}'s." if preset else ""))
     g = p.add_argument_group("sweep")
     g.add_argument("--preset", choices=list(PRESETS), help="demo: packaged MiniLM and data, a few minutes on a CPU; "
-                   "paper: bert-base-uncased, full data from the Hub. Explicit flags override it; "
+                   "paper: the official EMoE command (bert-base-cased, data from the Hub); glue-small: a multi-task "
+                   "sweep on the packaged MiniLM and data, about an hour on a CPU. Explicit flags override it; "
                    "--preset NAME --help shows its defaults")
     g.add_argument("--seeds", type=_numbers(int), help=f"comma-separated seeds (default: {_shown(seeds)})")
     g.add_argument("--learning-rates", type=_numbers(float), help=f"comma-separated grid (default: {_shown(lrs)})")
@@ -67,7 +73,9 @@ def build_parser(design: Ablation, preset: str | None = None) -> argparse.Argume
                    help="optuna: trials per arm (default: seeds x learning rates); grid: repeats of the grid")
     g.add_argument("--lr-range", type=_numbers(float),
                    help=f"optuna: LOW,HIGH of the log-uniform learning rate (default: {_shown(tuple(lr_range))})")
-    g.add_argument("--scheduler", choices=SCHEDULERS, help=f"early stopping on {schema.ID_ACC} (default: {d.scheduler})")
+    g.add_argument("--scheduler", choices=SCHEDULERS, help=f"early stopping on {schema.ID_SCORE} (default: {d.scheduler})")
+    g.add_argument("--tasks", type=_names, help="ID tasks crossed with the arms, comma-separated, or glue for "
+                   f"GLUE-X's eight ({', '.join(GLUE)}); overrides --task (default: the one --task)")
     g.add_argument("--early-stop-scope", choices=SCOPES,
                    help="arm: a trial competes only with the learning rates of its own arm and seed; global: with "
                         f"every trial (default: {d.early_stop_scope})")
@@ -121,7 +129,7 @@ def latest_sweep(storage: Path, experiment: str) -> Path:
     return candidates[-1]
 
 
-def dry_run(plan, workload) -> str:
+def dry_run(plan, workloads) -> str:
     from emoe.sweep.estimate import estimate
     from emoe.sweep.plan import local_nodes
 
@@ -131,13 +139,17 @@ def dry_run(plan, workload) -> str:
     search = (f"{len(plan.learning_rates)} learning rates" if s.search == "grid"
               else f"optuna lr in [{plan.lr_range[0]:g}, {plan.lr_range[1]:g}]")
     data = b["data_dir"] or "the Hub"
+    params = next(iter(workloads.values())).params
+    tasks = f"{len(plan.tasks)} tasks x " if len(plan.tasks) > 1 else ""
     head = [
-        f"ablation {plan.design.name}: {len(plan.design.arms)} arms x {len(plan.seeds)} seeds x {search} = "
+        f"ablation {plan.design.name}: {tasks}{len(plan.design.arms)} arms x {len(plan.seeds)} seeds x {search} = "
         f"{plan.n_trials} trials" + (f" (preset {s.preset})" if s.preset else ""),
-        f"shared: task {b['task']}, model {b['model']} ({workload.params / 1e6:.1f}M block parameters), data "
-        f"{data} ({workload.train_examples} training examples, {workload.eval_examples} evaluation examples), "
-        f"batch {b['batch_size']}, max length {b['max_length']}, {b['epochs']} epoch(s), evaluation every "
-        f"{b['eval_steps'] or 'epoch'}" + (" steps" if b["eval_steps"] else ""),
+        f"shared: model {b['model']} ({params / 1e6:.1f}M block parameters), data {data}, batch {b['batch_size']}, "
+        f"max length {b['max_length']}, evaluation every {b['eval_steps'] or 'epoch'}"
+        + (" steps" if b["eval_steps"] else ""),
+        *(f"task {t}: {w.epochs} epoch(s), {w.train_examples} training examples, {w.eval_examples} evaluation "
+          f"examples (ID validation + OOD {', '.join(w.ood_sets) or 'none'}), "
+          f"{plan.n_trials // len(plan.tasks)} trials" for t, w in workloads.items()),
         "emoe: " + ", ".join(f"{k} {b[k]}" for k in ("layers", "num_experts", "top_k", "clustering", "gate",
                                                      "cluster_seed", "capacity_factor", "gate_noise", "expert_dropout",
                                                      "aux_loss_weight", "expert_selection", "eval_method")
@@ -145,13 +157,13 @@ def dry_run(plan, workload) -> str:
         "protocol: " + ", ".join(f"{k} {b[k]}" for k in ("keep_best", "patience", "weight_decay", "warmup_ratio",
                                                          "eval_batch_size", "precision")),
         f"resources per trial: cpu={s.cpus_per_trial:g} gpu={gpus}; max concurrent: {s.max_concurrent or 'auto'}",
-        f"scheduler: {s.scheduler} (scope {s.early_stop_scope}, on {schema.ID_ACC}); MLflow: {s.tracking_uri} "
+        f"scheduler: {s.scheduler} (scope {s.early_stop_scope}, on {schema.ID_SCORE}); MLflow: {s.tracking_uri} "
         f"experiment {plan.experiment}",
-        estimate(plan, workload, nodes[0]["CPU"], nodes[0]["GPU"]),
-        f"{'arm':<16} {'seed':>4} {'learning_rate':>13}  arm knobs"]
-    rows = [f"{arm:<16} {seed:>4} {lr:>13.3g}  {plan.design.arms[arm]}"
-            for arm, seed, lr in (plan.grid() if s.search == "grid" else
-                                  [(arm, seed, float("nan")) for arm in plan.design.arms for seed in plan.seeds])]
+        estimate(plan, workloads, nodes[0]["CPU"], nodes[0]["GPU"]),
+        f"{'task':<8} {'arm':<16} {'seed':>4} {'learning_rate':>13}  arm knobs"]
+    cells = plan.grid() if s.search == "grid" else [(t, arm, seed, float("nan")) for t in plan.tasks
+                                                    for arm in plan.design.arms for seed in plan.seeds]
+    rows = [f"{task:<8} {arm:<16} {seed:>4} {lr:>13.3g}  {plan.design.arms[arm]}" for task, arm, seed, lr in cells]
     return "\n".join(head + rows)
 
 
@@ -160,24 +172,26 @@ def closing_table(trials) -> str:
     mean +- std (and how many of the arm's trials were early-stopped)."""
     from emoe.analysis import selection
 
-    if trials.empty or schema.ID_ACC not in trials:
+    if trials.empty or schema.ID_SCORE not in trials:
         return "no trial reported a result"
     chosen = selection.select(trials)
-    lines = [f"{'arm':<16} {'best lr':>9} {'seeds':>5} {'early-stopped':>13} {schema.ID_ACC:>15} "
-             f"{schema.OOD_ACC:>15}"]
-    for arm, group in trials.groupby("arm", sort=False):
+    lines = [f"{'task':<8} {'arm':<16} {'best lr':>9} {'seeds':>5} {'early-stopped':>13} {schema.ID_SCORE:>17} "
+             f"{schema.OOD_SCORE:>17}"]
+    for (task, arm), group in trials.groupby(["task", "arm"], sort=False):
         stopped = int((group["outcome"] == "early_stopped").sum())
-        sel = chosen[chosen["arm"] == arm]
+        sel = chosen[(chosen["arm"] == arm) & (chosen["task"] == task)]
         if sel.empty:
-            lines.append(f"{arm:<16} {'-':>9} {0:>5} {stopped:>13} {'n/a':>15} {'n/a':>15}")
+            lines.append(f"{task:<8} {arm:<16} {'-':>9} {0:>5} {stopped:>13} {'n/a':>17} {'n/a':>17}")
             continue
 
         def fmt(col):
             vals = sel[col].dropna() if col in sel else []
-            return f"{vals.mean():.4f}+-{vals.std(ddof=1) if len(vals) > 1 else 0:.4f}" if len(vals) else "n/a"
+            if not len(vals):
+                return "n/a"
+            return f"{vals.mean():.4f}+-{vals.std(ddof=1):.4f}" if len(vals) > 1 else f"{vals.mean():.4f} (1 seed)"
 
-        lines.append(f"{arm:<16} {sel['learning_rate'].iloc[0]:>9.2g} {len(sel):>5} {stopped:>13} "
-                     f"{fmt(schema.ID_ACC):>15} {fmt(schema.OOD_ACC):>15}")
+        lines.append(f"{task:<8} {arm:<16} {sel['learning_rate'].iloc[0]:>9.2g} {len(sel):>5} {stopped:>13} "
+                     f"{fmt(schema.ID_SCORE):>17} {fmt(schema.OOD_SCORE):>17}")
     return "\n".join(lines)
 
 

@@ -6,9 +6,14 @@ A sweep script declares only its design (``Ablation.over("clustering", [...])``)
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 DENSE = "dense"
+
+
+def _value_name(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +40,30 @@ class Ablation:
             arms[DENSE] = {"method": DENSE}
         return cls(name or factor, arms, factor)
 
+    @classmethod
+    def cross(cls, factors: dict[str, list], name: str | None = None, baseline: bool = True) -> "Ablation":
+        """One arm per combination of the factors' values (their product, first factor outermost), plus the dense
+        baseline arm; an arm is named by its values joined with ``+`` (e.g. ``kmeans+centroid``)."""
+        import itertools
+
+        if not factors or any(not values for values in factors.values()):
+            raise ValueError(f"a crossing needs at least one factor, each with values; got {dict(factors)}")
+        names = list(factors)
+        arms = {"+".join(_value_name(v) for v in combo): dict(zip(names, combo))
+                for combo in itertools.product(*factors.values())}
+        if len(arms) != math.prod(len(v) for v in factors.values()):
+            raise ValueError(f"the factors' values give two arms the same name: {dict(factors)}")
+        if baseline:
+            if DENSE in arms:
+                raise ValueError(f"an arm would be named {DENSE!r}, the baseline arm's name")
+            arms[DENSE] = {"method": DENSE}
+        return cls(name or "-x-".join(names), arms, ",".join(names))
+
+    def describe(self, arm: str) -> str:
+        """An arm and the knobs it sets, for error messages (a crossing's invalid pair is named)."""
+        knobs = ", ".join(f"{k}={_value_name(v)}" for k, v in self.arms.get(arm, {}).items())
+        return f"arm {arm!r} ({knobs})" if knobs else f"arm {arm!r}"
+
     @property
     def swept(self) -> set[str]:
         """The knobs an arm sets: the sweep owns them, a flag may not."""
@@ -48,11 +77,22 @@ PRESETS: dict[str, dict[str, Any]] = {
                        "max_eval_samples": 200, "max_length": 64, "batch_size": 16, "epochs": 1, "eval_steps": 32},
              "seeds": (0, 1), "learning_rates": (1e-4,), "cpus_per_trial": 2.0},
     # The official EMoE command (qiuzh20/EMoE Language/README.md, search_glue_no_trainer.py) for BERT-base, data
-    # from the Hub; seeds and learning rates: the knobs' grids, which are the official ones (3 x 3).
+    # from the Hub; seeds and learning rates: the knobs' grids, which are the official ones (3 x 3); epochs: each
+    # task's official cap (10; 3 for MNLI, QQP, QNLI). --tasks glue runs all eight GLUE-X tasks.
     "paper": {"trial": {"model": "bert-base-cased", "task": "sst2", "layers": (10,), "num_experts": 64, "top_k": 16,
                         "clustering": "constrained", "gate": "avg_keys", "cluster_seed": 0, "capacity_factor": 1.5,
                         "gate_noise": 1.0, "expert_dropout": 0.1, "aux_loss_weight": 0.01,
                         "max_train_samples": None, "max_eval_samples": None, "max_length": 128, "batch_size": 32,
-                        "eval_batch_size": 8, "epochs": 10, "eval_steps": None, "weight_decay": 0.0,
+                        "eval_batch_size": 8, "epochs": None, "eval_steps": None, "weight_decay": 0.0,
                         "warmup_ratio": 0.0, "keep_best": True, "patience": 4}},
+    # A multi-task sweep on a 2-core CPU in about an hour: the packaged MiniLM and the packaged slices of the GLUE-X
+    # tasks whose train, validation and OOD data exist offline (emoe/demo_data), with the OOD sets that exist there
+    # (not HANS, Twitter). 2 seeds, 1 learning rate.
+    "glue-small": {"trial": {"model": "minilm", "data_dir": "demo", "max_train_samples": 1000,
+                             "max_eval_samples": 200, "max_length": 96, "batch_size": 16, "epochs": 2,
+                             "eval_steps": None,
+                             "ood_sets": ("imdb", "yelp", "amazon", "flipkart", "mrpc", "qqp", "rte", "scitail",
+                                          "sick")},
+                   "tasks": ("sst2", "rte", "mrpc", "stsb"), "seeds": (0, 1), "learning_rates": (1e-4,),
+                   "cpus_per_trial": 2.0},
 }

@@ -37,12 +37,12 @@ def trial_flops(plan: Plan, w: Workload) -> float:
     cfg = plan.base
     steps_per_epoch = math.ceil(w.train_examples / cfg["batch_size"])
     evals_per_epoch = 1 + (steps_per_epoch - 1) // cfg["eval_steps"] if cfg["eval_steps"] else 1
-    train = 6 * w.params * w.train_examples * cfg["epochs"] * w.train_tokens_per_example
-    evaluate = 2 * w.params * w.eval_examples * cfg["epochs"] * evals_per_epoch * w.eval_tokens_per_example
+    train = 6 * w.params * w.train_examples * w.epochs * w.train_tokens_per_example
+    evaluate = 2 * w.params * w.eval_examples * w.epochs * evals_per_epoch * w.eval_tokens_per_example
     return train + evaluate
 
 
-def estimate(plan: Plan, w: Workload, cpus: float, gpus: float) -> str:
+def estimate(plan: Plan, workloads: dict[str, Workload], cpus: float, gpus: float) -> str:
     """One line: the per-trial and total estimate, or why there is none (GPU trials from a driver without one).
 
     Args:
@@ -50,7 +50,7 @@ def estimate(plan: Plan, w: Workload, cpus: float, gpus: float) -> str:
             at a time (and at most ``max_concurrent``).
     """
     s = plan.settings
-    flops = trial_flops(plan, w)
+    flops = sum(trial_flops(plan, w) for w in workloads.values()) / len(workloads)  # the mean trial
     gpus_per_trial = s.gpus_per_trial if s.gpus_per_trial is not None else (1.0 if gpus >= 1 else 0.0)
     if gpus_per_trial:
         return (f"estimate: {flops / 1e12:.1f} TFLOP per trial on GPUs; no time estimate (measured on CPUs only)")

@@ -31,6 +31,7 @@ class SweepSettings:
     knob's ``log_range``, the experiment ``emoe-<design>``, GPUs per trial 1 if the cluster has GPUs."""
 
     trial: dict[str, Any] = dataclasses.field(default_factory=dict)  # knobs shared by every trial
+    tasks: tuple[str, ...] | None = None  # ID tasks crossed with the arms ("glue": GLUE-X's eight); None: trial's task
     seeds: tuple[int, ...] | None = None
     learning_rates: tuple[float, ...] | None = None
     lr_range: tuple[float, float] | None = None
@@ -57,7 +58,11 @@ class SweepSettings:
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; valid choices: {', '.join(PRESETS)}")
         values = dict(PRESETS.get(preset, {}))
-        trial = {**values.pop("trial", {}), **overrides.pop("trial", {})}
+        preset_trial = dict(values.pop("trial", {}))
+        if overrides.get("tasks") is not None:  # --tasks replaces the preset's task(s)
+            preset_trial.pop("task", None)
+            values.pop("tasks", None)
+        trial = {**preset_trial, **overrides.pop("trial", {})}
         return cls(**{**values, **overrides, "trial": trial, "preset": preset})
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,7 +72,7 @@ class SweepSettings:
     def from_dict(cls, data: dict[str, Any]) -> "SweepSettings":
         check_fields(cls, data, "sweep setting(s)")
         out = cls(**data)
-        for name in ("seeds", "learning_rates", "lr_range"):
+        for name in ("seeds", "learning_rates", "lr_range", "tasks"):
             if getattr(out, name) is not None:
                 setattr(out, name, tuple(getattr(out, name)))
         return out
@@ -79,27 +84,38 @@ class Plan:
 
     design: Ablation
     settings: SweepSettings
-    base: dict[str, Any]  # the trial config shared by every trial (no seed, learning_rate or arm knobs)
+    base: dict[str, Any]  # the trial config shared by every trial (no task, seed, learning_rate or arm knobs;
+    #                       epochs None: each task's own cap)
+    tasks: list[str]
     seeds: list[int]
     learning_rates: list[float]
     lr_range: tuple[float, float]
     experiment: str
 
-    def trial(self, arm: str, seed: int, learning_rate: float) -> dict[str, Any]:
-        return {**self.base, **self.design.arms[arm], "seed": seed, "learning_rate": learning_rate}
+    def trial(self, arm: str, seed: int, learning_rate: float, task: str | None = None) -> dict[str, Any]:
+        return {**self.base, "task": task or self.tasks[0], **self.design.arms[arm], "seed": seed,
+                "learning_rate": learning_rate}
 
-    def grid(self) -> list[tuple[str, int, float]]:
-        return [(a, s, lr) for a in self.design.arms for s in self.seeds for lr in self.learning_rates]
+    def epochs(self, task: str) -> int:
+        """A task's training epochs: ``--epochs`` if given, else the task's official cap."""
+        from emoe.data import get_task
+
+        return self.base["epochs"] or get_task(task).epochs
+
+    def grid(self) -> list[tuple[str, str, int, float]]:
+        """Every (task, arm, seed, learning rate) cell of the grid."""
+        return [(t, a, s, lr) for t in self.tasks for a in self.design.arms for s in self.seeds
+                for lr in self.learning_rates]
 
     @property
     def samples_per_arm(self) -> int:
-        """Optuna: trials per arm."""
+        """Optuna: trials per arm and task."""
         return self.settings.num_samples or len(self.seeds) * len(self.learning_rates)
 
     @property
     def n_trials(self) -> int:
         if self.settings.search == "optuna":
-            return self.samples_per_arm * len(self.design.arms)
+            return self.samples_per_arm * len(self.design.arms) * len(self.tasks)
         return len(self.grid()) * (self.settings.num_samples or 1)
 
 
@@ -134,15 +150,36 @@ def make_plan(design: Ablation, settings: SweepSettings) -> Plan:
         raise ValueError(f"--max-concurrent={s.max_concurrent} must be >= 1")
     if s.max_failures < 0:
         raise ValueError(f"--max-failures={s.max_failures} must be >= 0")
-    base = absolute_paths(hparams.trial_config(s.trial))
-    base = {k: v for k, v in base.items() if k not in ("seed", "learning_rate")}
-    plan = Plan(design, s, base, seeds, lrs, lr_range, s.experiment or schema.experiment_name(design.name))
-    for arm in design.arms:  # every arm's config is valid (names, k <= N, ...)
-        try:
-            hparams.trial_config(plan.trial(arm, seeds[0], lrs[0]))
-        except ValueError as e:
-            raise ValueError(f"arm {arm!r}: {e}") from None
+    tasks = resolve_tasks(s.tasks, s.trial.get("task"))
+    base = absolute_paths(hparams.trial_config({**s.trial, "task": tasks[0]}))
+    base = {k: v for k, v in base.items() if k not in ("task", "seed", "learning_rate")}
+    if s.trial.get("epochs") is None:
+        base["epochs"] = None  # each task's own cap
+    from emoe.data import check_ood_sets
+
+    check_ood_sets(tasks, base["ood_sets"], base.get("ood"))
+    plan = Plan(design, s, base, tasks, seeds, lrs, lr_range, s.experiment or schema.experiment_name(design.name))
+    for arm in design.arms:  # every arm's config is valid (names, k <= N, ...), on every task
+        for task in tasks:
+            try:
+                hparams.trial_config(plan.trial(arm, seeds[0], lrs[0], task))
+            except ValueError as e:
+                raise ValueError(f"{design.describe(arm)}: {e}") from None
     return plan
+
+
+def resolve_tasks(tasks, task: str | None) -> list[str]:
+    """``--tasks`` (names, or ``glue`` for GLUE-X's eight) or, without it, the one ``--task``."""
+    from emoe.data import GLUE, get_task
+
+    if tasks and task is not None:
+        raise ValueError("--task and --tasks both given; use --tasks alone (e.g. --tasks sst2,rte)")
+    names = [n for t in (tasks or [task or hparams.KNOBS["task"].default]) for n in (GLUE if t == "glue" else [t])]
+    for name in names:
+        get_task(name)  # unknown task: its one line, with the valid choices
+    if len(set(names)) != len(names):
+        raise ValueError(f"--tasks lists a task twice: {','.join(names)}")
+    return names
 
 
 def absolute_paths(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -166,25 +203,26 @@ class Workload:
 
     params: int  # parameters of the transformer blocks (what each token passes through)
     train_examples: int
+    epochs: int
     eval_examples: int  # ID validation and every OOD set, after --max-eval-samples
     train_tokens_per_example: float  # padded, as batches of batch_size see them
     eval_tokens_per_example: float  # padded, in length-sorted batches
+    ood_sets: tuple[str, ...] = ()
 
 
-def check_model_and_data(plan: Plan) -> Workload:
-    """Model-dependent checks (block indices, N against d_ff) on a weightless copy, and the data (local files or the
-    Hub: data that cannot be loaded is refused here, before Ray starts). Returns the trial's workload."""
+def check_model_and_data(plan: Plan) -> dict[str, Workload]:
+    """Model-dependent checks (block indices, N against d_ff) on a weightless copy, and every task's data (local
+    files or the Hub: data that cannot be loaded is refused here, before Ray starts). Returns each task's workload."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from emoe.convert import plan_conversion, resolve_model
-    from emoe.data import get_task
     from emoe.train import load_trial_data
 
     name = plan.base["model"]
     path = resolve_model(name)
     try:
-        config = AutoConfig.from_pretrained(path, num_labels=get_task(plan.base["task"]).num_labels)
+        config = AutoConfig.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # OSError / ValueError / HTTP errors, depending on what is wrong
         raise ValueError(f"model {name!r} cannot be loaded ({str(e).strip().splitlines()[0][:200]})") from None
@@ -195,11 +233,17 @@ def check_model_and_data(plan: Plan) -> Workload:
         try:
             plan_conversion(model, hparams.emoe_config(cfg))
         except ValueError as e:
-            raise ValueError(f"arm {arm!r}: {e}") from None
-    data = load_trial_data(plan.base)
-    return Workload(params=sum(p.numel() for n, p in model.base_model.named_parameters() if "embeddings" not in n),
-                    train_examples=len(data.train), eval_examples=len(data.validation) + sum(map(len, data.ood.values())),
-                    **_padded_lengths(data, tokenizer, plan.base))
+            raise ValueError(f"{plan.design.describe(arm)}: {e}") from None
+    params = sum(p.numel() for n, p in model.base_model.named_parameters() if "embeddings" not in n)
+    out = {}
+    for task in plan.tasks:
+        cfg = hparams.trial_config(plan.trial(next(iter(plan.design.arms)), plan.seeds[0], plan.learning_rates[0],
+                                              task))
+        data = load_trial_data(cfg)
+        out[task] = Workload(params=params, train_examples=len(data.train), epochs=cfg["epochs"],
+                             eval_examples=len(data.validation) + sum(map(len, data.ood.values())),
+                             ood_sets=tuple(data.ood), **_padded_lengths(data, tokenizer, cfg))
+    return out
 
 
 def _padded_lengths(data, tokenizer, cfg: dict[str, Any], sample: int = 256) -> dict[str, float]:

@@ -31,6 +31,7 @@ class TrialResult:
     learning_rate: float
     outcome: str
     metrics: dict[str, float]
+    task: str | None = None
 
 
 @dataclasses.dataclass
@@ -135,7 +136,7 @@ def run_sweep(design: Ablation, settings: SweepSettings, resume: str | Path | No
         parent_id = runs.create_sweep_run(
             client, experiment_id, f"{design.name}-{directory.name[-15:]}", design.name, design.factor,
             argv or [], str(directory),
-            {"arms": ",".join(design.arms), "seeds": plan.seeds, "learning_rates": plan.learning_rates,
+            {"arms": ",".join(design.arms), "tasks": ",".join(plan.tasks), "seeds": plan.seeds, "learning_rates": plan.learning_rates,
              "search": settings.search, "scheduler": settings.scheduler,
              "early_stop_scope": settings.early_stop_scope, "preset": settings.preset or "", **plan.base})
         record = SweepRecord(design.name, design.factor, design.arms, settings.to_dict(), plan.experiment,
@@ -167,7 +168,7 @@ def _fit(plan: Plan, record: SweepRecord, directory: Path, client, experiment_id
         else:
             param_space, search_alg, num_samples = search_space(plan)
             tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(
-                metric=schema.ID_ACC, mode="max", scheduler=scheduler(plan), search_alg=search_alg,
+                metric=schema.ID_SCORE, mode="max", scheduler=scheduler(plan), search_alg=search_alg,
                 num_samples=num_samples, max_concurrent_trials=s.max_concurrent,
                 # NOTE: every trial asks for the same resources, so a finished trial's worker (torch and
                 # transformers imported, data loaded) runs the next one.
@@ -178,11 +179,11 @@ def _fit(plan: Plan, record: SweepRecord, directory: Path, client, experiment_id
         grid = tuner.fit()
         for r in grid:
             if r.config:
+                epochs = record.trial_config(r.config)["epochs"]  # --epochs, or the task's cap
                 trials.append(TrialResult(
                     (r.metrics or {}).get("trial_id", ""), r.config.get("arm"), r.config.get("seed"),
-                    r.config.get("learning_rate"), schema.outcome(r.metrics, r.config.get("epochs", 1),
-                                                                  r.error is not None),
-                    schema.trial_metrics(r.metrics or {})))
+                    r.config.get("learning_rate"), schema.outcome(r.metrics, epochs, r.error is not None),
+                    schema.trial_metrics(r.metrics or {}), r.config.get("task")))
         all_done = grid.num_terminated + grid.num_errors >= plan.n_trials
         if resume:
             # NOTE: after the fit, when Tune has written its final state: read before it, the state on the storage
@@ -205,7 +206,7 @@ def results_frame(outcome: SweepOutcome) -> Any:
     metrics), for ``emoe.analysis.selection``."""
     import pandas as pd
 
-    rows = [{"task": outcome.plan.base["task"], "arm": t.arm, "seed": t.seed, "learning_rate": t.learning_rate,
+    rows = [{"task": t.task, "arm": t.arm, "seed": t.seed, "learning_rate": t.learning_rate,
              "outcome": t.outcome, **t.metrics} for t in outcome.trials]
-    columns = ["task", "arm", "seed", "learning_rate", "outcome", schema.ID_ACC, schema.OOD_ACC]
+    columns = ["task", "arm", "seed", "learning_rate", "outcome", schema.ID_SCORE, schema.OOD_SCORE]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)

@@ -1,5 +1,5 @@
 """How a sweep searches: the grid (Tune's ``grid_search``), arm-balanced Optuna, and ASHA early stopping per arm and
-seed (or global). Early stopping and Optuna read ``id_acc`` only: OOD metrics never steer the search."""
+seed and task (or per task). Early stopping and Optuna read ``id_score`` only: OOD metrics never steer the search."""
 
 from __future__ import annotations
 
@@ -18,41 +18,49 @@ def search_space(plan: Plan) -> tuple[dict[str, Any], Searcher | None, int]:
     from ray import tune
 
     if plan.settings.search == "optuna":
-        searcher = ArmBalancedOptuna(list(plan.design.arms), plan.seeds, plan.lr_range, plan.samples_per_arm)
+        searcher = ArmBalancedOptuna(list(plan.design.arms), plan.seeds, plan.lr_range, plan.samples_per_arm,
+                                     tasks=plan.tasks)
         return dict(plan.base), searcher, plan.n_trials
-    space = {**plan.base, "arm": tune.grid_search(list(plan.design.arms)), "seed": tune.grid_search(plan.seeds),
-             "learning_rate": tune.grid_search(plan.learning_rates)}
+    space = {**plan.base, "task": tune.grid_search(plan.tasks), "arm": tune.grid_search(list(plan.design.arms)),
+             "seed": tune.grid_search(plan.seeds), "learning_rate": tune.grid_search(plan.learning_rates)}
     return space, None, plan.settings.num_samples or 1
 
 
 def scheduler(plan: Plan):
-    """ASHA on ``id_acc`` with time in epochs (per arm and seed, or global), or None."""
+    """ASHA on ``id_score`` with time in epochs (per arm, seed and task, or per task), or None. Each task's brackets
+    run to its own epochs (``--epochs``, or the task's cap)."""
     s = plan.settings
     if s.scheduler == "none":
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    epochs = plan.base["epochs"]
-    grace = s.grace_period or epochs / 4
-
-    def make():
-        return ASHAScheduler(time_attr=schema.EPOCH, max_t=epochs, grace_period=grace,
+    def make(task: str):
+        epochs = plan.epochs(task)
+        return ASHAScheduler(time_attr=schema.EPOCH, max_t=epochs, grace_period=s.grace_period or epochs / 4,
                              reduction_factor=s.reduction_factor)
 
-    return make() if s.early_stop_scope == "global" else PerArmScheduler(make)
+    if s.early_stop_scope == "global":
+        return PerArmScheduler(make, lambda config: (config.get("task"),))
+    return PerArmScheduler(make)
+
+
+def _bracket(config) -> tuple:
+    return config.get("arm"), config.get("seed"), config.get("task")
 
 
 class PerArmScheduler(FIFOScheduler):
-    """ASHA run separately within each (arm, seed): a trial is compared only with the other learning rates of its
-    own arm and seed, so no arm is eliminated because another learns faster early.
+    """ASHA run separately within each (arm, seed, task): a trial is compared only with the other learning rates of
+    its own arm, seed and task, so no arm is eliminated because another learns faster early, and no task's scores
+    (different metrics, different scales) are compared with another's. ``key`` may group more widely (``global``
+    scope: one bracket per task).
 
     NOTE: seeds get brackets of their own because stopping a seed for trailing its sibling seeds of the same
     configuration would keep only the lucky replicates of that configuration, biasing its mean upwards.
     """
 
-    def __init__(self, make_scheduler):
+    def __init__(self, make_scheduler, key=_bracket):
         super().__init__()
-        self._make = make_scheduler
+        self._make, self._key = make_scheduler, key
         self._arms: dict[tuple, Any] = {}
         self._metric = self._mode = None
 
@@ -61,9 +69,9 @@ class PerArmScheduler(FIFOScheduler):
         return all(s.set_search_properties(metric, mode, **spec) for s in self._arms.values())
 
     def _for(self, trial):
-        key = (trial.config.get("arm"), trial.config.get("seed"))
+        key = self._key(trial.config)
         if key not in self._arms:
-            self._arms[key] = self._make()
+            self._arms[key] = self._make(trial.config.get("task"))
             self._arms[key].set_search_properties(self._metric, self._mode)
         return self._arms[key]
 
@@ -80,33 +88,35 @@ class PerArmScheduler(FIFOScheduler):
         self._for(trial).on_trial_remove(tune_controller, trial)
 
     def debug_string(self) -> str:
-        return "ASHA per arm and seed: " + ", ".join(f"{a}/{sd}: {s.debug_string()}"
-                                                     for (a, sd), s in self._arms.items())
+        return "ASHA per bracket: " + ", ".join(f"{'/'.join(map(str, key))}: {s.debug_string()}"
+                                                for key, s in self._arms.items())
 
 
 class ArmBalancedOptuna(Searcher):
-    """One Optuna study per arm over a log-uniform learning rate; arms take turns, so every arm gets exactly
-    ``samples_per_arm`` trials (an equal tuning budget).
+    """One Optuna study per arm and task over a log-uniform learning rate (the learning rate is chosen per task);
+    (arm, task) pairs take turns, so every one gets exactly ``samples_per_arm`` trials (an equal tuning budget).
 
     Each study sits behind Ray's ``Repeater``: a suggested learning rate runs on the seeds in turn (the i-th trial
-    of an arm uses ``seeds[i % len(seeds)]``) and the study learns from the mean ``id_acc`` over them. The whole
+    of a study uses ``seeds[i % len(seeds)]``) and the study learns from the mean ``id_score`` over them. The whole
     state (counts, studies, groups) is saved with Tune's experiment state, so ``--resume`` neither repeats nor
-    exceeds an arm's budget.
+    exceeds a budget.
     """
 
     def __init__(self, arms: list[str], seeds: list[int], lr_range: tuple[float, float], samples_per_arm: int,
-                 metric: str = schema.ID_ACC, mode: str = "max", seed: int = 0):
+                 metric: str = schema.ID_SCORE, mode: str = "max", seed: int = 0, tasks: list[str] | None = None):
         super().__init__(metric=metric, mode=mode)
         from ray import tune
         from ray.tune.search import Repeater
         from ray.tune.search.optuna import OptunaSearch
 
-        self.arms, self.seeds, self.quota = list(arms), list(seeds), samples_per_arm
+        self.seeds, self.quota = list(seeds), samples_per_arm
+        self.tasks = list(tasks or [None])
+        self.arms = [(a, t) for t in self.tasks for a in arms]  # study keys, in turn order
         space = {"learning_rate": tune.loguniform(*lr_range)}
-        self.studies = {a: Repeater(OptunaSearch(space, metric=metric, mode=mode, seed=seed + i),
-                                    repeat=len(self.seeds)) for i, a in enumerate(self.arms)}
+        self.studies = {key: Repeater(OptunaSearch(space, metric=metric, mode=mode, seed=seed + i),
+                                      repeat=len(self.seeds)) for i, key in enumerate(self.arms)}
         self.count = dict.fromkeys(self.arms, 0)
-        self.owner: dict[str, str] = {}
+        self.owner: dict[str, tuple] = {}
 
     def suggest(self, trial_id: str):
         from ray.tune.search.repeater import TRIAL_INDEX
@@ -121,7 +131,8 @@ class ArmBalancedOptuna(Searcher):
         self.count[arm] += 1
         self.owner[trial_id] = arm
         seed = self.seeds[suggestion.pop(TRIAL_INDEX)]
-        return {**suggestion, "arm": arm, "seed": seed}
+        name, task = arm
+        return {**suggestion, "arm": name, "seed": seed, **({"task": task} if task is not None else {})}
 
     def on_trial_result(self, trial_id, result):
         if trial_id in self.owner:

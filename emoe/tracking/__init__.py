@@ -1,7 +1,7 @@
 """MLflow tracking: the schema (``schema``), runs (``runs``), a sweep's on-disk records (``records``), the
 driver-side Tune callback (``callback``) and the backfill from Ray's records (``backfill``, ``python -m emoe.sync``).
 
-The schema's names and the run helpers are re-exported here: ``from emoe import tracking; tracking.ID_ACC``.
+The schema's names and the run helpers are re-exported here: ``from emoe import tracking; tracking.ID_SCORE``.
 """
 
 from emoe.tracking.runs import (SECRET_ENV, TrialRun, check_tracking_uri, client, close_runs, create_sweep_run,

@@ -59,7 +59,7 @@ def sync_sweep(path: Path, uri: str) -> dict[str, int]:
         before = client.search_runs([experiment_id], filter_string=(
             f"tags.`{schema.TRIAL_ID}` = '{trial.trial_id}' and tags.`{schema.PARENT}` = '{parent_id}'"))
         run = runs.open_trial_run(client, experiment_id, parent_id, trial.trial_id, config.get("arm"),
-                                  schema.trial_run_name(config.get("arm"), config))
+                                  schema.trial_run_name(config.get("arm"), config), config.get("task"))
         added["runs"] += not before
         run.log_params(record.trial_config(config))
         have: dict[str, set[int]] = {}  # (key -> steps) already in MLflow, read once per key
@@ -88,7 +88,7 @@ def sync_sweep(path: Path, uri: str) -> dict[str, int]:
             last = files.load_final() or (rows[-1] if rows else {})
             if files.partitions.exists():
                 client.log_artifact(run.run_id, str(files.partitions))
-            outcome = schema.outcome(last, config.get("epochs", 1))
+            outcome = schema.outcome(last, record.trial_config(config)["epochs"])
             run.finish(outcome, name=schema.trial_run_name(config.get("arm"), config, outcome, last))
         else:
             all_done = False

@@ -79,11 +79,19 @@ class MlflowTrials(Callback):
         if trial.trial_id not in self._runs:
             arm = trial.config.get("arm")
             run = self._safe("run lookup", runs.open_trial_run, self.client, self.experiment_id,
-                             self.record.parent_run_id, trial.trial_id, arm, schema.trial_run_name(arm, trial.config))
+                             self.record.parent_run_id, trial.trial_id, arm, schema.trial_run_name(arm, trial.config),
+                             trial.config.get("task"))
             if run is None:
                 return None
             self._runs[trial.trial_id] = run
         return self._runs[trial.trial_id]
+
+    def _epochs(self, trial) -> int:
+        """The trial's epochs: ``--epochs``, or its task's cap."""
+        try:
+            return self.record.trial_config(trial.config)["epochs"]
+        except Exception:  # a config the record cannot read: any positive number keeps the outcome honest
+            return trial.config.get("epochs") or 1
 
     def on_trial_start(self, iteration, trials, trial, **info):
         run = self._run(trial)
@@ -116,7 +124,7 @@ class MlflowTrials(Callback):
         self._partitions(trial, run)
         if last:  # where the trial ended (a retry may have moved it since its placement was last tagged)
             self._safe("placement", run.set_tags, {schema.PLACEMENT: placement(last)})
-        outcome = schema.outcome(last, trial.config.get("epochs", 1))
+        outcome = schema.outcome(last, self._epochs(trial))
         self._safe("outcome", run.finish, outcome,
                    name=schema.trial_run_name(trial.config.get("arm"), trial.config, outcome, last))
 

@@ -13,7 +13,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from emoe.tracking.schema import (ARM, COMMAND, DEFAULT_TRACKING_URI, ERROR, EXPERIMENT_KIND, FACTOR, GIT_COMMIT,
+from emoe.tracking.schema import (ARM, TASK, COMMAND, DEFAULT_TRACKING_URI, ERROR, EXPERIMENT_KIND, FACTOR, GIT_COMMIT,
                                   OUTCOME, OUTCOMES, PARENT, RAY_DIR, RETIRED, ROLE, SWEEP, TRIAL_ID)
 
 
@@ -173,7 +173,7 @@ def create_sweep_run(mlflow_client, experiment_id: str, name: str, design: str, 
 
 
 def open_trial_run(mlflow_client, experiment_id: str, parent_run_id: str, trial_id: str, arm: str | None,
-                   name: str) -> TrialRun:
+                   name: str, task: str | None = None) -> TrialRun:
     """The child run of ``trial_id`` under ``parent_run_id``: the existing one (a resumed or retried trial continues
     its run), else a new one."""
     found = mlflow_client.search_runs([experiment_id], filter_string=(
@@ -181,7 +181,7 @@ def open_trial_run(mlflow_client, experiment_id: str, parent_run_id: str, trial_
     if found:
         return TrialRun(mlflow_client, experiment_id, name, run_id=found[0].info.run_id)
     return TrialRun(mlflow_client, experiment_id, name, parent_run_id=parent_run_id,
-                    tags={ARM: str(arm), TRIAL_ID: trial_id})
+                    tags={ARM: str(arm), TRIAL_ID: trial_id, **({TASK: task} if task else {})})
 
 
 def close_runs(mlflow_client, experiment_id: str, parent_run_id: str, all_done: bool) -> None:

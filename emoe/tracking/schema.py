@@ -8,9 +8,9 @@ from typing import Any
 
 __all__ = ["DEFAULT_TRACKING_URI", "ROLE", "PARENT", "SWEEP", "FACTOR", "GIT_COMMIT", "COMMAND", "RAY_DIR",
            "BACKFILLED", "ARM", "TRIAL_ID", "RETIRED", "OUTCOME", "ERROR", "RESTARTS", "RESTART_ERROR", "PLACEMENT", "OUTCOMES",
-           "EXPERIMENT_KIND", "TRAIN_LOSS", "ID_ACC", "OOD_ACC", "EPOCH", "STEP", "LOAD_ENTROPY", "METRIC_PREFIXES",
-           "BEST_STEP", "CURRENT_ID_ACC", "PATIENCE_STOP",
-           "ood_metric", "load_entropy_metric", "trial_metrics", "finished", "outcome", "experiment_name",
+           "EXPERIMENT_KIND", "TRAIN_LOSS", "ID_SCORE", "OOD_SCORE", "EPOCH", "STEP", "LOAD_ENTROPY", "METRIC_PREFIXES",
+           "BEST_STEP", "CURRENT_ID_SCORE", "PATIENCE_STOP", "TASK",
+           "id_metric", "ood_metric", "ood_score_metric", "ood_score_set", "load_entropy_metric", "trial_metrics", "finished", "outcome", "experiment_name",
            "trial_run_name", "runs_url"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -32,17 +32,35 @@ OUTCOMES = ("completed", "early_stopped", "failed")
 # Experiment tag: the MLflow 3 UI opens an experiment on its training runs, not on the GenAI overview.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
+TASK = "emoe.task"  # a trial's ID task (also its ``task`` param)
+
 # Metric names shared by Tune results, MLflow and analysis (logged with step = optimiser step).
-TRAIN_LOSS, ID_ACC, OOD_ACC, EPOCH, STEP = "train_loss", "id_acc", "ood_acc", "epoch", "step"
+# id_score: the task's primary score (the mean of its GLUE metrics) on ID validation; id.<metric>: each metric;
+# ood_score.<set>: the primary score on an OOD set; ood.<set>.<metric>; ood_score: the mean over the task's OOD sets.
+TRAIN_LOSS, ID_SCORE, OOD_SCORE, EPOCH, STEP = "train_loss", "id_score", "ood_score", "epoch", "step"
 LOAD_ENTROPY = "load_entropy"
-# With keep_best: the step of the best ID evaluation, and the latest evaluation's own ID metric (the learning curve).
-BEST_STEP, CURRENT_ID_ACC = "best_step", "current_id_acc"
+# With keep_best: the step of the best ID evaluation, and the latest evaluation's own ID score (the learning curve).
+BEST_STEP, CURRENT_ID_SCORE = "best_step", "current_id_score"
 PATIENCE_STOP = "patience_stop"  # 1 in the last report of a trial that patience stopped (the protocol's end)
-METRIC_PREFIXES = (TRAIN_LOSS, ID_ACC, OOD_ACC, EPOCH, STEP, LOAD_ENTROPY, BEST_STEP, CURRENT_ID_ACC, PATIENCE_STOP)
+METRIC_PREFIXES = (TRAIN_LOSS, ID_SCORE, "id.", OOD_SCORE, "ood.", EPOCH, STEP, LOAD_ENTROPY, BEST_STEP,
+                   CURRENT_ID_SCORE, PATIENCE_STOP)
 
 
-def ood_metric(name: str) -> str:
-    return f"{OOD_ACC}.{name}"
+def id_metric(metric: str) -> str:
+    return f"id.{metric}"
+
+
+def ood_score_metric(name: str) -> str:
+    return f"{OOD_SCORE}.{name}"
+
+
+def ood_metric(name: str, metric: str) -> str:
+    return f"ood.{name}.{metric}"
+
+
+def ood_score_set(column: str) -> str | None:
+    """The OOD set of an ``ood_score.<set>`` column (None for any other name)."""
+    return column[len(OOD_SCORE) + 1:] if column.startswith(OOD_SCORE + ".") else None
 
 
 def load_entropy_metric(block: int) -> str:
@@ -73,15 +91,15 @@ def experiment_name(design: str) -> str:
 
 def trial_run_name(arm: str, config: dict[str, Any], outcome: str | None = None,
                    metrics: dict[str, float] | None = None) -> str:
-    """What the MLflow UI shows in its default table: arm, seed, learning rate; at the end outcome and accuracy."""
-    name = f"{arm} s{config.get('seed')} lr{float(config.get('learning_rate', 0)):.0e}"
+    """What the MLflow UI shows in its default table: arm, task, seed, learning rate; at the end outcome and scores."""
+    name = f"{arm} {config.get('task', '')} s{config.get('seed')} lr{float(config.get('learning_rate', 0)):.0e}"
     if outcome:
         name += f" | {outcome}"
     m = metrics or {}
-    if ID_ACC in m:
-        name += f" | id {m[ID_ACC]:.3f}"
-    if isinstance(m.get(OOD_ACC), float) and m[OOD_ACC] == m[OOD_ACC]:
-        name += f" ood {m[OOD_ACC]:.3f}"
+    if ID_SCORE in m:
+        name += f" | id {m[ID_SCORE]:.3f}"
+    if isinstance(m.get(OOD_SCORE), float) and m[OOD_SCORE] == m[OOD_SCORE]:
+        name += f" ood {m[OOD_SCORE]:.3f}"
     return name
 
 
