@@ -55,7 +55,9 @@ def load_model(name_or_path: str = DEFAULT_MODEL, num_labels: int = 2, init: str
         tokenizer.pad_token = tokenizer.eos_token
     torch.manual_seed(seed)  # the classification head (and, for init=random, everything) is freshly initialised
     if init == "pretrained":
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        # a checkpoint with a head of another size (a model fine-tuned on another task) gets a fresh head
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels,
+                                                                   ignore_mismatched_sizes=True)
     else:
         config = AutoConfig.from_pretrained(path, num_labels=num_labels)
         model = AutoModelForSequenceClassification.from_config(config)

@@ -92,13 +92,21 @@ def _sweeps_on_path(monkeypatch):
     (["--gate", "foo"], "unknown gate 'foo'; valid choices: avg_keys", None),
     (["--clustering", "kmeans"], "--clustering is swept by this ablation", None),
     (["--num-experts", "4", "--top-k", "8"], "top_k=8 must be between 1 and num_experts=4", None),
-    (["--num-experts", "7", "--top-k", "2"], "arm 'constrained': num_experts=7 does not divide d_ff=64", None),
+    (["--num-experts", "7", "--top-k", "2"], "arm 'constrained' (clustering=constrained): num_experts=7 does not "
+     "divide d_ff=64", None),
     (["--layers", "0,9"], "block index 9 out of range for a model with 2 blocks", None),
     (["--tracking-uri", "http://127.0.0.1:9"], "tracking URI 'http://127.0.0.1:9' is unreachable", None),
     (["--tracking-uri", "./mlruns"], "MLflow 3 deprecates the file store", None),
     (["--data-dir", "/nonexistent"], "data file not found: /nonexistent/sst2/train.jsonl", None),
     (["--model", "/nonexistent/model"], "model '/nonexistent/model' cannot be loaded", None),
-    (["--task", "cola"], "unknown task 'cola'", None),
+    (["--task", "colaa"], "unknown task 'colaa'", None),
+    (["--tasks", "sst2,colaa"], "unknown task 'colaa'; valid choices: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte", None),
+    (["--tasks", "sst2", "--task", "rte"], "--task and --tasks both given", None),
+    (["--tasks", "sst2,sst2"], "--tasks lists a task twice", None),
+    (["--ood-sets", "imdb,hans"], "--ood-sets: 'hans' is not an OOD set of task(s) sst2; valid choices: amazon, "
+     "flipkart, imdb, yelp", None),
+    (["--tasks", "sst2,mrpc"], "data file not found: {data}/hans/train.jsonl or {data}/hans/validation.jsonl "
+     "(or leave hans out: --ood-sets qqp,rte,twitter)", None),
     (["--preset", "huge"], "argument --preset: invalid choice: 'huge'", None),
     (["--seeds", "0,0"], "--seeds must be distinct", None),
     (["--seeds", "a"], "expected comma-separated integers", None),
@@ -124,9 +132,13 @@ def _sweeps_on_path(monkeypatch):
     ([], "sst2/train.jsonl: unreadable json file", ("sst2/train.jsonl", '{"sentence": "ok", "label": 1}\n{broken\n')),
     ([], "sst2/validation.jsonl: label(s) [7] outside task sst2's labels 0..1",
      ("sst2/validation.jsonl", '{"sentence": "ok", "label": 7}\n')),
-    ([], "imdb/test.jsonl: missing field(s) ['sentence']", ("imdb/test.jsonl", '{"text": "ok", "label": 1}\n')),
+    ([], "imdb/test.jsonl: missing field(s) ['sentence']", ("imdb/test.jsonl", '{"review": "ok", "label": 1}\n')),
     ([], "yelp/test.jsonl: empty file", ("yelp/test.jsonl", "")),
     ([], "amazon/test.jsonl: field 'sentence' holds int64, not text", ("amazon/test.jsonl", '{"sentence": 3, "label": 1}\n')),
+    # a GLUE-X self-collected set that is not there: named, with the way to leave it out
+    ([], "flipkart/test.jsonl (or leave flipkart out: --ood-sets imdb,yelp,amazon)", ("flipkart/test.jsonl", None)),
+    (["--tasks", "stsb"], "stsb/validation.jsonl: label(s) [7.5] outside task stsb's score range 0..5",
+     ("stsb/validation.jsonl", '{"sentence1": "a", "sentence2": "b", "label": 7.5}\n')),
 ])
 def test_bad_input_one_line_before_ray(args, message, broken, tiny_model_dir, tiny_data_dir, tmp_path, capsys,
                                        monkeypatch):
@@ -139,11 +151,15 @@ def test_bad_input_one_line_before_ray(args, message, broken, tiny_model_dir, ti
         import shutil
 
         data = shutil.copytree(tiny_data_dir, tmp_path / "data")
-        (data / broken[0]).write_text(broken[1])
+        if broken[1] is None:
+            (data / broken[0]).unlink()
+        else:
+            (data / broken[0]).write_text(broken[1])
     base = ["--model", tiny_model_dir, "--data-dir", str(data), "--seeds", "0", "--learning-rates", "1e-3",
             "--storage-path", str(tmp_path / "ray"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
     assert exit_code(lambda: sweep_main(ABLATION, base + args)) == 2
     err = capsys.readouterr().err.strip()
+    message = message.format(data=data)
     assert err.startswith("error: ") and "\n" not in err and message in err, err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()
     import ray
@@ -166,7 +182,7 @@ def _trial(tid, arm, seed=0):
 def test_asha_per_arm_compares_trials_only_within_their_arm_and_seed():
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-    def make():
+    def make(task=None):
         return ASHAScheduler(time_attr="epoch", max_t=1.0, grace_period=0.25, reduction_factor=2)
 
     per_arm, glob = PerArmScheduler(make), make()
@@ -207,8 +223,8 @@ def test_sweep_table_and_report_select_with_the_same_rule(monkeypatch):
     table = closing_table(trials).splitlines()
     report = stats.analyse(trials, metric="id_score")
     assert calls == ["select", "select"]  # one each: no second rule anywhere
-    assert table[1].split() == ["a", "0.0001", "2", "1", "0.8450+-0.2051", "0.7500+-0.2121"]
-    assert table[2].split() == ["dense", "0.001", "1", "0", "0.5000+-0.0000", "0.5000+-0.0000"]
+    assert table[1].split() == ["sst2", "a", "0.0001", "2", "1", "0.8450+-0.2051", "0.7500+-0.2121"]
+    assert table[2].split() == ["sst2", "dense", "0.001", "1", "0", "0.5000", "(1", "seed)", "0.5000", "(1", "seed)"]
     chosen = dict(zip(report.table["arm"], report.table["learning_rate"]))
     assert chosen == {"a": 1e-4, "dense": 1e-3}
 

@@ -70,6 +70,65 @@ class Ablation:
         return {k for arm in self.arms.values() for k in arm}
 
 
+# Knobs that a crossing may not take as a factor: the sweep owns them (--seeds, --learning-rates, --tasks).
+NOT_FACTORS = ("seed", "learning_rate", "task", "data_dir", "model")
+
+
+def parse_factor(text: str) -> tuple[str, list]:
+    """``knob=v1,v2,...`` (a ``--factor`` flag) as ``(knob, [values])``, each value parsed by the knob's type; a
+    ``layers`` value is one block list, so its values are separated by ``;`` (``layers=-1;-2,-1``)."""
+    name, sep, values = text.partition("=")
+    if not sep or not name.strip() or not values.strip():
+        raise ValueError(f"--factor expects KNOB=V1,V2,..., got {text!r}")
+    name = name.strip().replace("-", "_")
+    items = values.split(";") if name == "layers" else values.split(",")
+    return name, [v.strip() for v in items if v.strip()]
+
+
+def check_factors(factors: dict[str, list]) -> dict[str, list]:
+    """Factors with known knob names and values of the knob's type and choices; ``ValueError`` (one line) if not."""
+    from emoe import hparams
+
+    out = {}
+    for name, values in factors.items():
+        if name in NOT_FACTORS or name not in hparams.KNOBS:
+            valid = ", ".join(k for k in hparams.KNOBS if k not in NOT_FACTORS)
+            hint = " (seeds, learning rates and tasks have flags of their own: --seeds, --learning-rates, --tasks)" \
+                if name in NOT_FACTORS else ""
+            raise ValueError(f"unknown factor {name!r}{hint}; valid choices: {valid}")
+        knob, parsed = hparams.KNOBS[name], []
+        for v in values if isinstance(values, (list, tuple)) else [values]:
+            try:
+                value = knob.type(v)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"factor {name}: bad value {v!r} ({e})") from None
+            if knob.choices and value not in knob.choices:
+                raise ValueError(f"factor {name}: unknown value {value!r}; valid choices: {', '.join(knob.choices)}")
+            parsed.append(value)
+        if len(set(map(repr, parsed))) != len(parsed):
+            raise ValueError(f"factor {name} lists a value twice: {values}")
+        out[name] = parsed
+    return out
+
+
+def crossing_from_file(path: str) -> tuple[dict[str, list], str | None, bool]:
+    """A design file (TOML): ``name`` (optional), ``baseline`` (optional, default true) and a ``[factors]`` table
+    of knob = [values]. Returns ``(factors, name, baseline)``."""
+    import tomllib
+    from pathlib import Path
+
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"design file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML ({e})") from None
+    unknown = sorted(set(data) - {"name", "baseline", "factors"})
+    if unknown or not isinstance(data.get("factors"), dict):
+        raise ValueError(f"{path}: expected keys name, baseline and a [factors] table; got {', '.join(data) or 'none'}")
+    return dict(data["factors"]), data.get("name"), bool(data.get("baseline", True))
+
+
 # Sweep settings a preset changes (fields of ``emoe.sweep.plan.SweepSettings``; ``trial`` holds trial knobs).
 PRESETS: dict[str, dict[str, Any]] = {
     # A few minutes on a laptop CPU: the packaged MiniLM and the packaged SST-2 slice, 2 seeds, 1 learning rate.
