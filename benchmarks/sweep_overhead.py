@@ -40,11 +40,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = SweepSettings(
             trial={"model": "minilm", "data_dir": a.data_dir, "max_train_samples": 256, "max_eval_samples": 100,
-                   "max_length": 64, "batch_size": 16, "eval_steps": None},
+                   "max_length": 64, "batch_size": 16, "eval_steps": None, "epochs": 1},
             seeds=(0,), learning_rates=(1e-4,), scheduler="none", max_concurrent=1, cpus_per_trial=a.threads,
             storage_path=f"{tmp}/ray", tracking_uri=f"sqlite:///{tmp}/mlflow.db")
         plan = make_plan(ABLATION, settings)
-        trials = [hparams.trial_config(plan.trial(arm, s, lr)) for arm, s, lr in plan.grid()]
+        trials = [hparams.trial_config(plan.trial(arm, s, lr, task)) for task, arm, s, lr in plan.grid()]
         data = load_trial_data(trials[0])
         for t in trials:  # warm every cache (partitions, tokenisation, file system)
             train_and_evaluate(t, data=data)

@@ -347,3 +347,23 @@ def test_two_task_sweep_logs_both_tasks_and_ranks_over_them(tiny_model_dir, tiny
     a = stats.analyse(trials)
     assert a.blocks == "tasks" and sorted(a.ranks.index.get_level_values("task")) == ["sst2", "stsb"]
     assert a.tests["blocks"] == 2 and a.tests["arms"] == 4 and (a.summary["tasks"] == 2).all()
+
+
+def test_glue_small_dry_run_lists_the_trials_per_task(tmp_path):
+    import subprocess
+    import sys
+
+    from test_sweep import env
+
+    out = subprocess.run([sys.executable, str(SWEEPS / "clustering.py"), "--preset", "glue-small", "--dry-run"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert "ablation clustering: 4 tasks x 6 arms x 2 seeds x 1 learning rates = 48 trials (preset glue-small)" in lines
+    for task, sets in (("sst2", "imdb, yelp, amazon, flipkart"), ("rte", "mrpc, qqp, scitail"),
+                       ("mrpc", "qqp, rte"), ("stsb", "sick")):
+        assert any(l.startswith(f"task {task}: 2 epoch(s), 1000 training examples") and f"OOD {sets})" in l
+                   and l.endswith("12 trials") for l in lines), out.stdout
+    rows = [l.split() for l in lines if l.split()[:1] and l.split()[0] in ("sst2", "rte", "mrpc", "stsb")]
+    assert len(rows) == 48 and {r[0] for r in rows} == {"sst2", "rte", "mrpc", "stsb"}
+    assert not (tmp_path / "mlflow.db").exists()

@@ -24,7 +24,7 @@ def sweep_cmd(script, *args):
 
 
 def tiny_args(model_dir, data_dir, tmp_path, *extra):
-    return ["--model", model_dir, "--data-dir", str(data_dir), "--max-train-samples", "64",
+    return ["--model", model_dir, "--data-dir", str(data_dir), "--epochs", "1", "--max-train-samples", "64",
             "--max-eval-samples", "16", "--max-length", "32", "--batch-size", "16", "--num-experts", "4",
             "--top-k", "2", "--eval-steps", "1", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
             "--storage-path", str(tmp_path / "ray"), *extra]
