@@ -8,6 +8,7 @@ from typing import Any
 
 INITS = ("pretrained", "random")
 METHODS = ("emoe", "dense")
+EXPERT_BIASES = ("shared", "per_expert")
 
 
 def check_fields(cls, data: dict[str, Any], what: str) -> None:
@@ -46,6 +47,9 @@ class EmoeConfig:
         aux_loss_weight: weight of Tutel's load-importance loss, for every gate (official: 0.01; needs gate_noise).
         expert_selection: ``top`` (the paper), ``bottom`` (the k lowest-scoring experts), ``not_top`` (all but the
             top k).
+        expert_bias: ``shared``: the dense layer's one output bias, each token keeping its experts' ``bias / n``
+            shares; ``per_expert`` (official): each expert its own trainable copy of ``bias / n`` (equal at
+            conversion, free to drift apart in training).
     """
 
     init: str = "pretrained"
@@ -62,6 +66,7 @@ class EmoeConfig:
     expert_dropout: float = 0.0
     aux_loss_weight: float = 0.0
     expert_selection: str = "top"
+    expert_bias: str = "shared"
 
     def __post_init__(self):
         from emoe.clustering import CLUSTERING
@@ -74,6 +79,7 @@ class EmoeConfig:
         check_choice("clustering", self.clustering, tuple(CLUSTERING))
         check_choice("gate", self.gate, tuple(GATES))
         check_choice("expert_selection", self.expert_selection, SELECTIONS)
+        check_choice("expert_bias", self.expert_bias, EXPERT_BIASES)
         if self.cluster_seed != "trial":
             if isinstance(self.cluster_seed, bool) or not isinstance(self.cluster_seed, int):
                 raise ValueError(f"cluster_seed must be an integer or 'trial', got {self.cluster_seed!r}")

@@ -122,7 +122,7 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True) -> nn.
                       config.num_experts, config.top_k, seed=config.seed + b, transposed=p["transposed"], block=b,
                       up_proj=p["up_proj"], capacity_factor=config.capacity_factor, gate_noise=config.gate_noise,
                       expert_dropout=config.expert_dropout, aux=config.aux_loss_weight > 0,
-                      expert_selection=config.expert_selection)
+                      expert_selection=config.expert_selection, expert_bias=config.expert_bias)
         ffn.train(ffn.values.training)  # a new module starts in training mode; keep the model's mode
         setattr(p["parent"], p["name"], ffn)
     model.emoe_config = config

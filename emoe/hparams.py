@@ -84,7 +84,7 @@ def _emoe(name: str, help: str, type: Callable = str, choices=None, **domain) ->
 
 def _knobs() -> dict[str, Knob]:
     from emoe.clustering import CLUSTERING
-    from emoe.config import INITS, METHODS
+    from emoe.config import EXPERT_BIASES, INITS, METHODS
     from emoe.data import TASKS
     from emoe.gating import GATES
     from emoe.routing import SELECTIONS
@@ -112,6 +112,8 @@ def _knobs() -> dict[str, Knob]:
               "noise)", float),
         _emoe("expert_selection", "which experts a token keeps: top k (the paper), bottom k, or all but the top k",
               str, SELECTIONS),
+        _emoe("expert_bias", "shared: the dense output bias, each token keeping its experts' shares; per_expert "
+              "(official): each expert its own trainable copy of bias / k", str, EXPERT_BIASES),
         _emoe("seed", "seed of initialisation, dropout, gate noise and data order (and of the clustering with "
               "--cluster-seed trial)", int, grid=(0, 1, 2)),
         # The paper's grid (qiuzh20/EMoE search_glue_no_trainer.py) and a log-uniform range around it.

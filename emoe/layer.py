@@ -3,8 +3,8 @@
 ``EmoeFFN`` takes the place of the FFN's value (second) projection and wraps it, so the mask acts on the true
 intermediate activations ``h = act(keys x)`` (or ``act(gate x) * up x``) of any architecture. A forward pre-hook on
 the key (first) projection sees the FFN input ``x`` and routes it (``emoe.routing.route``: ``scores = x @ G.T`` in
-fp32, top-k experts per token). No parameter is added (except by the ``learned`` gate); the output projection and
-its bias are unchanged.
+fp32, top-k experts per token). No parameter is added (except by the learned gates, and ``expert_bias='per_expert'``:
+each expert's copy of the output bias); the output projection and its bias are unchanged.
 
 Two executions, equal within float tolerance:
 - ``masked`` (default; training and inference): the full FFN runs and the mask zeroes the unselected neurons.
@@ -45,7 +45,8 @@ class EmoeFFN(nn.Module):
     def __init__(self, keys_proj: nn.Module, values_proj: nn.Module, labels: torch.Tensor, gate: str,
                  num_experts: int, top_k: int, seed: int = 0, transposed: bool = False, block: int | None = None,
                  up_proj: nn.Module | None = None, capacity_factor: float | None = None, gate_noise: float = 0.0,
-                 expert_dropout: float = 0.0, aux: bool = False, expert_selection: str = "top"):
+                 expert_dropout: float = 0.0, aux: bool = False, expert_selection: str = "top",
+                 expert_bias: str = "shared"):
         super().__init__()
         self.values = values_proj
         # NOTE: a list keeps the key projection out of this module's children: it stays registered (once) where it
@@ -64,6 +65,13 @@ class EmoeFFN(nn.Module):
         labels = torch.as_tensor(labels, dtype=torch.long, device=values_proj.weight.device)
         self.register_buffer("labels", labels)
         self.gate = GATES[gate](self.keys, self.values_matrix, labels, num_experts, seed)
+        bias = getattr(values_proj, "bias", None)
+        self.expert_bias = None
+        if expert_bias == "per_expert" and bias is not None:
+            # The official code's experts each carry a trainable copy of bias / n (n experts per token): equal to the
+            # dense bias at conversion, free to drift apart in training. The dense bias then gets no gradient.
+            n = num_experts - top_k if expert_selection == "not_top" else top_k
+            self.expert_bias = nn.Parameter(bias.detach().clone().unsqueeze(0).repeat(num_experts, 1) / n)
         self.gate_name = gate
         self.expert_dropout = nn.Dropout(expert_dropout)
         self._routing: Routing | None = None
@@ -116,9 +124,15 @@ class EmoeFFN(nn.Module):
         return out + self.bias_correction(routing, out.dtype)
 
     def bias_correction(self, routing: Routing, dtype: torch.dtype) -> torch.Tensor | float:
-        """What the output bias loses where a token keeps less than its whole share (dropped pairs, weights that
-        sum to less than the number of experts): ``(bias_share - 1) * bias``; 0 when nothing is lost."""
+        """What to add to the value projection's output (which holds the dense bias) for the token's own output bias.
+
+        Shared bias: what it loses where a token keeps less than its whole share (dropped pairs, weights that sum to
+        less than the number of experts), ``(bias_share - 1) * bias``; 0 when nothing is lost. Per-expert biases:
+        ``sum_e weight_e * expert_bias_e - bias`` over the token's kept experts."""
         bias = getattr(self.values, "bias", None)
+        if self.expert_bias is not None:
+            own = routing.table().float() @ self.expert_bias.float()  # [..., d_out]
+            return (own - bias.float()).to(dtype)
         if routing.bias_share is None or bias is None:
             return 0.0
         return ((routing.bias_share - 1).unsqueeze(-1) * bias.float()).to(dtype)
@@ -140,4 +154,5 @@ class EmoeFFN(nn.Module):
     def extra_repr(self) -> str:
         return (f"block={self.block}, num_experts={self.num_experts}, top_k={self.top_k}, gate={self.gate_name}, "
                 f"d_ff={self.labels.numel()}, capacity_factor={self.capacity_factor}, gate_noise={self.gate_noise}, "
-                f"expert_selection={self.expert_selection}")
+                f"expert_selection={self.expert_selection}, "
+                f"expert_bias={'per_expert' if self.expert_bias is not None else 'shared'}")

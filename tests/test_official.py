@@ -71,6 +71,55 @@ def test_capacity_drops_the_expert_and_its_share_of_the_bias():
     torch.testing.assert_close(seen["out"].reshape(-1, 32), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("capacity", [None, 0.25])
+def test_per_expert_bias_equals_the_shared_bias_at_conversion(arch, capacity):
+    """Official experts each carry a copy of bias / k: at conversion the model is the shared-bias model, with or
+    without dropped pairs; architectures without a value bias get no copies."""
+    inputs = tiny_inputs(arch)
+    a, b = tiny_model(arch), tiny_model(arch)
+    cfg = dict(num_experts=8, top_k=2, layers=(0, -1), capacity_factor=capacity)
+    convert(a, EmoeConfig(**cfg))
+    convert(b, EmoeConfig(**cfg, expert_bias="per_expert"))
+    with torch.no_grad():
+        torch.testing.assert_close(hidden(b, inputs), hidden(a, inputs), atol=1e-5, rtol=1e-5)
+    for ffn in emoe_layers(b):
+        bias = getattr(ffn.values, "bias", None)
+        if bias is None:
+            assert ffn.expert_bias is None
+        else:
+            torch.testing.assert_close(ffn.expert_bias.detach(), (bias.detach() / 2).expand(8, -1))
+
+
+def test_per_expert_biases_are_each_tokens_own_and_train_apart():
+    """With per-expert biases a token's output bias is the sum of its kept experts' copies (a dropped pair adds
+    none); the gradient reaches each copy in proportion to the tokens that kept it, and none reaches the dense bias."""
+    model = tiny_model("bert")
+    convert(model, EmoeConfig(num_experts=4, top_k=2, layers=(0,), capacity_factor=0.25, expert_bias="per_expert"))
+    (ffn,) = emoe_layers(model)
+    with torch.no_grad():
+        ffn.expert_bias.copy_(torch.randn_like(ffn.expert_bias))
+    seen = {}
+    ffn._keys_proj[0].register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0].detach()))
+    ffn.register_forward_hook(lambda m, a, out: seen.update(h=a[0].detach(), out=out))
+    model.eval()
+    model(**tiny_inputs("bert"))
+    x, h = seen["x"].reshape(-1, 32), seen["h"].reshape(-1, 64)
+    keys = ffn._keys_proj[0].weight.detach()
+    gates = torch.stack([keys[ffn.labels == i].mean(0) for i in range(4)])
+    logits = x @ gates.t()
+    experts = logits.topk(2, dim=-1).indices
+    keep = torch.from_numpy(slots_by_hand(logits.softmax(-1).numpy(), experts.numpy(), 0.25))
+    assert (~keep).any() and keep.any()
+    table = torch.zeros(len(x), 4).scatter(-1, experts, keep.float())  # [T, N] kept pairs
+    expected = h * table[:, ffn.labels] @ ffn.values.weight.detach().t() + table @ ffn.expert_bias.detach()
+    out = seen["out"].reshape(-1, 32)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    torch.testing.assert_close(ffn.expert_bias.grad, table.sum(0)[:, None].expand(4, 32))
+    assert ffn.values.bias.grad is None or not ffn.values.bias.grad.any()
+
+
 def test_capacity_none_is_exact_and_a_large_factor_drops_nothing():
     model, inputs = tiny_model("bert"), tiny_inputs("bert")
     ref = model.state_dict()

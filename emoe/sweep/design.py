@@ -140,7 +140,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # task's official cap (10; 3 for MNLI, QQP, QNLI). --tasks glue runs all eight GLUE-X tasks.
     "paper": {"trial": {"model": "bert-base-cased", "task": "sst2", "layers": (10,), "num_experts": 64, "top_k": 16,
                         "clustering": "constrained", "gate": "avg_keys", "cluster_seed": 0, "capacity_factor": 1.5,
-                        "gate_noise": 1.0, "expert_dropout": 0.1, "aux_loss_weight": 0.01,
+                        "gate_noise": 1.0, "expert_dropout": 0.1, "aux_loss_weight": 0.01, "expert_bias": "per_expert",
                         "max_train_samples": None, "max_eval_samples": None, "max_length": 128, "batch_size": 32,
                         "eval_batch_size": 8, "epochs": None, "eval_steps": None, "weight_decay": 0.0,
                         "warmup_ratio": 0.0, "keep_best": True, "patience": 4}},
