@@ -18,7 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", required=True, help="MLflow experiment of a sweep, e.g. emoe-clustering")
     p.add_argument("--tracking-uri", default=tracking.DEFAULT_TRACKING_URI,
                    help=f"MLflow store (default: {tracking.DEFAULT_TRACKING_URI})")
-    p.add_argument("--parent", help="analyse one sweep run only (default: every trial of the experiment)")
+    p.add_argument("--parent", help="the sweep (parent run id) to analyse (default: the experiment's latest sweep)")
+    p.add_argument("--pool", action="store_true",
+                   help="analyse every sweep of the experiment together; refused when a knob that is not a swept "
+                        "factor (or seed, learning rate, task) differs between them")
     p.add_argument("--factor", help="the swept factor, for the title (default: the sweep's emoe.factor tag)")
     p.add_argument("--metric", default=tracking.OOD_SCORE,
                    help=f"metric to rank on (default: {tracking.OOD_SCORE}); e.g. {tracking.ID_SCORE}")
@@ -26,16 +29,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="tasks: each task, its OOD sets averaged (GLUE-X's rank; the default with several tasks); "
                         "sets: each task x OOD set, seeds averaged (the default with one task: within-task "
                         "evidence); sets-seeds: each seed a block too (pseudo-replication)")
+    d = p.add_mutually_exclusive_group()
+    d.add_argument("--higher-is-better", dest="higher", action="store_true", default=None,
+                   help="the metric's direction, for a metric whose direction is not known from its name")
+    d.add_argument("--lower-is-better", dest="higher", action="store_false")
     p.add_argument("--baseline", help="baseline arm (default: dense)")
+    p.add_argument("--rope", type=float, default=0.01,
+                   help="half-width of the region of practical equivalence of the Bayesian signed-rank test, in "
+                        "the metric's units (default: 0.01)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the intervals (default 2000)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
     p.add_argument("--out", help="output folder (default: reports/<experiment>/)")
     p.add_argument("--no-log", action="store_true", help="do not attach the files to the sweep's MLflow run")
     args = p.parse_args(argv)
     try:
         tracking.check_tracking_uri(args.tracking_uri)
-        trials, sweep = results.load_trials(args.tracking_uri, args.experiment, args.parent)
+        trials, sweep = results.load_trials(args.tracking_uri, args.experiment, args.parent, pool=args.pool)
         analysis = stats.analyse(trials, metric=args.metric, blocks=args.blocks, baseline=args.baseline,
-                                 alpha=args.alpha)
+                                 alpha=args.alpha, higher=args.higher, rope=args.rope, bootstrap=args.bootstrap)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

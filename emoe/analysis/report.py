@@ -12,7 +12,12 @@ from emoe.tracking import schema as tracking
 
 
 def _pm(mean, std, digits=4) -> str:
-    return "n/a" if mean is None or (isinstance(mean, float) and math.isnan(mean)) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    """mean ± std over seeds; a single seed has no spread: its value and "(1 seed)"."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean:.{digits}f} (1 seed)"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def display_table(a: Analysis) -> pd.DataFrame:
@@ -39,17 +44,31 @@ def display_table(a: Analysis) -> pd.DataFrame:
 
 def tests_text(a: Analysis) -> list[str]:
     t = a.tests
-    lines = [f"blocks: {t.get('blocks', 0)}, arms: {t.get('arms', 0)}"]
+    lines = [f"blocks: {t.get('blocks', 0)} ({'; '.join(a.method[2:3]).split('blocks = ')[-1].split(' on ')[0]}), "
+             f"arms: {t.get('arms', 0)}"]
     if "friedman" in t:
         f, i = t["friedman"], t["iman_davenport"]
-        lines.append(f"Friedman chi2({f['df']}) = {f['chi2']:.4f}, p = {f['p']:.4g}")
+        lines.append(f"Friedman chi2({f['df']}) = {f['chi2']:.4f}, p = {f['p']:.4g} (asymptotic), "
+                     f"p = {f['p_permutation']:.4g} ({f['permutation']} permutation)")
         lines.append(f"Iman-Davenport F({i['df1']}, {i['df2']}) = {i['F']:.4f}, p = {i['p']:.4g}")
-        lines.append(f"Nemenyi critical difference (alpha = {t['alpha']}): {t['nemenyi_cd']:.4f}")
+        lines.append(f"Nemenyi critical difference (alpha = {t['alpha']}): {t['nemenyi_cd']:.4f} (the largest "
+                     f"possible rank difference: {t['max_rank_difference']:g})")
     if "wilcoxon" in t and len(t["wilcoxon"]):
-        lines.append(f"Wilcoxon signed-rank vs {a.baseline} (Holm-corrected):")
+        lines.append(f"Wilcoxon signed-rank vs {a.baseline} (zeros split between the signs; Holm-corrected):")
         for _, r in t["wilcoxon"].iterrows():
             sig = "significant" if r["significant"] else "not significant"
-            lines.append(f"  {r['arm']}: W = {r['W']:.4g}, p = {r['p']:.4g}, p_holm = {r['p_holm']:.4g} ({sig})")
+            lines.append(f"  {r['arm']}: W = {r['W']:.4g}, p = {r['p']:.4g}, p_holm = {r['p_holm']:.4g} ({sig}); "
+                         f"zero differences {int(r['zeros'])}; rank-biserial r = {r['rank_biserial']:.2f}")
+    c = a.comparisons
+    if len(c):
+        lines.append(f"Against {a.baseline} (difference in {a.metric}, positive = better; 95% bootstrap interval over "
+                     "tasks, then seeds within tasks; Bayesian signed-rank over the blocks):")
+        for _, r in c.iterrows():
+            diff = (f"{r['diff']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] over {int(r['tasks'])} task(s)"
+                    if "diff" in r and not pd.isna(r.get("diff")) else "no paired seeds")
+            bayes = (f"P(better) = {r['p_better']:.3f}, P(equivalent) = {r['p_rope']:.3f}, "
+                     f"P(worse) = {r['p_worse']:.3f}" if "p_better" in r and not pd.isna(r.get("p_better")) else "")
+            lines.append(f"  {r['arm']}: {diff}; {bayes}")
     return lines
 
 

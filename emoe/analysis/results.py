@@ -8,17 +8,29 @@ import pandas as pd
 
 from emoe.tracking import schema as tracking
 
-PARAM_COLUMNS = ("task", "seed", "learning_rate", "method", "init", "clustering", "gate", "num_experts", "top_k",
-                 "model", "epochs", "max_train_samples", "max_length", "layers", "batch_size", "ood_sets")
+def _param_columns() -> tuple[str, ...]:
+    """Every trial knob (``emoe.hparams.KNOBS``): each is an MLflow param of every trial run."""
+    from emoe import hparams
+
+    return tuple(hparams.KNOBS) + ("ood",)
 
 
-def load_trials(tracking_uri: str, experiment: str, parent_run_id: str | None = None) -> tuple[pd.DataFrame, dict]:
-    """Every trial run of ``experiment`` (optionally of one sweep), and the tags of its latest sweep run.
+# Knobs that legitimately differ between pooled sweeps: more seeds, more rates, more tasks.
+POOLABLE = ("seed", "learning_rate", "task")
 
-    ``mlflow.search_runs`` pages through the store itself, so experiments of thousands of runs are read whole.
+
+def load_trials(tracking_uri: str, experiment: str, parent_run_id: str | None = None,
+                pool: bool = False) -> tuple[pd.DataFrame, dict]:
+    """The trial runs of one sweep of ``experiment`` (the latest, or ``parent_run_id``), or of all its sweeps with
+    ``pool``, and the tags of that (latest) sweep run.
+
+    Pooling is refused (``ValueError`` naming the knob) when a knob that is not a swept factor, a seed, a learning
+    rate or a task differs between the sweeps for the same arm: such sweeps measure different things. Every trial
+    knob is loaded as a column. ``mlflow.search_runs`` pages through the store itself, so experiments of thousands of
+    runs are read whole.
 
     Returns:
-        ``(trials, sweep)``: trials has columns ``run_id, parent_run_id, arm, outcome, status`` + ``PARAM_COLUMNS``
+        ``(trials, sweep)``: trials has columns ``run_id, parent_run_id, arm, outcome, status`` + every trial knob
         (seed, learning_rate as numbers) + every metric (``id_score``, ``id.<metric>``, ``ood_score``, ``ood_score.<set>``, ...);
         sweep holds ``run_id`` and the tags of the latest sweep (parent) run, or is empty.
     """
@@ -41,6 +53,10 @@ def load_trials(tracking_uri: str, experiment: str, parent_run_id: str | None = 
     sweep = {}
     if parent_run_id is not None:
         parents = parents[parents["run_id"] == parent_run_id]
+        if parents.empty:
+            raise ValueError(f"no sweep run {parent_run_id!r} in experiment {experiment!r}")
+    elif not pool and len(parents):
+        parent_run_id = parents.iloc[-1]["run_id"]  # one sweep by default: the latest
     if len(parents):
         last = parents.iloc[-1]
         sweep = {"run_id": last["run_id"], **{c[len("tags."):]: last[c] for c in parents.columns
@@ -53,7 +69,7 @@ def load_trials(tracking_uri: str, experiment: str, parent_run_id: str | None = 
     out = pd.DataFrame({"run_id": trials["run_id"], "parent_run_id": tag(tracking.PARENT)[trials.index],
                         "arm": tag(tracking.ARM)[trials.index], "outcome": tag(tracking.OUTCOME)[trials.index],
                         "status": trials["status"]})
-    for p in PARAM_COLUMNS:
+    for p in _param_columns():
         out[p] = trials.get(f"params.{p}")
     for c in ("seed", "learning_rate", "num_experts", "top_k"):
         out[c] = pd.to_numeric(out[c], errors="coerce")
@@ -62,9 +78,31 @@ def load_trials(tracking_uri: str, experiment: str, parent_run_id: str | None = 
             out[c[len("metrics."):]] = trials[c].astype(float)
     # A trial that never ended (killed driver, no resume yet) has no outcome: it counts as failed.
     out["outcome"] = out["outcome"].fillna("failed")
+    if pool:
+        check_poolable(out, runs[roles == "sweep"])
     order = {arm: i for i, arm in enumerate(sweep.get("arms", []))}  # the sweep's declared arm order
     out = out.sort_values("arm", key=lambda col: col.map(lambda a: order.get(a, len(order))), kind="stable")
     return out.reset_index(drop=True), sweep
+
+
+def check_poolable(trials: pd.DataFrame, parents: pd.DataFrame) -> None:
+    """Refuse pooling sweeps in which a knob that no sweep varies (not a factor, seed, rate or task) differs for
+    the same arm."""
+    if trials["parent_run_id"].nunique() < 2:
+        return
+    factors = set(POOLABLE)
+    for value in parents.get(f"tags.{tracking.FACTOR}", pd.Series(dtype=object)).dropna():
+        factors |= set(str(value).split(","))
+    factors |= {"method"}  # the dense arm's knob
+    for knob in _param_columns():
+        if knob in factors or knob not in trials or trials[knob].isna().all():
+            continue
+        per = trials.groupby(["arm", "parent_run_id"])[knob].agg(lambda v: tuple(sorted(map(str, v.dropna().unique()))))
+        for arm, values in per.groupby(level="arm"):
+            if values.nunique() > 1:
+                seen = " vs ".join(",".join(v) or "unset" for v in dict.fromkeys(values))
+                raise ValueError(f"cannot pool the sweeps: knob {knob!r} differs for arm {arm!r} ({seen}) and is "
+                                 "not a swept factor; analyse each sweep alone (--parent RUN_ID)")
 
 
 def log_report(tracking_uri: str, run_id: str, paths: list, artifact_path: str = "analysis") -> None:

@@ -9,7 +9,9 @@ from emoe.tracking import schema
 
 USED_OUTCOMES = ("completed", "early_stopped")
 RULE = (f"per arm and task, the learning rate with the best mean {schema.ID_SCORE} over seeds (ID only; the smaller "
-        "rate among equals); completed and early-stopped trials count, failed ones do not")
+        "rate among equals); completed trials count, early-stopped ones with the ID score they reached when stopped "
+        "(ASHA stops a trial for trailing its bracket, so it cannot win by stopping), and a rate where any seed "
+        "failed (diverged) ranks below every rate without a failure")
 
 
 def select(trials: pd.DataFrame, warnings: list[str] | None = None) -> pd.DataFrame:
@@ -25,9 +27,16 @@ def select(trials: pd.DataFrame, warnings: list[str] | None = None) -> pd.DataFr
     """
     warnings = [] if warnings is None else warnings
     used = trials[trials["outcome"].isin(USED_OUTCOMES)]
+    failed = trials[trials["outcome"] == "failed"]
+    failed_rates = {key: set(g["learning_rate"]) for key, g in failed.groupby(["task", "arm"], sort=False)}
     chosen = []
     all_seeds = sorted(used["seed"].dropna().unique())
     for (task, arm), group in used.groupby(["task", "arm"], sort=False):
+        bad = failed_rates.get((task, arm), set())
+        if bad and set(group["learning_rate"]) - bad:
+            group = group[~group["learning_rate"].isin(bad)]
+            warnings.append(f"{task}/{arm}: learning rate(s) {sorted(bad)} had a failed (diverged) trial; not "
+                            "selectable while another rate has none")
         scored = group.dropna(subset=[schema.ID_SCORE])
         if len(scored) < len(group):
             warnings.append(f"{task}/{arm}: {len(group) - len(scored)} trial(s) without {schema.ID_SCORE} ignored")

@@ -1,16 +1,23 @@
 """Statistics over a DataFrame of trials: model selection on ID, seed means, ranks per block, Friedman and friends.
 
 Pure functions of a DataFrame (no MLflow). The method, stated in every report:
-1. Trials: completed and early-stopped ones are used; failed ones are counted.
+1. Trials: completed and early-stopped ones are used; failed ones count against their learning rate (a rate where
+   any seed failed cannot be chosen while another rate has no failure). Duplicate cells (the same task, arm, seed and
+   learning rate twice) are averaged into one, never counted as seeds.
 2. Model selection uses ID only: for each arm and task, the learning rate with the best mean ``id_score`` over seeds;
    that learning rate's seeds are reported. OOD metrics never select anything.
-3. Seeds are averaged first, then ranked: within each block arms are ranked, 1 = best, ties get the average rank; an
+3. Seeds are averaged first, values rounded to 10 decimals (float noise of equal means must not break ties), then
+   ranked: within each block arms are ranked, 1 = best in the metric's direction, ties get the average rank; an
    arm's Friedman rank is its mean rank. Blocks: with several tasks, each task (GLUE-X's rank: a task's OOD sets
    averaged into its ``ood_score``); with one task, each of its OOD sets (within-task evidence: the same models
-   score every set). ID ranks over tasks separately.
-4. Friedman chi-square with the Iman-Davenport F; the Nemenyi critical difference (q from scipy's studentized
-   range); Holm-corrected Wilcoxon signed-rank tests of each arm against the dense baseline over the same blocks.
-   With two arms only the Wilcoxon test.
+   score every set); ``sets-seeds`` adds seeds as blocks (pseudo-replication, labelled so).
+4. Friedman chi-square as Demšar (2006) writes it, from the mean ranks, with the Iman-Davenport F; beside the
+   asymptotic p, an exact permutation p (every within-block permutation of the ranks; Monte Carlo when there are
+   too many); the Nemenyi critical difference (q from scipy's studentized range) beside the largest possible rank
+   difference; Wilcoxon signed-rank tests of each arm against the dense baseline, zero differences split between
+   the signs as Demšar recommends (their number reported), Holm-corrected, with power warnings that account for
+   Holm; effect sizes (mean difference with a bootstrap interval over tasks and seeds, the matched-pairs rank-biserial
+   correlation) and a Bayesian signed-rank test with a region of practical equivalence (baycomp).
 5. Incomplete data is never ranked silently: a block missing an arm (or holding NaN) is dropped with a warning, and
    an arm missing seeds is averaged over the seeds it has, with a warning.
 """
@@ -18,6 +25,7 @@ Pure functions of a DataFrame (no MLflow). The method, stated in every report:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
@@ -28,6 +36,15 @@ from emoe.analysis import selection
 from emoe.tracking import schema as tracking
 
 BLOCKINGS = ("tasks", "sets", "sets-seeds")
+BLOCK_NAMES = {"tasks": "each task (its OOD sets averaged: GLUE-X's rank)",
+               "sets": "each task x OOD set (within-task evidence: the same models score every set)",
+               "sets-seeds": "each task x OOD set x seed (pseudo-replication: seeds are not independent blocks)"}
+DECIMALS = 10  # values are rounded to this many decimals before ranking and testing
+# Metrics whose direction is known: higher is better unless listed as lower.
+HIGHER = (tracking.ID_SCORE, "id.", tracking.OOD_SCORE, "ood.", tracking.CURRENT_ID_SCORE, tracking.LOAD_ENTROPY)
+LOWER = (tracking.TRAIN_LOSS,)
+EXACT_LIMIT = 2_000_000  # at most this many rank-sum states for the exact Friedman p; else Monte Carlo
+PERMUTATIONS = 50_000  # Monte Carlo permutations (seeded) when exact enumeration is too large
 
 
 @dataclasses.dataclass
@@ -42,6 +59,20 @@ class Analysis:
     baseline: str | None
     summary: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # the paper's table: one row per arm
     blocks: str = "sets"
+    higher_is_better: bool = True
+    comparisons: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # per arm vs the baseline
+
+
+def higher_is_better(metric: str, higher: bool | None = None) -> bool:
+    """The metric's direction: ``higher`` when given, else known from its name; ``ValueError`` if unknown."""
+    if higher is not None:
+        return higher
+    if metric.startswith(LOWER):
+        return False
+    if metric.startswith(HIGHER):
+        return True
+    raise ValueError(f"the direction of metric {metric!r} is unknown: pass --higher-is-better or "
+                     "--lower-is-better")
 
 
 def ood_sets(df: pd.DataFrame) -> list[str]:
@@ -61,9 +92,30 @@ def find_baseline(df: pd.DataFrame, requested: str | None = None) -> str | None:
     return dense[0] if len(dense) == 1 else None
 
 
+def collapse_duplicates(df: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
+    """One row per (task, arm, seed, learning rate) among used trials: repeats (a rerun without ``--resume``, grid
+    ``--num-samples``) are averaged into one cell, never counted as more seeds."""
+    keys = ["task", "arm", "seed", "learning_rate"]
+    used = df["outcome"].isin(selection.USED_OUTCOMES)
+    dup = df[used].duplicated(keys, keep=False)
+    if not dup.any():
+        return df
+    groups = df[used][dup].groupby(keys, sort=False)
+    warnings.append(f"{int(dup.sum())} trials repeat {groups.ngroups} (task, arm, seed, learning rate) cell(s): "
+                    "each cell's repeats averaged into one (not counted as seeds)")
+    numeric = [c for c in df.columns if c not in keys and pd.api.types.is_numeric_dtype(df[c])]
+    first = df[used].groupby(keys, sort=False).first()
+    means = df[used].groupby(keys, sort=False)[numeric].mean()
+    first[numeric] = means
+    first["outcome"] = df[used].groupby(keys, sort=False)["outcome"].agg(
+        lambda o: "completed" if (o == "completed").any() else o.iloc[0])
+    return pd.concat([first.reset_index(), df[~used]], ignore_index=True)
+
+
 def block_matrix(chosen: pd.DataFrame, metric: str, blocks: str, warnings: list[str]) -> pd.DataFrame:
-    """Blocks x arms of seed-averaged (``tasks``, ``sets``) or per-seed (``sets-seeds``) values; incomplete blocks
-    dropped with a warning (a block no arm has, such as an OOD set of another task, never existed: left out)."""
+    """Blocks x arms of seed-averaged (``tasks``, ``sets``) or per-seed (``sets-seeds``) values, rounded to
+    ``DECIMALS``; incomplete blocks dropped with a warning (a block no arm has, such as an OOD set of another task,
+    never existed: left out)."""
     if blocks not in BLOCKINGS:
         raise ValueError(f"unknown blocks {blocks!r}; valid choices: {', '.join(BLOCKINGS)}")
     # ood_score with sets: one block per task's OOD set; otherwise one block per task (ood_score: the task's sets
@@ -84,7 +136,7 @@ def block_matrix(chosen: pd.DataFrame, metric: str, blocks: str, warnings: list[
             values[(*idx[:1], tracking.ood_score_set(col) or col, *idx[1:])] = row
     if not values:
         return pd.DataFrame()
-    matrix = pd.DataFrame(values).T
+    matrix = pd.DataFrame(values).T.astype(float).round(DECIMALS)
     matrix.index.names = ["task", "set"] + (["seed"] if blocks == "sets-seeds" else [])
     arms = list(dict.fromkeys(chosen["arm"]))
     matrix = matrix.reindex(columns=arms)
@@ -95,28 +147,126 @@ def block_matrix(chosen: pd.DataFrame, metric: str, blocks: str, warnings: list[
     return matrix[~incomplete]
 
 
-def rank_blocks(matrix: pd.DataFrame) -> pd.DataFrame:
-    """Within each block, 1 = best (highest value); ties share the average rank."""
-    return matrix.apply(lambda row: pd.Series(stats.rankdata(-row.to_numpy(float), method="average"),
+def rank_blocks(matrix: pd.DataFrame, higher: bool = True) -> pd.DataFrame:
+    """Within each block, 1 = best (highest value, or lowest when ``higher`` is False); ties share the average
+    rank."""
+    sign = -1.0 if higher else 1.0
+    return matrix.apply(lambda row: pd.Series(stats.rankdata(sign * row.to_numpy(float), method="average"),
                                               index=row.index), axis=1)
 
 
-def friedman_tests(matrix: pd.DataFrame, baseline: str | None, alpha: float, warnings: list[str]) -> dict:
+def friedman_statistic(ranks: np.ndarray) -> float:
+    """Demšar (2006), eq. (1): ``12 N / (k (k + 1)) * (sum_j R_j^2 - k (k + 1)^2 / 4)`` with R_j the mean ranks."""
+    n, k = ranks.shape
+    mean = ranks.mean(axis=0)
+    return float(12 * n / (k * (k + 1)) * (np.sum(mean ** 2) - k * (k + 1) ** 2 / 4))
+
+
+def friedman_permutation_p(ranks: np.ndarray, seed: int = 0) -> tuple[float, str]:
+    """The permutation p of the Friedman statistic: under the null every block's ranks are exchangeable, so the
+    statistic's distribution is that of every within-block permutation of each block's observed ranks (ties kept).
+    Exact (the rank-sum distribution built block by block) while it has at most ``EXACT_LIMIT`` states, else Monte
+    Carlo with ``PERMUTATIONS`` seeded permutations. Returns ``(p, "exact" | "monte carlo")``."""
+    n, k = ranks.shape
+    observed = friedman_statistic(ranks)
+    tolerance = 1e-9 * max(1.0, abs(observed))
+    # Exact: the distribution of the rank-sum vector, block by block (the first block fixed by symmetry: permuting
+    # every block alike permutes the sums, which leaves the statistic unchanged). Ranks are doubled to integers.
+    keys, counts = np.round(ranks[:1] * 2).astype(np.int64), np.ones(1, dtype=np.float64)
+    exact = True
+    for row in ranks[1:]:
+        perms = np.unique(np.array(list(itertools.permutations(np.round(row * 2).astype(np.int64)))), axis=0)
+        if len(keys) * len(perms) > EXACT_LIMIT:
+            exact = False
+            break
+        combined = (keys[:, None, :] + perms[None, :, :]).reshape(-1, k)
+        keys, inverse = np.unique(combined, axis=0, return_inverse=True)
+        counts = np.bincount(inverse.ravel(), weights=np.repeat(counts, len(perms)))
+    if exact:
+        mean = keys / 2 / n
+        values = 12 * n / (k * (k + 1)) * (np.sum(mean ** 2, axis=1) - k * (k + 1) ** 2 / 4)
+        return float(counts[values >= observed - tolerance].sum() / counts.sum()), "exact"
+    rng = np.random.default_rng(seed)
+    sums = np.zeros((PERMUTATIONS, k))
+    for row in ranks:
+        idx = np.argsort(rng.random((PERMUTATIONS, k)), axis=1)
+        sums += row[idx]
+    mean = sums / n
+    values = 12 * n / (k * (k + 1)) * (np.sum(mean ** 2, axis=1) - k * (k + 1) ** 2 / 4)
+    return (1 + int(np.sum(values >= observed - tolerance))) / (PERMUTATIONS + 1), "monte carlo"
+
+
+def nemenyi_cd(k: int, n: int, alpha: float) -> float:
+    """Demšar (2006): ``q_alpha * sqrt(k (k + 1) / (6 N))``, q from the studentized range (infinite df) / sqrt 2."""
+    q = stats.studentized_range.ppf(1 - alpha, k, np.inf) / math.sqrt(2)
+    return float(q * math.sqrt(k * (k + 1) / (6 * n)))
+
+
+def smallest_wilcoxon_p(n: int) -> float:
+    """The smallest two-sided p an exact Wilcoxon signed-rank test over ``n`` pairs can give: 2 / 2^n."""
+    return min(1.0, 2.0 / 2 ** n)
+
+
+def bootstrap_difference(diffs: dict[str, np.ndarray], samples: int = 2000, seed: int = 0,
+                         level: float = 0.95) -> tuple[float, float, float]:
+    """Mean over tasks of each task's mean over seeds of ``diffs`` (arm minus baseline per seed), with a percentile
+    interval from a two-level bootstrap: tasks resampled, then seeds within each task."""
+    rng = np.random.default_rng(seed)
+    tasks = list(diffs)
+    point = float(np.mean([np.mean(diffs[t]) for t in tasks]))
+    draws = np.empty(samples)
+    for b in range(samples):
+        picked = rng.integers(0, len(tasks), len(tasks))
+        draws[b] = np.mean([np.mean(rng.choice(diffs[tasks[i]], len(diffs[tasks[i]]))) for i in picked])
+    lo, hi = np.quantile(draws, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return point, float(lo), float(hi)
+
+
+def bayes_signed_rank(x: np.ndarray, y: np.ndarray, rope: float, seed: int = 0,
+                      samples: int = 50_000) -> tuple[float, float, float]:
+    """Benavoli et al.'s Bayesian signed-rank test (baycomp): ``(P(x better), P(practically equivalent),
+    P(y better))`` over the blocks, with a region of practical equivalence of half-width ``rope``."""
+    from baycomp import SignedRankTest
+
+    p_x, p_rope, p_y = SignedRankTest.probs(np.asarray(x, float), np.asarray(y, float), rope=rope,
+                                            nsamples=samples, random_state=seed)
+    return float(p_x), float(p_rope), float(p_y)
+
+
+def rank_biserial(diff: np.ndarray) -> float:
+    """The matched-pairs rank-biserial correlation of the differences (Kerby 2014): (R+ - R-) / (R+ + R-), zeros
+    left out; +1 when every non-zero difference favours the arm."""
+    d = diff[diff != 0]
+    if not len(d):
+        return 0.0
+    r = stats.rankdata(np.abs(d))
+    return float((r[d > 0].sum() - r[d < 0].sum()) / r.sum())
+
+
+def friedman_tests(matrix: pd.DataFrame, baseline: str | None, alpha: float, warnings: list[str],
+                   higher: bool = True) -> dict:
     import scikit_posthocs as sp
     from statsmodels.stats.multitest import multipletests
 
     n, k = matrix.shape
     out: dict = {"blocks": n, "arms": k, "alpha": alpha}
+    ranks = rank_blocks(matrix, higher).to_numpy(float)
     if k >= 3 and n >= 2:
-        chi2, p = stats.friedmanchisquare(*[matrix[c].to_numpy(float) for c in matrix.columns])
+        chi2 = friedman_statistic(ranks)
         denom = n * (k - 1) - chi2
         f = (n - 1) * chi2 / denom if denom > 0 else math.inf
-        out["friedman"] = {"chi2": float(chi2), "df": k - 1, "p": float(p)}
+        p_perm, how = friedman_permutation_p(ranks)
+        out["friedman"] = {"chi2": chi2, "df": k - 1, "p": float(stats.chi2.sf(chi2, k - 1)),
+                           "p_permutation": p_perm, "permutation": how}
         out["iman_davenport"] = {"F": float(f), "df1": k - 1, "df2": (k - 1) * (n - 1),
                                  "p": float(stats.f.sf(f, k - 1, (k - 1) * (n - 1))) if math.isfinite(f) else 0.0}
-        q = stats.studentized_range.ppf(1 - alpha, k, np.inf) / math.sqrt(2)
-        out["nemenyi_cd"] = float(q * math.sqrt(k * (k + 1) / (6 * n)))
-        out["nemenyi_p"] = sp.posthoc_nemenyi_friedman(matrix.to_numpy(float))
+        out["nemenyi_cd"] = nemenyi_cd(k, n, alpha)
+        out["max_rank_difference"] = float(k - 1)
+        if out["nemenyi_cd"] > k - 1:
+            warnings.append(f"Nemenyi critical difference {out['nemenyi_cd']:.2f} exceeds the largest possible rank "
+                            f"difference {k - 1} over {n} blocks: no pair of arms can differ significantly")
+        signed = matrix if higher else -matrix
+        out["nemenyi_p"] = sp.posthoc_nemenyi_friedman(signed.to_numpy(float))
         out["nemenyi_p"].index = out["nemenyi_p"].columns = list(matrix.columns)
     elif k >= 3:
         warnings.append(f"Friedman test needs at least 2 complete blocks, got {n}: not computed")
@@ -125,44 +275,101 @@ def friedman_tests(matrix: pd.DataFrame, baseline: str | None, alpha: float, war
         return out
     rows = []
     for arm in [c for c in matrix.columns if c != baseline]:
-        diff = matrix[arm].to_numpy(float) - matrix[baseline].to_numpy(float)
-        if n < 1 or np.allclose(diff, 0):
-            rows.append({"arm": arm, "vs": baseline, "n": n, "W": math.nan, "p": 1.0})
+        diff = (matrix[arm] - matrix[baseline]).round(DECIMALS).to_numpy(float)
+        if not higher:
+            diff = -diff  # positive: the arm is better
+        zeros = int(np.sum(diff == 0))
+        if n < 1 or zeros == n:
+            rows.append({"arm": arm, "vs": baseline, "n": n, "zeros": zeros, "W": math.nan, "p": 1.0,
+                         "rank_biserial": 0.0})
             continue
-        res = stats.wilcoxon(matrix[arm].to_numpy(float), matrix[baseline].to_numpy(float))
-        rows.append({"arm": arm, "vs": baseline, "n": n, "W": float(res.statistic), "p": float(res.pvalue)})
-    wil = pd.DataFrame(rows, columns=["arm", "vs", "n", "W", "p"])
+        res = stats.wilcoxon(diff, zero_method="zsplit")
+        rows.append({"arm": arm, "vs": baseline, "n": n, "zeros": zeros, "W": float(res.statistic),
+                     "p": float(res.pvalue), "rank_biserial": rank_biserial(diff)})
+    wil = pd.DataFrame(rows, columns=["arm", "vs", "n", "zeros", "W", "p", "rank_biserial"])
     if len(wil):
+        m = len(wil)
         wil["p_holm"] = multipletests(wil["p"].to_numpy(), method="holm")[1]
         wil["significant"] = wil["p_holm"] < alpha
-        if n < 6:
-            warnings.append(f"Wilcoxon over {n} blocks: the smallest two-sided p it can give is {2 / 2 ** n:.3g}; "
-                            "use more blocks (tasks, OOD sets, or --blocks sets-seeds) for power")
+        floor = smallest_wilcoxon_p(n)
+        if m * floor >= alpha:
+            need = next(b for b in range(n, 64) if m * smallest_wilcoxon_p(b) < alpha)
+            warnings.append(f"Wilcoxon over {n} blocks: the smallest two-sided p it can give is {floor:.3g}, and "
+                            f"Holm over {m} comparison(s) multiplies the smallest by {m} ({m * floor:.3g} >= alpha "
+                            f"{alpha}): nothing can be significant; that needs at least {need} blocks (tasks)")
+        if wil["zeros"].sum():
+            warnings.append(f"{int(wil['zeros'].sum())} zero difference(s) from the baseline: split between the "
+                            "signs (Demšar 2006), counted in the zeros column")
     out["wilcoxon"] = wil
     return out
 
 
+def compare_to_baseline(chosen: pd.DataFrame, matrix: pd.DataFrame, metric: str, baseline: str, higher: bool,
+                        rope: float, warnings: list[str], samples: int = 2000) -> pd.DataFrame:
+    """Per arm against the baseline: the mean difference (arm - baseline, in the metric's units; positive = better
+    in its direction) over tasks, with a bootstrap interval (tasks resampled, then seeds within tasks, paired by
+    seed), and the Bayesian signed-rank probabilities over the same blocks as the ranking."""
+    sign = 1.0 if higher else -1.0
+    rows = []
+    per_seed = chosen.groupby(["task", "arm", "seed"])[metric].mean() if metric in chosen else pd.Series(dtype=float)
+    for arm in [a for a in matrix.columns if a != baseline]:
+        diffs = {}
+        for task in dict.fromkeys(chosen["task"]):
+            try:
+                a, b = per_seed.loc[(task, arm)], per_seed.loc[(task, baseline)]
+            except KeyError:
+                continue
+            common = a.index.intersection(b.index)
+            if len(common):
+                diffs[task] = sign * (a[common] - b[common]).round(DECIMALS).to_numpy(float)
+        row = {"arm": arm, "vs": baseline}
+        if diffs:
+            mean, lo, hi = bootstrap_difference(diffs, samples)
+            row.update(diff=mean, ci_low=lo, ci_high=hi, tasks=len(diffs),
+                       seeds=int(np.mean([len(d) for d in diffs.values()])))
+        if len(matrix) >= 1:
+            x, y = sign * matrix[arm].to_numpy(float), sign * matrix[baseline].to_numpy(float)
+            row["p_better"], row["p_rope"], row["p_worse"] = bayes_signed_rank(x, y, rope)
+        rows.append(row)
+    if rows and len(matrix) < 5:
+        warnings.append(f"Bayesian signed-rank over {len(matrix)} blocks: its probabilities lean on the prior "
+                        "pseudo-observation; read them with the intervals")
+    return pd.DataFrame(rows)
+
+
 def analyse(df: pd.DataFrame, metric: str = tracking.OOD_SCORE, blocks: str | None = None,
-            baseline: str | None = None, alpha: float = 0.05) -> Analysis:
-    """The whole method (module docstring) on a trials DataFrame (``emoe.analysis.results.load_trials``)."""
+            baseline: str | None = None, alpha: float = 0.05, higher: bool | None = None,
+            rope: float = 0.01, bootstrap: int = 2000) -> Analysis:
+    """The whole method (module docstring) on a trials DataFrame (``emoe.analysis.results.load_trials``).
+
+    Args:
+        higher: the metric's direction (None: known from its name, else ``ValueError``).
+        rope: half-width of the region of practical equivalence of the Bayesian test, in the metric's units.
+        bootstrap: resamples of the bootstrap intervals.
+    """
     warnings: list[str] = []
     if df.empty:
         raise ValueError("no trial runs to analyse")
+    up = higher_is_better(metric, higher)
     df = df.copy()
     df["task"] = df["task"].fillna("?") if "task" in df else "?"
     counts = df.groupby(["task", "arm"], sort=False)["outcome"].value_counts().unstack(fill_value=0)
     failed = int((df["outcome"] == "failed").sum())
     if failed:
-        warnings.append(f"{failed} failed trial(s) left out (counted per arm in the table)")
+        warnings.append(f"{failed} failed trial(s) left out of the means; each counts against its learning rate "
+                        "(counted per arm in the table)")
+    df = collapse_duplicates(df, warnings)
     chosen = selection.select(df, warnings)
     base = find_baseline(df, baseline)
     if blocks is None:  # GLUE-X's rank over tasks once there are several; else within-task evidence
         blocks = "tasks" if chosen["task"].nunique() > 1 else "sets"
     matrix = block_matrix(chosen, metric, blocks, warnings)
-    ranks = rank_blocks(matrix) if not matrix.empty else pd.DataFrame()
+    ranks = rank_blocks(matrix, up) if not matrix.empty else pd.DataFrame()
     id_matrix = block_matrix(chosen, tracking.ID_SCORE, "tasks", warnings)
     id_ranks = rank_blocks(id_matrix) if not id_matrix.empty else pd.DataFrame()
-    tests = friedman_tests(matrix, base, alpha, warnings) if not matrix.empty else {"blocks": 0}
+    tests = friedman_tests(matrix, base, alpha, warnings, up) if not matrix.empty else {"blocks": 0}
+    comparisons = compare_to_baseline(chosen, matrix, metric, base, up, rope, warnings, bootstrap) \
+        if base is not None and not matrix.empty and base in matrix.columns else pd.DataFrame()
 
     rows = []
     metric_cols = [tracking.ID_SCORE] + [tracking.ood_score_metric(s) for s in ood_sets(chosen)] \
@@ -173,7 +380,7 @@ def analyse(df: pd.DataFrame, metric: str = tracking.OOD_SCORE, blocks: str | No
         for col in metric_cols:
             if col in group:
                 row[f"{col}_mean"] = group[col].mean()
-                row[f"{col}_std"] = group[col].std(ddof=1) if group[col].count() > 1 else 0.0
+                row[f"{col}_std"] = group[col].std(ddof=1) if group[col].count() > 1 else math.nan
         # this task's blocks only (the rank over tasks is the paper table's)
         mine = ranks[ranks.index.get_level_values("task") == task] if not ranks.empty else ranks
         row["rank"] = mine[arm].mean() if arm in mine and len(mine) else math.nan
@@ -189,15 +396,19 @@ def analyse(df: pd.DataFrame, metric: str = tracking.OOD_SCORE, blocks: str | No
                          "early_stopped": int(counts.loc[(task, arm)].get("early_stopped", 0))})
     table = pd.DataFrame(rows)
     method = [
-        "trials: completed and early-stopped used, failed counted",
+        "trials: completed and early-stopped used; failed ones count against their learning rate; duplicate cells "
+        "averaged, never counted as seeds",
         f"selection: {selection.RULE}",
-        f"ranking: seeds averaged first; blocks = {BLOCK_NAMES[blocks]} on {metric}; 1 = best, ties averaged; "
-        "ID ranks over tasks separately",
-        f"tests: Friedman chi2 + Iman-Davenport F, Nemenyi CD (alpha={alpha}), Wilcoxon signed-rank vs "
-        f"{base or 'n/a'} with Holm correction",
+        f"ranking: seeds averaged first, values rounded to {DECIMALS} decimals; blocks = {BLOCK_NAMES[blocks]} on "
+        f"{metric} ({'higher' if up else 'lower'} is better); 1 = best, ties averaged; ID ranks over tasks "
+        "separately",
+        f"tests: Friedman chi2 (Demšar 2006) with its asymptotic and permutation p, Iman-Davenport F, Nemenyi CD "
+        f"(alpha={alpha}); Wilcoxon signed-rank vs {base or 'n/a'} (zeros split between the signs), Holm "
+        f"correction; mean difference with a 95% bootstrap interval (tasks, then seeds within tasks), rank-biserial "
+        f"correlation, Bayesian signed-rank (baycomp) with a region of practical equivalence of +-{rope:g}",
     ]
-    return Analysis(table, ranks, id_ranks, tests, warnings, method, metric, base, paper_table(table, id_ranks, chosen),
-                    blocks)
+    return Analysis(table, ranks, id_ranks, tests, warnings, method, metric, base,
+                    paper_table(table, id_ranks, chosen), blocks, up, comparisons)
 
 
 def paper_table(table: pd.DataFrame, id_ranks: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
@@ -208,8 +419,8 @@ def paper_table(table: pd.DataFrame, id_ranks: pd.DataFrame, chosen: pd.DataFram
     id_col, ood_col = f"{tracking.ID_SCORE}_mean", f"{tracking.OOD_SCORE}_mean"
     if table.empty or id_col not in table:
         return pd.DataFrame()
-    wide = {c: table.pivot_table(index="task", columns="arm", values=c, sort=False) for c in (id_col, ood_col)
-            if c in table}
+    wide = {c: table.pivot_table(index="task", columns="arm", values=c, sort=False).round(DECIMALS)
+            for c in (id_col, ood_col) if c in table}
     arms = list(dict.fromkeys(table["arm"]))
     rows = []
     ood = wide.get(ood_col, pd.DataFrame()).reindex(columns=arms).dropna()
@@ -222,8 +433,3 @@ def paper_table(table: pd.DataFrame, id_ranks: pd.DataFrame, chosen: pd.DataFram
                      "ood_rank": ood_ranks[arm].mean() if arm in ood_ranks else math.nan,
                      "id_rank": id_ranks[arm].mean() if arm in id_ranks else math.nan})
     return pd.DataFrame(rows)
-
-
-BLOCK_NAMES = {"tasks": "each task (its OOD sets averaged: GLUE-X's rank)",
-               "sets": "each task x OOD set (within-task evidence: the same models score every set)",
-               "sets-seeds": "each task x OOD set x seed (pseudo-replication: seeds are not independent blocks)"}
