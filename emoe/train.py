@@ -45,16 +45,25 @@ def _loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int):
                                        collate_fn=DataCollatorWithPadding(tokenizer))
 
 
-def by_length(ds):
-    """An evaluation set ordered by length, so that its batches carry little padding (accuracy ignores order)."""
+def length_order(ds) -> np.ndarray:
+    """The order that sorts an evaluation set by length, so that its batches carry little padding (the metrics
+    ignore order; predictions are put back in the set's order)."""
     lengths = np.fromiter((len(x) for x in ds["input_ids"]), dtype=np.int64, count=len(ds))
-    return ds.select(np.argsort(lengths, kind="stable"))
+    return np.argsort(lengths, kind="stable")
+
+
+def compact(pred: np.ndarray, regression: bool) -> np.ndarray:
+    """Predictions stored small: class ids as int8 (int16 past 127 classes), regression scores as float32."""
+    if regression:
+        return pred.astype(np.float32)
+    return pred.astype(np.int8 if pred.max(initial=0) < 128 else np.int16)
 
 
 @torch.no_grad()
-def evaluate(model, loaders: dict[str, Any], device, autocast, task: Task) -> tuple[dict[str, dict[str, float]],
-                                                                                 dict[int, float]]:
-    """The task's metrics on every loader, and each converted layer's load entropy over the first loader (ID)."""
+def evaluate(model, loaders: dict[str, Any], device, autocast, task: Task,
+             predictions: dict[str, np.ndarray] | None = None) -> tuple[dict[str, dict[str, float]], dict[int, float]]:
+    """The task's metrics on every loader, and each converted layer's load entropy over the first loader (ID).
+    ``predictions``, when given, receives each loader's per-example predictions in the loader's order."""
     model.eval()
     scores, entropies = {}, {}
     layers = emoe_layers(model)
@@ -73,6 +82,8 @@ def evaluate(model, loaders: dict[str, Any], device, autocast, task: Task) -> tu
                     if f.block in loads:
                         loads[f.block] += f.last_load.cpu() * batch["input_ids"].numel()
         scores[name] = metrics.compute(task.metrics, np.concatenate(preds), np.concatenate(golds))
+        if predictions is not None:
+            predictions[name] = compact(np.concatenate(preds), task.regression)
         if i == 0:
             entropies = {block: load_entropy(load) for block, load in loads.items()}
     model.train()
@@ -100,7 +111,8 @@ def load_trial_data(cfg: dict[str, Any]) -> TaskData:
 
 
 def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = None,
-                       data: TaskData | None = None, on_model: Callable | None = None) -> dict[str, float]:
+                       data: TaskData | None = None, on_model: Callable | None = None,
+                       on_predictions: Callable[[dict[str, np.ndarray]], None] | None = None) -> dict[str, float]:
     """Fine-tune and evaluate one trial.
 
     Args:
@@ -112,6 +124,9 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
             evaluation), beside ``best_step`` and the latest evaluation's ``current_id_score``.
         data: an already loaded task (else loaded from ``task``/``data_dir``).
         on_model: called with the converted model before training (e.g. to save its partitions).
+        on_predictions: called once at the end with the per-example predictions of the final evaluation (with
+            ``keep_best``: of the kept one), one array per evaluation set (``id`` and each OOD set) in the set's
+            order, so that paired tests between arms need no rerun.
 
     Returns:
         The metrics of the last report (with ``keep_best``: those of the best ID evaluation). A trial stopped by
@@ -144,9 +159,19 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
     eval_sets = {"id": data.validation, **data.ood}
     # NOTE: with a capacity, a token's experts depend on the batch it shares (its T positions), so evaluation keeps
     # the dataset's order, as the official code does; without one, length-sorted batches only save padding.
-    order = (lambda ds: ds) if config.capacity_factor is not None else by_length
     eval_batch = cfg["eval_batch_size"] or 2 * micro
-    eval_loaders = {name: _loader(order(tok(ds)), tokenizer, eval_batch, False, 0) for name, ds in eval_sets.items()}
+    eval_loaders, orders = {}, {}
+    for name, ds in eval_sets.items():
+        ds = tok(ds)
+        orders[name] = np.arange(len(ds)) if config.capacity_factor is not None else length_order(ds)
+        eval_loaders[name] = _loader(ds.select(orders[name]), tokenizer, eval_batch, False, 0)
+
+    def in_set_order(preds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for name, p in preds.items():
+            out[name] = np.empty_like(p)
+            out[name][orders[name]] = p
+        return out
 
     steps_per_epoch = math.ceil(len(train_loader) / cfg["grad_accum_steps"])
     total_steps = steps_per_epoch * cfg["epochs"]
@@ -163,17 +188,22 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
 
     step, losses, last = 0, [], {}
     best: dict[str, float] = {}  # the best ID evaluation so far (its ID, OOD and load metrics, and its step)
+    kept: dict[str, dict[str, np.ndarray]] = {"latest": {}, "best": {}}  # per-example predictions
     since_best = 0  # evaluations since the ID metric last improved
 
     def run_eval() -> dict[str, float]:
         nonlocal best, since_best
         set_bypass(model, eval_dense)
-        per_set, entropies = evaluate(model, eval_loaders, device, autocast, data.task)
+        preds: dict[str, np.ndarray] = {}
+        per_set, entropies = evaluate(model, eval_loaders, device, autocast, data.task,
+                                      preds if on_predictions else None)
         set_bypass(model, train_dense)
+        kept["latest"] = preds
         scores = {**score_metrics(per_set), **{tracking.load_entropy_metric(b): e for b, e in entropies.items()}}
         # Strictly better, as the official code: the first evaluation reaching the best ID score is kept.
         if not best or scores[tracking.ID_SCORE] > best[tracking.ID_SCORE]:
             best, since_best = {**scores, tracking.BEST_STEP: step}, 0
+            kept["best"] = preds
         else:
             since_best += 1
         out = {tracking.TRAIN_LOSS: float(np.mean(losses)) if losses else float("nan"),
@@ -183,6 +213,9 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
         if cfg["patience"] and since_best >= cfg["patience"] and step < total_steps:
             out[tracking.PATIENCE_STOP] = 1.0
         losses.clear()
+        # NOTE: before the report: a scheduler may stop the trial on its final report, and nothing after it runs.
+        if on_predictions is not None and (step >= total_steps or tracking.PATIENCE_STOP in out):
+            on_predictions(in_set_order(kept["best" if cfg["keep_best"] else "latest"]))
         if report is not None:
             report(out)
         return out

@@ -271,6 +271,7 @@ def test_tiny_sweep_with_asha_logs_every_trial(tiny_model_dir, tiny_data_dir, tm
         artifacts = {a.path for a in client.list_artifacts(c.info.run_id)}
         assert "emoe_config.json" in artifacts
         assert ("partitions.npz" in artifacts) == (c.data.tags[tracking.ARM] != "dense")
+        assert ("predictions.npz" in artifacts) == (outcome == "completed")  # the final evaluation's, per example
         assert c.data.tags[tracking.PLACEMENT].startswith("node ")
     # The closing lines link to the experiment's runs table, not the MLflow 3 UI's GenAI overview.
     assert f"#/experiments/{exp.experiment_id}/runs" in out.stdout

@@ -211,3 +211,23 @@ def test_eval_method_dense_and_emoe_evaluate_what_they_say(tiny_model_dir, tiny_
     assert "load_entropy.block1" in emoe_eval
     with pytest.raises(ValueError, match="eval_method='dense' needs method='emoe'"):
         hparams.trial_config({"method": "dense", "eval_method": "dense"})
+
+
+@pytest.mark.parametrize("keep_best", [False, True])
+def test_per_example_predictions_are_the_reported_evaluations(keep_best, tiny_model_dir, tiny_data_dir):
+    """The saved predictions, in each set's own order, score exactly the reported metrics (with keep_best: those of
+    the kept evaluation); regression scores and class ids are stored small."""
+    import numpy as np
+
+    from emoe.data import load_task
+
+    saved = []
+    cfg = tiny_trial(tiny_model_dir, tiny_data_dir, epochs=2, keep_best=keep_best, max_eval_samples=40)
+    final = train_and_evaluate(cfg, on_predictions=saved.append)
+    (preds,) = saved
+    data = load_task("sst2", tiny_data_dir, max_train_samples=96, max_eval_samples=40)
+    assert set(preds) == {"id", "imdb", "yelp", "amazon", "flipkart"} and preds["id"].dtype == np.int8
+    assert np.mean(preds["id"] == np.array(data.validation["label"])) == pytest.approx(final["id.accuracy"])
+    for name in ("imdb", "flipkart"):
+        gold = np.array(data.ood[name]["label"])
+        assert np.mean(preds[name] == gold) == pytest.approx(final[f"ood.{name}.accuracy"])

@@ -68,7 +68,8 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
     def save_partitions(model):
         files.save_partitions({f.block: f.labels.cpu().numpy() for f in emoe_layers(model)})
 
-    train_and_evaluate(trial_cfg, report, data=task_data(trial_cfg), on_model=save_partitions)
+    train_and_evaluate(trial_cfg, report, data=task_data(trial_cfg), on_model=save_partitions,
+                       on_predictions=files.save_predictions)
 
 
 _TASK_DATA: dict[str, Any] = {}

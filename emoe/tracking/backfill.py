@@ -86,8 +86,8 @@ def sync_sweep(path: Path, uri: str) -> dict[str, int]:
         elif trial.status == "TERMINATED":
             files = TrialFiles(path, trial.trial_id)
             last = files.load_final() or (rows[-1] if rows else {})
-            if files.partitions.exists():
-                client.log_artifact(run.run_id, str(files.partitions))
+            for artifact in files.artifacts():
+                client.log_artifact(run.run_id, str(artifact))
             outcome = schema.outcome(last, record.trial_config(config)["epochs"])
             run.finish(outcome, name=schema.trial_run_name(config.get("arm"), config, outcome, last))
         else:

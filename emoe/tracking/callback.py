@@ -111,17 +111,16 @@ class MlflowTrials(Callback):
             self._placed[trial.trial_id] = where
             self._safe("placement", run.set_tags, {schema.PLACEMENT: where})
 
-    def _partitions(self, trial, run):
-        path = TrialFiles(self.root, trial.trial_id).partitions
-        if path.exists():
-            self._safe("partitions artifact", self.client.log_artifact, run.run_id, str(path))
+    def _artifacts(self, trial, run):
+        for path in TrialFiles(self.root, trial.trial_id).artifacts():
+            self._safe(f"{path.stem} artifact", self.client.log_artifact, run.run_id, str(path))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run = self._run(trial)
         if run is None:
             return
         last = trial.last_result or {}
-        self._partitions(trial, run)
+        self._artifacts(trial, run)
         if last:  # where the trial ended (a retry may have moved it since its placement was last tagged)
             self._safe("placement", run.set_tags, {schema.PLACEMENT: placement(last)})
         outcome = schema.outcome(last, self._epochs(trial))

@@ -81,6 +81,24 @@ class TrialFiles:
         """The expert of each neuron per converted block (``block<b>`` arrays)."""
         return self.dir / "partitions.npz"
 
+    @property
+    def predictions(self) -> Path:
+        """Per-example predictions of the final (with keep_best: the kept) evaluation: one array per evaluation set
+        (``id`` and each OOD set), in the set's order (class ids as int8/int16, regression scores as float32)."""
+        return self.dir / "predictions.npz"
+
+    def artifacts(self) -> list[Path]:
+        """The trial's files that go to its MLflow run as artifacts (those that exist)."""
+        return [p for p in (self.partitions, self.predictions) if p.exists()]
+
+    def save_predictions(self, predictions: dict[str, Any]) -> None:
+        import numpy as np
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / "predictions.tmp.npz"
+        np.savez_compressed(tmp, **predictions)
+        os.replace(tmp, self.predictions)
+
     def save_final(self, metrics: dict[str, Any]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.final.with_suffix(".tmp")
