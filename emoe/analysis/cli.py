@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     print(title)
     print(report.console(analysis))
     out = Path(args.out or Path("reports") / args.experiment)
-    paths = report.write_files(analysis, out, title)
+    curves = results.load_curves(args.tracking_uri, analysis.chosen["run_id"]) \
+        if "run_id" in analysis.chosen else None
+    paths = report.write_files(analysis, out, title, curves)
     print(f"\nwrote {', '.join(str(p) for p in paths)}")
     if sweep.get("run_id") and not args.no_log:
         results.log_report(args.tracking_uri, sweep["run_id"], paths)

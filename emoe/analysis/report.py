@@ -98,8 +98,9 @@ def console(a: Analysis) -> str:
     return "\n".join(parts)
 
 
-def write_files(a: Analysis, out: Path, title: str) -> list[Path]:
-    """CSV (numbers), Markdown and LaTeX (booktabs) tables, a CD diagram and an ID-vs-OOD chart."""
+def write_files(a: Analysis, out: Path, title: str, curves: pd.DataFrame | None = None) -> list[Path]:
+    """CSV (numbers), Markdown and LaTeX (booktabs) tables, a CD diagram, an ID-vs-OOD chart, learning curves (given
+    ``curves``, ``emoe.analysis.results.load_curves`` of the chosen trials) and one self-contained HTML report."""
     out.mkdir(parents=True, exist_ok=True)
     shown = display_table(a)
     paths = [out / "table.csv", out / "table.md", out / "table.tex", out / "tests.txt"]
@@ -118,8 +119,70 @@ def write_files(a: Analysis, out: Path, title: str) -> list[Path]:
     paths[2].write_text(shown.style.hide(axis="index").to_latex(hrules=True, column_format="l" * shown.shape[1])
                         .replace("±", r"$\pm$"))
     paths[3].write_text("\n".join(tests_text(a) + [""] + a.method + [""] + a.warnings) + "\n")
-    paths += [p for p in (cd_diagram(a, out / "cd_diagram.png"), id_vs_ood(a, out / "id_vs_ood.png")) if p]
+    figures = [p for p in (cd_diagram(a, out / "cd_diagram.png"), id_vs_ood(a, out / "id_vs_ood.png"),
+                           learning_curves(a, curves, out / "learning_curves.png")) if p]
+    paths += figures
+    paths.append(write_html(a, out / "report.html", title, figures))
     return paths
+
+
+def write_html(a: Analysis, path: Path, title: str, figures: list[Path]) -> Path:
+    """One self-contained HTML file (figures embedded): the tables, tests, comparisons, method and warnings. The
+    MLflow UI slows down past a few hundred runs; this opens anywhere."""
+    import base64
+    import html
+
+    def table(df: pd.DataFrame) -> str:
+        return df.to_html(index=False, border=0, classes="t", na_rep="n/a", float_format=lambda x: f"{x:.4g}")
+
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    paper = paper_display(a)
+    if not paper.empty:
+        parts += ["<h2>Over tasks</h2>", "<p>Average scores over tasks; Friedman ranks over tasks, 1 = best.</p>",
+                  table(paper)]
+    parts += ["<h2>Per task</h2>", table(display_table(a)), "<h2>Tests</h2>",
+              "<pre>" + html.escape("\n".join(tests_text(a))) + "</pre>"]
+    if len(a.comparisons):
+        parts += [f"<h2>Against {html.escape(str(a.baseline))}</h2>", table(a.comparisons)]
+    for fig in figures:
+        data = base64.b64encode(fig.read_bytes()).decode()
+        parts.append(f'<h2>{html.escape(fig.stem.replace("_", " "))}</h2><img src="data:image/png;base64,{data}">')
+    parts += ["<h2>Method</h2><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in a.method) + "</ul>"]
+    if a.warnings:
+        parts += ["<h2>Warnings</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in a.warnings) + "</ul>"]
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}table.t{border-collapse:collapse;"
+             "font-size:13px}table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}"
+             "img{max-width:100%}pre{background:#f6f6f6;padding:8px}")
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                    f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+    return path
+
+
+def learning_curves(a: Analysis, curves: pd.DataFrame | None, path: Path) -> Path | None:
+    """Per task, each arm's ID learning curve (mean over its chosen seeds at each optimiser step)."""
+    if curves is None or curves.empty or a.chosen.empty or "run_id" not in a.chosen:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    merged = curves.merge(a.chosen[["run_id", "task", "arm"]], on="run_id")
+    tasks = list(dict.fromkeys(merged["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.5), dpi=120, squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        sub = merged[merged["task"] == task]
+        for arm, g in sub.groupby("arm", sort=False):
+            mean = g.groupby("step")["value"].mean()
+            ax.plot(mean.index, mean.to_numpy(), label=str(arm), lw=1.5 if arm != a.baseline else 2.5)
+        ax.set_title(f"{task}: ID score (mean over seeds)", fontsize=9)
+        ax.set_xlabel("optimiser step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def cd_diagram(a: Analysis, path: Path) -> Path | None:

@@ -85,6 +85,22 @@ def load_trials(tracking_uri: str, experiment: str, parent_run_id: str | None = 
     return out.reset_index(drop=True), sweep
 
 
+def load_curves(tracking_uri: str, run_ids, metrics=(tracking.CURRENT_ID_SCORE, tracking.ID_SCORE)) -> pd.DataFrame:
+    """The learning curve of each run: one row per (run, step) with ``run_id, step, value``, from the first of
+    ``metrics`` the run logged (``current_id_score``: the raw curve under keep_best; else ``id_score``)."""
+    from emoe.tracking.runs import client as mlflow_client
+
+    client = mlflow_client(tracking_uri)
+    rows = []
+    for run_id in run_ids:
+        for metric in metrics:
+            history = client.get_metric_history(run_id, metric)
+            if history:
+                rows += [{"run_id": run_id, "step": m.step, "value": m.value} for m in history]
+                break
+    return pd.DataFrame(rows, columns=["run_id", "step", "value"])
+
+
 def check_poolable(trials: pd.DataFrame, parents: pd.DataFrame) -> None:
     """Refuse pooling sweeps in which a knob that no sweep varies (not a factor, seed, rate or task) differs for
     the same arm."""

@@ -61,6 +61,7 @@ class Analysis:
     blocks: str = "sets"
     higher_is_better: bool = True
     comparisons: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # per arm vs the baseline
+    chosen: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # the selected trials (one row each)
 
 
 def higher_is_better(metric: str, higher: bool | None = None) -> bool:
@@ -408,7 +409,7 @@ def analyse(df: pd.DataFrame, metric: str = tracking.OOD_SCORE, blocks: str | No
         f"correlation, Bayesian signed-rank (baycomp) with a region of practical equivalence of +-{rope:g}",
     ]
     return Analysis(table, ranks, id_ranks, tests, warnings, method, metric, base,
-                    paper_table(table, id_ranks, chosen), blocks, up, comparisons)
+                    paper_table(table, id_ranks, chosen), blocks, up, comparisons, chosen)
 
 
 def paper_table(table: pd.DataFrame, id_ranks: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
