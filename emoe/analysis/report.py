@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from emoe.analysis.stats import Analysis
+from emoe.analysis.stats import BLOCK_NAMES, Analysis
 from emoe.tracking import schema as tracking
 
 
@@ -44,8 +44,7 @@ def display_table(a: Analysis) -> pd.DataFrame:
 
 def tests_text(a: Analysis) -> list[str]:
     t = a.tests
-    lines = [f"blocks: {t.get('blocks', 0)} ({'; '.join(a.method[2:3]).split('blocks = ')[-1].split(' on ')[0]}), "
-             f"arms: {t.get('arms', 0)}"]
+    lines = [f"blocks: {t.get('blocks', 0)} ({BLOCK_NAMES[a.blocks]}), arms: {t.get('arms', 0)}"]
     if "friedman" in t:
         f, i = t["friedman"], t["iman_davenport"]
         lines.append(f"Friedman chi2({f['df']}) = {f['chi2']:.4f}, p = {f['p']:.4g} (asymptotic), "
