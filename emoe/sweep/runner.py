@@ -57,7 +57,8 @@ class SweepOutcome:
 
 def prepare(design: Ablation, settings: SweepSettings):
     """Every check that needs no Ray: the plan, the tracking store, the model, the data and this machine's
-    resources (for a local Ray). Returns ``(plan, workload)``; ``ValueError`` (one line) on bad input."""
+    resources (for a local Ray). Returns ``(plan, workloads)`` (one ``Workload`` per task); ``ValueError`` (one line)
+    on bad input."""
     plan = make_plan(design, settings)
     runs.check_tracking_uri(settings.tracking_uri)
     workload = check_model_and_data(plan)
