@@ -48,27 +48,35 @@ def test_capacity_matches_the_rule_written_out(seed, num_tokens, num_experts, k,
     assert partial.any()  # some tokens lose some but not all of their experts
 
 
+def routed_by_hand(model, ffn, capacity_factor):
+    """Run the tiny BERT once; return the layer's output (``[T, d]``, with its graph), its input activations and the
+    kept (token, expert) pairs worked out by hand: avg-k gates, top-2, the capacity rule (``[T, N]`` 0/1)."""
+    seen = {}
+    ffn._keys_proj[0].register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0].detach()))
+    ffn.register_forward_hook(lambda m, a, out: seen.update(h=a[0].detach(), out=out))
+    model(**tiny_inputs("bert"))
+    x, h = seen["x"].reshape(-1, 32), seen["h"].reshape(-1, 64)
+    keys = ffn._keys_proj[0].weight.detach()
+    gates = torch.stack([keys[ffn.labels == i].mean(0) for i in range(ffn.num_experts)])
+    logits = x @ gates.t()
+    experts = logits.topk(ffn.top_k, dim=-1).indices
+    keep = torch.from_numpy(slots_by_hand(logits.softmax(-1).numpy(), experts.numpy(), capacity_factor))
+    assert (~keep).any() and keep.any()
+    table = torch.zeros(len(x), ffn.num_experts).scatter(-1, experts, keep.float())
+    return seen["out"].reshape(-1, 32), h, table
+
+
 def test_capacity_drops_the_expert_and_its_share_of_the_bias():
     """A dropped pair removes that expert's neurons from the token and its bias / k share (official: each expert
     carries the output bias divided by top_k)."""
     model = tiny_model("bert")
     convert(model, EmoeConfig(num_experts=4, top_k=2, layers=(0,), capacity_factor=0.25))
     (ffn,) = emoe_layers(model)
-    seen = {}
-    ffn._keys_proj[0].register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0].detach()))
-    ffn.register_forward_hook(lambda m, a, out: seen.update(h=a[0].detach(), out=out.detach()))
     with torch.no_grad():
-        model(**tiny_inputs("bert"))
-    x, h = seen["x"].reshape(-1, 32), seen["h"].reshape(-1, 64)
-    keys = ffn._keys_proj[0].weight.detach()
-    gates = torch.stack([keys[ffn.labels == i].mean(0) for i in range(4)])
-    logits = x @ gates.t()
-    experts = logits.topk(2, dim=-1).indices
-    keep = torch.from_numpy(slots_by_hand(logits.softmax(-1).numpy(), experts.numpy(), 0.25))
-    assert (~keep).any() and keep.any()
-    mask = torch.zeros(len(x), 4).scatter(-1, experts, keep.float())[:, ffn.labels]  # [T, d_ff]
-    expected = h * mask @ ffn.values.weight.detach().t() + keep.float().sum(1, keepdim=True) / 2 * ffn.values.bias.detach()
-    torch.testing.assert_close(seen["out"].reshape(-1, 32), expected, atol=1e-5, rtol=1e-5)
+        out, h, table = routed_by_hand(model, ffn, 0.25)
+    expected = h * table[:, ffn.labels] @ ffn.values.weight.detach().t() \
+        + table.sum(1, keepdim=True) / 2 * ffn.values.bias.detach()
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -99,21 +107,9 @@ def test_per_expert_biases_are_each_tokens_own_and_train_apart():
     (ffn,) = emoe_layers(model)
     with torch.no_grad():
         ffn.expert_bias.copy_(torch.randn_like(ffn.expert_bias))
-    seen = {}
-    ffn._keys_proj[0].register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0].detach()))
-    ffn.register_forward_hook(lambda m, a, out: seen.update(h=a[0].detach(), out=out))
     model.eval()
-    model(**tiny_inputs("bert"))
-    x, h = seen["x"].reshape(-1, 32), seen["h"].reshape(-1, 64)
-    keys = ffn._keys_proj[0].weight.detach()
-    gates = torch.stack([keys[ffn.labels == i].mean(0) for i in range(4)])
-    logits = x @ gates.t()
-    experts = logits.topk(2, dim=-1).indices
-    keep = torch.from_numpy(slots_by_hand(logits.softmax(-1).numpy(), experts.numpy(), 0.25))
-    assert (~keep).any() and keep.any()
-    table = torch.zeros(len(x), 4).scatter(-1, experts, keep.float())  # [T, N] kept pairs
+    out, h, table = routed_by_hand(model, ffn, 0.25)
     expected = h * table[:, ffn.labels] @ ffn.values.weight.detach().t() + table @ ffn.expert_bias.detach()
-    out = seen["out"].reshape(-1, 32)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     out.sum().backward()
     torch.testing.assert_close(ffn.expert_bias.grad, table.sum(0)[:, None].expand(4, 32))
