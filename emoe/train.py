@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import logging
 import math
+import random
 import sys
 import time
 from typing import Any, Callable
@@ -110,9 +111,24 @@ def load_trial_data(cfg: dict[str, Any]) -> TaskData:
                      cfg.get("ood_sets"))
 
 
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = None,
                        data: TaskData | None = None, on_model: Callable | None = None,
-                       on_predictions: Callable[[dict[str, np.ndarray]], None] | None = None) -> dict[str, float]:
+                       on_predictions: Callable[[dict[str, np.ndarray]], None] | None = None,
+                       on_state: Callable[[dict[str, Any]], None] | None = None,
+                       resume: dict[str, Any] | None = None) -> dict[str, float]:
     """Fine-tune and evaluate one trial.
 
     Args:
@@ -127,6 +143,11 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
         on_predictions: called once at the end with the per-example predictions of the final evaluation (with
             ``keep_best``: of the kept one), one array per evaluation set (``id`` and each OOD set) in the set's
             order, so that paired tests between arms need no rerun.
+        on_state: called at every evaluation, just before ``report``, with the whole training state (model,
+            optimiser, scheduler, scaler, RNG states, data position, best-so-far state): a checkpoint. It must be
+            serialised before the call returns (its tensors are the live ones).
+        resume: a state ``on_state`` gave: training continues from it (the next optimiser step after it), and ends
+            with the metrics an uninterrupted run would have reached (on CPU, exactly).
 
     Returns:
         The metrics of the last report (with ``keep_best``: those of the best ID evaluation). A trial stopped by
@@ -190,9 +211,30 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
     best: dict[str, float] = {}  # the best ID evaluation so far (its ID, OOD and load metrics, and its step)
     kept: dict[str, dict[str, np.ndarray]] = {"latest": {}, "best": {}}  # per-example predictions
     since_best = 0  # evaluations since the ID metric last improved
+    start_epoch, skip = 0, 0  # where training resumes: the epoch, and the micro-batches of it already trained
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        if scaler is not None and resume.get("scaler") is not None:
+            scaler.load_state_dict(resume["scaler"])
+        step, best, since_best, kept, last = (resume["step"], resume["best"], resume["since_best"], resume["kept"],
+                                              resume["last"])
+        start_epoch, skip = resume["epoch"], resume["batch"]
+        train_loader.generator.set_state(resume["loader"])
+        _set_rng_state(resume["rng"])
+        if resume["done"]:  # it ended at that evaluation (its last, or patience): nothing left to train
+            return last
 
-    def run_eval() -> dict[str, float]:
-        nonlocal best, since_best
+    def state(position: tuple[int, int, torch.Tensor], done: bool) -> dict[str, Any]:
+        epoch_next, batch_next, loader_state = position
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "rng": _rng_state(), "loader": loader_state, "epoch": epoch_next, "batch": batch_next, "step": step,
+                "best": best, "since_best": since_best, "kept": kept, "last": last, "done": done}
+
+    def run_eval(position: tuple[int, int, torch.Tensor]) -> dict[str, float]:
+        nonlocal best, since_best, last
         set_bypass(model, eval_dense)
         preds: dict[str, np.ndarray] = {}
         per_set, entropies = evaluate(model, eval_loaders, device, autocast, data.task,
@@ -213,16 +255,23 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
         if cfg["patience"] and since_best >= cfg["patience"] and step < total_steps:
             out[tracking.PATIENCE_STOP] = 1.0
         losses.clear()
+        last = out
+        ended = step >= total_steps or tracking.PATIENCE_STOP in out
         # NOTE: before the report: a scheduler may stop the trial on its final report, and nothing after it runs.
-        if on_predictions is not None and (step >= total_steps or tracking.PATIENCE_STOP in out):
+        if on_predictions is not None and ended:
             on_predictions(in_set_order(kept["best" if cfg["keep_best"] else "latest"]))
+        if on_state is not None:
+            on_state(state(position, ended))
         if report is not None:
             report(out)
         return out
 
-    for epoch in range(cfg["epochs"]):
+    for epoch in range(start_epoch, cfg["epochs"]):
         optimizer.zero_grad(set_to_none=True)
+        epoch_start = train_loader.generator.get_state()  # this epoch's order is drawn from here
         for i, batch in enumerate(train_loader):
+            if i < skip:  # trained before the checkpoint this run resumed from
+                continue
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast:
                 loss = model(**batch).loss
@@ -248,10 +297,11 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if cfg["eval_steps"] and step % cfg["eval_steps"] == 0 and step % steps_per_epoch:
-                last = run_eval()
+                last = run_eval((epoch, i + 1, epoch_start))
                 if tracking.PATIENCE_STOP in last:
                     return last
-        last = run_eval()
+        skip = 0
+        last = run_eval((epoch + 1, 0, train_loader.generator.get_state()))
         if tracking.PATIENCE_STOP in last:
             return last
     return last

@@ -231,3 +231,38 @@ def test_per_example_predictions_are_the_reported_evaluations(keep_best, tiny_mo
     for name in ("imdb", "flipkart"):
         gold = np.array(data.ood[name]["label"])
         assert np.mean(preds[name] == gold) == pytest.approx(final[f"ood.{name}.accuracy"])
+
+
+@pytest.mark.parametrize("kill_after, overrides", [(1, {}), (2, {"keep_best": True, "gate_noise": 1.0,
+                                                                  "expert_dropout": 0.1, "grad_accum_steps": 2}),
+                                                    (3, {"method": "dense"})])
+def test_resume_from_a_state_continues_exactly(kill_after, overrides, tiny_model_dir, tiny_data_dir):
+    """A run stopped after an evaluation and resumed from the state saved there trains no step twice and ends with
+    exactly the uninterrupted run's reports (CPU): optimiser, scheduler, RNG (dropout, gate noise) and data order."""
+    import io
+
+    import torch
+
+    cfg = tiny_trial(tiny_model_dir, tiny_data_dir, epochs=2, **overrides)
+    full = []
+    train_and_evaluate(cfg, full.append)
+
+    states, first = [], []
+
+    def stop_after(metrics):
+        first.append(metrics)
+        if len(first) == kill_after:
+            raise KeyboardInterrupt  # the node dies right after this report (and its checkpoint)
+
+    def keep(state):
+        buffer = io.BytesIO()
+        torch.save(state, buffer)  # serialised at once, as a checkpoint is
+        states.append(buffer.getvalue())
+
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(cfg, stop_after, on_state=keep)
+    resume = torch.load(io.BytesIO(states[-1]), weights_only=False)
+    rest = []
+    final = train_and_evaluate(cfg, rest.append, resume=resume)
+    assert rest[0]["step"] == first[-1]["step"] + (full[1]["step"] - full[0]["step"])  # the next evaluation
+    assert first + rest == full and final == full[-1]
