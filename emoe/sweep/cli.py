@@ -21,7 +21,8 @@ from emoe.tracking.records import SweepRecord
 # Flags of the sweep itself (not trial knobs): name -> SweepSettings field.
 _SWEEP_FLAGS = ("seeds", "learning_rates", "lr_range", "search", "num_samples", "scheduler", "early_stop_scope",
                 "grace_period", "reduction_factor", "address", "num_gpus", "gpus_per_trial", "cpus_per_trial",
-                "max_concurrent", "max_failures", "storage_path", "tracking_uri", "experiment", "tasks")
+                "max_concurrent", "max_failures", "storage_path", "tracking_uri", "experiment", "tasks",
+                "checkpoint_every")
 
 
 def _numbers(kind: type):
@@ -33,6 +34,15 @@ def _numbers(kind: type):
             raise argparse.ArgumentTypeError(f"expected comma-separated {name}, got {text!r}") from None
 
     return parse
+
+
+def _optional_int(text: str) -> int | None:
+    if text.lower() in ("none", ""):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or none, got {text!r}") from None
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -94,6 +104,10 @@ def build_parser(design: Ablation, preset: str | None = None) -> argparse.Argume
                    help=f"CPUs per trial, also its torch threads (default: {d.cpus_per_trial:g})")
     r.add_argument("--max-concurrent", type=int, help="cap on trials running at once (default: as resources allow)")
     r.add_argument("--max-failures", type=int, help=f"retries of a failed trial (default: {d.max_failures})")
+    r.add_argument("--checkpoint-every", type=_optional_int, metavar="N",
+                   help="evaluations between trial checkpoints on the storage path (model, optimiser, RNG and data "
+                        "position): a retried or resumed trial continues from its latest; none = no checkpoints "
+                        f"(default: {d.checkpoint_every})")
     r.add_argument("--storage-path", help="Ray results; a shared path on a multi-node cluster "
                    f"(default: {d.storage_path})")
     r.add_argument("--resume", nargs="?", const="latest", metavar="DIR",

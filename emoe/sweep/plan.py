@@ -47,6 +47,7 @@ class SweepSettings:
     cpus_per_trial: float = 1.0
     max_concurrent: int | None = None
     max_failures: int = 0
+    checkpoint_every: int | None = 1  # evaluations between trial checkpoints (retries and resumes continue there)
     storage_path: str = "./ray_results"
     tracking_uri: str = schema.DEFAULT_TRACKING_URI
     experiment: str | None = None
@@ -148,6 +149,8 @@ def make_plan(design: Ablation, settings: SweepSettings) -> Plan:
         raise ValueError(f"--gpus-per-trial={s.gpus_per_trial}: above 1 it must be a whole number")
     if s.max_concurrent is not None and s.max_concurrent < 1:
         raise ValueError(f"--max-concurrent={s.max_concurrent} must be >= 1")
+    if s.checkpoint_every is not None and s.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every={s.checkpoint_every} must be >= 1 (or none)")
     if s.max_failures < 0:
         raise ValueError(f"--max-failures={s.max_failures} must be >= 0")
     tasks = resolve_tasks(s.tasks, s.trial.get("task"))

@@ -158,7 +158,8 @@ def _fit(plan: Plan, record: SweepRecord, directory: Path, client, experiment_id
 
     s = plan.settings
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, setup=TrialSetup(record, str(directory), max(1, int(s.cpus_per_trial)))),
+        tune.with_parameters(tune_trainable, setup=TrialSetup(record, str(directory), max(1, int(s.cpus_per_trial)),
+                                                              s.checkpoint_every)),
         {"cpu": s.cpus_per_trial, "gpu": gpus})
     callback = MlflowTrials(s.tracking_uri, experiment_id, record, str(directory))
     all_done, trials = False, []
@@ -176,6 +177,9 @@ def _fit(plan: Plan, record: SweepRecord, directory: Path, client, experiment_id
                 reuse_actors=True),
                 run_config=tune.RunConfig(name=directory.name, storage_path=str(directory.parent),
                                           callbacks=[callback], verbose=1,
+                                          # the latest checkpoint of each running trial; a finished trial's is
+                                          # deleted by the callback
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                           failure_config=tune.FailureConfig(max_failures=s.max_failures)))
         grid = tuner.fit()
         for r in grid:

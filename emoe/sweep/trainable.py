@@ -21,6 +21,7 @@ class TrialSetup:
     record: SweepRecord
     root: str  # the Ray experiment directory (shared storage on a cluster)
     threads: int  # torch threads: the trial's CPUs
+    checkpoint_every: int | None = 1  # evaluations between Tune checkpoints; None: none
 
 
 def quiet_libraries() -> None:
@@ -38,8 +39,14 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
 
     Every result also carries the trial's GPU ids (``gpu_ids``) and node id (``node_id``) beside Tune's own fields
     (``node_ip``, ``pid``, times). A trial whose final metrics were saved (it finished before an interruption)
-    reports them again and returns without retraining.
+    reports them again and returns without retraining. Every ``checkpoint_every`` evaluations the whole training
+    state goes with the report as a Tune checkpoint (``state.pt``); a trial that Tune restarts (a retry after a node
+    failure, ``--resume`` after a driver kill) continues from its latest checkpoint: no optimiser step is trained
+    twice, and each step is reported once.
     """
+    import shutil
+    import tempfile
+    from pathlib import Path
     import ray
     import torch
     from ray import tune
@@ -57,19 +64,40 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
         tune.report({**final, **where})
         return
     trial_cfg = setup.record.trial_config(config)
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            resume = torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=False)
+    staged: list[str] = []  # the checkpoint directory of the coming report
+    evaluations = [0]
+
+    def on_state(state: dict[str, Any]) -> None:
+        evaluations[0] += 1
+        if setup.checkpoint_every and (evaluations[0] % setup.checkpoint_every == 0 or state["done"]):
+            directory = tempfile.mkdtemp(prefix="emoe-ckpt-")
+            torch.save(state, Path(directory) / "state.pt")
+            staged.append(directory)
 
     def report(metrics: dict[str, float]) -> None:
         # NOTE: the final evaluation is saved *before* it is reported: a scheduler may stop the trial on that very
         # report (ASHA stops every trial that reaches max_t), and the function never runs past it.
         if schema.finished(metrics, trial_cfg["epochs"]):
             files.save_final(metrics)
-        tune.report({**metrics, **where})
+        directory = staged.pop() if staged else None
+        try:
+            tune.report({**metrics, **where},
+                        checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
+        finally:
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)  # Tune has copied it to the storage path
 
     def save_partitions(model):
         files.save_partitions({f.block: f.labels.cpu().numpy() for f in emoe_layers(model)})
 
     train_and_evaluate(trial_cfg, report, data=task_data(trial_cfg), on_model=save_partitions,
-                       on_predictions=files.save_predictions)
+                       on_predictions=files.save_predictions, on_state=on_state if setup.checkpoint_every else None,
+                       resume=resume)
 
 
 _TASK_DATA: dict[str, Any] = {}

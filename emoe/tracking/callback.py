@@ -49,11 +49,12 @@ class MlflowTrials(Callback):
         self.uri, self.experiment_id, self.record, self.root = uri, experiment_id, record, root
         self._runs: dict[str, runs.TrialRun] = {}
         self._placed: dict[str, str] = {}  # trial id -> the placement last tagged
+        self._logged: dict[str, float] = {}  # trial id -> the last step its run already holds (a continued run)
         self._client = None
         self._down_until = 0.0
 
     def __getstate__(self):
-        return {**self.__dict__, "_client": None, "_runs": {}, "_placed": {}, "_down_until": 0.0}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_placed": {}, "_logged": {}, "_down_until": 0.0}
 
     @property
     def client(self):
@@ -84,6 +85,11 @@ class MlflowTrials(Callback):
             if run is None:
                 return None
             self._runs[trial.trial_id] = run
+            # A continued run (resume, retry) may already hold steps that the trial reports again: it resumed from a
+            # checkpoint older than its last logged report (Tune saves its state every few seconds). Each step once.
+            held = self._safe("run lookup", lambda: self.client.get_run(run.run_id).data.metrics.get(schema.STEP))
+            if held is not None:
+                self._logged[trial.trial_id] = held
         return self._runs[trial.trial_id]
 
     def _epochs(self, trial) -> int:
@@ -105,7 +111,12 @@ class MlflowTrials(Callback):
         run = self._run(trial)
         if run is None:
             return
-        self._safe("metrics", run.log_metrics, schema.trial_metrics(result), int(result.get(schema.STEP, 0)))
+        step = int(result.get(schema.STEP, 0))
+        # Each step once: a trial restarted from a checkpoint older than its last logged report (or, without
+        # checkpoints, from the start) reports those steps again with the same values (CPU) and is not re-logged.
+        if step > self._logged.get(trial.trial_id, -1):
+            self._safe("metrics", run.log_metrics, schema.trial_metrics(result), step)
+            self._logged[trial.trial_id] = step
         where = placement(result)
         if self._placed.get(trial.trial_id) != where:  # at the first result, and again when a retry runs elsewhere
             self._placed[trial.trial_id] = where
@@ -124,11 +135,23 @@ class MlflowTrials(Callback):
         if last:  # where the trial ended (a retry may have moved it since its placement was last tagged)
             self._safe("placement", run.set_tags, {schema.PLACEMENT: placement(last)})
         outcome = schema.outcome(last, self._epochs(trial))
+        self._drop_checkpoints(trial)
         self._safe("outcome", run.finish, outcome,
                    name=schema.trial_run_name(trial.config.get("arm"), trial.config, outcome, last))
 
+    @staticmethod
+    def _drop_checkpoints(trial) -> None:
+        """A finished trial's resume checkpoints are of no further use (it never trains again): delete them, so
+        that the storage holds checkpoints of running trials only."""
+        import shutil
+
+        path = getattr(trial, "path", None)
+        if path and Path(path).is_dir():
+            for directory in Path(path).glob("checkpoint_*"):
+                shutil.rmtree(directory, ignore_errors=True)
+
     def on_trial_recover(self, iteration, trials, trial, **info):
-        # A retry (--max-failures) continues the same run; its metrics restart from step 1 (see the README).
+        # A retry (--max-failures) continues the same run, from the trial's latest checkpoint.
         run = self._run(trial)
         if run is not None:
             error = trial_error_text(trial).split("\n\n")[0]
