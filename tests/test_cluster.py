@@ -192,4 +192,23 @@ def test_worker_node_killed_mid_trial_is_retried_on_the_surviving_node(cluster, 
     assert all(c.info.status == "FINISHED" and c.data.tags[tracking.OUTCOME] == "completed" for c in children)
     (retried,) = [c for c in children if c.data.tags[tracking.TRIAL_ID] == victim]
     assert int(retried.data.tags[tracking.RESTARTS]) >= 1 and retried.data.metrics["epoch"] == 12.0
+    # It continued from its checkpoint: each optimiser step's evaluation once in MLflow (a restart from step 0
+    # would have reported the steps before the kill again), and its final metrics are the uninterrupted run's.
+    client = tracking.client(mlflow_server)
+    steps = [m.step for m in client.get_metric_history(retried.info.run_id, "id_score")]
+    assert sorted(steps) == list(range(5, 301, 5)), steps
+    config = json.loads(next(exp_dir.glob(f"*{victim}*/params.json")).read_text())
+    from emoe.train import train_and_evaluate
+    from emoe.tracking.records import SweepRecord
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the trial ran (--cpus-per-trial 1)
+    try:
+        uninterrupted = train_and_evaluate(SweepRecord.load(exp_dir).trial_config(config))
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("id_score", "ood_score", "train_loss"):
+        assert retried.data.metrics[name] == pytest.approx(uninterrupted[name], abs=1e-6), name
     assert all(tracking.RESTARTS not in c.data.tags for c in children if c is not retried)

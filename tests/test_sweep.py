@@ -345,10 +345,12 @@ def test_interrupted_sweep_resumes_without_rerun_or_duplicates(sig, tiny_model_d
     assert all(r.info.status != "RUNNING" for r in parents + children)
     assert all(c.info.status == "FINISHED" and c.data.tags[tracking.OUTCOME] == "completed" for c in children)
     client = tracking.client(uri)
-    for c in children:  # finished before the interruption: trained exactly once (MLflow keeps every point logged)
-        if c.data.tags[tracking.TRIAL_ID] in done_before:
-            steps = [m.step for m in client.get_metric_history(c.info.run_id, "id_score")]
+    for c in children:
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "id_score")]
+        if c.data.tags[tracking.TRIAL_ID] in done_before:  # finished before the interruption: trained once
             assert steps.count(first_step) == 1, steps
+        # every trial, the interrupted ones included (they continued from their checkpoints): each step once
+        assert steps == [10, 20, 25, 30, 40, 50, 60, 70, 75], steps  # every 10 steps and each epoch's end (25)
 
 
 @pytest.mark.slow
