@@ -350,7 +350,7 @@ def test_interrupted_sweep_resumes_without_rerun_or_duplicates(sig, tiny_model_d
         if c.data.tags[tracking.TRIAL_ID] in done_before:  # finished before the interruption: trained once
             assert steps.count(first_step) == 1, steps
         # every trial, the interrupted ones included (they continued from their checkpoints): each step once
-        assert steps == [10, 20, 25, 30, 40, 50, 60, 70, 75], steps  # every 10 steps and each epoch's end (25)
+        assert sorted(steps) == [10, 20, 25, 30, 40, 50, 60, 70, 75], steps  # every 10 steps and each epoch end
 
 
 @pytest.mark.slow
