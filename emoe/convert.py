@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -105,17 +109,25 @@ def plan_conversion(model: nn.Module, config: EmoeConfig) -> list[dict]:
     return plan
 
 
-def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True) -> nn.Module:
+def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True,
+            partitions: dict[int, np.ndarray] | None = None) -> nn.Module:
     """Replace the FFN of each chosen block with an ``EmoeFFN``, in place; returns ``model``.
 
-    Every check (``plan_conversion``) runs and every partition is computed before any module is replaced, so on
-    error the model is untouched. ``method='dense'`` returns the model unchanged.
+    Every check (``plan_conversion``) runs and every partition is computed (or taken from ``partitions``: block ->
+    expert of each neuron, e.g. a saved model's) before any module is replaced, so on error the model is untouched.
+    ``method='dense'`` returns the model unchanged.
     """
     plan = plan_conversion(model, config)
     if not plan:
         return model
-    labels = {p["block"]: partition(p["keys"], config.clustering, config.num_experts, config.partition_seed,
-                                    layer=p["block"], use_cache=use_cache) for p in plan}
+    if partitions is not None:
+        missing = [p["block"] for p in plan if p["block"] not in partitions]
+        if missing:
+            raise ValueError(f"partitions given for blocks {sorted(partitions)}, not for converted block(s) {missing}")
+        labels = {p["block"]: np.asarray(partitions[p["block"]]) for p in plan}
+    else:
+        labels = {p["block"]: partition(p["keys"], config.clustering, config.num_experts, config.partition_seed,
+                                        layer=p["block"], use_cache=use_cache) for p in plan}
     for p in plan:
         b = p["block"]
         ffn = EmoeFFN(p["keys_proj"], getattr(p["parent"], p["name"]), torch.from_numpy(labels[b]), config.gate,
@@ -129,6 +141,56 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True) -> nn.
     log.info("converted blocks %s to EMoE (%s, %s, N=%d, k=%d)", sorted(labels), config.clustering, config.gate,
              config.num_experts, config.top_k)
     return model
+
+
+MODEL_FILES = ("config.json", "emoe_model.json", "model.pt")
+
+
+def save_converted(model: nn.Module, directory: str | Path, half: bool = True) -> Path:
+    """Save a converted (or dense) model so that ``load_converted`` rebuilds it as it is: the architecture
+    (``config.json``), its transformers class and EMoE construction (``emoe_model.json``) and the state dict
+    (``model.pt``: every parameter and buffer, the partitions and gates included; floating tensors in float16 with
+    ``half``)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(directory)
+    config = getattr(model, "emoe_config", None) or EmoeConfig(method="dense")
+    (directory / "emoe_model.json").write_text(json.dumps(
+        {"class": type(model).__name__, "emoe_config": config.to_dict()}, indent=2, sort_keys=True))
+    state = {k: (v.detach().to("cpu", torch.float16) if half and v.is_floating_point() else v.detach().cpu())
+             for k, v in model.state_dict().items()}
+    torch.save(state, directory / "model.pt")
+    return directory
+
+
+def load_converted(directory: str | Path) -> nn.Module:
+    """A model ``save_converted`` wrote, converted again with its saved partitions (no clustering runs) and loaded
+    with its weights (float32). ``ValueError`` naming the directory when a file is missing."""
+    import transformers
+
+    directory = Path(directory)
+    missing = [f for f in MODEL_FILES if not (directory / f).is_file()]
+    if missing:
+        raise ValueError(f"{directory}: not a saved emoe model (missing {', '.join(missing)})")
+    meta = json.loads((directory / "emoe_model.json").read_text())
+    model = getattr(transformers, meta["class"])(transformers.AutoConfig.from_pretrained(directory))
+    config = EmoeConfig.from_dict(meta["emoe_config"])
+    state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
+    # the labels buffer of each converted block: its partition
+    partitions = {_block_of(model, k): v.numpy() for k, v in state.items() if k.endswith(".labels")}
+    convert(model, config, partitions=partitions)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return model.eval()
+
+
+def _block_of(model: nn.Module, key: str) -> int:
+    """The block index of a state-dict key inside one of the model's blocks."""
+    _, blocks = find_blocks(model)
+    for i, block in enumerate(blocks):
+        prefix = next((name for name, module in model.named_modules() if module is block), None)
+        if prefix is not None and key.startswith(prefix + "."):
+            return i
+    raise ValueError(f"state-dict key {key!r} is in none of the model's blocks")
 
 
 def emoe_layers(model: nn.Module) -> list[EmoeFFN]:
