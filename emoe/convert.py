@@ -146,11 +146,13 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True,
 MODEL_FILES = ("config.json", "emoe_model.json", "model.pt")
 
 
-def save_converted(model: nn.Module, directory: str | Path, half: bool = True) -> Path:
+def save_converted(model: nn.Module, directory: str | Path, half: bool = True,
+                   state: dict[str, torch.Tensor] | None = None) -> Path:
     """Save a converted (or dense) model so that ``load_converted`` rebuilds it as it is: the architecture
     (``config.json``), its transformers class and EMoE construction (``emoe_model.json``) and the state dict
     (``model.pt``: every parameter and buffer, the partitions and gates included; floating tensors in float16 with
-    ``half``)."""
+    ``half``). ``state``: another state dict of the same model to save instead of its current one (a kept
+    best-so-far state)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(directory)
@@ -158,7 +160,7 @@ def save_converted(model: nn.Module, directory: str | Path, half: bool = True) -
     (directory / "emoe_model.json").write_text(json.dumps(
         {"class": type(model).__name__, "emoe_config": config.to_dict()}, indent=2, sort_keys=True))
     state = {k: (v.detach().to("cpu", torch.float16) if half and v.is_floating_point() else v.detach().cpu())
-             for k, v in model.state_dict().items()}
+             for k, v in (state if state is not None else model.state_dict()).items()}
     torch.save(state, directory / "model.pt")
     return directory
 

@@ -136,6 +136,9 @@ def _knobs() -> dict[str, Knob]:
              "the best epoch) instead of the latest", _bool),
         Knob("patience", None, "evaluations without ID improvement before training stops (official: 4, with one "
              "evaluation per epoch); none = off", _optional_int),
+        Knob("keep_model", "best", "best: keep the trial's best-ID model (float16, partitions and gates included) with "
+             "its files, for re-evaluation on new sets without retraining; none: keep no model", str,
+             ("best", "none")),
         Knob("warmup_ratio", 0.06, "share of steps with linear warm-up", float),
         Knob("weight_decay", 0.01, "AdamW weight decay", float),
         Knob("grad_accum_steps", 1, "micro-batches per optimiser step", int),

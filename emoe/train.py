@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from emoe import hparams, metrics, tracking
 from emoe.convert import aux_loss, convert, emoe_layers, load_model, set_bypass
@@ -128,7 +129,9 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
                        data: TaskData | None = None, on_model: Callable | None = None,
                        on_predictions: Callable[[dict[str, np.ndarray]], None] | None = None,
                        on_state: Callable[[dict[str, Any]], None] | None = None,
-                       resume: dict[str, Any] | None = None) -> dict[str, float]:
+                       resume: dict[str, Any] | None = None,
+                       on_kept_model: Callable[[nn.Module, dict[str, torch.Tensor]], None] | None = None
+                       ) -> dict[str, float]:
     """Fine-tune and evaluate one trial.
 
     Args:
@@ -148,6 +151,8 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
             serialised before the call returns (its tensors are the live ones).
         resume: a state ``on_state`` gave: training continues from it (the next optimiser step after it), and ends
             with the metrics an uninterrupted run would have reached (on CPU, exactly).
+        on_kept_model: with ``keep_model='best'``, called once at the end with the model and the state dict of its
+            best ID evaluation (float16 copies of the floating tensors), e.g. ``emoe.convert.save_converted``.
 
     Returns:
         The metrics of the last report (with ``keep_best``: those of the best ID evaluation). A trial stopped by
@@ -210,6 +215,8 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
     step, losses, last = 0, [], {}
     best: dict[str, float] = {}  # the best ID evaluation so far (its ID, OOD and load metrics, and its step)
     kept: dict[str, dict[str, np.ndarray]] = {"latest": {}, "best": {}}  # per-example predictions
+    keep_model = cfg["keep_model"] == "best" and on_kept_model is not None
+    best_model: dict[str, torch.Tensor] = {}  # the best ID evaluation's weights (float16 copies), if kept
     since_best = 0  # evaluations since the ID metric last improved
     start_epoch, skip = 0, 0  # where training resumes: the epoch, and the micro-batches of it already trained
     if resume is not None:
@@ -220,6 +227,7 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
             scaler.load_state_dict(resume["scaler"])
         step, best, since_best, kept, last = (resume["step"], resume["best"], resume["since_best"], resume["kept"],
                                               resume["last"])
+        best_model = resume.get("best_model") or {}
         start_epoch, skip = resume["epoch"], resume["batch"]
         train_loader.generator.set_state(resume["loader"])
         _set_rng_state(resume["rng"])
@@ -231,7 +239,8 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "rng": _rng_state(), "loader": loader_state, "epoch": epoch_next, "batch": batch_next, "step": step,
-                "best": best, "since_best": since_best, "kept": kept, "last": last, "done": done}
+                "best": best, "since_best": since_best, "kept": kept, "last": last, "done": done,
+                "best_model": best_model}
 
     def run_eval(position: tuple[int, int, torch.Tensor]) -> dict[str, float]:
         nonlocal best, since_best, last
@@ -246,6 +255,10 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
         if not best or scores[tracking.ID_SCORE] > best[tracking.ID_SCORE]:
             best, since_best = {**scores, tracking.BEST_STEP: step}, 0
             kept["best"] = preds
+            if keep_model:
+                best_model.clear()
+                best_model.update({k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype,
+                                                    copy=True) for k, v in model.state_dict().items()})
         else:
             since_best += 1
         out = {tracking.TRAIN_LOSS: float(np.mean(losses)) if losses else float("nan"),
@@ -260,6 +273,8 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
         # NOTE: before the report: a scheduler may stop the trial on its final report, and nothing after it runs.
         if on_predictions is not None and ended:
             on_predictions(in_set_order(kept["best" if cfg["keep_best"] else "latest"]))
+        if keep_model and ended:
+            on_kept_model(model, best_model)
         if on_state is not None:
             on_state(state(position, ended))
         if report is not None:

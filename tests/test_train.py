@@ -266,3 +266,36 @@ def test_resume_from_a_state_continues_exactly(kill_after, overrides, tiny_model
     final = train_and_evaluate(cfg, rest.append, resume=resume)
     assert rest[0]["step"] == first[-1]["step"] + (full[1]["step"] - full[0]["step"])  # the next evaluation
     assert first + rest == full and final == full[-1]
+
+
+def test_kept_model_is_the_best_evaluations_state(tiny_model_dir, tiny_data_dir, tmp_path):
+    """keep_model='best' hands over the weights of the best ID evaluation (float16), not the last ones; saved with
+    save_converted they load back as the converted model."""
+    import io
+
+    import torch
+
+    from emoe.convert import emoe_layers, load_converted, save_converted
+
+    states, kept = [], []
+
+    def keep_state(state):
+        buffer = io.BytesIO()
+        torch.save({"step": state["step"], "model": state["model"]}, buffer)
+        states.append(buffer.getvalue())
+
+    def keep(model, state):
+        kept.append(state)
+        save_converted(model, tmp_path / "model", state=state)
+
+    cfg = tiny_trial(tiny_model_dir, tiny_data_dir, epochs=3, keep_best=True, learning_rate=5e-3)
+    final = train_and_evaluate(cfg, on_state=keep_state, on_kept_model=keep)
+    (state,) = kept
+    at = {s["step"]: s["model"] for s in (torch.load(io.BytesIO(b), weights_only=False) for b in states)}
+    assert final["best_step"] < final["step"]  # the best evaluation is not the last one here
+    best = at[int(final["best_step"])]
+    assert all(torch.equal(state[k], v.half() if v.is_floating_point() else v) for k, v in best.items())
+    loaded = load_converted(tmp_path / "model")
+    assert [f.block for f in emoe_layers(loaded)] == [0, 1]
+    assert train_and_evaluate(tiny_trial(tiny_model_dir, tiny_data_dir, keep_model="none"),
+                              on_kept_model=kept.append) and len(kept) == 1  # none: nothing handed over

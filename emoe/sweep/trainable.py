@@ -95,9 +95,14 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
     def save_partitions(model):
         files.save_partitions({f.block: f.labels.cpu().numpy() for f in emoe_layers(model)})
 
+    def keep_model(model, state):
+        from emoe.convert import save_converted
+
+        save_converted(model, files.model, state=state)
+
     train_and_evaluate(trial_cfg, report, data=task_data(trial_cfg), on_model=save_partitions,
                        on_predictions=files.save_predictions, on_state=on_state if setup.checkpoint_every else None,
-                       resume=resume)
+                       resume=resume, on_kept_model=keep_model)
 
 
 _TASK_DATA: dict[str, Any] = {}

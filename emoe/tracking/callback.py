@@ -132,6 +132,9 @@ class MlflowTrials(Callback):
             return
         last = trial.last_result or {}
         self._artifacts(trial, run)
+        model = TrialFiles(self.root, trial.trial_id).model
+        if model.is_dir():
+            self._safe("model tag", run.set_tags, {schema.MODEL: str(model)})
         if last:  # where the trial ended (a retry may have moved it since its placement was last tagged)
             self._safe("placement", run.set_tags, {schema.PLACEMENT: placement(last)})
         outcome = schema.outcome(last, self._epochs(trial))

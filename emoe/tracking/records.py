@@ -87,6 +87,11 @@ class TrialFiles:
         (``id`` and each OOD set), in the set's order (class ids as int8/int16, regression scores as float32)."""
         return self.dir / "predictions.npz"
 
+    @property
+    def model(self) -> Path:
+        """The kept best-ID model (``emoe.convert.save_converted``: float16), for re-evaluation."""
+        return self.dir / "model"
+
     def artifacts(self) -> list[Path]:
         """The trial's files that go to its MLflow run as artifacts (those that exist)."""
         return [p for p in (self.partitions, self.predictions) if p.exists()]

@@ -7,7 +7,7 @@ import urllib.parse
 from typing import Any
 
 __all__ = ["DEFAULT_TRACKING_URI", "ROLE", "PARENT", "SWEEP", "FACTOR", "GIT_COMMIT", "COMMAND", "RAY_DIR",
-           "BACKFILLED", "ARM", "TRIAL_ID", "RETIRED", "OUTCOME", "ERROR", "RESTARTS", "RESTART_ERROR", "PLACEMENT", "OUTCOMES",
+           "BACKFILLED", "ARM", "TRIAL_ID", "RETIRED", "MODEL", "OUTCOME", "ERROR", "RESTARTS", "RESTART_ERROR", "PLACEMENT", "OUTCOMES",
            "EXPERIMENT_KIND", "TRAIN_LOSS", "ID_SCORE", "OOD_SCORE", "EPOCH", "STEP", "LOAD_ENTROPY", "METRIC_PREFIXES",
            "BEST_STEP", "CURRENT_ID_SCORE", "PATIENCE_STOP", "TASK",
            "id_metric", "ood_metric", "ood_score_metric", "ood_score_set", "load_entropy_metric", "trial_metrics", "finished", "outcome", "experiment_name",
@@ -27,6 +27,7 @@ ARM, TRIAL_ID, OUTCOME, ERROR = "emoe.arm", "emoe.trial_id", "emoe.outcome", "em
 RESTARTS = "emoe.restarts"  # times a trial was retried after a failure (--max-failures)
 RESTART_ERROR = "emoe.restarts.last_error"
 PLACEMENT = "emoe.placement"  # where the trial (last) ran: node address and id, process, GPUs
+MODEL = "emoe.model"  # where the trial's kept best-ID model is (emoe.convert.load_converted reads it)
 RETIRED = "emoe.retired"  # why a trial's run was moved to the trash (its trial was lost and rerun)
 OUTCOMES = ("completed", "early_stopped", "failed")
 # Experiment tag: the MLflow 3 UI opens an experiment on its training runs, not on the GenAI overview.
