@@ -171,6 +171,7 @@ def dry_run(plan, workloads) -> str:
         "protocol: " + ", ".join(f"{k} {b[k]}" for k in ("keep_best", "patience", "weight_decay", "warmup_ratio",
                                                          "eval_batch_size", "precision")),
         f"resources per trial: cpu={s.cpus_per_trial:g} gpu={gpus}; max concurrent: {s.max_concurrent or 'auto'}",
+        disk_line(plan, next(iter(workloads.values())).total_params),
         f"scheduler: {s.scheduler} (scope {s.early_stop_scope}, on {schema.ID_SCORE}); MLflow: {s.tracking_uri} "
         f"experiment {plan.experiment}",
         estimate(plan, workloads, nodes[0]["CPU"], nodes[0]["GPU"]),
@@ -179,6 +180,18 @@ def dry_run(plan, workloads) -> str:
                                                     for arm in plan.design.arms for seed in plan.seeds]
     rows = [f"{task:<8} {arm:<16} {seed:>4} {lr:>13.3g}  {plan.design.arms[arm]}" for task, arm, seed, lr in cells]
     return "\n".join(head + rows)
+
+
+def disk_line(plan, total_params: int) -> str:
+    """What the sweep leaves on the storage path: kept models (float16, 2 bytes a parameter) and, while a trial
+    runs, its checkpoint (the model and AdamW's two moments: 12 bytes a parameter)."""
+    s, b = plan.settings, plan.base
+    kept = 2 * total_params / 2 ** 20
+    parts = [f"kept model {kept:.0f} MB per trial, {kept * plan.n_trials / 1024:.1f} GB for the sweep"
+             if b["keep_model"] == "best" else "no kept models (--keep-model none)"]
+    parts.append(f"checkpoint {12 * total_params / 2 ** 20:.0f} MB per running trial (every {s.checkpoint_every} "
+                 "evaluation(s))" if s.checkpoint_every else "no checkpoints (--checkpoint-every none)")
+    return f"disk ({s.storage_path}): " + "; ".join(parts)
 
 
 def closing_table(trials) -> str:

@@ -211,6 +211,7 @@ class Workload:
     train_tokens_per_example: float  # padded, as batches of batch_size see them
     eval_tokens_per_example: float  # padded, in length-sorted batches
     ood_sets: tuple[str, ...] = ()
+    total_params: int = 0  # every parameter (embeddings and head too): what a kept model or a checkpoint holds
 
 
 def check_model_and_data(plan: Plan) -> dict[str, Workload]:
@@ -243,7 +244,8 @@ def check_model_and_data(plan: Plan) -> dict[str, Workload]:
         cfg = hparams.trial_config(plan.trial(next(iter(plan.design.arms)), plan.seeds[0], plan.learning_rates[0],
                                               task))
         data = load_trial_data(cfg)
-        out[task] = Workload(params=params, train_examples=len(data.train), epochs=cfg["epochs"],
+        out[task] = Workload(params=params, total_params=sum(p.numel() for p in model.parameters()),
+                             train_examples=len(data.train), epochs=cfg["epochs"],
                              eval_examples=len(data.validation) + sum(map(len, data.ood.values())),
                              ood_sets=tuple(data.ood), **_padded_lengths(data, tokenizer, cfg))
     return out
