@@ -106,6 +106,30 @@ def score_metrics(scores: dict[str, dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def evaluation_loaders(sets: dict[str, Any], tokenizer, task: Task, cfg: dict[str, Any]):
+    """A loader per evaluation set (tokenised; batches of ``eval_batch_size``, else twice the training
+    micro-batch), and the function that puts per-example predictions back in each set's own order.
+
+    NOTE: with a capacity, a token's experts depend on the batch it shares (its T positions), so evaluation keeps the
+    dataset's order, as the official code does; without one, length-sorted batches only save padding.
+    """
+    batch = cfg["eval_batch_size"] or 2 * (cfg["batch_size"] // cfg["grad_accum_steps"])
+    loaders, orders = {}, {}
+    for name, ds in sets.items():
+        ds = tokenize(ds, tokenizer, task, cfg["max_length"])
+        orders[name] = np.arange(len(ds)) if cfg["capacity_factor"] is not None else length_order(ds)
+        loaders[name] = _loader(ds.select(orders[name]), tokenizer, batch, False, 0)
+
+    def in_set_order(preds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for name, p in preds.items():
+            out[name] = np.empty_like(p)
+            out[name][orders[name]] = p
+        return out
+
+    return loaders, in_set_order
+
+
 def load_trial_data(cfg: dict[str, Any]) -> TaskData:
     """The task data a trial config asks for (task, data_dir, ood, max_train_samples, max_eval_samples)."""
     return load_task(cfg["task"], cfg["data_dir"], cfg.get("ood"), cfg["max_train_samples"], cfg["max_eval_samples"],
@@ -182,22 +206,7 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
 
     micro = cfg["batch_size"] // cfg["grad_accum_steps"]
     train_loader = _loader(tok(data.train), tokenizer, micro, True, cfg["seed"])
-    eval_sets = {"id": data.validation, **data.ood}
-    # NOTE: with a capacity, a token's experts depend on the batch it shares (its T positions), so evaluation keeps
-    # the dataset's order, as the official code does; without one, length-sorted batches only save padding.
-    eval_batch = cfg["eval_batch_size"] or 2 * micro
-    eval_loaders, orders = {}, {}
-    for name, ds in eval_sets.items():
-        ds = tok(ds)
-        orders[name] = np.arange(len(ds)) if config.capacity_factor is not None else length_order(ds)
-        eval_loaders[name] = _loader(ds.select(orders[name]), tokenizer, eval_batch, False, 0)
-
-    def in_set_order(preds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {}
-        for name, p in preds.items():
-            out[name] = np.empty_like(p)
-            out[name][orders[name]] = p
-        return out
+    eval_loaders, in_set_order = evaluation_loaders({"id": data.validation, **data.ood}, tokenizer, data.task, cfg)
 
     steps_per_epoch = math.ceil(len(train_loader) / cfg["grad_accum_steps"])
     total_steps = steps_per_epoch * cfg["epochs"]

@@ -461,3 +461,30 @@ def test_settings_round_trip_through_the_sweep_record(tmp_path):
     flat = again.trial_config({**settings.trial, "arm": "dense", "seed": 3, "learning_rate": 1e-4,
                                "__trial_index__": 0})
     assert flat["method"] == "dense" and flat["seed"] == 3 and "arm" not in flat and "__trial_index__" not in flat
+
+
+@pytest.mark.slow
+def test_kept_models_are_re_evaluated_on_a_new_set_without_retraining(tiny_model_dir, tiny_data_dir, tmp_path):
+    """A finished sweep's kept models scored on an extra OOD file: the scores land in the same trial runs, once,
+    however often it runs; the analysis reads the new set."""
+    from conftest import PACKAGED_DATA, _head, write_jsonl
+
+    from emoe.analysis.results import load_trials
+    from emoe.evaluate import evaluate_runs
+
+    run_tiny("pretraining", tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0", "--learning-rates", "1e-3",
+             "--cpus-per-trial", "0.5", "--scheduler", "none", "--checkpoint-every", "none")
+    extra = write_jsonl(tmp_path / "extra.jsonl", _head(PACKAGED_DATA / "yelp" / "test.jsonl", 24))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert evaluate_runs(uri, "emoe-pretraining", {"extra": str(extra)}) == {"evaluated": 4, "skipped": 0,
+                                                                            "no_model": 0}
+    assert evaluate_runs(uri, "emoe-pretraining", {"extra": str(extra)}) == {"evaluated": 0, "skipped": 4,
+                                                                            "no_model": 0}
+    client, _, _, children = _children(uri, "emoe-pretraining")
+    for c in children:
+        history = client.get_metric_history(c.info.run_id, "ood_score.extra")
+        assert len(history) == 1 and history[0].step == c.data.metrics["step"]
+        assert 0 <= history[0].value <= 1 and "ood.extra.accuracy" in c.data.metrics
+        assert Path(c.data.tags[tracking.MODEL]).is_dir()
+    trials, _ = load_trials(uri, "emoe-pretraining")
+    assert trials["ood_score.extra"].notna().all()
