@@ -488,3 +488,26 @@ def test_kept_models_are_re_evaluated_on_a_new_set_without_retraining(tiny_model
         assert Path(c.data.tags[tracking.MODEL]).is_dir()
     trials, _ = load_trials(uri, "emoe-pretraining")
     assert trials["ood_score.extra"].notna().all()
+
+
+@pytest.mark.slow
+def test_extend_runs_only_the_missing_cells_under_the_same_parent(tiny_model_dir, tiny_data_dir, tmp_path):
+    common = ("--learning-rates", "1e-3", "--cpus-per-trial", "0.5", "--scheduler", "none", "--checkpoint-every",
+              "none", "--keep-model", "none")
+    run_tiny("pretraining", tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0", *common)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    _, _, parents, before = _children(uri, "emoe-pretraining")
+    out = run_tiny("pretraining", tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0,1", "--extend", *common)
+    _, _, parents_after, after = _children(uri, "emoe-pretraining")
+    assert len(parents_after) == 1 and parents_after[0].info.run_id == parents[0].info.run_id
+    assert parents_after[0].info.status == "FINISHED"
+    new = [c for c in after if c.info.run_id not in {b.info.run_id for b in before}]
+    assert len(before) == 4 and len(new) == 4 and {c.data.params["seed"] for c in new} == {"1"}
+    assert all(c.data.tags[tracking.OUTCOME] == "completed" for c in after)
+    again = run_tiny("pretraining", tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0,1", "--extend", *common)
+    assert "nothing to run" in again.stdout and len(_children(uri, "emoe-pretraining")[3]) == 8
+    bad = subprocess.run(sweep_cmd("pretraining", *tiny_args(tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0,1",
+                                                             "--extend", "--max-length", "40", *common)),
+                         capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=300)
+    assert bad.returncode == 2 and "--extend: max_length is 32 in the sweep being extended, 40 now" in bad.stderr
+    assert "per arm" in out.stdout

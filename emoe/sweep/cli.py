@@ -112,6 +112,10 @@ def build_parser(design: Ablation, preset: str | None = None) -> argparse.Argume
                    f"(default: {d.storage_path})")
     r.add_argument("--resume", nargs="?", const="latest", metavar="DIR",
                    help="continue an interrupted sweep with its own settings (default: the latest of this experiment)")
+    r.add_argument("--extend", nargs="?", const="latest", metavar="DIR",
+                   help="top up a finished sweep (default: the latest of this experiment) with the cells this "
+                        "command's grid adds (seeds, learning rates, arms, tasks) or whose trials failed, under its "
+                        "MLflow parent run; every other setting must match; running it again runs nothing")
     t = p.add_argument_group("tracking")
     t.add_argument("--tracking-uri", help=f"MLflow store (default: {d.tracking_uri}; http://host:port for a server)")
     t.add_argument("--experiment", help=f"MLflow experiment (default: {schema.experiment_name(design.name)})")
@@ -139,7 +143,7 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
 def latest_sweep(storage: Path, experiment: str) -> Path:
     candidates = sorted(p for p in storage.glob(f"{experiment}-*") if SweepRecord.exists(p))
     if not candidates:
-        raise ValueError(f"nothing to resume: no sweep of experiment {experiment!r} under {storage}")
+        raise ValueError(f"nothing to resume or extend: no sweep of experiment {experiment!r} under {storage}")
     return candidates[-1]
 
 
@@ -242,9 +246,15 @@ def main(design: Ablation, argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_libraries()
-    resume = None
+    resume = extend = None
     try:
         args = parse_args(design, argv)
+        if args.resume and args.extend:
+            raise ValueError("--resume and --extend both given: resume an interrupted sweep, or extend a finished one")
+        if args.extend:
+            storage = Path(args.storage_path or SweepSettings.storage_path).resolve()
+            experiment = args.experiment or schema.experiment_name(design.name)
+            extend = latest_sweep(storage, experiment) if args.extend == "latest" else Path(args.extend).resolve()
         if args.resume:
             storage = Path(args.storage_path or SweepSettings.storage_path).resolve()
             experiment = args.experiment or schema.experiment_name(design.name)
@@ -257,10 +267,14 @@ def main(design: Ablation, argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(dry_run(*prepare(design, settings)))
             return 0
-        outcome = run_sweep(design, settings, resume=resume, argv=command)
+        outcome = run_sweep(design, settings, resume=resume, argv=command, extend=extend)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if extend is not None and not outcome.trials:
+        print(f"nothing to run: every cell of this grid already has a finished trial (parent run "
+              f"{outcome.parent_run_id})")
+        return 0
     print(f"\nper arm ({RULE}):")
     print(closing_table(results_frame(outcome)))
     if outcome.failed:

@@ -12,7 +12,7 @@ from typing import Any
 
 from emoe.sweep.design import Ablation
 from emoe.sweep.plan import Plan, SweepSettings, check_model_and_data, check_resources, local_nodes, make_plan
-from emoe.sweep.search import scheduler, search_space
+from emoe.sweep.search import CellList, scheduler, search_space
 from emoe.sweep.trainable import TrialSetup, quiet_libraries, tune_trainable
 from emoe.tracking import runs, schema
 from emoe.tracking.callback import MlflowTrials
@@ -104,15 +104,50 @@ def connect_ray(settings: SweepSettings) -> list[dict[str, float]]:
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 
+def check_extension(old: SweepRecord, design: Ablation, plan: Plan) -> None:
+    """An extension adds seeds, learning rates, arms or tasks to a sweep, nothing else: ``ValueError`` (one line)
+    naming what differs."""
+    if plan.settings.search != "grid":
+        raise ValueError("--extend adds grid cells; it works with --search grid only")
+    if plan.experiment != old.experiment:
+        raise ValueError(f"--extend: the sweep logs to experiment {old.experiment!r}, not {plan.experiment!r}")
+    for arm in set(design.arms) & set(old.arms):
+        if {k: str(v) for k, v in design.arms[arm].items()} != {k: str(v) for k, v in old.arms[arm].items()}:
+            raise ValueError(f"--extend: arm {arm!r} sets {design.arms[arm]} here but {old.arms[arm]} in the sweep "
+                             "being extended")
+    before = make_plan(Ablation(old.design, old.arms, old.factor), SweepSettings.from_dict(old.settings)).base
+    for knob, value in plan.base.items():
+        if knob in before and str(before[knob]) != str(value):
+            raise ValueError(f"--extend: {knob} is {before[knob]!r} in the sweep being extended, {value!r} now; an "
+                             "extension adds seeds, learning rates, arms or tasks only")
+
+
+def missing_cells(plan: Plan, client, experiment_id: str, parent_run_id: str) -> list[dict[str, Any]]:
+    """The grid cells (task, arm, seed, learning rate) of ``plan`` that no finished (completed or early-stopped)
+    trial run under ``parent_run_id`` holds: new cells, and cells whose trials failed or never ended."""
+    children = client.search_runs([experiment_id], filter_string=f"tags.`{schema.PARENT}` = '{parent_run_id}'",
+                                  max_results=50_000)
+    done = set()
+    for r in children:
+        if r.data.tags.get(schema.OUTCOME) in ("completed", "early_stopped"):
+            p = r.data.params
+            done.add((p.get("task"), r.data.tags.get(schema.ARM), int(p["seed"]), float(p["learning_rate"])))
+    return [{"task": t, "arm": a, "seed": s, "learning_rate": lr} for t, a, s, lr in plan.grid()
+            if (t, a, int(s), float(lr)) not in done]
+
+
 def run_sweep(design: Ablation, settings: SweepSettings, resume: str | Path | None = None,
-              argv: list[str] | None = None) -> SweepOutcome:
-    """Run (or, with ``resume``, continue) a sweep.
+              argv: list[str] | None = None, extend: str | Path | None = None) -> SweepOutcome:
+    """Run (or, with ``resume``, continue; with ``extend``, top up) a sweep.
 
     Args:
         design: the arms.
         settings: everything else (``SweepSettings``).
         resume: the experiment directory of an interrupted sweep with these design and settings.
         argv: the command line, recorded in the parent run's ``emoe.command`` tag.
+        extend: the experiment directory of a sweep to top up: the cells of this design and settings that it lacks
+            (new seeds, rates, arms or tasks, and cells whose trials failed) run under its MLflow parent run, from a
+            directory of their own; nothing else may differ. Running it again runs nothing.
 
     Raises:
         ValueError: bad input, before Ray starts or anything is logged (one line).
@@ -131,6 +166,27 @@ def run_sweep(design: Ablation, settings: SweepSettings, resume: str | Path | No
     client = runs.client(settings.tracking_uri)
     experiment_id = runs.get_or_create_experiment(client, plan.experiment)
     storage = Path(settings.storage_path).resolve()
+    if extend is not None:
+        old = SweepRecord.load(extend)
+        try:
+            check_extension(old, design, plan)
+        except ValueError:
+            ray.shutdown()
+            raise
+        cells = missing_cells(plan, client, experiment_id, old.parent_run_id)
+        if not cells:
+            log.info("nothing to run: every cell of this grid has a finished trial under parent run %s",
+                     old.parent_run_id)
+            return SweepOutcome(plan, experiment_id, old.parent_run_id, Path(extend), [], True)
+        directory = storage / f"{plan.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+        directory.mkdir(parents=True, exist_ok=False)
+        record = SweepRecord(design.name, design.factor, {**old.arms, **design.arms}, settings.to_dict(),
+                             plan.experiment, old.parent_run_id, argv or [], cells=cells)
+        record.save(directory)
+        client.update_run(old.parent_run_id, "RUNNING")
+        client.set_tag(old.parent_run_id, schema.EXTENDED, str(directory))
+        log.info("extending parent run %s with %d cell(s) in %s", old.parent_run_id, len(cells), directory)
+        return _fit(plan, record, directory, client, experiment_id, gpus, False)
     if resume is None:
         directory = storage / f"{plan.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
         directory.mkdir(parents=True, exist_ok=False)
@@ -169,6 +225,8 @@ def _fit(plan: Plan, record: SweepRecord, directory: Path, client, experiment_id
                                        resume_errored=False, restart_errored=False)
         else:
             param_space, search_alg, num_samples = search_space(plan)
+            if record.cells is not None:  # an extension: exactly the cells it lacks
+                param_space, search_alg, num_samples = dict(plan.base), CellList(record.cells), len(record.cells)
             tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(
                 metric=schema.ID_SCORE, mode="max", scheduler=scheduler(plan), search_alg=search_alg,
                 num_samples=num_samples, max_concurrent_trials=s.max_concurrent,
@@ -189,7 +247,8 @@ def _fit(plan: Plan, record: SweepRecord, directory: Path, client, experiment_id
                     (r.metrics or {}).get("trial_id", ""), r.config.get("arm"), r.config.get("seed"),
                     r.config.get("learning_rate"), schema.outcome(r.metrics, epochs, r.error is not None),
                     schema.trial_metrics(r.metrics or {}), r.config.get("task")))
-        all_done = grid.num_terminated + grid.num_errors >= plan.n_trials
+        expected = len(record.cells) if record.cells is not None else plan.n_trials
+        all_done = grid.num_terminated + grid.num_errors >= expected
         if resume:
             # NOTE: after the fit, when Tune has written its final state: read before it, the state on the storage
             # path can be older than the one the Tuner restored from, and would retire runs of trials it knows.

@@ -92,6 +92,32 @@ class PerArmScheduler(FIFOScheduler):
                                                 for key, s in self._arms.items())
 
 
+class CellList(Searcher):
+    """Exactly the given cells (flat ``task, arm, seed, learning_rate`` dicts), one trial each, in order: the cells
+    that an extension (``--extend``) of a sweep still lacks. Its position is saved with Tune's experiment state."""
+
+    def __init__(self, cells: list[dict[str, Any]], metric: str = schema.ID_SCORE, mode: str = "max"):
+        super().__init__(metric=metric, mode=mode)
+        self.cells, self.next = [dict(c) for c in cells], 0
+
+    def suggest(self, trial_id: str):
+        if self.next >= len(self.cells):
+            return Searcher.FINISHED
+        self.next += 1
+        return dict(self.cells[self.next - 1])
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        pass
+
+    def save(self, checkpoint_path: str):
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str):
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
 class ArmBalancedOptuna(Searcher):
     """One Optuna study per arm and task over a log-uniform learning rate (the learning rate is chosen per task);
     (arm, task) pairs take turns, so every one gets exactly ``samples_per_arm`` trials (an equal tuning budget).

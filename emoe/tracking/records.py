@@ -36,6 +36,7 @@ class SweepRecord:
     experiment: str
     parent_run_id: str
     argv: list[str] = dataclasses.field(default_factory=list)
+    cells: list[dict[str, Any]] | None = None  # an extension's cells (task, arm, seed, learning rate); None: the grid
 
     @staticmethod
     def exists(directory: str | Path) -> bool:

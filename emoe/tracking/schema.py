@@ -7,7 +7,7 @@ import urllib.parse
 from typing import Any
 
 __all__ = ["DEFAULT_TRACKING_URI", "ROLE", "PARENT", "SWEEP", "FACTOR", "GIT_COMMIT", "COMMAND", "RAY_DIR",
-           "BACKFILLED", "ARM", "TRIAL_ID", "RETIRED", "MODEL", "OUTCOME", "ERROR", "RESTARTS", "RESTART_ERROR", "PLACEMENT", "OUTCOMES",
+           "BACKFILLED", "EXTENDED", "ARM", "TRIAL_ID", "RETIRED", "MODEL", "OUTCOME", "ERROR", "RESTARTS", "RESTART_ERROR", "PLACEMENT", "OUTCOMES",
            "EXPERIMENT_KIND", "TRAIN_LOSS", "ID_SCORE", "OOD_SCORE", "EPOCH", "STEP", "LOAD_ENTROPY", "METRIC_PREFIXES",
            "BEST_STEP", "CURRENT_ID_SCORE", "PATIENCE_STOP", "TASK",
            "id_metric", "ood_metric", "ood_score_metric", "ood_score_set", "load_entropy_metric", "trial_metrics", "finished", "outcome", "experiment_name",
@@ -21,7 +21,8 @@ PARENT = "mlflow.parentRunId"
 # Tags of a sweep's parent run.
 SWEEP, FACTOR = "emoe.sweep", "emoe.factor"  # the design's name and its swept factor(s)
 GIT_COMMIT, COMMAND, RAY_DIR = "emoe.git_commit", "emoe.command", "emoe.ray_dir"
-BACKFILLED = "emoe.backfilled"  # a parent run that python -m emoe.sync had to create
+BACKFILLED = "emoe.backfilled"
+EXTENDED = "emoe.extended"  # the directory of the latest extension (--extend) of a sweep  # a parent run that python -m emoe.sync had to create
 # Tags of a trial run.
 ARM, TRIAL_ID, OUTCOME, ERROR = "emoe.arm", "emoe.trial_id", "emoe.outcome", "emoe.error"
 RESTARTS = "emoe.restarts"  # times a trial was retried after a failure (--max-failures)
