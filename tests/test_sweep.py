@@ -415,7 +415,9 @@ def test_resume_after_driver_kill_keeps_the_grid_and_each_arms_budget(search, ti
     _, _, parents, children = _children(uri, "emoe-pretraining")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 16 and len({c.data.tags[tracking.TRIAL_ID] for c in children}) == 16
-    assert all(c.info.status == "FINISHED" for c in children)
+    assert all(c.info.status == "FINISHED" for c in children), (
+        [(c.data.tags[tracking.TRIAL_ID], c.info.status, c.data.tags.get(tracking.OUTCOME), c.data.metrics)
+         for c in children if c.info.status != "FINISHED"], out.stdout[-3000:])
     outcomes = {c.data.tags[tracking.OUTCOME] for c in children}
     arms = ["pretrained-dense", "pretrained-emoe", "random-dense", "random-emoe"]
     if search == "asha":

@@ -235,9 +235,6 @@ def _fit(plan: Plan, record: SweepRecord, directory: Path, client, experiment_id
                 reuse_actors=True),
                 run_config=tune.RunConfig(name=directory.name, storage_path=str(directory.parent),
                                           callbacks=[callback], verbose=1,
-                                          # the latest checkpoint of each running trial; a finished trial's is
-                                          # deleted by the callback
-                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                           failure_config=tune.FailureConfig(max_failures=s.max_failures)))
         grid = tuner.fit()
         for r in grid:

@@ -21,7 +21,7 @@ class TrialSetup:
     record: SweepRecord
     root: str  # the Ray experiment directory (shared storage on a cluster)
     threads: int  # torch threads: the trial's CPUs
-    checkpoint_every: int | None = 1  # evaluations between Tune checkpoints; None: none
+    checkpoint_every: int | None = 1  # evaluations between training-state checkpoints; None: none
 
 
 def quiet_libraries() -> None:
@@ -39,14 +39,17 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
 
     Every result also carries the trial's GPU ids (``gpu_ids``) and node id (``node_id``) beside Tune's own fields
     (``node_ip``, ``pid``, times). A trial whose final metrics were saved (it finished before an interruption)
-    reports them again and returns without retraining. Every ``checkpoint_every`` evaluations the whole training
-    state goes with the report as a Tune checkpoint (``state.pt``); a trial that Tune restarts (a retry after a node
-    failure, ``--resume`` after a driver kill) continues from its latest checkpoint: no optimiser step is trained
-    twice, and each step is reported once.
+    reports them again and returns without retraining. Every ``checkpoint_every`` evaluations, once the report has
+    been taken, the whole training state is written to the trial's ``state.pt`` on the storage path (atomically,
+    one per trial, deleted when the trial finishes); a trial that Tune starts again (a retry after a node failure,
+    ``--resume`` after a driver kill) continues from it: no optimiser step is trained twice, and each step is
+    reported at most once more (the MLflow callback logs each step once).
+
+    NOTE: not Tune's own checkpoints: Tune restores a trial from the checkpoint named in its last saved experiment
+    state, which, after a driver kill, can be one that ``CheckpointConfig(num_to_keep=...)`` (or the deletion of a
+    finished trial's checkpoints) has already removed, and the trial then fails before this function runs (seen in
+    the driver-kill test). The trial's own file has no such window.
     """
-    import shutil
-    import tempfile
-    from pathlib import Path
     import ray
     import torch
     from ray import tune
@@ -64,33 +67,26 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
         tune.report({**final, **where})
         return
     trial_cfg = setup.record.trial_config(config)
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            resume = torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=False)
-    staged: list[str] = []  # the checkpoint directory of the coming report
+    resume = files.load_state() if setup.checkpoint_every else None
+    staged: list[dict[str, Any]] = []  # the state of the coming report, written once the report is taken
     evaluations = [0]
 
     def on_state(state: dict[str, Any]) -> None:
         evaluations[0] += 1
-        if setup.checkpoint_every and (evaluations[0] % setup.checkpoint_every == 0 or state["done"]):
-            directory = tempfile.mkdtemp(prefix="emoe-ckpt-")
-            torch.save(state, Path(directory) / "state.pt")
-            staged.append(directory)
+        if evaluations[0] % setup.checkpoint_every == 0 and not state["done"]:
+            staged.append(state)
 
     def report(metrics: dict[str, float]) -> None:
         # NOTE: the final evaluation is saved *before* it is reported: a scheduler may stop the trial on that very
         # report (ASHA stops every trial that reaches max_t), and the function never runs past it.
         if schema.finished(metrics, trial_cfg["epochs"]):
             files.save_final(metrics)
-        directory = staged.pop() if staged else None
-        try:
-            tune.report({**metrics, **where},
-                        checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
-        finally:
-            if directory:
-                shutil.rmtree(directory, ignore_errors=True)  # Tune has copied it to the storage path
+            files.drop_state()
+        tune.report({**metrics, **where})
+        # NOTE: after the report: a trial that dies before this line reports this step again from its previous
+        # state (logged once all the same), never skips it. The tensors are still those of this evaluation.
+        if staged:
+            files.save_state(staged.pop())
 
     def save_partitions(model):
         files.save_partitions({f.block: f.labels.cpu().numpy() for f in emoe_layers(model)})

@@ -138,20 +138,9 @@ class MlflowTrials(Callback):
         if last:  # where the trial ended (a retry may have moved it since its placement was last tagged)
             self._safe("placement", run.set_tags, {schema.PLACEMENT: placement(last)})
         outcome = schema.outcome(last, self._epochs(trial))
-        self._drop_checkpoints(trial)
+        TrialFiles(self.root, trial.trial_id).drop_state()  # it never trains again (early-stopped ones included)
         self._safe("outcome", run.finish, outcome,
                    name=schema.trial_run_name(trial.config.get("arm"), trial.config, outcome, last))
-
-    @staticmethod
-    def _drop_checkpoints(trial) -> None:
-        """A finished trial's resume checkpoints are of no further use (it never trains again): delete them, so
-        that the storage holds checkpoints of running trials only."""
-        import shutil
-
-        path = getattr(trial, "path", None)
-        if path and Path(path).is_dir():
-            for directory in Path(path).glob("checkpoint_*"):
-                shutil.rmtree(directory, ignore_errors=True)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         # A retry (--max-failures) continues the same run, from the trial's latest checkpoint.

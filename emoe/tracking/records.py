@@ -97,6 +97,27 @@ class TrialFiles:
         """The trial's files that go to its MLflow run as artifacts (those that exist)."""
         return [p for p in (self.partitions, self.predictions) if p.exists()]
 
+    @property
+    def state(self) -> Path:
+        """The latest training state (``emoe.train``'s ``on_state``): where a restarted trial continues."""
+        return self.dir / "state.pt"
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        import torch
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / "state.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.state)
+
+    def load_state(self) -> dict[str, Any] | None:
+        import torch
+
+        return torch.load(self.state, map_location="cpu", weights_only=False) if self.state.is_file() else None
+
+    def drop_state(self) -> None:
+        self.state.unlink(missing_ok=True)
+
     def save_predictions(self, predictions: dict[str, Any]) -> None:
         import numpy as np
 
