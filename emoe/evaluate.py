@@ -89,13 +89,11 @@ def evaluate_runs(tracking_uri: str, experiment: str, ood: dict[str, str], ood_s
 
 
 def main(argv: list[str] | None = None) -> int:
+    from emoe.analysis.cli import add_sweep_arguments
     from emoe.train import parse_ood
 
     p = argparse.ArgumentParser(prog="python -m emoe.evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--experiment", required=True, help="the sweep's MLflow experiment, e.g. emoe-clustering")
-    p.add_argument("--tracking-uri", default=tracking.DEFAULT_TRACKING_URI,
-                   help=f"MLflow store (default: {tracking.DEFAULT_TRACKING_URI})")
-    p.add_argument("--parent", help="the sweep (parent run id; default: the experiment's latest sweep)")
+    add_sweep_arguments(p)
     p.add_argument("--ood", action="append", metavar="NAME=FILE", help="a new OOD set (csv, tsv, json lines, "
                    "parquet with the task's fields); a built-in set's name takes that set's mapping; repeatable")
     p.add_argument("--ood-sets", help="built-in OOD sets of the task to evaluate, comma-separated")

@@ -13,12 +13,17 @@ from emoe import tracking
 from emoe.analysis import report, results, stats
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python analysis/friedman.py", description=__doc__.splitlines()[0])
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that name a sweep in an MLflow store: ``--experiment``, ``--tracking-uri``, ``--parent``."""
     p.add_argument("--experiment", required=True, help="MLflow experiment of a sweep, e.g. emoe-clustering")
     p.add_argument("--tracking-uri", default=tracking.DEFAULT_TRACKING_URI,
                    help=f"MLflow store (default: {tracking.DEFAULT_TRACKING_URI})")
-    p.add_argument("--parent", help="the sweep (parent run id) to analyse (default: the experiment's latest sweep)")
+    p.add_argument("--parent", help="the sweep (its parent run id; default: the experiment's latest sweep)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python analysis/friedman.py", description=__doc__.splitlines()[0])
+    add_sweep_arguments(p)
     p.add_argument("--pool", action="store_true",
                    help="analyse every sweep of the experiment together; refused when a knob that is not a swept "
                         "factor (or seed, learning rate, task) differs between them")

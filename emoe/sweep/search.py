@@ -92,7 +92,19 @@ class PerArmScheduler(FIFOScheduler):
                                                 for key, s in self._arms.items())
 
 
-class CellList(Searcher):
+class PickledState:
+    """Tune saves and restores a searcher through these (its experiment state, and Tuner.restore on --resume)."""
+
+    def save(self, checkpoint_path: str):
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str):
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class CellList(PickledState, Searcher):
     """Exactly the given cells (flat ``task, arm, seed, learning_rate`` dicts), one trial each, in order: the cells
     that an extension (``--extend``) of a sweep still lacks. Its position is saved with Tune's experiment state."""
 
@@ -109,16 +121,8 @@ class CellList(Searcher):
     def on_trial_complete(self, trial_id, result=None, error=False):
         pass
 
-    def save(self, checkpoint_path: str):
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
 
-    def restore(self, checkpoint_path: str):
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
-
-
-class ArmBalancedOptuna(Searcher):
+class ArmBalancedOptuna(PickledState, Searcher):
     """One Optuna study per arm and task over a log-uniform learning rate (the learning rate is chosen per task);
     (arm, task) pairs take turns, so every one gets exactly ``samples_per_arm`` trials (an equal tuning budget).
 
@@ -168,11 +172,3 @@ class ArmBalancedOptuna(Searcher):
         if trial_id in self.owner:
             self.studies[self.owner.pop(trial_id)].on_trial_complete(trial_id, result, error=error)
 
-    # Tune saves and restores a searcher through these (its experiment state, and Tuner.restore on --resume).
-    def save(self, checkpoint_path: str):
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str):
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
