@@ -19,7 +19,7 @@ from emoe.analysis.stats import analyse
 from emoe import tracking
 
 SETS = ("imdb", "yelp", "amazon")
-# (arm, seed, lr, outcome, id_acc, {set: acc}); OOD values at the rejected learning rates are high on purpose: OOD
+# (arm, seed, lr, outcome, id_score, {set: score}); OOD values at the rejected learning rates are high on purpose: OOD
 # metrics must never select anything.
 TRIALS = [
     ("constrained", 0, 1e-4, "completed", 0.80, {"imdb": 0.70, "yelp": 0.90, "amazon": 0.60}),
@@ -53,13 +53,13 @@ def log_golden(uri: str, experiment: str = "emoe-golden") -> str:
     parent = client.create_run(exp, tags={tracking.ROLE: "sweep", tracking.SWEEP: "clustering",
                                           tracking.FACTOR: "clustering"})
     client.log_param(parent.info.run_id, "arms", "constrained,kmeans,dense")
-    for i, (arm, seed, lr, outcome, id_acc, ood) in enumerate(TRIALS):
+    for i, (arm, seed, lr, outcome, id_score, ood) in enumerate(TRIALS):
         run = tracking.TrialRun(client, exp, f"{arm}-{i}", parent_run_id=parent.info.run_id,
                                 tags={tracking.ARM: arm, tracking.TRIAL_ID: f"t{i}"})
         run.log_params({"task": "sst2", "seed": seed, "learning_rate": lr,
                         "method": "dense" if arm == "dense" else "emoe", "clustering": arm})
-        if id_acc is not None:
-            metrics = {"id_score": id_acc, "epoch": 0.5 if outcome == "early_stopped" else 1.0,
+        if id_score is not None:
+            metrics = {"id_score": id_score, "epoch": 0.5 if outcome == "early_stopped" else 1.0,
                        "ood_score": float(np.mean(list(ood.values())))}
             metrics.update({f"ood_score.{s}": v for s, v in ood.items()})
             run.log_metrics(metrics, step=10)
