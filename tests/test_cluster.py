@@ -197,6 +197,15 @@ def test_worker_node_killed_mid_trial_is_retried_on_the_surviving_node(cluster, 
     client = tracking.client(mlflow_server)
     steps = [m.step for m in client.get_metric_history(retried.info.run_id, "id_score")]
     assert sorted(steps) == list(range(5, 301, 5)), steps
+    # Ray's own records of the trial (both attempts): the retry says which checkpoint it continued from, and its
+    # first report is the evaluation right after that checkpoint's step (5 optimiser steps later): nothing before
+    # it was trained again.
+    results = [json.loads(line) for line in next(exp_dir.glob(f"*{victim}*/result.json")).read_text().splitlines()]
+    retry = [r for r in results if "resumed_from" in r]
+    assert retry, "the retry did not continue from a checkpoint"
+    origin = retry[0]["resumed_from"]
+    assert origin >= 5 and retry[0]["step"] == origin + 5, [(r["step"], r.get("resumed_from")) for r in results]
+    assert retried.data.tags[tracking.RESUMED] == str(origin)
     config = json.loads(next(exp_dir.glob(f"*{victim}*/params.json")).read_text())
     from emoe.train import train_and_evaluate
     from emoe.tracking.records import SweepRecord

@@ -315,19 +315,29 @@ def test_interrupted_sweep_resumes_without_rerun_or_duplicates(sig, tiny_model_d
                      "--eval-steps", "10")
     proc = subprocess.Popen(sweep_cmd("pretraining", *args), cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    trials = tmp_path / "ray"
+
+    def mid_trial() -> list[Path]:  # the checkpoints of trials that are still training
+        return [p for p in trials.glob("*/emoe_trials/*/state.pt") if not (p.parent / "final.json").exists()]
+
     deadline = time.time() + 600
-    while time.time() < deadline and not list((tmp_path / "ray").glob("*/emoe_trials/*/final.json")):
-        time.sleep(1)
-    assert list((tmp_path / "ray").glob("*/emoe_trials/*/final.json")), "no trial finished"
+    while time.time() < deadline and not (list(trials.glob("*/emoe_trials/*/final.json")) and mid_trial()):
+        time.sleep(0.1)
+    assert list(trials.glob("*/emoe_trials/*/final.json")), "no trial finished"
     first_step = 10  # --eval-steps 10: a trial trained again would report this step again
-    time.sleep(3)  # let Tune save its experiment state once after that trial (it does so every few seconds)
     if sig == signal.SIGINT:
         proc.send_signal(sig)
         log, _ = proc.communicate(timeout=300)
-    else:
+    else:  # at once: the trial that has a checkpoint is still training
         os.killpg(proc.pid, signal.SIGKILL)
         log, _ = proc.communicate(timeout=60)
         time.sleep(2)
+    import torch
+
+    # the checkpoint each interrupted trial will continue from (after a Ctrl-C a trial may have ended cleanly)
+    origins = {p.parent.name: torch.load(p, weights_only=False)["step"] for p in mid_trial()}
+    if sig == signal.SIGKILL:
+        assert origins, "the kill found no trial with a checkpoint"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     _, _, parents, children = _children(uri, "emoe-pretraining")
     if sig == signal.SIGINT:  # a clean stop leaves nothing RUNNING; after SIGKILL the resume must clean up
@@ -351,6 +361,16 @@ def test_interrupted_sweep_resumes_without_rerun_or_duplicates(sig, tiny_model_d
             assert steps.count(first_step) == 1, steps
         # every trial, the interrupted ones included (they continued from their checkpoints): each step once
         assert sorted(steps) == [10, 20, 25, 30, 40, 50, 60, 70, 75], steps  # every 10 steps and each epoch end
+    for trial, origin in origins.items():
+        # the resumed attempt's first report (Ray's records keep both attempts') is the evaluation right after its
+        # checkpoint's step: it continued there, training nothing twice
+        (run,) = [c for c in children if c.data.tags[tracking.TRIAL_ID] == trial]
+        assert run.data.tags[tracking.RESUMED] == str(origin)
+        results = [json.loads(line) for line in
+                   next(trials.glob(f"*/*{trial}*/result.json")).read_text().splitlines()]
+        resumed = [r["step"] for r in results if r.get("resumed_from") == origin]
+        assert resumed and resumed[0] == min(s for s in (10, 20, 25, 30, 40, 50, 60, 70, 75) if s > origin), (
+            origin, [(r["step"], r.get("resumed_from")) for r in results])
 
 
 @pytest.mark.slow
@@ -513,3 +533,17 @@ def test_extend_runs_only_the_missing_cells_under_the_same_parent(tiny_model_dir
                          capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=300)
     assert bad.returncode == 2 and "--extend: max_length is 32 in the sweep being extended, 40 now" in bad.stderr
     assert "per arm" in out.stdout
+
+
+@pytest.mark.slow
+def test_scale_benchmark_runs_a_grid_of_trivial_trials_through_the_real_runner(tmp_path):
+    """The 2,000-trial benchmark in miniature (24 trials): every trial a finished MLflow run, the analysis reads
+    them, and the figures are printed."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweep_scale.py"), "--seeds", "1",
+                          "--learning-rates", "1", "--reports", "2", "--keep", str(tmp_path)],
+                         capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "24 trials" in out.stdout and "driver memory" in out.stdout and "analysis of the sweep" in out.stdout
+    _, _, parents, children = _children(f"sqlite:///{tmp_path}/mlflow.db", "emoe-bench-scale")
+    assert len(parents) == 1 and len(children) == 24
+    assert {c.data.params["task"] for c in children} == {"sst2", "rte", "mrpc", "stsb"}

@@ -104,7 +104,7 @@ def build_parser(design: Ablation, preset: str | None = None) -> argparse.Argume
                    help=f"CPUs per trial, also its torch threads (default: {d.cpus_per_trial:g})")
     r.add_argument("--max-concurrent", type=int, help="cap on trials running at once (default: as resources allow)")
     r.add_argument("--max-failures", type=int, help=f"retries of a failed trial (default: {d.max_failures})")
-    r.add_argument("--checkpoint-every", type=_optional_int, metavar="N",
+    r.add_argument("--checkpoint-every", type=_optional_int, metavar="N", default=argparse.SUPPRESS,
                    help="evaluations between trial checkpoints on the storage path (model, optimiser, RNG and data "
                         "position): a retried or resumed trial continues from its latest; none = no checkpoints "
                         f"(default: {d.checkpoint_every})")
@@ -136,7 +136,9 @@ def parse_args(design: Ablation, argv: list[str]) -> argparse.Namespace:
 
 def settings_from_args(args: argparse.Namespace) -> SweepSettings:
     """Flags over the preset over the declared defaults."""
-    given = {name: getattr(args, name) for name in _SWEEP_FLAGS if getattr(args, name) is not None}
+    # NOTE: --checkpoint-every none is a value (no checkpoints), so that flag is absent, not None, when not given
+    given = {name: getattr(args, name) for name in _SWEEP_FLAGS
+             if hasattr(args, name) and (getattr(args, name) is not None or name == "checkpoint_every")}
     return SweepSettings.from_preset(args.preset, trial=hparams.overrides_from_args(args), **given)
 
 

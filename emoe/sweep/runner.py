@@ -8,7 +8,7 @@ import logging
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from emoe.sweep.design import Ablation
 from emoe.sweep.plan import Plan, SweepSettings, check_model_and_data, check_resources, local_nodes, make_plan
@@ -137,7 +137,8 @@ def missing_cells(plan: Plan, client, experiment_id: str, parent_run_id: str) ->
 
 
 def run_sweep(design: Ablation, settings: SweepSettings, resume: str | Path | None = None,
-              argv: list[str] | None = None, extend: str | Path | None = None) -> SweepOutcome:
+              argv: list[str] | None = None, extend: str | Path | None = None,
+              trainable: Callable[[dict[str, Any], TrialSetup], None] = tune_trainable) -> SweepOutcome:
     """Run (or, with ``resume``, continue; with ``extend``, top up) a sweep.
 
     Args:
@@ -148,6 +149,8 @@ def run_sweep(design: Ablation, settings: SweepSettings, resume: str | Path | No
         extend: the experiment directory of a sweep to top up: the cells of this design and settings that it lacks
             (new seeds, rates, arms or tasks, and cells whose trials failed) run under its MLflow parent run, from a
             directory of their own; nothing else may differ. Running it again runs nothing.
+        trainable: what each trial runs, ``(tune config, TrialSetup)``; the default trains and evaluates. The
+            scale benchmark passes one that only reports, to measure the driver and MLflow alone.
 
     Raises:
         ValueError: bad input, before Ray starts or anything is logged (one line).
@@ -186,7 +189,7 @@ def run_sweep(design: Ablation, settings: SweepSettings, resume: str | Path | No
         client.update_run(old.parent_run_id, "RUNNING")
         client.set_tag(old.parent_run_id, schema.EXTENDED, str(directory))
         log.info("extending parent run %s with %d cell(s) in %s", old.parent_run_id, len(cells), directory)
-        return _fit(plan, record, directory, client, experiment_id, gpus, False)
+        return _fit(plan, record, directory, client, experiment_id, gpus, False, trainable)
     if resume is None:
         directory = storage / f"{plan.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
         directory.mkdir(parents=True, exist_ok=False)
@@ -205,16 +208,16 @@ def run_sweep(design: Ablation, settings: SweepSettings, resume: str | Path | No
         parent_id = record.parent_run_id
         client.update_run(parent_id, "RUNNING")
         log.info("resuming %s (MLflow parent run %s)", directory, parent_id)
-    return _fit(plan, record, directory, client, experiment_id, gpus, resume is not None)
+    return _fit(plan, record, directory, client, experiment_id, gpus, resume is not None, trainable)
 
 
 def _fit(plan: Plan, record: SweepRecord, directory: Path, client, experiment_id: str, gpus: float,
-         resume: bool) -> SweepOutcome:
+         resume: bool, function=tune_trainable) -> SweepOutcome:
     from ray import tune
 
     s = plan.settings
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, setup=TrialSetup(record, str(directory), max(1, int(s.cpus_per_trial)),
+        tune.with_parameters(function, setup=TrialSetup(record, str(directory), max(1, int(s.cpus_per_trial)),
                                                               s.checkpoint_every)),
         {"cpu": s.cpus_per_trial, "gpu": gpus})
     callback = MlflowTrials(s.tracking_uri, experiment_id, record, str(directory))

@@ -68,6 +68,8 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
         return
     trial_cfg = setup.record.trial_config(config)
     resume = files.load_state() if setup.checkpoint_every else None
+    # every report of an attempt that continued from a checkpoint says from which step (Ray's records, MLflow tag)
+    origin = {schema.RESUMED_FROM: resume["step"]} if resume is not None else {}
     staged: list[dict[str, Any]] = []  # the state of the coming report, written once the report is taken
     evaluations = [0]
 
@@ -82,7 +84,7 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
         if schema.finished(metrics, trial_cfg["epochs"]):
             files.save_final(metrics)
             files.drop_state()
-        tune.report({**metrics, **where})
+        tune.report({**metrics, **where, **origin})
         # NOTE: after the report: a trial that dies before this line reports this step again from its previous
         # state (logged once all the same), never skips it. The tensors are still those of this evaluation.
         if staged:

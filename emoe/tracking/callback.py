@@ -50,11 +50,13 @@ class MlflowTrials(Callback):
         self._runs: dict[str, runs.TrialRun] = {}
         self._placed: dict[str, str] = {}  # trial id -> the placement last tagged
         self._logged: dict[str, float] = {}  # trial id -> the last step its run already holds (a continued run)
+        self._resumed: dict[str, list[int]] = {}  # trial id -> the checkpoint steps its attempts continued from
         self._client = None
         self._down_until = 0.0
 
     def __getstate__(self):
-        return {**self.__dict__, "_client": None, "_runs": {}, "_placed": {}, "_logged": {}, "_down_until": 0.0}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_placed": {}, "_logged": {}, "_resumed": {},
+                "_down_until": 0.0}
 
     @property
     def client(self):
@@ -117,6 +119,10 @@ class MlflowTrials(Callback):
         if step > self._logged.get(trial.trial_id, -1):
             self._safe("metrics", run.log_metrics, schema.trial_metrics(result), step)
             self._logged[trial.trial_id] = step
+        origin = result.get(schema.RESUMED_FROM)
+        if origin is not None and int(origin) not in self._resumed.setdefault(trial.trial_id, []):
+            self._resumed[trial.trial_id].append(int(origin))
+            self._safe("resume", run.set_tags, {schema.RESUMED: ",".join(map(str, self._resumed[trial.trial_id]))})
         where = placement(result)
         if self._placed.get(trial.trial_id) != where:  # at the first result, and again when a retry runs elsewhere
             self._placed[trial.trial_id] = where
@@ -141,6 +147,12 @@ class MlflowTrials(Callback):
         TrialFiles(self.root, trial.trial_id).drop_state()  # it never trains again (early-stopped ones included)
         self._safe("outcome", run.finish, outcome,
                    name=schema.trial_run_name(trial.config.get("arm"), trial.config, outcome, last))
+        self._forget(trial)
+
+    def _forget(self, trial):
+        """An ended trial's entries go: a sweep of thousands of trials must not grow the driver."""
+        for held in (self._runs, self._placed, self._logged, self._resumed):
+            held.pop(trial.trial_id, None)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         # A retry (--max-failures) continues the same run, from the trial's latest checkpoint.
@@ -155,3 +167,4 @@ class MlflowTrials(Callback):
             return
         self._safe("failure", run.finish, "failed", trial_error_text(trial),
                    name=schema.trial_run_name(trial.config.get("arm"), trial.config, "failed"))
+        self._forget(trial)

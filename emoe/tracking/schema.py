@@ -9,7 +9,7 @@ from typing import Any
 __all__ = ["DEFAULT_TRACKING_URI", "ROLE", "PARENT", "SWEEP", "FACTOR", "GIT_COMMIT", "COMMAND", "RAY_DIR",
            "BACKFILLED", "EXTENDED", "ARM", "TRIAL_ID", "RETIRED", "MODEL", "OUTCOME", "ERROR", "RESTARTS", "RESTART_ERROR", "PLACEMENT", "OUTCOMES",
            "EXPERIMENT_KIND", "TRAIN_LOSS", "ID_SCORE", "OOD_SCORE", "EPOCH", "STEP", "LOAD_ENTROPY", "METRIC_PREFIXES",
-           "BEST_STEP", "CURRENT_ID_SCORE", "PATIENCE_STOP", "TASK",
+           "BEST_STEP", "CURRENT_ID_SCORE", "PATIENCE_STOP", "TASK", "RESUMED", "RESUMED_FROM",
            "id_metric", "ood_metric", "ood_score_metric", "ood_score_set", "load_entropy_metric", "trial_metrics", "finished", "outcome", "experiment_name",
            "trial_run_name", "runs_url"]
 
@@ -29,6 +29,8 @@ RESTARTS = "emoe.restarts"  # times a trial was retried after a failure (--max-f
 RESTART_ERROR = "emoe.restarts.last_error"
 PLACEMENT = "emoe.placement"  # where the trial (last) ran: node address and id, process, GPUs
 MODEL = "emoe.model"  # where the trial's kept best-ID model is (emoe.convert.load_converted reads it)
+RESUMED = "emoe.resumed_from"  # the step(s) of the checkpoint(s) a trial continued from after a restart
+RESUMED_FROM = "resumed_from"  # a result field (not logged as a metric): the step of that attempt's checkpoint
 RETIRED = "emoe.retired"  # why a trial's run was moved to the trash (its trial was lost and rerun)
 OUTCOMES = ("completed", "early_stopped", "failed")
 # Experiment tag: the MLflow 3 UI opens an experiment on its training runs, not on the GenAI overview.
