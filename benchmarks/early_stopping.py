@@ -166,12 +166,21 @@ def main() -> None:
     rules += [("successive halving per arm+seed", successive_halving(trials))]
     print(f"\n{'rule':<36} {'trial-epochs':>12} {'stopped':>8} {'same rate':>10} {'ID ranking':>11} "
           f"{'OOD ranking':>12}")
+    details = []
     for name, ran in rules:
         r, i, o, _ = conclusions(outcome(trials, ran))
         same = sum(r.get(arm) == lr for arm, lr in rates.items())
         print(f"{name:<36} {sum(ran.values()) / total:>12.2f} {sum(ran[t.trial_id] < len(t.curve) for t in trials):>8} "
               f"{f'{same}/{len(rates)}':>10} {'same' if i == id_rank else 'differs':>11} "
               f"{'same' if o == ood_rank else 'differs':>12}")
+        moved = [f"{arm} {r.get(arm, float('nan')):g} (full grid {lr:g})" for arm, lr in rates.items()
+                 if r.get(arm) != lr]
+        if moved or i != id_rank or o != ood_rank:
+            details.append(f"  {name}: " + "; ".join(
+                (["rates " + ", ".join(moved)] if moved else []) + ([f"ID {' > '.join(i)}"] if i != id_rank else [])
+                + ([f"OOD {' > '.join(o)}"] if o != ood_rank else [])))
+    if details:
+        print("\nwhere a rule's conclusions differ from the full grid's:\n" + "\n".join(details))
 
 
 if __name__ == "__main__":

@@ -153,15 +153,23 @@ def save_converted(model: nn.Module, directory: str | Path, half: bool = True,
     (``model.pt``: every parameter and buffer, the partitions and gates included; floating tensors in float16 with
     ``half``). ``state``: another state dict of the same model to save instead of its current one (a kept
     best-so-far state)."""
+    import os
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(directory)
     config = getattr(model, "emoe_config", None) or EmoeConfig(method="dense")
-    (directory / "emoe_model.json").write_text(json.dumps(
-        {"class": type(model).__name__, "emoe_config": config.to_dict()}, indent=2, sort_keys=True))
     state = {k: (v.detach().to("cpu", torch.float16) if half and v.is_floating_point() else v.detach().cpu())
              for k, v in (state if state is not None else model.state_dict()).items()}
-    torch.save(state, directory / "model.pt")
+    # NOTE: each file replaced atomically: a trial saves its kept model again at every new best, and a kill during
+    # a save must leave the previous one readable.
+    files = {"config.json": model.config.to_json_string(),
+             "emoe_model.json": json.dumps({"class": type(model).__name__, "emoe_config": config.to_dict()},
+                                           indent=2, sort_keys=True)}
+    for name, text in files.items():
+        (directory / f"{name}.tmp").write_text(text)
+        os.replace(directory / f"{name}.tmp", directory / name)
+    torch.save(state, directory / "model.pt.tmp")
+    os.replace(directory / "model.pt.tmp", directory / "model.pt")
     return directory
 
 

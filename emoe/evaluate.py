@@ -3,7 +3,7 @@
     python -m emoe.evaluate --experiment emoe-clustering --ood reviews=reviews.csv [--parent RUN_ID]
     python -m emoe.evaluate --experiment emoe-clustering --ood-sets flipkart --data-dir DIR
 
-Every finished trial run of the sweep (the latest, or ``--parent``) whose kept model (``--keep-model best``, tag
+Every finished (completed or early-stopped) trial run of the sweep (the latest, or ``--parent``) whose kept model (``--keep-model best``, tag
 ``emoe.model``) is readable is evaluated on each named set, as its training evaluated OOD sets (the task's metrics,
 the trial's max length, evaluation batch and order), and gets ``ood_score.<set>`` and ``ood.<set>.<metric>`` logged
 at its last step. A run that already holds a set's score is skipped, so running it twice adds nothing. The
@@ -53,7 +53,8 @@ def evaluate_runs(tracking_uri: str, experiment: str, ood: dict[str, str], ood_s
     client = tracking.client(tracking_uri)
     counts = {"evaluated": 0, "skipped": 0, "no_model": 0}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    for run_id in trials.loc[trials["outcome"] == "completed", "run_id"]:
+    # early-stopped trials too: the analysis uses them, and each kept its best model so far when it was stopped
+    for run_id in trials.loc[trials["outcome"].isin(("completed", "early_stopped")), "run_id"]:
         run = client.get_run(run_id)
         model_dir = run.data.tags.get(tracking.MODEL)
         if not model_dir or not Path(model_dir).is_dir():

@@ -167,16 +167,19 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
             evaluation), beside ``best_step`` and the latest evaluation's ``current_id_score``.
         data: an already loaded task (else loaded from ``task``/``data_dir``).
         on_model: called with the converted model before training (e.g. to save its partitions).
-        on_predictions: called once at the end with the per-example predictions of the final evaluation (with
-            ``keep_best``: of the kept one), one array per evaluation set (``id`` and each OOD set) in the set's
-            order, so that paired tests between arms need no rerun.
+        on_predictions: called at every evaluation, before ``report``, with the per-example predictions behind
+            that report (with ``keep_best``: the kept evaluation's), one array per evaluation set (``id`` and each
+            OOD set) in the set's order, so that paired tests between arms need no rerun; the last call is the
+            final evaluation's, and a trial a scheduler stops keeps those of the report it was stopped on.
         on_state: called at every evaluation, just before ``report``, with the whole training state (model,
             optimiser, scheduler, scaler, RNG states, data position, best-so-far state): a checkpoint. It must be
             serialised before the call returns (its tensors are the live ones).
         resume: a state ``on_state`` gave: training continues from it (the next optimiser step after it), and ends
             with the metrics an uninterrupted run would have reached (on CPU, exactly).
-        on_kept_model: with ``keep_model='best'``, called once at the end with the model and the state dict of its
-            best ID evaluation (float16 copies of the floating tensors), e.g. ``emoe.convert.save_converted``.
+        on_kept_model: with ``keep_model='best'``, called at each evaluation that improves the best ID score,
+            before its report, with the model and the state dict of that evaluation (float16 copies of the floating
+            tensors), e.g. ``emoe.convert.save_converted``: the last call holds the best evaluation's weights, and a
+            trial that a scheduler stops keeps its best so far.
 
     Returns:
         The metrics of the last report (with ``keep_best``: those of the best ID evaluation). A trial stopped by
@@ -279,10 +282,11 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
         losses.clear()
         last = out
         ended = step >= total_steps or tracking.PATIENCE_STOP in out
-        # NOTE: before the report: a scheduler may stop the trial on its final report, and nothing after it runs.
-        if on_predictions is not None and ended:
+        # NOTE: before the report, at every evaluation: a scheduler may stop the trial on any report (ASHA: for
+        # trailing, or at max_t), and nothing after it runs; a stopped trial keeps those of its last report.
+        if on_predictions is not None:
             on_predictions(in_set_order(kept["best" if cfg["keep_best"] else "latest"]))
-        if keep_model and ended:
+        if keep_model and since_best == 0:  # a new best: kept now, so a trial a scheduler stops keeps one too
             on_kept_model(model, best_model)
         if on_state is not None:
             on_state(state(position, ended))

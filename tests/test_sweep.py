@@ -271,7 +271,7 @@ def test_tiny_sweep_with_asha_logs_every_trial(tiny_model_dir, tiny_data_dir, tm
         artifacts = {a.path for a in client.list_artifacts(c.info.run_id)}
         assert "emoe_config.json" in artifacts
         assert ("partitions.npz" in artifacts) == (c.data.tags[tracking.ARM] != "dense")
-        assert ("predictions.npz" in artifacts) == (outcome == "completed")  # the final evaluation's, per example
+        assert "predictions.npz" in artifacts  # per example: the final evaluation's, or the one ASHA stopped on
         assert c.data.tags[tracking.PLACEMENT].startswith("node ")
     # The closing lines link to the experiment's runs table, not the MLflow 3 UI's GenAI overview.
     assert f"#/experiments/{exp.experiment_id}/runs" in out.stdout
@@ -494,15 +494,17 @@ def test_kept_models_are_re_evaluated_on_a_new_set_without_retraining(tiny_model
     from emoe.analysis.results import load_trials
     from emoe.evaluate import evaluate_runs
 
-    run_tiny("pretraining", tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0", "--learning-rates", "1e-3",
-             "--cpus-per-trial", "0.5", "--scheduler", "none", "--checkpoint-every", "none")
+    # two rates under ASHA (per arm and seed): a trial it stops keeps its best model so far, and is re-evaluated too
+    run_tiny("pretraining", tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0", "--learning-rates",
+             "1e-3,1e-5", "--cpus-per-trial", "0.5", "--checkpoint-every", "none", "--eval-steps", "2")
     extra = write_jsonl(tmp_path / "extra.jsonl", _head(PACKAGED_DATA / "yelp" / "test.jsonl", 24))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    assert evaluate_runs(uri, "emoe-pretraining", {"extra": str(extra)}) == {"evaluated": 4, "skipped": 0,
+    assert evaluate_runs(uri, "emoe-pretraining", {"extra": str(extra)}) == {"evaluated": 8, "skipped": 0,
                                                                             "no_model": 0}
-    assert evaluate_runs(uri, "emoe-pretraining", {"extra": str(extra)}) == {"evaluated": 0, "skipped": 4,
+    assert evaluate_runs(uri, "emoe-pretraining", {"extra": str(extra)}) == {"evaluated": 0, "skipped": 8,
                                                                             "no_model": 0}
     client, _, _, children = _children(uri, "emoe-pretraining")
+    assert {c.data.tags[tracking.OUTCOME] for c in children} <= {"completed", "early_stopped"}
     for c in children:
         history = client.get_metric_history(c.info.run_id, "ood_score.extra")
         assert len(history) == 1 and history[0].step == c.data.metrics["step"]

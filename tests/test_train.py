@@ -223,8 +223,10 @@ def test_per_example_predictions_are_the_reported_evaluations(keep_best, tiny_mo
 
     saved = []
     cfg = tiny_trial(tiny_model_dir, tiny_data_dir, epochs=2, keep_best=keep_best, max_eval_samples=40)
-    final = train_and_evaluate(cfg, on_predictions=saved.append)
-    (preds,) = saved
+    reports = []
+    final = train_and_evaluate(cfg, reports.append, on_predictions=saved.append)
+    assert len(saved) == len(reports) >= 2  # one set per evaluation (a stopped trial keeps its last report's)
+    preds = saved[-1]
     data = load_task("sst2", tiny_data_dir, max_train_samples=96, max_eval_samples=40)
     assert set(preds) == {"id", "imdb", "yelp", "amazon", "flipkart"} and preds["id"].dtype == np.int8
     assert np.mean(preds["id"] == np.array(data.validation["label"])) == pytest.approx(final["id.accuracy"])
@@ -290,12 +292,13 @@ def test_kept_model_is_the_best_evaluations_state(tiny_model_dir, tiny_data_dir,
 
     cfg = tiny_trial(tiny_model_dir, tiny_data_dir, epochs=3, keep_best=True, learning_rate=5e-3)
     final = train_and_evaluate(cfg, on_state=keep_state, on_kept_model=keep)
-    (state,) = kept
+    state = kept[-1]  # handed over at each new best: the last is the best evaluation's
     at = {s["step"]: s["model"] for s in (torch.load(io.BytesIO(b), weights_only=False) for b in states)}
     assert final["best_step"] < final["step"]  # the best evaluation is not the last one here
     best = at[int(final["best_step"])]
     assert all(torch.equal(state[k], v.half() if v.is_floating_point() else v) for k, v in best.items())
+    calls = len(kept)
     loaded = load_converted(tmp_path / "model")
     assert [f.block for f in emoe_layers(loaded)] == [0, 1]
     assert train_and_evaluate(tiny_trial(tiny_model_dir, tiny_data_dir, keep_model="none"),
-                              on_kept_model=kept.append) and len(kept) == 1  # none: nothing handed over
+                              on_kept_model=kept.append) and len(kept) == calls  # none: nothing handed over
