@@ -49,8 +49,7 @@ def full_grid(uri: str, data_dir: str, storage: str) -> list:
         exp = client.get_experiment_by_name(EXPERIMENT)
     trials = []
     for r in client.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.ROLE}` = 'trial'"):
-        if r.data.tags.get(tracking.OUTCOME) != "completed":
-            continue
+        failed = r.data.tags.get(tracking.OUTCOME) != "completed"  # diverged (or never ended): failed in every rule
         history = {name: {m.step: m for m in client.get_metric_history(r.info.run_id, name)}
                    for name in (tracking.ID_SCORE, tracking.OOD_SCORE, tracking.EPOCH)}
         steps = sorted(set(history[tracking.ID_SCORE]) & set(history[tracking.EPOCH]))
@@ -58,7 +57,7 @@ def full_grid(uri: str, data_dir: str, storage: str) -> list:
                                        epoch=history[tracking.EPOCH][s].value,
                                        id_score=history[tracking.ID_SCORE][s].value,
                                        ood_score=history[tracking.OOD_SCORE][s].value) for s in steps]
-        trials.append(types.SimpleNamespace(trial_id=r.info.run_id, curve=curve, config={
+        trials.append(types.SimpleNamespace(trial_id=r.info.run_id, curve=curve, failed=failed, config={
             "task": r.data.params.get("task", "sst2"), "arm": r.data.tags[tracking.ARM],
             "seed": int(r.data.params["seed"]), "learning_rate": float(r.data.params["learning_rate"])}))
     return trials
@@ -79,13 +78,15 @@ def asha(trials: list, scope: str, order: str) -> dict[str, int]:
                                                          early_stop_scope=scope))
     scheduler = make_scheduler(plan)
     scheduler.set_search_properties(tracking.ID_SCORE, "max")
+    ran = {t.trial_id: len(t.curve) for t in trials if t.failed}  # failed: as they ran, in every rule
+    trials = [t for t in trials if not t.failed]
     for t in trials:
         scheduler.on_trial_add(None, t)
     if order == "logged":
         events = sorted((p.time, i, k) for i, t in enumerate(trials) for k, p in enumerate(t.curve))
     else:  # side by side: every trial's k-th evaluation before any trial's (k+1)-th
         events = sorted((k, i, k) for i, t in enumerate(trials) for k, p in enumerate(t.curve))
-    ran, stopped = {t.trial_id: 0 for t in trials}, set()
+    ran, stopped = {**ran, **{t.trial_id: 0 for t in trials}}, set()
     for _, i, k in events:
         t = trials[i]
         if t.trial_id in stopped:
@@ -102,9 +103,9 @@ def successive_halving(trials: list, grace: float = 1.0, rf: float = 2.0) -> dic
     """Synchronous successive halving per (task, arm, seed): at epochs grace, grace*rf, ... (< the last epoch) the
     best ``max(1, n // rf)`` of the ``n`` surviving rates go on (ties: the smaller rate)."""
     groups: dict[tuple, list] = {}
-    for t in trials:
+    ran = {t.trial_id: len(t.curve) for t in trials if t.failed}
+    for t in (t for t in trials if not t.failed):
         groups.setdefault((t.config["task"], t.config["arm"], t.config["seed"]), []).append(t)
-    ran = {}
     for group in groups.values():
         alive, rung = sorted(group, key=lambda t: t.config["learning_rate"]), grace
         while rung < EPOCHS - 1e-9 and len(alive) > 1:
@@ -127,6 +128,10 @@ def outcome(trials: list, ran: dict[str, int]):
 
     rows = []
     for t in trials:
+        if t.failed or not t.curve:
+            rows.append({**t.config, "outcome": "failed", tracking.ID_SCORE: float("nan"),
+                         tracking.OOD_SCORE: float("nan"), "epochs": t.curve[-1].epoch if t.curve else 0.0})
+            continue
         p = t.curve[ran[t.trial_id] - 1]
         rows.append({**t.config, "outcome": "completed" if ran[t.trial_id] == len(t.curve) else "early_stopped",
                      tracking.ID_SCORE: p.id_score, tracking.OOD_SCORE: p.ood_score, "epochs": p.epoch})
@@ -155,12 +160,14 @@ def main() -> None:
     total = sum(len(t.curve) for t in trials)
     full = outcome(trials, {t.trial_id: len(t.curve) for t in trials})
     rates, id_rank, ood_rank, means = conclusions(full)
-    print(f"\ngrid: {len(trials)} completed trials ({full['arm'].nunique()} arms x {full['seed'].nunique()} seeds x "
+    failed = sum(t.failed for t in trials)
+    print(f"\ngrid: {len(trials)} trials, {failed} failed ({full['arm'].nunique()} arms x {full['seed'].nunique()} seeds x "
           f"{full['learning_rate'].nunique()} learning rates), evaluations at epochs "
           f"{sorted({round(q.epoch, 2) for t in trials for q in t.curve})}: {total} trial-epochs")
     print("full grid: chosen learning rates " + ", ".join(f"{arm} {lr:g}" for arm, lr in rates.items()))
     print("  ID ranking:  " + " > ".join(f"{arm} {means.loc[arm, 'id_score']:.4f}" for arm in id_rank))
     print("  OOD ranking: " + " > ".join(f"{arm} {means.loc[arm, 'ood_score']:.4f}" for arm in ood_rank))
+    total = sum(len(t.curve) for t in trials if not t.failed) or 1  # the rules differ on these only
     rules = [(f"ASHA per arm+seed, {order}", asha(trials, "arm", order)) for order in ("logged", "side by side")]
     rules += [(f"ASHA global, {order}", asha(trials, "global", order)) for order in ("logged", "side by side")]
     rules += [("successive halving per arm+seed", successive_halving(trials))]
@@ -170,7 +177,8 @@ def main() -> None:
     for name, ran in rules:
         r, i, o, _ = conclusions(outcome(trials, ran))
         same = sum(r.get(arm) == lr for arm, lr in rates.items())
-        print(f"{name:<36} {sum(ran.values()) / total:>12.2f} {sum(ran[t.trial_id] < len(t.curve) for t in trials):>8} "
+        spent = sum(ran[t.trial_id] for t in trials if not t.failed)
+        print(f"{name:<36} {spent / total:>12.2f} {sum(ran[t.trial_id] < len(t.curve) for t in trials):>8} "
               f"{f'{same}/{len(rates)}':>10} {'same' if i == id_rank else 'differs':>11} "
               f"{'same' if o == ood_rank else 'differs':>12}")
         moved = [f"{arm} {r.get(arm, float('nan')):g} (full grid {lr:g})" for arm, lr in rates.items()

@@ -366,10 +366,11 @@ def test_interrupted_sweep_resumes_without_rerun_or_duplicates(sig, tiny_model_d
         # checkpoint's step: it continued there, training nothing twice
         (run,) = [c for c in children if c.data.tags[tracking.TRIAL_ID] == trial]
         assert run.data.tags[tracking.RESUMED] == str(origin)
-        results = [json.loads(line) for line in
-                   next(trials.glob(f"*/*{trial}*/result.json")).read_text().splitlines()]
+        # every attempt's records (a trial Tune had not saved before the kill is recreated, same id, new folder)
+        results = [json.loads(line) for f in trials.glob(f"*/*{trial}*/result.json")
+                   for line in f.read_text().splitlines()]
         resumed = [r["step"] for r in results if r.get("resumed_from") == origin]
-        assert resumed and resumed[0] == min(s for s in (10, 20, 25, 30, 40, 50, 60, 70, 75) if s > origin), (
+        assert resumed and min(resumed) == min(s for s in (10, 20, 25, 30, 40, 50, 60, 70, 75) if s > origin), (
             origin, [(r["step"], r.get("resumed_from")) for r in results])
 
 

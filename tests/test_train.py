@@ -287,7 +287,7 @@ def test_kept_model_is_the_best_evaluations_state(tiny_model_dir, tiny_data_dir,
         states.append(buffer.getvalue())
 
     def keep(model, state):
-        kept.append(state)
+        kept.append({k: v.clone() for k, v in state.items()})  # a copy: the trainer updates its dict in place
         save_converted(model, tmp_path / "model", state=state)
 
     cfg = tiny_trial(tiny_model_dir, tiny_data_dir, epochs=3, keep_best=True, learning_rate=5e-3)
@@ -297,6 +297,8 @@ def test_kept_model_is_the_best_evaluations_state(tiny_model_dir, tiny_data_dir,
     assert final["best_step"] < final["step"]  # the best evaluation is not the last one here
     best = at[int(final["best_step"])]
     assert all(torch.equal(state[k], v.half() if v.is_floating_point() else v) for k, v in best.items())
+    saved = torch.load(tmp_path / "model" / "model.pt", weights_only=True)  # the file holds the best, too
+    assert all(torch.equal(saved[k], v.half() if v.is_floating_point() else v) for k, v in best.items())
     calls = len(kept)
     loaded = load_converted(tmp_path / "model")
     assert [f.block for f in emoe_layers(loaded)] == [0, 1]

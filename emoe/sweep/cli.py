@@ -138,7 +138,7 @@ def settings_from_args(args: argparse.Namespace) -> SweepSettings:
     """Flags over the preset over the declared defaults."""
     # NOTE: --checkpoint-every none is a value (no checkpoints), so that flag is absent, not None, when not given
     given = {name: getattr(args, name) for name in _SWEEP_FLAGS
-             if hasattr(args, name) and (getattr(args, name) is not None or name == "checkpoint_every")}
+             if (hasattr(args, name) if name == "checkpoint_every" else getattr(args, name) is not None)}
     return SweepSettings.from_preset(args.preset, trial=hparams.overrides_from_args(args), **given)
 
 

@@ -58,6 +58,10 @@ class MlflowTrials(Callback):
         return {**self.__dict__, "_client": None, "_runs": {}, "_placed": {}, "_logged": {}, "_resumed": {},
                 "_down_until": 0.0}
 
+    def __setstate__(self, state):
+        # a sweep started before a field existed restores its pickled callback without it (--resume)
+        self.__dict__.update({"_resumed": {}, **state})
+
     @property
     def client(self):
         if self._client is None:
@@ -89,9 +93,11 @@ class MlflowTrials(Callback):
             self._runs[trial.trial_id] = run
             # A continued run (resume, retry) may already hold steps that the trial reports again: it resumed from a
             # checkpoint older than its last logged report (Tune saves its state every few seconds). Each step once.
-            held = self._safe("run lookup", lambda: self.client.get_run(run.run_id).data.metrics.get(schema.STEP))
-            if held is not None:
-                self._logged[trial.trial_id] = held
+            data = self._safe("run lookup", lambda: self.client.get_run(run.run_id).data)
+            if data is not None and data.metrics.get(schema.STEP) is not None:
+                self._logged[trial.trial_id] = data.metrics[schema.STEP]
+            if data is not None and data.tags.get(schema.RESUMED):  # earlier attempts' origins, kept in the tag
+                self._resumed[trial.trial_id] = [int(s) for s in data.tags[schema.RESUMED].split(",")]
         return self._runs[trial.trial_id]
 
     def _epochs(self, trial) -> int:
