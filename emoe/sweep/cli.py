@@ -90,7 +90,7 @@ def build_parser(design: Ablation, preset: str | None = None) -> argparse.Argume
                    help="arm: a trial competes only with the learning rates of its own arm and seed; global: with "
                         f"every trial (default: {d.early_stop_scope})")
     g.add_argument("--grace-period", type=float,
-                   help="ASHA: epochs before a trial can be stopped (default: a quarter of --epochs)")
+                   help="ASHA: epochs before a trial can be stopped (default: half of --epochs)")
     g.add_argument("--reduction-factor", type=float, help=f"ASHA reduction factor (default: {d.reduction_factor:g})")
     g.add_argument("--dry-run", action="store_true",
                    help="print the settings, the trials and a time estimate; run nothing")

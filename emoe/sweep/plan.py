@@ -39,7 +39,7 @@ class SweepSettings:
     num_samples: int | None = None  # optuna: trials per arm (default seeds x learning rates); grid: repeats
     scheduler: str = "asha"  # asha | none
     early_stop_scope: str = "arm"  # arm (ASHA per arm and seed) | global
-    grace_period: float | None = None  # ASHA: epochs before a trial can be stopped (default: epochs / 4)
+    grace_period: float | None = None  # ASHA: epochs before a trial can be stopped (default: epochs / 2)
     reduction_factor: float = 2.0
     address: str | None = None  # a Ray cluster; None: a local Ray
     num_gpus: float | None = None  # local Ray only: GPUs to declare (default: detected)
