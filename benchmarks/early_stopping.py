@@ -114,7 +114,7 @@ def asha(trials: list, scope: str, slots: int | None = None, order: str = "grid 
 
     ``slots`` None: the results in the order they were logged (as this machine ran the grid). Else a simulated
     cluster with that many trial slots: trials start in ``ORDERS[order]`` as slots free up, every evaluation takes
-    one time unit, and a stopped trial frees its slot at once. ``grace``: ``--grace-period`` (default a quarter of
+    one time unit, and a stopped trial frees its slot at once. ``grace``: ``--grace-period`` (default half of
     the epochs)."""
     import heapq
 

@@ -10,7 +10,7 @@ loss), writing its final metrics as a real trial does. So the time is the machin
 
 - the driver's time per trial (wall time of the sweep over trials; with ``--concurrent`` trials at once, that is the
   driver's cost per trial, as the trials themselves cost nothing);
-- the driver's resident memory after each quarter of the trials (a sampling thread): flat means the driver does not
+- the driver's resident memory at each quarter of the sweep's time (a sampling thread): flat means the driver does not
   grow with the grid;
 - the time ``python analysis/friedman.py`` needs to read, select, rank and write the report of the whole sweep
   (``emoe.analysis.cli.main``, learning curves and HTML included).

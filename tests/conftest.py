@@ -115,3 +115,23 @@ def tiny_model_dir(tmp_path_factory) -> str:
     T.BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def assert_matches_uninterrupted(metrics: dict, exp_dir: Path, trial_id: str) -> None:
+    """A trial's final ``id_score``, ``ood_score`` and ``train_loss`` (its MLflow run's ``metrics``) equal an
+    uninterrupted in-process run of its config (from Ray's ``params.json``): CPU, one thread, as
+    ``--cpus-per-trial 1`` ran it."""
+    import json
+
+    from emoe.tracking.records import SweepRecord
+    from emoe.train import train_and_evaluate
+
+    config = json.loads(next(Path(exp_dir).glob(f"*{trial_id}*/params.json")).read_text())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        uninterrupted = train_and_evaluate(SweepRecord.load(exp_dir).trial_config(config))
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("id_score", "ood_score", "train_loss"):
+        assert metrics[name] == pytest.approx(uninterrupted[name], abs=1e-6), name

@@ -209,18 +209,7 @@ def test_worker_node_killed_mid_trial_is_retried_on_the_surviving_node(cluster, 
     assert origin >= 5 and min(r["step"] for r in retry if r["resumed_from"] == origin) == origin + 5, \
         [(r["step"], r.get("resumed_from")) for r in results]
     assert retried.data.tags[tracking.RESUMED] == str(origin)
-    config = json.loads(next(exp_dir.glob(f"*{victim}*/params.json")).read_text())
-    from emoe.train import train_and_evaluate
-    from emoe.tracking.records import SweepRecord
+    from conftest import assert_matches_uninterrupted
 
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the trial ran (--cpus-per-trial 1)
-    try:
-        uninterrupted = train_and_evaluate(SweepRecord.load(exp_dir).trial_config(config))
-    finally:
-        torch.set_num_threads(threads)
-    for name in ("id_score", "ood_score", "train_loss"):
-        assert retried.data.metrics[name] == pytest.approx(uninterrupted[name], abs=1e-6), name
+    assert_matches_uninterrupted(retried.data.metrics, exp_dir, victim)  # --cpus-per-trial 1
     assert all(tracking.RESTARTS not in c.data.tags for c in children if c is not retried)

@@ -372,20 +372,11 @@ def test_interrupted_sweep_resumes_without_rerun_or_duplicates(sig, tiny_model_d
         resumed = [r["step"] for r in results if r.get("resumed_from") == origin]
         assert resumed and min(resumed) == min(s for s in (10, 20, 25, 30, 40, 50, 60, 70, 75) if s > origin), (
             origin, [(r["step"], r.get("resumed_from")) for r in results])
-        # and it ends where an uninterrupted run with the same config and seed ends (CPU, 1 thread as it ran)
-        from emoe.tracking.records import SweepRecord
-        from emoe.train import train_and_evaluate
+        # and it ends where an uninterrupted run with the same config and seed ends
+        from conftest import assert_matches_uninterrupted
 
         (exp_dir,) = {f.parent.parent for f in trials.glob(f"*/*{trial}*/params.json")}
-        config = json.loads(next(trials.glob(f"*/*{trial}*/params.json")).read_text())
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            uninterrupted = train_and_evaluate(SweepRecord.load(exp_dir).trial_config(config))
-        finally:
-            torch.set_num_threads(threads)
-        for name in ("id_score", "ood_score", "train_loss"):
-            assert run.data.metrics[name] == pytest.approx(uninterrupted[name], abs=1e-6), name
+        assert_matches_uninterrupted(run.data.metrics, exp_dir, trial)
 
 
 @pytest.mark.slow
