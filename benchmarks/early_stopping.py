@@ -124,8 +124,7 @@ def asha(trials: list, scope: str, slots: int | None = None, order: str = "grid 
     from emoe.sweep import SweepSettings, make_plan
     from emoe.sweep.search import scheduler as make_scheduler
 
-    sys.path.insert(0, str(ROOT / "sweeps"))
-    from clustering import ABLATION
+    from clustering import ABLATION  # sweeps/ is on the path (main)
 
     plan = make_plan(ABLATION, SweepSettings.from_preset("demo", trial={"epochs": int(EPOCHS), "eval_steps": None},
                                                          early_stop_scope=scope, grace_period=grace))
@@ -229,14 +228,15 @@ def main() -> None:
     p.add_argument("--storage-path", default="bench_asha_ray")
     p.add_argument("--data-dir", default="demo", help="SST-2 and its OOD sets (default: the packaged slice)")
     a = p.parse_args()
+    sys.path.insert(0, str(ROOT / "sweeps"))
     trials = full_grid(a.tracking_uri, a.data_dir, a.storage_path)
-    total = sum(len(t.curve) for t in trials)
     full = outcome(trials, {t.trial_id: len(t.curve) for t in trials})
     rates, id_rank, ood_rank, means = conclusions(full)
     failed = sum(t.failed for t in trials)
     print(f"\ngrid: {len(trials)} trials, {failed} failed ({full['arm'].nunique()} arms x {full['seed'].nunique()} seeds x "
           f"{full['learning_rate'].nunique()} learning rates), evaluations at epochs "
-          f"{sorted({round(q.epoch, 2) for t in trials for q in t.curve})}: {total} trial-epochs")
+          f"{sorted({round(q.epoch, 2) for t in trials for q in t.curve})}: "
+          f"{sum(len(t.curve) for t in trials)} trial-epochs")
     print("full grid: chosen learning rates " + ", ".join(f"{arm} {lr:g}" for arm, lr in rates.items()))
     print("  ID ranking:  " + " > ".join(f"{arm} {means.loc[arm, 'id_score']:.4f}" for arm in id_rank))
     print("  OOD ranking: " + " > ".join(f"{arm} {means.loc[arm, 'ood_score']:.4f}" for arm in ood_rank))

@@ -19,6 +19,7 @@ loss), writing its final metrics as a real trial does. So the time is the machin
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -104,8 +105,6 @@ def main() -> None:
         where = Path(a.keep or tmp)
         where.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{where}/mlflow.db"
-        import os
-
         cpus = min(os.cpu_count() or 2, 2)
         settings = SweepSettings(
             trial={"model": "minilm", "data_dir": "demo", "epochs": a.reports, "max_train_samples": 8,

@@ -3,10 +3,10 @@
     python -m emoe.evaluate --experiment emoe-clustering --ood reviews=reviews.csv [--parent RUN_ID]
     python -m emoe.evaluate --experiment emoe-clustering --ood-sets flipkart --data-dir DIR
 
-Every finished (completed or early-stopped) trial run of the sweep (the latest, or ``--parent``) whose kept model (``--keep-model best``, tag
-``emoe.model``) is readable is evaluated on each named set, as its training evaluated OOD sets (the task's metrics,
-the trial's max length, evaluation batch and order), and gets ``ood_score.<set>`` and ``ood.<set>.<metric>`` logged
-at its last step. A run that already holds a set's score is skipped, so running it twice adds nothing. The
+Every finished (completed or early-stopped) trial run of the sweep (the latest, or ``--parent``) whose kept model
+(``--keep-model best``, tag ``emoe.model``) is readable is evaluated on each named set, as its training evaluated
+OOD sets (the task's metrics, the trial's max length, evaluation batch and order), and gets ``ood_score.<set>`` and
+``ood.<set>.<metric>`` logged at its last step. A run that already holds a set's score is skipped, so running it twice adds nothing. The
 analysis then reads the new sets as any other OOD set (per-set blocks: ``--blocks sets``); ``ood_score``, the mean
 over the sets evaluated in training, is left as it was.
 """

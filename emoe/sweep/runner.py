@@ -212,13 +212,13 @@ def run_sweep(design: Ablation, settings: SweepSettings, resume: str | Path | No
 
 
 def _fit(plan: Plan, record: SweepRecord, directory: Path, client, experiment_id: str, gpus: float,
-         resume: bool, function=tune_trainable) -> SweepOutcome:
+         resume: bool, trainable=tune_trainable) -> SweepOutcome:
     from ray import tune
 
     s = plan.settings
     trainable = tune.with_resources(
-        tune.with_parameters(function, setup=TrialSetup(record, str(directory), max(1, int(s.cpus_per_trial)),
-                                                              s.checkpoint_every)),
+        tune.with_parameters(trainable, setup=TrialSetup(record, str(directory), max(1, int(s.cpus_per_trial)),
+                                                         s.checkpoint_every)),
         {"cpu": s.cpus_per_trial, "gpu": gpus})
     callback = MlflowTrials(s.tracking_uri, experiment_id, record, str(directory))
     all_done, trials = False, []
