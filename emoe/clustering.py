@@ -1,7 +1,8 @@
 """Partition of an FFN's neurons into experts: one registry entry per clustering algorithm, plus an on-disk cache.
 
-Every algorithm takes the L2-normalised keys ``[d_ff, d]`` and returns ``labels``: the expert of each neuron,
-``[d_ff]`` int64 in ``0..N-1``. All are deterministic for a given seed and use every expert.
+Every algorithm takes the L2-normalised keys ``[d_ff, d]`` (float32, normalised in float32 as the official code's
+``F.normalize`` on the fp32 weight) and returns ``labels``: the expert of each neuron, ``[d_ff]`` int64 in
+``0..N-1``. All are deterministic for a given seed and use every expert.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 from typing import Callable
 
 import numpy as np
@@ -26,15 +28,31 @@ class Algorithm:
     settings: str = ""  # the fit's fixed settings, part of the partition cache's key (a change is a new partition)
 
 
+def _parallel_jobs(n_init: int) -> int:
+    """Workers for the restarts: at least 2, at most one per restart or per CPU this process may use."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(2, min(n_init, cpus))
+
+
 def _constrained(keys: np.ndarray, num_experts: int, seed: int) -> np.ndarray:
+    import joblib
     from k_means_constrained import KMeansConstrained
 
     size = keys.shape[0] // num_experts
     # The official code's call (qiuzh20/EMoE Language/moe_utils.py): equal sizes, max_iter=1000, the library's
-    # default n_init=10 and k-means++ initialisation, on the L2-normalised key rows.
+    # default n_init=10 and k-means++ initialisation, on the float32 L2-normalised key rows, with n_jobs=16.
+    # NOTE: n_jobs is not only speed: with n_jobs=1 the library runs its restarts from the one random_state in turn,
+    # with n_jobs > 1 it first draws one seed per restart from it; every n_jobs > 1 draws the same ones, so any
+    # value from 2 up gives the official partition.
     km = KMeansConstrained(n_clusters=num_experts, size_min=size, size_max=size, random_state=seed, n_init=10,
-                           max_iter=1000)
-    return km.fit_predict(keys)
+                           max_iter=1000, n_jobs=_parallel_jobs(10))
+    # joblib would hand the workers keys over 1 MB as read-only memory maps, which the library's compiled code
+    # refuses ("buffer source array is read-only"); a copy per worker is a few MB.
+    with joblib.parallel_config(max_nbytes=None):
+        return km.fit_predict(keys)
 
 
 def _kmeans(keys: np.ndarray, num_experts: int, seed: int) -> np.ndarray:
@@ -66,13 +84,22 @@ def _random(keys: np.ndarray, num_experts: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(np.repeat(np.arange(num_experts), size))
 
 
+def _contiguous(keys: np.ndarray, num_experts: int, seed: int) -> np.ndarray:
+    # The official --random_cluster: expert i holds neurons i*d/N .. (i+1)*d/N - 1, whatever the keys and the seed.
+    return np.repeat(np.arange(num_experts), keys.shape[0] // num_experts)
+
+
 CLUSTERING: dict[str, Algorithm] = {
-    "constrained": Algorithm(_constrained, balanced=True, settings="ninit10-iter1000"),
+    "constrained": Algorithm(_constrained, balanced=True, settings="ninit10-iter1000-parallel"),
     "kmeans": Algorithm(_kmeans, balanced=False, settings="ninit10-iter1000"),
     "hierarchical": Algorithm(_hierarchical, balanced=False),
     "spectral": Algorithm(_spectral, balanced=False),
     "random": Algorithm(_random, balanced=True),
+    "contiguous": Algorithm(_contiguous, balanced=True),
 }
+# Part of every partition's cache key: how the keys were prepared (v2: normalised in float32, as the official code;
+# the float64 keys of earlier versions gave other partitions, which must never be served again).
+KEYS_VERSION = "f32"
 
 
 def get_algorithm(name: str) -> Algorithm:
@@ -104,7 +131,7 @@ def cluster_keys(keys: torch.Tensor, algorithm: str, num_experts: int, seed: int
     """Partition raw key rows ``[d_ff, d]`` into ``num_experts`` experts (no cache). Returns labels ``[d_ff]``."""
     d_ff = keys.shape[0]
     check_partition_shape(algorithm, d_ff, num_experts)
-    normalised = torch.nn.functional.normalize(keys.detach().to("cpu", torch.float64), dim=1).numpy()
+    normalised = torch.nn.functional.normalize(keys.detach().to("cpu", torch.float32), dim=1).numpy()
     labels = np.asarray(get_algorithm(algorithm).fit(normalised, num_experts, seed), dtype=np.int64)
     used = np.bincount(labels, minlength=num_experts)
     if labels.shape != (d_ff,) or (used == 0).any():
@@ -123,7 +150,8 @@ def partition(keys: torch.Tensor, algorithm: str, num_experts: int, seed: int = 
     if not use_cache:
         return cluster_keys(keys, algorithm, num_experts, seed)
     settings = get_algorithm(algorithm).settings
-    name = f"{fingerprint(keys)}-L{layer}-{algorithm}{'-' + settings if settings else ''}-N{num_experts}-s{seed}.npy"
+    name = (f"{fingerprint(keys)}-L{layer}-{algorithm}{'-' + settings if settings else ''}-N{num_experts}-s{seed}"
+            f"-{KEYS_VERSION}.npy")
     path = cache_dir("partitions") / name
     if path.exists():
         try:

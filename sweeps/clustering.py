@@ -2,7 +2,7 @@
 
 from emoe.sweep import Ablation, main
 
-ABLATION = Ablation.over("clustering", ["constrained", "kmeans", "hierarchical", "spectral", "random"])
+ABLATION = Ablation.over("clustering", ["constrained", "kmeans", "hierarchical", "spectral", "random", "contiguous"])
 
 if __name__ == "__main__":
     raise SystemExit(main(ABLATION))

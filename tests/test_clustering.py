@@ -76,9 +76,60 @@ def test_corrupt_cache_entry_is_recomputed(tmp_path, monkeypatch):
 @pytest.mark.parametrize("algorithm, n, message", [
     ("kmeans", 200, "num_experts=200 exceeds the layer's 96 neurons"),
     ("constrained", 7, "num_experts=7 does not divide d_ff=96"),
-    ("louvain", 4, "unknown clustering 'louvain'; valid choices: constrained, kmeans, hierarchical, spectral, random"),
+    ("louvain", 4, "unknown clustering 'louvain'; valid choices: constrained, kmeans, hierarchical, spectral, random, "
+                       "contiguous"),
 ])
 def test_bad_partition_requests(algorithm, n, message):
     with pytest.raises(ValueError) as err:
         cluster_keys(torch.randn(96, 8), algorithm, n)
     assert message in str(err.value)
+
+
+def _same_partition_up_to_renaming(a: np.ndarray, b: np.ndarray) -> bool:
+    """Each expert of ``a`` is exactly one expert of ``b`` (the contingency table is a permutation matrix)."""
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+@pytest.mark.slow
+def test_constrained_is_the_official_partition_of_minilm():
+    """The official call (qiuzh20/EMoE Language/moe_utils.py), written here from the library's public API, on the
+    packaged MiniLM's block 4 at N=64: the same experts, up to their names."""
+    import joblib
+    from k_means_constrained import KMeansConstrained
+
+    model, _ = emoe.load_model("minilm", num_labels=2)
+    weight = model.bert.encoder.layer[4].intermediate.dense.weight.data  # [1536, 384] fp32 keys
+    with joblib.parallel_config(max_nbytes=None):  # no read-only memory maps for the workers
+        official = KMeansConstrained(n_clusters=64, size_min=24, size_max=24, random_state=0, n_init=10,
+                                     max_iter=1000, n_jobs=2).fit(
+            torch.nn.functional.normalize(weight, dim=1, p=2).numpy()).labels_
+    ours = cluster_keys(weight, "constrained", num_experts=64, seed=0)
+    assert _same_partition_up_to_renaming(ours, official)
+    # The test has teeth: the restarts drawn with n_jobs=1 give another partition.
+    serial = KMeansConstrained(n_clusters=64, size_min=24, size_max=24, random_state=0, n_init=10, max_iter=1000,
+                               n_jobs=1).fit(torch.nn.functional.normalize(weight, dim=1, p=2).numpy()).labels_
+    assert not _same_partition_up_to_renaming(serial, official)
+
+
+def test_contiguous_is_the_official_random_cluster():
+    """``--random_cluster``: ``range(N)`` repeated ``d/N`` times each, i.e. expert i holds neurons i*d/N.."""
+    keys, _ = planted_keys()
+    labels = cluster_keys(keys, "contiguous", num_experts=4, seed=3)
+    expected = torch.arange(0, 4).unsqueeze(1).repeat(1, 24).view(-1).numpy()  # the official expression
+    np.testing.assert_array_equal(labels, expected)
+    np.testing.assert_array_equal(labels, cluster_keys(keys * -2.0, "contiguous", num_experts=4, seed=0))
+
+
+def test_cache_key_names_the_key_preparation(tmp_path, monkeypatch):
+    """A partition cached by an earlier version (float64 keys, serial restarts) is never served under the new one."""
+    monkeypatch.setenv("EMOE_CACHE_DIR", str(tmp_path))
+    keys, _ = planted_keys(seed=4)
+    labels = partition(keys, "constrained", 4, seed=0, layer=1)
+    (entry,) = (tmp_path / "partitions").iterdir()
+    assert entry.name.endswith("-f32.npy") and "parallel" in entry.name
+    from emoe.clustering import fingerprint
+
+    old = tmp_path / "partitions" / f"{fingerprint(keys)}-L1-constrained-ninit10-iter1000-N4-s0.npy"
+    np.save(old, (labels + 1) % 4)  # what the old version would have named its entry: a different partition
+    np.testing.assert_array_equal(partition(keys, "constrained", 4, seed=0, layer=1), labels)

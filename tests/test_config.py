@@ -20,7 +20,7 @@ def test_json_round_trip():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(clustering="dbscan"), "unknown clustering 'dbscan'; valid choices: constrained, kmeans, hierarchical, "
-                                "spectral, random"),
+                                "spectral, random, contiguous"),
     (dict(gate="mlp"), "unknown gate 'mlp'; valid choices: avg_keys, centroid, avg_values, random, learned, "
                        "learned_avg_keys"),
     (dict(init="imagenet"), "unknown init 'imagenet'; valid choices: pretrained, random"),

@@ -265,7 +265,7 @@ def test_tasks_cross_with_arms_and_take_their_epoch_caps():
     from emoe.sweep.search import search_space
 
     plan = make_plan(ABLATION, SweepSettings(tasks=("glue",), trial={"model": "minilm"}))
-    assert plan.tasks == list(GLUE) and plan.n_trials == 8 * 6 * 3 * 3
+    assert plan.tasks == list(GLUE) and plan.n_trials == 8 * 7 * 3 * 3
     assert {t: plan.epochs(t) for t in ("mnli", "rte")} == {"mnli": 3, "rte": 10}
     space, _, _ = search_space(plan)
     assert space["task"] == {"grid_search": list(GLUE)} and space["epochs"] is None

@@ -72,7 +72,7 @@ def test_dry_run_preset_and_optuna(capsys):
 
     assert sweep_main(ABLATION, ["--preset", "demo", "--dry-run", "--search", "optuna", "--num-samples", "3"]) == 0
     out = capsys.readouterr().out
-    assert "6 arms x 2 seeds x optuna lr in [1e-05, 0.0001] = 18 trials" in out
+    assert "7 arms x 2 seeds x optuna lr in [1e-05, 0.0001] = 21 trials" in out
 
 
 def test_experts_grid_is_valid_pairs_only():
@@ -250,10 +250,10 @@ def test_tiny_sweep_with_asha_logs_every_trial(tiny_model_dir, tiny_data_dir, tm
     assert parent.info.status == "FINISHED"
     assert parent.data.tags[tracking.SWEEP] == "clustering" and parent.data.tags[tracking.FACTOR] == "clustering"
     assert "emoe.git_commit" in parent.data.tags and "emoe.command" in parent.data.tags
-    assert len(children) == 12
+    assert len(children) == 14
     assert {c.data.tags[tracking.ARM] for c in children} == {"constrained", "kmeans", "hierarchical", "spectral",
-                                                              "random", "dense"}
-    assert len({c.data.tags[tracking.TRIAL_ID] for c in children}) == 12
+                                                              "random", "contiguous", "dense"}
+    assert len({c.data.tags[tracking.TRIAL_ID] for c in children}) == 14
     for c in children:
         assert c.data.tags[tracking.PARENT] == parent.info.run_id
         assert c.info.status == "FINISHED"
