@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from emoe.cache import cache_dir
+from emoe.protocols import get_protocol
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,11 @@ def _flipkart(label):
 def _sick_relatedness(row):
     """GLUE-X's ``sick_num5`` for STS-B: ``round(relatedness_score - 1)`` (Python's round, half to even)."""
     return float(round(float(row["relatedness"]) - 1.0))
+
+
+def _sick_raw_relatedness(row):
+    """The official EMoE OOD script's SICK for STS-B: the relatedness score itself (1 to 5)."""
+    return float(row["relatedness"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,8 +276,13 @@ def _hub(source: Source):
                          f"{_POINT_AT_FILES}") from e
     finally:
         hub_log.setLevel(level)
-    if "label" in ds.column_names and ds.features["label"].dtype.startswith("int"):
-        ds = ds.filter(lambda b: [l >= 0 for l in b["label"]], batched=True)  # SNLI: -1 = no gold label
+    return ds
+
+
+def _drop_unlabelled(ds):
+    """Rows without a gold label (SNLI's -1) out: for the ID task's own splits; OOD sets keep them."""
+    if "label" in ds.column_names and str(ds.features["label"].dtype).startswith("int") and -1 in ds.unique("label"):
+        ds = ds.filter(lambda b: [l >= 0 for l in b["label"]], batched=True)
     return ds
 
 
@@ -310,7 +321,8 @@ def _to_task(ds, source: Source, task: Task):
     return ds
 
 
-def _load_source(source: Source, task: Task, data_dir: Path | None, name: str, hint: str = ""):
+def _load_source(source: Source, task: Task, data_dir: Path | None, name: str, hint: str = "",
+                 keep_unlabelled: bool = False):
     if data_dir is not None:
         ds, where = _local(source, data_dir, hint)
     elif source.hub is None:
@@ -318,11 +330,12 @@ def _load_source(source: Source, task: Task, data_dir: Path | None, name: str, h
                          f"--ood {name}=FILE, or --data-dir DIR with DIR/{source.local[0]}{hint}")
     else:
         ds, where = _hub(source), source.where
-    return _to_task(ds, source, task), where
+    return _to_task(ds if keep_unlabelled else _drop_unlabelled(ds), source, task), where
 
 
-def check_dataset(ds, task: Task, where: str) -> None:
-    """Fail, naming the file, on a missing field, an empty split or a label outside the task's label set."""
+def check_dataset(ds, task: Task, where: str, unlabelled_ok: bool = False) -> None:
+    """Fail, naming the file, on a missing field, an empty split or a label outside the task's label set
+    (``unlabelled_ok``: an OOD set may hold rows without a gold label, -1, as SNLI does; they score as wrong)."""
     missing = [f for f in task.fields if f not in ds.column_names]
     if missing:
         raise ValueError(f"{where}: missing field(s) {missing} (task {task.name} needs {', '.join(task.fields)}; "
@@ -336,7 +349,8 @@ def check_dataset(ds, task: Task, where: str) -> None:
         if bad:
             raise ValueError(f"{where}: label(s) {bad[:5]} outside task {task.name}'s score range {lo:g}..{hi:g}")
     else:
-        bad = sorted({l for l in labels if not (isinstance(l, int) and 0 <= l < task.num_labels)}, key=str)
+        bad = sorted({l for l in labels if not (isinstance(l, int) and (0 <= l < task.num_labels
+                                                                          or unlabelled_ok and l == -1))}, key=str)
         if bad:
             raise ValueError(f"{where}: label(s) {bad[:5]} outside task {task.name}'s labels "
                              f"0..{task.num_labels - 1} ({', '.join(task.label_names)})")
@@ -351,6 +365,19 @@ class TaskData:
     train: object  # datasets.Dataset
     validation: object
     ood: dict[str, object]
+
+
+def ood_source(task: Task, name: str, protocol: str = "gluex") -> Source:
+    """Where a built-in OOD set's rows come from under an OOD protocol (``emoe.protocols``): GLUE-X's splits and
+    labels, or the official EMoE script's single split (and SICK's raw relatedness for STS-B)."""
+    source, rules = task.ood[name], get_protocol(protocol)
+    split = rules.one_split.get(name)
+    if split is not None and source.hub is not None:
+        folder = source.local[0].split("/")[0]
+        source = dataclasses.replace(source, splits=(split,), local=(f"{folder}/{split}.jsonl",))
+    if rules.raw_sick_relatedness and source.label_from is _sick_relatedness:
+        source = dataclasses.replace(source, label_from=_sick_raw_relatedness)
+    return source
 
 
 def ood_set_names(task: Task, ood_sets: tuple[str, ...] | list[str] | None) -> list[str]:
@@ -369,8 +396,11 @@ def check_ood_sets(tasks: list[str], ood_sets, extra: dict[str, str] | None = No
 
 def load_task(name: str, data_dir: str | Path | None = None, ood: dict[str, str] | None = None,
               max_train_samples: int | None = None, max_eval_samples: int | None = None,
-              ood_sets: tuple[str, ...] | list[str] | None = None) -> TaskData:
+              ood_sets: tuple[str, ...] | list[str] | None = None, ood_protocol: str = "gluex") -> TaskData:
     """Load and check a task's train and validation splits and its OOD sets.
+
+    ``ood_protocol`` (``emoe.protocols``) picks each built-in OOD set's splits (and SICK's labels for STS-B); OOD
+    sets keep their unlabelled rows (SNLI's -1), which score as wrong under both protocols.
 
     ``ood`` maps a set name to a file: a built-in set's name takes its rows from that file (renamed and relabelled
     as the built-in set is: the way to give GLUE-X's self-collected sets), any other name adds a set checked
@@ -385,14 +415,15 @@ def load_task(name: str, data_dir: str | Path | None = None, ood: dict[str, str]
     others = [s for s in task.ood if s in kept]
     loaded = {}
     for split, source in [("train", task.train), ("validation", task.validation),
-                          *((s, task.ood[s]) for s in kept)]:
-        if split in ood and split not in ("train", "validation"):
+                          *((s, ood_source(task, s, ood_protocol)) for s in kept)]:
+        is_ood = split not in ("train", "validation")
+        if split in ood and is_ood:
             ds, where = _to_task(read_file(ood.pop(split)), source, task), f"{split}: {source.local[0]} given"
         else:
-            hint = "" if split in ("train", "validation") else \
+            hint = "" if not is_ood else \
                 f" (or leave {split} out: --ood-sets {','.join(s for s in others if s != split) or 'NONE'})"
-            ds, where = _load_source(source, task, data_dir, split, hint)
-        check_dataset(ds, task, where)
+            ds, where = _load_source(source, task, data_dir, split, hint, keep_unlabelled=is_ood)
+        check_dataset(ds, task, where, unlabelled_ok=is_ood)
         loaded[split] = ds
     for ood_name, path in ood.items():
         if ood_name in ("train", "validation") or ood_name in task.ood:
@@ -401,7 +432,7 @@ def load_task(name: str, data_dir: str | Path | None = None, ood: dict[str, str]
         ds = read_file(path)
         if task.regression and "label" in ds.column_names:
             ds = _to_task(ds, Source(None, None, (), ()), task)
-        check_dataset(ds, task, str(path))
+        check_dataset(ds, task, str(path), unlabelled_ok=True)
         loaded[ood_name] = ds
 
     def subset(ds, n):

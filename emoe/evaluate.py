@@ -68,7 +68,8 @@ def evaluate_runs(tracking_uri: str, experiment: str, ood: dict[str, str], ood_s
         builtin = [n for n in todo if n not in ood]
         data = load_task(cfg["task"], data_dir if data_dir is not None else cfg["data_dir"],
                          {n: p for n, p in ood.items() if n in todo}, max_train_samples=1,
-                         max_eval_samples=max_eval_samples or cfg["max_eval_samples"], ood_sets=builtin)
+                         max_eval_samples=max_eval_samples or cfg["max_eval_samples"], ood_sets=builtin,
+                         ood_protocol=cfg["ood_protocol"])
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg["model"]))
@@ -76,11 +77,12 @@ def evaluate_runs(tracking_uri: str, experiment: str, ood: dict[str, str], ood_s
             tokenizer.pad_token = tokenizer.eos_token
         model = load_converted(model_dir).to(device)
         loaders, _ = evaluation_loaders({"id": data.validation, **{n: data.ood[n] for n in todo}}, tokenizer,
-                                        data.task, cfg)
+                                        data.task, cfg, model.config)
         autocast, _ = _autocast(device, cfg["precision"])
-        per_set, _ = evaluate(model, loaders, device, autocast, data.task)
+        per_set, _ = evaluate(model, loaders, device, autocast, data.task, ood_protocol=cfg["ood_protocol"])
         wanted = {tracking.ood_score_metric(n) for n in todo}
-        scores = {k: v for k, v in score_metrics(per_set).items()
+        sizes = {name: len(loader.dataset) for name, loader in loaders.items()}
+        scores = {k: v for k, v in score_metrics(per_set, sizes, cfg["ood_protocol"]).items()
                   if k in wanted or any(k.startswith(f"ood.{n}.") for n in todo)}
         step = int(run.data.metrics.get(tracking.STEP, 0))
         tracking.TrialRun(client, run.info.experiment_id, "", run_id=run_id).log_metrics(scores, step)

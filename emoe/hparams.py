@@ -87,6 +87,7 @@ def _knobs() -> dict[str, Knob]:
     from emoe.config import EXPERT_BIASES, INITS, METHODS
     from emoe.data import TASKS
     from emoe.gating import GATES
+    from emoe.protocols import OOD_PROTOCOLS
     from emoe.routing import SELECTIONS
 
     knobs = [
@@ -128,6 +129,11 @@ def _knobs() -> dict[str, Knob]:
         Knob("max_eval_samples", None, "cap on each evaluation set (ID and OOD); none = all", _optional_int),
         Knob("eval_batch_size", None, "examples per evaluation batch (official: 8, which matters with a capacity: "
              "a token's experts depend on its batch); none = twice the training micro-batch", _optional_int),
+        Knob("ood_protocol", "gluex", "how OOD sets are scored: gluex (GLUE-X: the ID task's metrics, its split "
+             "concatenations, a task's sets weighted by size, max length 512) or emoe (the official EMoE OOD script: "
+             "accuracy, one split per set, a plain mean, max length 128, batch 32)", str, tuple(OOD_PROTOCOLS)),
+        Knob("ood_max_length", None, "tokens per OOD example; none = the OOD protocol's (gluex 512, emoe 128)",
+             _optional_int),
         Knob("eval_steps", None, "evaluate every this many optimiser steps (and at each epoch end); none = per epoch",
              _optional_int),
         Knob("eval_method", "same", "same: evaluate as trained; dense: train EMoE, evaluate with every expert on; "
@@ -187,7 +193,8 @@ def trial_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
                          f"{cfg['grad_accum_steps']}")
     if not cfg["learning_rate"] > 0:
         raise ValueError(f"learning_rate={cfg['learning_rate']} must be > 0")
-    for key in ("max_train_samples", "max_eval_samples", "eval_steps", "patience", "eval_batch_size"):
+    for key in ("max_train_samples", "max_eval_samples", "eval_steps", "patience", "eval_batch_size",
+                "ood_max_length"):
         if cfg[key] is not None and cfg[key] < 1:
             raise ValueError(f"{key}={cfg[key]} must be >= 1 (or none)")
     if cfg["eval_method"] != "same" and cfg["method"] != "emoe":

@@ -24,6 +24,7 @@ from emoe import hparams, metrics, tracking
 from emoe.convert import aux_loss, convert, emoe_layers, load_model, set_bypass
 from emoe.data import Task, TaskData, load_task, tokenize
 from emoe.layer import load_entropy
+from emoe.protocols import get_protocol
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,14 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast("cuda", dtype=dtype), scaler
 
 
-def _loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int):
+def _loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int, pad_to: int | None = None):
+    """Batches padded to their longest example, or to ``pad_to`` tokens."""
     from transformers import DataCollatorWithPadding
 
     g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g,
-                                       collate_fn=DataCollatorWithPadding(tokenizer))
+    collate = DataCollatorWithPadding(tokenizer) if pad_to is None else \
+        DataCollatorWithPadding(tokenizer, padding="max_length", max_length=pad_to)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, collate_fn=collate)
 
 
 def length_order(ds) -> np.ndarray:
@@ -63,9 +66,11 @@ def compact(pred: np.ndarray, regression: bool) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate(model, loaders: dict[str, Any], device, autocast, task: Task,
-             predictions: dict[str, np.ndarray] | None = None) -> tuple[dict[str, dict[str, float]], dict[int, float]]:
-    """The task's metrics on every loader, and each converted layer's load entropy over the first loader (ID).
-    ``predictions``, when given, receives each loader's per-example predictions in the loader's order."""
+             predictions: dict[str, np.ndarray] | None = None,
+             ood_protocol: str = "gluex") -> tuple[dict[str, dict[str, float]], dict[int, float]]:
+    """The task's metrics on the ``id`` loader and the OOD protocol's (``emoe.protocols``) on every other, and each
+    converted layer's load entropy over the first loader (ID). ``predictions``, when given, receives each loader's
+    per-example predictions in the loader's order."""
     model.eval()
     scores, entropies = {}, {}
     layers = emoe_layers(model)
@@ -83,7 +88,8 @@ def evaluate(model, loaders: dict[str, Any], device, autocast, task: Task,
                 for f in layers:
                     if f.block in loads:
                         loads[f.block] += f.last_load.cpu() * batch["input_ids"].numel()
-        scores[name] = metrics.compute(task.metrics, np.concatenate(preds), np.concatenate(golds))
+        names = task.metrics if name == "id" else get_protocol(ood_protocol).metrics(task)
+        scores[name] = metrics.compute(names, np.concatenate(preds), np.concatenate(golds))
         if predictions is not None:
             predictions[name] = compact(np.concatenate(preds), task.regression)
         if i == 0:
@@ -92,9 +98,11 @@ def evaluate(model, loaders: dict[str, Any], device, autocast, task: Task,
     return scores, entropies
 
 
-def score_metrics(scores: dict[str, dict[str, float]]) -> dict[str, float]:
+def score_metrics(scores: dict[str, dict[str, float]], sizes: dict[str, int] | None = None,
+                  ood_protocol: str = "gluex") -> dict[str, float]:
     """The schema's metrics of one evaluation: ``id_score``, ``id.<metric>``, ``ood_score.<set>``,
-    ``ood.<set>.<metric>`` and ``ood_score`` (the mean over the OOD sets; NaN without any)."""
+    ``ood.<set>.<metric>`` and ``ood_score``: the OOD sets' scores aggregated as the protocol does (GLUE-X: weighted
+    by ``sizes``, the rows of each set evaluated; EMoE: their plain mean; NaN without any set)."""
     out = {tracking.ID_SCORE: metrics.primary(scores["id"]),
            **{tracking.id_metric(m): v for m, v in scores["id"].items()}}
     ood = {name: metrics.primary(s) for name, s in scores.items() if name != "id"}
@@ -102,23 +110,41 @@ def score_metrics(scores: dict[str, dict[str, float]]) -> dict[str, float]:
         if name != "id":
             out[tracking.ood_score_metric(name)] = ood[name]
             out.update({tracking.ood_metric(name, m): v for m, v in s.items()})
-    out[tracking.OOD_SCORE] = float(np.mean(list(ood.values()))) if ood else float("nan")
+    out[tracking.OOD_SCORE] = get_protocol(ood_protocol).aggregate(ood, sizes or {})
     return out
 
 
-def evaluation_loaders(sets: dict[str, Any], tokenizer, task: Task, cfg: dict[str, Any]):
-    """A loader per evaluation set (tokenised; batches of ``eval_batch_size``, else twice the training
-    micro-batch), and the function that puts per-example predictions back in each set's own order.
+def ood_max_length(cfg: dict[str, Any], tokenizer, model_config=None) -> int:
+    """Tokens per OOD example: ``ood_max_length``, else the OOD protocol's (GLUE-X 512, EMoE 128), at most what
+    the tokenizer declares for its model (``model_max_length``) and the model's position embeddings."""
+    length = cfg["ood_max_length"] or get_protocol(cfg["ood_protocol"]).max_length
+    limits = [getattr(tokenizer, "model_max_length", None),
+              *(getattr(model_config, key, None) for key in ("max_position_embeddings", "n_positions"))]
+    return min([length, *(n for n in limits if isinstance(n, int) and 0 < n < 1_000_000)])
+
+
+def evaluation_loaders(sets: dict[str, Any], tokenizer, task: Task, cfg: dict[str, Any], model_config=None):
+    """A loader per evaluation set, and the function that puts per-example predictions back in each set's own order.
+
+    The ID set (``id``) is tokenised to ``max_length`` in batches of ``eval_batch_size`` (else twice the training
+    micro-batch); every other set as its OOD protocol says (``emoe.protocols``: max length, batch, padding).
 
     NOTE: with a capacity, a token's experts depend on the batch it shares (its T positions), so evaluation keeps the
     dataset's order, as the official code does; without one, length-sorted batches only save padding.
     """
     batch = cfg["eval_batch_size"] or 2 * (cfg["batch_size"] // cfg["grad_accum_steps"])
+    protocol = get_protocol(cfg["ood_protocol"])
+    capacity = cfg["capacity_factor"] is not None
     loaders, orders = {}, {}
     for name, ds in sets.items():
-        ds = tokenize(ds, tokenizer, task, cfg["max_length"])
-        orders[name] = np.arange(len(ds)) if cfg["capacity_factor"] is not None else length_order(ds)
-        loaders[name] = _loader(ds.select(orders[name]), tokenizer, batch, False, 0)
+        if name == "id":
+            length, size, pad_to = cfg["max_length"], batch, None
+        else:
+            length, size = ood_max_length(cfg, tokenizer, model_config), protocol.batch_size or batch
+            pad_to = length if protocol.pad_to_max_length and capacity else None
+        ds = tokenize(ds, tokenizer, task, length)
+        orders[name] = np.arange(len(ds)) if capacity else length_order(ds)
+        loaders[name] = _loader(ds.select(orders[name]), tokenizer, size, False, 0, pad_to)
 
     def in_set_order(preds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}
@@ -133,7 +159,7 @@ def evaluation_loaders(sets: dict[str, Any], tokenizer, task: Task, cfg: dict[st
 def load_trial_data(cfg: dict[str, Any]) -> TaskData:
     """The task data a trial config asks for (task, data_dir, ood, max_train_samples, max_eval_samples)."""
     return load_task(cfg["task"], cfg["data_dir"], cfg.get("ood"), cfg["max_train_samples"], cfg["max_eval_samples"],
-                     cfg.get("ood_sets"))
+                     cfg.get("ood_sets"), cfg["ood_protocol"])
 
 
 def _rng_state() -> dict[str, Any]:
@@ -209,7 +235,9 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
 
     micro = cfg["batch_size"] // cfg["grad_accum_steps"]
     train_loader = _loader(tok(data.train), tokenizer, micro, True, cfg["seed"])
-    eval_loaders, in_set_order = evaluation_loaders({"id": data.validation, **data.ood}, tokenizer, data.task, cfg)
+    eval_loaders, in_set_order = evaluation_loaders({"id": data.validation, **data.ood}, tokenizer, data.task, cfg,
+                                                    model.config)
+    eval_sizes = {name: len(loader.dataset) for name, loader in eval_loaders.items()}
 
     steps_per_epoch = math.ceil(len(train_loader) / cfg["grad_accum_steps"])
     total_steps = steps_per_epoch * cfg["epochs"]
@@ -259,10 +287,11 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
         set_bypass(model, eval_dense)
         preds: dict[str, np.ndarray] = {}
         per_set, entropies = evaluate(model, eval_loaders, device, autocast, data.task,
-                                      preds if on_predictions else None)
+                                      preds if on_predictions else None, cfg["ood_protocol"])
         set_bypass(model, train_dense)
         kept["latest"] = preds
-        scores = {**score_metrics(per_set), **{tracking.load_entropy_metric(b): e for b, e in entropies.items()}}
+        scores = {**score_metrics(per_set, eval_sizes, cfg["ood_protocol"]),
+                  **{tracking.load_entropy_metric(b): e for b, e in entropies.items()}}
         # Strictly better, as the official code: the first evaluation reaching the best ID score is kept.
         if not best or scores[tracking.ID_SCORE] > best[tracking.ID_SCORE]:
             best, since_best = {**scores, tracking.BEST_STEP: step}, 0

@@ -84,11 +84,16 @@ def test_each_task_carries_glue_metrics_and_the_official_epoch_caps():
 def test_score_metrics_names_every_metric():
     from emoe.train import score_metrics
 
-    out = score_metrics({"id": {"accuracy": 0.8, "f1": 0.6}, "qqp": {"accuracy": 0.5, "f1": 0.7},
-                         "rte": {"accuracy": 0.4, "f1": 0.2}})
+    scores = {"id": {"accuracy": 0.8, "f1": 0.6}, "qqp": {"accuracy": 0.5, "f1": 0.7}, "rte": {"accuracy": 0.4, "f1": 0.2}}
+    out = score_metrics(scores, {"id": 10, "qqp": 100, "rte": 300})
+    # GLUE-X (top_OOD_lp.py): each set's metrics weighted by the set's size: (100 * 0.6 + 300 * 0.3) / 400
     assert out == pytest.approx({"id_score": 0.7, "id.accuracy": 0.8, "id.f1": 0.6, "ood_score.qqp": 0.6,
                                  "ood.qqp.accuracy": 0.5, "ood.qqp.f1": 0.7, "ood_score.rte": 0.3,
-                                 "ood.rte.accuracy": 0.4, "ood.rte.f1": 0.2, "ood_score": 0.45})
+                                 "ood.rte.accuracy": 0.4, "ood.rte.f1": 0.2, "ood_score": 0.375})
+    # the official EMoE script scores each set alone; a task's OOD score is their plain mean
+    assert score_metrics(scores, {"id": 10, "qqp": 100, "rte": 300}, "emoe")["ood_score"] == pytest.approx(0.45)
+    with pytest.raises(ValueError, match="size"):
+        score_metrics(scores)  # GLUE-X's weights are the sets' sizes: none given is a bug, not an unweighted mean
 
 
 # --- label mappings (GLUE-X evaluation/utils_lp.py::preprocess_data) on known examples ---
@@ -180,7 +185,7 @@ def test_self_collected_sets_come_from_files_only(glue_x_dir, tmp_path, monkeypa
     from emoe import data
 
     fake = datasets.Dataset.from_list([{"sentence": "a b", "label": 0}, {"sentence": "c d", "label": 1}])
-    monkeypatch.setattr(data, "_hub", lambda source: fake)  # every Hub set "loads"; self-collected ones cannot
+    monkeypatch.setattr(data, "_hub", lambda source: fake)  # every Hub set "loads"
     with pytest.raises(ValueError) as err:
         load_task("cola")
     text = str(err.value)
@@ -359,11 +364,11 @@ def test_glue_small_dry_run_lists_the_trials_per_task(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
-    assert "ablation clustering: 4 tasks x 6 arms x 2 seeds x 1 learning rates = 48 trials (preset glue-small)" in lines
+    assert "ablation clustering: 4 tasks x 7 arms x 2 seeds x 1 learning rates = 56 trials (preset glue-small)" in lines
     for task, sets in (("sst2", "imdb, yelp, amazon, flipkart"), ("rte", "mrpc, qqp, scitail"),
                        ("mrpc", "qqp, rte"), ("stsb", "sick")):
         assert any(l.startswith(f"task {task}: 2 epoch(s), 1000 training examples") and f"OOD {sets})" in l
-                   and l.endswith("12 trials") for l in lines), out.stdout
+                   and l.endswith("14 trials") for l in lines), out.stdout
     rows = [l.split() for l in lines if l.split()[:1] and l.split()[0] in ("sst2", "rte", "mrpc", "stsb")]
-    assert len(rows) == 48 and {r[0] for r in rows} == {"sst2", "rte", "mrpc", "stsb"}
+    assert len(rows) == 56 and {r[0] for r in rows} == {"sst2", "rte", "mrpc", "stsb"}
     assert not (tmp_path / "mlflow.db").exists()

@@ -247,23 +247,27 @@ def check_model_and_data(plan: Plan) -> dict[str, Workload]:
         out[task] = Workload(params=params, total_params=sum(p.numel() for p in model.parameters()),
                              train_examples=len(data.train), epochs=cfg["epochs"],
                              eval_examples=len(data.validation) + sum(map(len, data.ood.values())),
-                             ood_sets=tuple(data.ood), **_padded_lengths(data, tokenizer, cfg))
+                             ood_sets=tuple(data.ood), **_padded_lengths(data, tokenizer, cfg, config))
     return out
 
 
-def _padded_lengths(data, tokenizer, cfg: dict[str, Any], sample: int = 256) -> dict[str, float]:
+def _padded_lengths(data, tokenizer, cfg: dict[str, Any], model_config=None, sample: int = 256) -> dict[str, float]:
     """Tokens per example as the trainer's batches see them (padded to the longest of each batch), on a sample."""
     import numpy as np
 
-    def lengths(ds):
+    from emoe.train import ood_max_length
+
+    def lengths(ds, max_length):
         ds = ds.select(range(min(sample, len(ds))))
-        enc = tokenizer(*[list(ds[f]) for f in data.task.text_fields], truncation=True, max_length=cfg["max_length"])
+        enc = tokenizer(*[list(ds[f]) for f in data.task.text_fields], truncation=True, max_length=max_length)
         return np.array([len(x) for x in enc["input_ids"]])
 
     batch = cfg["batch_size"] // cfg["grad_accum_steps"]
-    train = lengths(data.train)
+    train = lengths(data.train, cfg["max_length"])
     padded = [chunk.max() for chunk in np.array_split(train, max(1, math.ceil(len(train) / batch)))]
-    evals = np.sort(np.concatenate([lengths(ds) for ds in [data.validation, *data.ood.values()]]))
+    ood_length = ood_max_length(cfg, tokenizer, model_config)
+    evals = np.sort(np.concatenate([lengths(data.validation, cfg["max_length"]),
+                                    *(lengths(ds, ood_length) for ds in data.ood.values())]))
     return {"train_tokens_per_example": float(np.mean(padded)), "eval_tokens_per_example": float(evals.mean())}
 
 
