@@ -19,6 +19,9 @@ class FFNLayout:
     values: str  # from a block to the second projection
     transposed: bool = False  # Conv1D (GPT-2) stores weight as [in, out]
     up: str | None = None  # gated MLPs: the up projection, multiplied with act(keys x)
+    # the FFN's own output dropout where the official conversion replaces the whole FFN and so drops it (GPT-2's
+    # mlp.dropout, resid_pdrop); BERT's sits outside what the official code replaces (BertOutput), and stays
+    replaced_dropout: str | None = None
 
 
 _BERT = FFNLayout("encoder.layer", "intermediate.dense", "output.dense")
@@ -29,7 +32,7 @@ ARCHITECTURES: dict[str, tuple[FFNLayout, ...]] = {
     "bert": (_BERT,),
     "roberta": (_BERT,),
     "distilbert": (FFNLayout("transformer.layer", "ffn.lin1", "ffn.lin2"),),
-    "gpt2": (FFNLayout("h", "mlp.c_fc", "mlp.c_proj", transposed=True),),
+    "gpt2": (FFNLayout("h", "mlp.c_fc", "mlp.c_proj", transposed=True, replaced_dropout="mlp.dropout"),),
     "vit": (FFNLayout("layers", "mlp.fc1", "mlp.fc2"), _BERT),
     "llama": (_LLAMA,),
     "mistral": (_LLAMA,),

@@ -9,6 +9,7 @@ from typing import Any
 INITS = ("pretrained", "random")
 METHODS = ("emoe", "dense")
 EXPERT_BIASES = ("shared", "per_expert")
+MLP_OUTPUT_DROPOUTS = ("keep", "official")
 
 
 def check_fields(cls, data: dict[str, Any], what: str) -> None:
@@ -50,6 +51,9 @@ class EmoeConfig:
         expert_bias: ``shared``: the dense layer's one output bias, each token keeping its experts' ``bias / n``
             shares; ``per_expert`` (official): each expert its own trainable copy of ``bias / n`` (equal at
             conversion, free to drift apart in training).
+        mlp_output_dropout: ``keep``: a converted block keeps its FFN's output dropout; ``official``: as the official
+            conversion, which replaces GPT-2's whole MLP and so loses its output dropout (``resid_pdrop``); BERT's
+            output dropout lies outside what the official code replaces and is kept either way.
     """
 
     init: str = "pretrained"
@@ -67,6 +71,7 @@ class EmoeConfig:
     aux_loss_weight: float = 0.0
     expert_selection: str = "top"
     expert_bias: str = "shared"
+    mlp_output_dropout: str = "keep"
 
     def __post_init__(self):
         from emoe.clustering import CLUSTERING
@@ -80,6 +85,7 @@ class EmoeConfig:
         check_choice("gate", self.gate, tuple(GATES))
         check_choice("expert_selection", self.expert_selection, SELECTIONS)
         check_choice("expert_bias", self.expert_bias, EXPERT_BIASES)
+        check_choice("mlp_output_dropout", self.mlp_output_dropout, MLP_OUTPUT_DROPOUTS)
         if self.cluster_seed != "trial":
             if isinstance(self.cluster_seed, bool) or not isinstance(self.cluster_seed, int):
                 raise ValueError(f"cluster_seed must be an integer or 'trial', got {self.cluster_seed!r}")

@@ -103,9 +103,11 @@ def plan_conversion(model: nn.Module, config: EmoeConfig) -> list[dict]:
             raise ValueError(f"block {b} is already converted to EMoE")
         keys = key_matrix(keys_proj, layout.transposed)
         check_partition_shape(config.clustering, keys.shape[0], config.num_experts, where=f"block {b}")
+        dropout = layout.replaced_dropout if config.mlp_output_dropout == "official" else None
         plan.append({"block": b, "keys_proj": keys_proj, "parent": parent, "name": name, "keys": keys,
                      "transposed": layout.transposed,
-                     "up_proj": blocks[b].get_submodule(layout.up) if layout.up else None})
+                     "up_proj": blocks[b].get_submodule(layout.up) if layout.up else None,
+                     "dropout": (blocks[b], dropout) if dropout else None})
     return plan
 
 
@@ -137,6 +139,10 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True,
                       expert_selection=config.expert_selection, expert_bias=config.expert_bias)
         ffn.train(ffn.values.training)  # a new module starts in training mode; keep the model's mode
         setattr(p["parent"], p["name"], ffn)
+        if p["dropout"] is not None:  # the official path replaced the whole FFN, its output dropout with it
+            block, path = p["dropout"]
+            owner, _, attr = path.rpartition(".")
+            setattr(block.get_submodule(owner) if owner else block, attr, nn.Identity())
     model.emoe_config = config
     log.info("converted blocks %s to EMoE (%s, %s, N=%d, k=%d)", sorted(labels), config.clustering, config.gate,
              config.num_experts, config.top_k)

@@ -84,7 +84,7 @@ def _emoe(name: str, help: str, type: Callable = str, choices=None, **domain) ->
 
 def _knobs() -> dict[str, Knob]:
     from emoe.clustering import CLUSTERING
-    from emoe.config import EXPERT_BIASES, INITS, METHODS
+    from emoe.config import EXPERT_BIASES, INITS, METHODS, MLP_OUTPUT_DROPOUTS
     from emoe.data import TASKS
     from emoe.gating import GATES
     from emoe.protocols import OOD_PROTOCOLS
@@ -115,6 +115,9 @@ def _knobs() -> dict[str, Knob]:
               str, SELECTIONS),
         _emoe("expert_bias", "shared: the dense output bias, each token keeping its experts' shares; per_expert "
               "(official): each expert its own trainable copy of bias / k", str, EXPERT_BIASES),
+        _emoe("mlp_output_dropout", "keep: a converted block keeps its FFN's output dropout; official: as the "
+              "official conversion, which replaces GPT-2's whole MLP and so drops its output dropout (resid_pdrop); "
+              "BERT's lies outside the replaced layers and stays", str, MLP_OUTPUT_DROPOUTS),
         _emoe("seed", "seed of initialisation, dropout, gate noise and data order (and of the clustering with "
               "--cluster-seed trial)", int, grid=(0, 1, 2)),
         # The paper's grid (qiuzh20/EMoE search_glue_no_trainer.py) and a log-uniform range around it.
@@ -148,8 +151,10 @@ def _knobs() -> dict[str, Knob]:
         Knob("warmup_ratio", 0.06, "share of steps with linear warm-up", float),
         Knob("weight_decay", 0.01, "AdamW weight decay", float),
         Knob("grad_accum_steps", 1, "micro-batches per optimiser step", int),
-        Knob("max_grad_norm", 1.0, "gradient clipping norm", float),
-        Knob("precision", "auto", "auto = bf16 (or fp16) autocast on GPU, fp32 on CPU", str,
+        Knob("max_grad_norm", 1.0, "gradient clipping norm; none = no clipping (the official script never clips)",
+             _optional_float),
+        Knob("precision", "auto", "auto = bf16 (or fp16) autocast on GPU, fp32 on CPU; fp32 everywhere is the "
+             "official command (its --use_fp16 is off)", str,
              ("auto", "fp32", "bf16", "fp16")),
         Knob("data_dir", None, "read the task from local JSON lines laid out as DIR/<set>/<split>.jsonl instead of "
              "the Hub; 'demo' = the packaged demo slice (SST-2 and its OOD sets, offline)", _optional_str),
@@ -191,6 +196,8 @@ def trial_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     if cfg["batch_size"] % cfg["grad_accum_steps"]:
         raise ValueError(f"batch_size={cfg['batch_size']} is not divisible by grad_accum_steps="
                          f"{cfg['grad_accum_steps']}")
+    if cfg["max_grad_norm"] is not None and not cfg["max_grad_norm"] > 0:
+        raise ValueError(f"max_grad_norm={cfg['max_grad_norm']} must be > 0 (or none: no clipping)")
     if not cfg["learning_rate"] > 0:
         raise ValueError(f"learning_rate={cfg['learning_rate']} must be > 0")
     for key in ("max_train_samples", "max_eval_samples", "eval_steps", "patience", "eval_batch_size",

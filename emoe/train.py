@@ -342,9 +342,10 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
             (scaler.scale(loss) if scaler else loss).backward()
             if (i + 1) % cfg["grad_accum_steps"] and i + 1 != len(train_loader):
                 continue
-            if scaler:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
+            if cfg["max_grad_norm"] is not None:
+                if scaler:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()

@@ -232,3 +232,83 @@ def test_expert_selection_picks_the_right_experts(selection):
     order = logits.argsort(-1, descending=True)
     expected = {"top": order[:, :2], "bottom": order[:, -2:], "not_top": order[:, 2:]}[selection]
     assert torch.equal(r.experts.sort(-1).values, expected.sort(-1).values)
+
+
+# --- GPT-2's MLP output dropout (the official gpt_to_MoE replaces the whole MLP, its dropout with it) ---
+
+def _mlp_output_in_training(model, block: int, inputs) -> torch.Tensor:
+    out = {}
+    handle = model.h[block].mlp.register_forward_hook(lambda m, a, o: out.setdefault("y", o))
+    model.train()
+    with torch.no_grad():
+        model(**inputs)
+    handle.remove()
+    return out["y"]
+
+
+def test_official_mlp_output_dropout_drops_gpt2s_and_keeps_berts(tmp_path):
+    import transformers
+
+    from emoe.convert import load_converted, save_converted
+
+    inputs = tiny_inputs("gpt2")
+    for setting, zeros in (("keep", True), ("official", False)):
+        model = tiny_model("gpt2")
+        model.config.resid_pdrop = 0.5
+        for block in model.h:
+            block.mlp.dropout.p = 0.5
+        convert(model, EmoeConfig(num_experts=4, top_k=4, layers=(1,), mlp_output_dropout=setting))
+        y = _mlp_output_in_training(model, 1, inputs)
+        assert bool((y == 0).any()) == zeros  # about half the outputs zeroed while the dropout is there
+        assert (_mlp_output_in_training(model, 0, inputs) == 0).any()  # an unconverted block keeps its own
+        assert isinstance(model.h[1].mlp.dropout, torch.nn.Identity) == (setting == "official")
+    # a saved model loads back without it
+    model = transformers.GPT2ForSequenceClassification(transformers.GPT2Config(
+        n_embd=32, n_layer=2, n_head=2, n_inner=64, vocab_size=100, pad_token_id=0))
+    convert(model, EmoeConfig(num_experts=4, top_k=2, layers=(-1,), mlp_output_dropout="official"))
+    loaded = load_converted(save_converted(model, tmp_path / "m"))
+    assert isinstance(loaded.transformer.h[1].mlp.dropout, torch.nn.Identity)
+    assert not isinstance(loaded.transformer.h[0].mlp.dropout, torch.nn.Identity)
+    # BERT: the official code keeps BertOutput's dropout (it is not in the replaced layers)
+    bert = tiny_model("bert")
+    convert(bert, EmoeConfig(num_experts=4, top_k=2, layers=(1,), mlp_output_dropout="official"))
+    assert isinstance(bert.encoder.layer[1].output.dropout, torch.nn.Dropout)
+
+
+def test_max_grad_norm_none_never_clips(tiny_model_dir, tiny_data_dir, monkeypatch):
+    from emoe.train import train_and_evaluate
+
+    calls = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: calls.append(a[1]) or clip(*a, **k))
+    cfg = {"model": tiny_model_dir, "data_dir": str(tiny_data_dir), "num_experts": 4, "top_k": 2, "batch_size": 32,
+           "max_length": 32, "max_train_samples": 64, "max_eval_samples": 16, "epochs": 1, "ood_sets": ()}
+    train_and_evaluate({**cfg, "max_grad_norm": 0.5})
+    assert calls == [0.5, 0.5]  # every optimiser step
+    calls.clear()
+    train_and_evaluate({**cfg, "max_grad_norm": None})
+    assert calls == []
+
+
+def test_paper_preset_is_the_official_command(capsys):
+    """--preset paper: ASHA off, no clipping, fp32, the official OOD script's protocol, GPT-2's MLP dropout as the
+    official conversion leaves it, and what it set before; its dry run says each of them."""
+    from emoe import hparams
+    from emoe.sweep import SweepSettings, main
+    from emoe.sweep.design import Ablation
+
+    settings = SweepSettings.from_preset("paper")
+    cfg = hparams.trial_config(settings.trial)
+    assert settings.scheduler == "none"
+    assert (cfg["max_grad_norm"], cfg["precision"], cfg["ood_protocol"], cfg["mlp_output_dropout"]) == (
+        None, "fp32", "emoe", "official")
+    assert (cfg["model"], cfg["layers"], cfg["num_experts"], cfg["top_k"], cfg["capacity_factor"]) == (
+        "bert-base-cased", (10,), 64, 16, 1.5)
+    design = Ablation.over("clustering", ["constrained"])
+    assert main(design, ["--preset", "paper", "--dry-run", "--model", "minilm", "--layers", "4", "--data-dir", "demo",
+                         "--max-train-samples", "64", "--max-eval-samples", "16"]) == 0
+    out = capsys.readouterr().out
+    for text in ("scheduler: none", "max_grad_norm None", "precision fp32", "mlp_output_dropout official",
+                 "OOD: ood_protocol emoe (metrics: accuracy; splits: one per set; ood_score: plain mean of the sets; "
+                 "max length 128; batch 32"):
+        assert text in out, text

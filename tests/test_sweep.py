@@ -257,6 +257,8 @@ def test_tiny_sweep_with_asha_logs_every_trial(tiny_model_dir, tiny_data_dir, tm
     for c in children:
         assert c.data.tags[tracking.PARENT] == parent.info.run_id
         assert c.info.status == "FINISHED"
+        # how the trial ran, in its own params: the knobs, and the sweep settings that could cut it short
+        assert c.data.params["sweep.scheduler"] == "asha" and c.data.params["ood_protocol"] == "gluex"
         outcome = c.data.tags[tracking.OUTCOME]
         assert outcome in ("completed", "early_stopped")
         assert (c.data.metrics["epoch"] == 1.0) == (outcome == "completed")

@@ -172,10 +172,12 @@ def dry_run(plan, workloads) -> str:
           f"{plan.n_trials // len(plan.tasks)} trials" for t, w in workloads.items()),
         "emoe: " + ", ".join(f"{k} {b[k]}" for k in ("layers", "num_experts", "top_k", "clustering", "gate",
                                                      "cluster_seed", "capacity_factor", "gate_noise", "expert_dropout",
-                                                     "aux_loss_weight", "expert_selection", "eval_method")
+                                                     "aux_loss_weight", "expert_selection", "expert_bias",
+                                                     "mlp_output_dropout", "eval_method")
                              if k not in plan.design.swept) + " (arms override their own knobs)",
         "protocol: " + ", ".join(f"{k} {b[k]}" for k in ("keep_best", "patience", "weight_decay", "warmup_ratio",
-                                                         "eval_batch_size", "precision")),
+                                                         "max_grad_norm", "eval_batch_size", "precision")),
+        ood_line(b),
         f"resources per trial: cpu={s.cpus_per_trial:g} gpu={gpus}; max concurrent: {s.max_concurrent or 'auto'}",
         disk_line(plan, next(iter(workloads.values())).total_params),
         f"scheduler: {s.scheduler} (scope {s.early_stop_scope}, on {schema.ID_SCORE}); MLflow: {s.tracking_uri} "
@@ -186,6 +188,19 @@ def dry_run(plan, workloads) -> str:
                                                     for arm in plan.design.arms for seed in plan.seeds]
     rows = [f"{task:<8} {arm:<16} {seed:>4} {lr:>13.3g}  {plan.design.arms[arm]}" for task, arm, seed, lr in cells]
     return "\n".join(head + rows)
+
+
+def ood_line(base: dict[str, Any]) -> str:
+    """How the OOD sets are scored (``emoe.protocols``), as the dry run prints it."""
+    from emoe.protocols import get_protocol
+
+    p = get_protocol(base["ood_protocol"])
+    metrics = "accuracy" if p.accuracy_only else "the ID task's"
+    return (f"OOD: ood_protocol {p.name} (metrics: {metrics}; "
+            f"splits: {'one per set' if p.one_split else 'GLUE-X concatenations'}; ood_score: "
+            f"{'size-weighted mean' if p.size_weighted else 'plain mean'} of the sets; max length "
+            f"{base['ood_max_length'] or p.max_length}; batch {p.batch_size or 'the evaluation batch'}; "
+            "unlabelled rows scored wrong)")
 
 
 def disk_line(plan, total_params: int) -> str:

@@ -137,13 +137,18 @@ PRESETS: dict[str, dict[str, Any]] = {
              "seeds": (0, 1), "learning_rates": (1e-4,), "cpus_per_trial": 2.0},
     # The official EMoE command (qiuzh20/EMoE Language/README.md, search_glue_no_trainer.py) for BERT-base, data
     # from the Hub; seeds and learning rates: the knobs' grids, which are the official ones (3 x 3); epochs: each
-    # task's official cap (10; 3 for MNLI, QQP, QNLI). --tasks glue runs all eight GLUE-X tasks.
+    # task's official cap (10; 3 for MNLI, QQP, QNLI). --tasks glue runs all eight GLUE-X tasks. Every rate runs to
+    # its end or to patience (no ASHA), without gradient clipping, in fp32 (no --use_fp16); OOD sets are scored as
+    # the official test_glue_no_trainer.py does; GPT-2 (--model gpt2...) loses its MLP output dropout as there.
     "paper": {"trial": {"model": "bert-base-cased", "task": "sst2", "layers": (10,), "num_experts": 64, "top_k": 16,
                         "clustering": "constrained", "gate": "avg_keys", "cluster_seed": 0, "capacity_factor": 1.5,
                         "gate_noise": 1.0, "expert_dropout": 0.1, "aux_loss_weight": 0.01, "expert_bias": "per_expert",
+                        "mlp_output_dropout": "official",
                         "max_train_samples": None, "max_eval_samples": None, "max_length": 128, "batch_size": 32,
                         "eval_batch_size": 8, "epochs": None, "eval_steps": None, "weight_decay": 0.0,
-                        "warmup_ratio": 0.0, "keep_best": True, "patience": 4}},
+                        "warmup_ratio": 0.0, "keep_best": True, "patience": 4, "max_grad_norm": None,
+                        "precision": "fp32", "ood_protocol": "emoe", "ood_max_length": None},
+              "scheduler": "none"},
     # A multi-task sweep on a 2-core CPU in about an hour: the packaged MiniLM and the packaged slices of the GLUE-X
     # tasks whose train, validation and OOD data exist offline (emoe/demo_data), with the OOD sets that exist there
     # (not HANS, Twitter). 2 seeds, 1 learning rate.

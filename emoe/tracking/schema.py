@@ -9,7 +9,8 @@ from typing import Any
 __all__ = ["DEFAULT_TRACKING_URI", "ROLE", "PARENT", "SWEEP", "FACTOR", "GIT_COMMIT", "COMMAND", "RAY_DIR",
            "BACKFILLED", "EXTENDED", "ARM", "TRIAL_ID", "RETIRED", "MODEL", "OUTCOME", "ERROR", "RESTARTS", "RESTART_ERROR", "PLACEMENT", "OUTCOMES",
            "EXPERIMENT_KIND", "TRAIN_LOSS", "ID_SCORE", "OOD_SCORE", "EPOCH", "STEP", "LOAD_ENTROPY", "METRIC_PREFIXES",
-           "BEST_STEP", "CURRENT_ID_SCORE", "PATIENCE_STOP", "TASK", "RESUMED", "RESUMED_FROM",
+           "BEST_STEP", "CURRENT_ID_SCORE", "PATIENCE_STOP", "TASK", "RESUMED", "RESUMED_FROM", "SWEEP_PARAMS",
+           "sweep_params",
            "id_metric", "ood_metric", "ood_score_metric", "ood_score_set", "load_entropy_metric", "trial_metrics", "finished", "outcome", "experiment_name",
            "trial_run_name", "runs_url"]
 
@@ -37,6 +38,14 @@ OUTCOMES = ("completed", "early_stopped", "failed")
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 TASK = "emoe.task"  # a trial's ID task (also its ``task`` param)
+# Params of a trial run besides its flat config (every knob): the sweep settings that decide how it ran, as
+# ``sweep.<setting>`` (e.g. ``sweep.scheduler``: whether ASHA could stop it).
+SWEEP_PARAMS = ("preset", "scheduler", "early_stop_scope", "search")
+
+
+def sweep_params(settings: dict[str, Any]) -> dict[str, Any]:
+    """The ``sweep.<setting>`` params of a trial run, from its sweep's settings (``SweepSettings.to_dict()``)."""
+    return {f"sweep.{k}": settings.get(k) if settings.get(k) is not None else "" for k in SWEEP_PARAMS}
 
 # Metric names shared by Tune results, MLflow and analysis (logged with step = optimiser step).
 # id_score: the task's primary score (the mean of its GLUE metrics) on ID validation; id.<metric>: each metric;
