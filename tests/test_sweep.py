@@ -54,7 +54,7 @@ def env():
             "RAY_DEDUP_LOGS": "0"}
 
 
-@pytest.mark.parametrize("script, trials", [("clustering", 6 * 3 * 3), ("gating", 7 * 3 * 3),
+@pytest.mark.parametrize("script, trials", [("clustering", 7 * 3 * 3), ("gating", 7 * 3 * 3),
                                             ("pretraining", 4 * 3 * 3), ("experts", 15 * 3 * 3),
                                             ("router", 7 * 3 * 3), ("selection", 4 * 3 * 3),
                                             ("eval_method", 4 * 3 * 3)])
