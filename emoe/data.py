@@ -73,8 +73,9 @@ class Task:
     """An ID task with its protocol facts and its GLUE-X OOD sets.
 
     ``metrics`` are GLUE's (names as GLUE-X's result files and ``evaluate``'s ``glue`` metric spell them); a task's
-    primary score is their mean (GLUE's convention, which the official EMoE code and GLUE-X also use). OOD sets are
-    scored with the ID task's metrics. ``epochs`` is the official EMoE protocol's epoch cap."""
+    primary score is their mean (GLUE's convention, which the official EMoE code and GLUE-X also use). How OOD sets
+    are scored (which metrics, splits, aggregation) is the OOD protocol's (``emoe.protocols``). ``epochs`` is the
+    official EMoE protocol's epoch cap."""
     name: str
     text_fields: tuple[str, ...]
     label_names: tuple[str, ...]  # empty for a regression task

@@ -131,9 +131,11 @@ def crossing_from_file(path: str) -> tuple[dict[str, list], str | None, bool]:
 
 # Sweep settings a preset changes (fields of ``emoe.sweep.plan.SweepSettings``; ``trial`` holds trial knobs).
 PRESETS: dict[str, dict[str, Any]] = {
-    # A few minutes on a laptop CPU: the packaged MiniLM and the packaged SST-2 slice, 2 seeds, 1 learning rate.
+    # A few minutes on a laptop CPU: the packaged MiniLM and the packaged SST-2 slice, 2 seeds, 1 learning rate; OOD
+    # sets at the training length, not GLUE-X's 512 (a CPU-sized check, not a reproduction).
     "demo": {"trial": {"model": "minilm", "task": "sst2", "data_dir": "demo", "max_train_samples": 1000,
-                       "max_eval_samples": 200, "max_length": 64, "batch_size": 16, "epochs": 1, "eval_steps": 32},
+                       "max_eval_samples": 200, "max_length": 64, "batch_size": 16, "epochs": 1, "eval_steps": 32,
+                       "ood_max_length": 64},
              "seeds": (0, 1), "learning_rates": (1e-4,), "cpus_per_trial": 2.0},
     # The official EMoE command (qiuzh20/EMoE Language/README.md, search_glue_no_trainer.py) for BERT-base, data
     # from the Hub; seeds and learning rates: the knobs' grids, which are the official ones (3 x 3); epochs: each
@@ -154,7 +156,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (not HANS, Twitter). 2 seeds, 1 learning rate.
     "glue-small": {"trial": {"model": "minilm", "data_dir": "demo", "max_train_samples": 1000,
                              "max_eval_samples": 200, "max_length": 96, "batch_size": 16, "epochs": 2,
-                             "eval_steps": None,
+                             "eval_steps": None, "ood_max_length": 96,
                              "ood_sets": ("imdb", "yelp", "amazon", "flipkart", "mrpc", "qqp", "rte", "scitail",
                                           "sick")},
                    "tasks": ("sst2", "rte", "mrpc", "stsb"), "seeds": (0, 1), "learning_rates": (1e-4,),
