@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 from typing import Callable
 
 import numpy as np
@@ -29,12 +28,9 @@ class Algorithm:
 
 
 def _parallel_jobs(n_init: int) -> int:
-    """Workers for the restarts: at least 2, at most one per restart or per CPU this process may use."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(2, min(n_init, cpus))
+    """Workers for the restarts: at least 2 (the official seeds), at most one per restart or per thread torch may use
+    here (a sweep trial's ``--cpus-per-trial``), so concurrent trials clustering at once do not oversubscribe."""
+    return max(2, min(n_init, torch.get_num_threads()))
 
 
 def _constrained(keys: np.ndarray, num_experts: int, seed: int) -> np.ndarray:

@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 
 
 def _flip(label):
-    """GLUE-X's ``-label + 1``: paraphrase "equivalent" (1) <-> entailment (0), and back."""
-    return 1 - int(label)
+    """GLUE-X's ``-label + 1``: paraphrase "equivalent" (1) <-> entailment (0), and back (-1, no gold label, stays)."""
+    return -1 if int(label) == -1 else 1 - int(label)
 
 
 def _names(*names):
@@ -336,7 +336,8 @@ def _load_source(source: Source, task: Task, data_dir: Path | None, name: str, h
 
 def check_dataset(ds, task: Task, where: str, unlabelled_ok: bool = False) -> None:
     """Fail, naming the file, on a missing field, an empty split or a label outside the task's label set
-    (``unlabelled_ok``: an OOD set may hold rows without a gold label, -1, as SNLI does; they score as wrong)."""
+    (``unlabelled_ok``: an OOD set scored by accuracy alone may hold rows without a gold label, -1, as SNLI does;
+    they score as wrong)."""
     missing = [f for f in task.fields if f not in ds.column_names]
     if missing:
         raise ValueError(f"{where}: missing field(s) {missing} (task {task.name} needs {', '.join(task.fields)}; "
@@ -366,6 +367,11 @@ class TaskData:
     train: object  # datasets.Dataset
     validation: object
     ood: dict[str, object]
+    ood_sizes: dict[str, int] = dataclasses.field(default_factory=dict)  # each OOD set's rows before any cap
+
+    def sizes(self) -> dict[str, int]:
+        """Each OOD set's size as GLUE-X weighs it: its full row count, not the ``max_eval_samples`` evaluated."""
+        return {name: self.ood_sizes.get(name, len(ds)) for name, ds in self.ood.items()}
 
 
 def ood_source(task: Task, name: str, protocol: str = "gluex") -> Source:
@@ -415,6 +421,8 @@ def load_task(name: str, data_dir: str | Path | None = None, ood: dict[str, str]
     kept = ood_set_names(task, ood_sets)
     others = [s for s in task.ood if s in kept]
     loaded = {}
+    # rows without a gold label (-1) score as wrong under accuracy; F1 and MCC have no place for them
+    unlabelled_ok = get_protocol(ood_protocol).metrics(task) == ("accuracy",)
     for split, source in [("train", task.train), ("validation", task.validation),
                           *((s, ood_source(task, s, ood_protocol)) for s in kept)]:
         is_ood = split not in ("train", "validation")
@@ -424,7 +432,7 @@ def load_task(name: str, data_dir: str | Path | None = None, ood: dict[str, str]
             hint = "" if not is_ood else \
                 f" (or leave {split} out: --ood-sets {','.join(s for s in others if s != split) or 'NONE'})"
             ds, where = _load_source(source, task, data_dir, split, hint, keep_unlabelled=is_ood)
-        check_dataset(ds, task, where, unlabelled_ok=is_ood)
+        check_dataset(ds, task, where, unlabelled_ok=is_ood and unlabelled_ok)
         loaded[split] = ds
     for ood_name, path in ood.items():
         if ood_name in ("train", "validation") or ood_name in task.ood:
@@ -433,7 +441,7 @@ def load_task(name: str, data_dir: str | Path | None = None, ood: dict[str, str]
         ds = read_file(path)
         if task.regression and "label" in ds.column_names:
             ds = _to_task(ds, Source(None, None, (), ()), task)
-        check_dataset(ds, task, str(path), unlabelled_ok=True)
+        check_dataset(ds, task, str(path), unlabelled_ok=unlabelled_ok)
         loaded[ood_name] = ds
 
     def subset(ds, n):
@@ -441,7 +449,8 @@ def load_task(name: str, data_dir: str | Path | None = None, ood: dict[str, str]
 
     return TaskData(task, subset(loaded.pop("train"), max_train_samples),
                     subset(loaded.pop("validation"), max_eval_samples),
-                    {k: subset(v, max_eval_samples) for k, v in loaded.items()})
+                    {k: subset(v, max_eval_samples) for k, v in loaded.items()},
+                    {k: len(v) for k, v in loaded.items()})
 
 
 def tokenize(ds, tokenizer, task: Task, max_length: int):

@@ -5,10 +5,11 @@
 
 Every finished (completed or early-stopped) trial run of the sweep (the latest, or ``--parent``) whose kept model
 (``--keep-model best``, tag ``emoe.model``) is readable is evaluated on each named set, as its training evaluated
-OOD sets (the task's metrics, the trial's max length, evaluation batch and order), and gets ``ood_score.<set>`` and
-``ood.<set>.<metric>`` logged at its last step. A run that already holds a set's score is skipped, so running it twice adds nothing. The
-analysis then reads the new sets as any other OOD set (per-set blocks: ``--blocks sets``); ``ood_score``, the mean
-over the sets evaluated in training, is left as it was.
+OOD sets (its ``ood_protocol``: metrics, splits, max length, batch; its evaluation order), and gets
+``ood_score.<set>`` and ``ood.<set>.<metric>`` logged at its last step. A run that already holds a set's score is
+skipped, so running it twice adds nothing; so is a run of an older emoe, whose sets were scored otherwise. The
+analysis then reads the new sets as any other OOD set (per-set blocks: ``--blocks sets``); ``ood_score``, the
+aggregate of the sets evaluated in training, is left as it was.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def evaluate_runs(tracking_uri: str, experiment: str, ood: dict[str, str], ood_s
         raise ValueError("name the sets to evaluate: --ood NAME=FILE (repeatable) or --ood-sets NAME,...")
     trials, _ = load_trials(tracking_uri, experiment, parent_run_id)
     client = tracking.client(tracking_uri)
-    counts = {"evaluated": 0, "skipped": 0, "no_model": 0}
+    counts = {"evaluated": 0, "skipped": 0, "no_model": 0, "older": 0}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # early-stopped trials too: the analysis uses them, and each kept its best model so far when it was stopped
     for run_id in trials.loc[trials["outcome"].isin(("completed", "early_stopped")), "run_id"]:
@@ -59,6 +60,11 @@ def evaluate_runs(tracking_uri: str, experiment: str, ood: dict[str, str], ood_s
         model_dir = run.data.tags.get(tracking.MODEL)
         if not model_dir or not Path(model_dir).is_dir():
             counts["no_model"] += 1
+            continue
+        # a run of an older emoe scored its OOD sets otherwise (a plain mean of the ID metrics at its max length):
+        # sets added now under today's protocol would not be comparable with its others
+        if "ood_protocol" not in run.data.params or run.data.params.get(tracking.SCORING_VERSION_PARAM) == "1":
+            counts["older"] += 1
             continue
         todo = [n for n in names if tracking.ood_score_metric(n) not in run.data.metrics]
         if not todo:
@@ -81,8 +87,7 @@ def evaluate_runs(tracking_uri: str, experiment: str, ood: dict[str, str], ood_s
         autocast, _ = _autocast(device, cfg["precision"])
         per_set, _ = evaluate(model, loaders, device, autocast, data.task, ood_protocol=cfg["ood_protocol"])
         wanted = {tracking.ood_score_metric(n) for n in todo}
-        sizes = {name: len(loader.dataset) for name, loader in loaders.items()}
-        scores = {k: v for k, v in score_metrics(per_set, sizes, cfg["ood_protocol"]).items()
+        scores = {k: v for k, v in score_metrics(per_set, data.sizes(), cfg["ood_protocol"]).items()
                   if k in wanted or any(k.startswith(f"ood.{n}.") for n in todo)}
         step = int(run.data.metrics.get(tracking.STEP, 0))
         tracking.TrialRun(client, run.info.experiment_id, "", run_id=run_id).log_metrics(scores, step)
@@ -113,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"evaluated {counts['evaluated']} kept model(s); {counts['skipped']} already had every set; "
-          f"{counts['no_model']} finished trial(s) without a kept model")
+          f"{counts['no_model']} finished trial(s) without a kept model"
+          + (f"; {counts['older']} trial(s) of an older emoe skipped (their OOD sets were scored otherwise)"
+             if counts["older"] else ""))
     return 0
 
 

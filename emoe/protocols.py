@@ -45,7 +45,8 @@ class OodProtocol:
         return task.metrics
 
     def aggregate(self, scores: dict[str, float], sizes: dict[str, int]) -> float:
-        """A task's ``ood_score`` from its sets' scores (and sizes: the rows evaluated); NaN without any set."""
+        """A task's ``ood_score`` from its sets' scores (and sizes: each set's full row count, as GLUE-X weighs it,
+        whatever share of it ``max_eval_samples`` evaluates); NaN without any set."""
         if not scores:
             return float("nan")
         names = list(scores)
@@ -63,10 +64,10 @@ class OodProtocol:
 OOD_PROTOCOLS: dict[str, OodProtocol] = {
     "gluex": OodProtocol("gluex", max_length=512, batch_size=None, pad_to_max_length=True, size_weighted=True,
                          accuracy_only=False, one_split={}, raw_sick_relatedness=False),
-    # test_name_mapping of test_glue_no_trainer.py; MNLI-mismatched is validation_mismatched as under GLUE-X (the
-    # script's own MNLI branch), and RTE, absent from the mapping (the script fails on it), its validation split
-    # as MRPC's and QQP's. Self-collected sets (Grammar, Flipkart, Twitter, NewsQA, SciTail) are read whole, as the
-    # script's load_from_disk does.
+    # test_name_mapping of test_glue_no_trainer.py. MNLI-mismatched and RTE are absent from that mapping (the script
+    # stops on them with a KeyError): MNLI-mismatched is scored on validation_mismatched (its one labelled split,
+    # which the script's unreachable MNLI branch names), RTE on its validation split as MRPC's and QQP's.
+    # Self-collected sets (Grammar, Flipkart, Twitter, NewsQA, SciTail) are read whole, as its load_from_disk does.
     "emoe": OodProtocol("emoe", max_length=128, batch_size=32, pad_to_max_length=False, size_weighted=False,
                         accuracy_only=True, raw_sick_relatedness=True,
                         one_split={"imdb": "test", "yelp": "test", "amazon": "test", "sick": "test", "snli": "test",

@@ -237,7 +237,7 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
     train_loader = _loader(tok(data.train), tokenizer, micro, True, cfg["seed"])
     eval_loaders, in_set_order = evaluation_loaders({"id": data.validation, **data.ood}, tokenizer, data.task, cfg,
                                                     model.config)
-    eval_sizes = {name: len(loader.dataset) for name, loader in eval_loaders.items()}
+    eval_sizes = data.sizes()  # GLUE-X weighs each OOD set by its full size, whatever --max-eval-samples evaluates
 
     steps_per_epoch = math.ceil(len(train_loader) / cfg["grad_accum_steps"])
     total_steps = steps_per_epoch * cfg["epochs"]

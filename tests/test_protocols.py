@@ -106,35 +106,40 @@ def test_metrics_per_protocol():
 
 
 def test_loaders_follow_the_protocol(tiny_model_dir, split_dir):
-    """Max length and batch of the OOD sets: GLUE-X 512 (at most the model's positions), the trial's batch, padded to
-    the max length when a capacity makes padding count; EMoE 128 and batch 32. The ID set keeps the trial's."""
+    """Max length and batch of the OOD sets: GLUE-X 512, the trial's batch, padded to the max length when a capacity
+    makes padding count; EMoE 128 and batch 32. The ID set keeps the trial's. Never past the model's positions."""
+    import types
+
+    import datasets
     import transformers as T
 
     from emoe import hparams
 
-    tokenizer = T.AutoTokenizer.from_pretrained(tiny_model_dir)
-    config = T.AutoConfig.from_pretrained(tiny_model_dir)  # 128 positions
-    rows = [{"sentence": "word " * 300, "label": 0}] * 40
-    import datasets
-
+    tokenizer = T.AutoTokenizer.from_pretrained(tiny_model_dir)  # declares 512 tokens
+    wide = types.SimpleNamespace(max_position_embeddings=1024)  # a model with more positions than any protocol needs
+    rows = [{"sentence": "word " * 600, "label": 0}] * 40
     sets = {"id": datasets.Dataset.from_list(rows), "long": datasets.Dataset.from_list(rows)}
     task = load_task("sst2", split_dir, ood_sets=[]).task
-    for protocol, capacity, length, batch, padded in [("gluex", None, 128, 8, False), ("gluex", 1.5, 128, 8, True),
-                                                      ("emoe", None, 128, 32, False)]:
+    for protocol, capacity, length, batch in [("gluex", None, 512, 8), ("gluex", 1.5, 512, 8), ("emoe", None, 128, 32),
+                                              ("emoe", 1.5, 128, 32)]:
         cfg = hparams.trial_config({"model": tiny_model_dir, "max_length": 16, "eval_batch_size": 8,
                                     "ood_protocol": protocol, "capacity_factor": capacity})
-        loaders, _ = evaluation_loaders(sets, tokenizer, task, cfg, config)
+        loaders, _ = evaluation_loaders(sets, tokenizer, task, cfg, wide)
         assert loaders["id"].batch_size == 8 and next(iter(loaders["id"]))["input_ids"].shape[1] == 16
         assert loaders["long"].batch_size == batch
         assert next(iter(loaders["long"]))["input_ids"].shape[1] == length
+        # the tiny model has 128 positions: no protocol reads past them
+        narrow, _ = evaluation_loaders(sets, tokenizer, task, cfg, T.AutoConfig.from_pretrained(tiny_model_dir))
+        assert next(iter(narrow["long"]))["input_ids"].shape[1] == 128
     cfg = hparams.trial_config({"model": tiny_model_dir, "ood_max_length": 64})
-    loaders, _ = evaluation_loaders(sets, tokenizer, task, cfg, config)
+    loaders, _ = evaluation_loaders(sets, tokenizer, task, cfg, wide)
     assert next(iter(loaders["long"]))["input_ids"].shape[1] == 64
     short = [{"sentence": "a few words", "label": 0}] * 4
     sets = {"id": datasets.Dataset.from_list(short), "short": datasets.Dataset.from_list(short)}
-    for capacity, width in [(None, lambda w: w < 16), (1.5, lambda w: w == 128)]:
-        cfg = hparams.trial_config({"model": tiny_model_dir, "capacity_factor": capacity})
-        loaders, _ = evaluation_loaders(sets, tokenizer, task, cfg, config)
+    for protocol, capacity, width in [("gluex", None, lambda w: w < 16), ("gluex", 1.5, lambda w: w == 512),
+                                      ("emoe", 1.5, lambda w: w < 16)]:
+        cfg = hparams.trial_config({"model": tiny_model_dir, "capacity_factor": capacity, "ood_protocol": protocol})
+        loaders, _ = evaluation_loaders(sets, tokenizer, task, cfg, wide)
         assert width(next(iter(loaders["short"]))["input_ids"].shape[1])
 
 
@@ -155,6 +160,37 @@ def test_trial_scores_ood_by_protocol(tiny_model_dir, split_dir, tmp_path):
     assert all(emoe[f"ood_score.{s}"] == emoe[f"ood.{s}.accuracy"] for s in ("qqp", "rte", "mine"))
     assert math.isclose(emoe["ood_score"], np.mean([emoe[f"ood_score.{s}"] for s in ("qqp", "rte", "mine")]))
     assert emoe["id_score"] == pytest.approx(np.mean([emoe["id.accuracy"], emoe["id.f1"]]))  # ID keeps GLUE's
+    # GLUE-X weighs each set by its full size, however few of its rows --max-eval-samples evaluates
+    capped = train_and_evaluate({**base, "max_eval_samples": 4})
+    assert math.isclose(capped["ood_score"], sum(n * capped[f"ood_score.{s}"] for s, n in sizes.items()) / 31)
+    scores = [capped[f"ood_score.{s}"] for s in sizes]
+    if len(set(scores)) > 1:  # then the weights show: not the plain mean
+        assert not math.isclose(capped["ood_score"], np.mean(scores))
+
+
+def test_unlabelled_rows_through_a_trial(tiny_model_dir, split_dir, tmp_path):
+    """SNLI's -1 rows reach the evaluation and count as wrong; where F1 or MCC would score them, they are refused
+    when the set is loaded, before any training."""
+    kept = {}
+    base = {"model": tiny_model_dir, "data_dir": str(split_dir), "task": "mnli", "ood_sets": ("snli",),
+            "num_experts": 4, "top_k": 2, "batch_size": 8, "epochs": 1, "max_length": 32, "learning_rate": 1e-3,
+            "ood_protocol": "emoe"}
+    final = train_and_evaluate(base, on_predictions=kept.update)
+    gold = np.array([0, -1, 2, 1, -1])
+    assert final["ood.snli.accuracy"] == pytest.approx(np.mean(kept["snli"] == gold))
+    assert final["ood.snli.accuracy"] <= 3 / 5
+    unlabelled = write_jsonl(tmp_path / "unlabelled.jsonl", _pairs(3) + [{"sentence1": "a", "sentence2": "b",
+                                                                          "label": -1}])
+    mrpc = {**base, "task": "mrpc", "ood_sets": (), "ood": {"mine": str(unlabelled)}}
+    with pytest.raises(ValueError, match=r"label\(s\) \[-1\] outside task mrpc's labels"):
+        train_and_evaluate({**mrpc, "ood_protocol": "gluex"})  # MRPC's F1 has no place for them
+    assert "ood.mine.accuracy" in train_and_evaluate(mrpc)  # accuracy alone: scored wrong
+
+
+def test_flip_keeps_unlabelled_rows():
+    from emoe.data import _flip
+
+    assert [_flip(x) for x in (0, 1, -1)] == [1, 0, -1]
 
 
 def test_unknown_protocol_is_one_line():

@@ -557,3 +557,28 @@ def test_scale_benchmark_runs_a_grid_of_trivial_trials_through_the_real_runner(t
     _, _, parents, children = _children(f"sqlite:///{tmp_path}/mlflow.db", "emoe-bench-scale")
     assert len(parents) == 1 and len(children) == 24
     assert {c.data.params["task"] for c in children} == {"sst2", "rte", "mrpc", "stsb"}
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--extend"])
+def test_a_sweep_of_an_older_scoring_is_not_continued(flag, tmp_path, capsys):
+    """A sweep started before the OOD protocols and the official partition (its record has no scoring version) is
+    refused by --resume and --extend in one line, before Ray starts: one table must not mix two scorings."""
+    from clustering import ABLATION
+
+    from emoe.sweep import SweepSettings
+    from emoe.tracking.records import SCORING_VERSION, SweepRecord
+
+    old = tmp_path / "emoe-clustering-20260101-000000"
+    old.mkdir()
+    record = SweepRecord("clustering", "clustering", ABLATION.arms, SweepSettings.from_preset("demo").to_dict(),
+                         "emoe-clustering", "parent0")
+    record.save(old)
+    assert SweepRecord.load(old).scoring_version == SCORING_VERSION
+    data = json.loads((old / "emoe_sweep.json").read_text())
+    del data["scoring_version"]  # as written before versions were recorded
+    (old / "emoe_sweep.json").write_text(json.dumps(data))
+    assert exit_code(lambda: sweep_main(ABLATION, [flag, str(old), "--preset", "demo",
+                                                   "--storage-path", str(tmp_path)])) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: {flag}: {old} was started by an older emoe (scoring version 1")
+    assert "start a new sweep" in err and not (tmp_path / "mlflow.db").exists()

@@ -272,11 +272,13 @@ def main(design: Ablation, argv: list[str] | None = None) -> int:
             storage = Path(args.storage_path or SweepSettings.storage_path).resolve()
             experiment = args.experiment or schema.experiment_name(design.name)
             extend = latest_sweep(storage, experiment) if args.extend == "latest" else Path(args.extend).resolve()
+            SweepRecord.load(extend).check_scoring(extend, "--extend")
         if args.resume:
             storage = Path(args.storage_path or SweepSettings.storage_path).resolve()
             experiment = args.experiment or schema.experiment_name(design.name)
             resume = latest_sweep(storage, experiment) if args.resume == "latest" else Path(args.resume).resolve()
             record = SweepRecord.load(resume)  # the interrupted sweep's own design and settings
+            record.check_scoring(resume, "--resume")
             design = Ablation(record.design, record.arms, record.factor)
             settings, command = SweepSettings.from_dict(record.settings), record.argv
         else:

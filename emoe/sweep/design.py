@@ -141,7 +141,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # from the Hub; seeds and learning rates: the knobs' grids, which are the official ones (3 x 3); epochs: each
     # task's official cap (10; 3 for MNLI, QQP, QNLI). --tasks glue runs all eight GLUE-X tasks. Every rate runs to
     # its end or to patience (no ASHA), without gradient clipping, in fp32 (no --use_fp16); OOD sets are scored as
-    # the official test_glue_no_trainer.py does; GPT-2 (--model gpt2...) loses its MLP output dropout as there.
+    # the official test_glue_no_trainer.py does. mlp_output_dropout official changes nothing for BERT; a GPT-2
+    # converted under this preset loses its MLP output dropout as in gpt_to_MoE (the official GPT-2 runs themselves
+    # are the LoRA script's, another protocol).
     "paper": {"trial": {"model": "bert-base-cased", "task": "sst2", "layers": (10,), "num_experts": 64, "top_k": 16,
                         "clustering": "constrained", "gate": "avg_keys", "cluster_seed": 0, "capacity_factor": 1.5,
                         "gate_noise": 1.0, "expert_dropout": 0.1, "aux_loss_weight": 0.01, "expert_bias": "per_expert",

@@ -172,6 +172,7 @@ def run_sweep(design: Ablation, settings: SweepSettings, resume: str | Path | No
     if extend is not None:
         old = SweepRecord.load(extend)
         try:
+            old.check_scoring(extend, "--extend")
             check_extension(old, design, plan)
         except ValueError:
             ray.shutdown()
@@ -205,6 +206,11 @@ def run_sweep(design: Ablation, settings: SweepSettings, resume: str | Path | No
     else:
         directory = Path(resume).resolve()
         record = SweepRecord.load(directory)
+        try:
+            record.check_scoring(directory, "--resume")
+        except ValueError:
+            ray.shutdown()
+            raise
         parent_id = record.parent_run_id
         client.update_run(parent_id, "RUNNING")
         log.info("resuming %s (MLflow parent run %s)", directory, parent_id)

@@ -61,7 +61,7 @@ def sync_sweep(path: Path, uri: str) -> dict[str, int]:
         run = runs.open_trial_run(client, experiment_id, parent_id, trial.trial_id, config.get("arm"),
                                   schema.trial_run_name(config.get("arm"), config), config.get("task"))
         added["runs"] += not before
-        run.log_params({**record.trial_config(config), **schema.sweep_params(record.settings)})
+        run.log_params({**record.trial_config(config), **schema.sweep_params(record.settings, record.scoring_version)})
         have: dict[str, set[int]] = {}  # (key -> steps) already in MLflow, read once per key
         frame = analysis.trial_dataframes.get(trial.trial_id)  # every result the trial reported, in order
         rows = frame.to_dict("records") if frame is not None else []

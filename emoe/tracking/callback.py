@@ -111,7 +111,8 @@ class MlflowTrials(Callback):
         run = self._run(trial)
         if run is not None:
             config = self.record.trial_config(trial.config)
-            self._safe("params", run.log_params, {**config, **schema.sweep_params(self.record.settings)})
+            self._safe("params", run.log_params, {**config, **schema.sweep_params(self.record.settings,
+                                                                                 self.record.scoring_version)})
             self._safe("config artifact", run.log_dict, hparams.emoe_config(config).to_dict(), "emoe_config.json")
             self._safe("status", self.client.update_run, run.run_id, "RUNNING")
 

@@ -13,6 +13,10 @@ from typing import Any
 
 SWEEP_RECORD = "emoe_sweep.json"
 TRIALS_DIR = "emoe_trials"
+# How this version of emoe scores and builds a trial; a sweep records the one it started with. 1: OOD sets scored
+# with the ID task's metrics, a plain mean, at the trial's max length, partitions from float64 keys with serial
+# restarts; 2: the OOD protocols (emoe.protocols) and the official partition.
+SCORING_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -37,6 +41,7 @@ class SweepRecord:
     parent_run_id: str
     argv: list[str] = dataclasses.field(default_factory=list)
     cells: list[dict[str, Any]] | None = None  # an extension's cells (task, arm, seed, learning rate); None: the grid
+    scoring_version: int = SCORING_VERSION  # the emoe scoring it started with (a record without one: 1)
 
     @staticmethod
     def exists(directory: str | Path) -> bool:
@@ -48,8 +53,19 @@ class SweepRecord:
         if not path.is_file():
             raise ValueError(f"{directory}: not a sweep directory (no {SWEEP_RECORD})")
         data = json.loads(path.read_text())
+        data.setdefault("scoring_version", 1)  # written before versions were recorded
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+    def check_scoring(self, directory: str | Path, action: str) -> None:
+        """``ValueError`` (one line) when this sweep was scored otherwise than this emoe scores (``action``:
+        ``--resume``, ``--extend``): continuing it would put two scorings in one table."""
+        if self.scoring_version != SCORING_VERSION:
+            raise ValueError(f"{action}: {directory} was started by an older emoe (scoring version "
+                             f"{self.scoring_version}: OOD sets as a plain mean of the ID task's metrics at the trial's "
+                             f"max length, partitions from float64 keys); this one scores with version "
+                             f"{SCORING_VERSION} (--ood-protocol, the official partition), and one sweep must not mix "
+                             "the two: start a new sweep (the old one stays as it is in MLflow)")
 
     def save(self, directory: str | Path) -> None:
         path = Path(directory) / SWEEP_RECORD

@@ -10,7 +10,7 @@ __all__ = ["DEFAULT_TRACKING_URI", "ROLE", "PARENT", "SWEEP", "FACTOR", "GIT_COM
            "BACKFILLED", "EXTENDED", "ARM", "TRIAL_ID", "RETIRED", "MODEL", "OUTCOME", "ERROR", "RESTARTS", "RESTART_ERROR", "PLACEMENT", "OUTCOMES",
            "EXPERIMENT_KIND", "TRAIN_LOSS", "ID_SCORE", "OOD_SCORE", "EPOCH", "STEP", "LOAD_ENTROPY", "METRIC_PREFIXES",
            "BEST_STEP", "CURRENT_ID_SCORE", "PATIENCE_STOP", "TASK", "RESUMED", "RESUMED_FROM", "SWEEP_PARAMS",
-           "sweep_params",
+           "SCORING_VERSION_PARAM", "sweep_params",
            "id_metric", "ood_metric", "ood_score_metric", "ood_score_set", "load_entropy_metric", "trial_metrics", "finished", "outcome", "experiment_name",
            "trial_run_name", "runs_url"]
 
@@ -39,13 +39,16 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 TASK = "emoe.task"  # a trial's ID task (also its ``task`` param)
 # Params of a trial run besides its flat config (every knob): the sweep settings that decide how it ran, as
-# ``sweep.<setting>`` (e.g. ``sweep.scheduler``: whether ASHA could stop it).
+# ``sweep.<setting>`` (e.g. ``sweep.scheduler``: whether ASHA could stop it), and ``sweep.scoring_version`` (the
+# emoe scoring its sweep started with: emoe.tracking.records.SCORING_VERSION).
 SWEEP_PARAMS = ("preset", "scheduler", "early_stop_scope", "search")
+SCORING_VERSION_PARAM = "sweep.scoring_version"
 
 
-def sweep_params(settings: dict[str, Any]) -> dict[str, Any]:
+def sweep_params(settings: dict[str, Any], scoring_version: int) -> dict[str, Any]:
     """The ``sweep.<setting>`` params of a trial run, from its sweep's settings (``SweepSettings.to_dict()``)."""
-    return {f"sweep.{k}": settings.get(k) if settings.get(k) is not None else "" for k in SWEEP_PARAMS}
+    return {**{f"sweep.{k}": settings.get(k) if settings.get(k) is not None else "" for k in SWEEP_PARAMS},
+            SCORING_VERSION_PARAM: scoring_version}
 
 # Metric names shared by Tune results, MLflow and analysis (logged with step = optimiser step).
 # id_score: the task's primary score (the mean of its GLUE metrics) on ID validation; id.<metric>: each metric;
