@@ -45,9 +45,9 @@ def _constrained(keys: np.ndarray, num_experts: int, seed: int) -> np.ndarray:
     # value from 2 up gives the official partition.
     km = KMeansConstrained(n_clusters=num_experts, size_min=size, size_max=size, random_state=seed, n_init=10,
                            max_iter=1000, n_jobs=_parallel_jobs(10))
-    # joblib would hand the workers keys over 1 MB as read-only memory maps, which the library's compiled code
-    # refuses ("buffer source array is read-only"); a copy per worker is a few MB.
-    with joblib.parallel_config(max_nbytes=None):
+    # Threads, not processes: the seeds are drawn before the restarts are dispatched, so the backend cannot change
+    # the partition, and worker processes spawned inside a Ray trial leave loky's resource tracker complaining.
+    with joblib.parallel_config(backend="threading"):
         return km.fit_predict(keys)
 
 
