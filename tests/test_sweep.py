@@ -508,9 +508,9 @@ def test_kept_models_are_re_evaluated_on_a_new_set_without_retraining(tiny_model
     extra = write_jsonl(tmp_path / "extra.jsonl", _head(PACKAGED_DATA / "yelp" / "test.jsonl", 24))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert evaluate_runs(uri, "emoe-pretraining", {"extra": str(extra)}) == {"evaluated": 8, "skipped": 0,
-                                                                            "no_model": 0}
+                                                                            "no_model": 0, "older": 0}
     assert evaluate_runs(uri, "emoe-pretraining", {"extra": str(extra)}) == {"evaluated": 0, "skipped": 8,
-                                                                            "no_model": 0}
+                                                                            "no_model": 0, "older": 0}
     client, _, _, children = _children(uri, "emoe-pretraining")
     assert {c.data.tags[tracking.OUTCOME] for c in children} <= {"completed", "early_stopped"}
     for c in children:
