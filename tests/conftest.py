@@ -135,3 +135,23 @@ def assert_matches_uninterrupted(metrics: dict, exp_dir: Path, trial_id: str) ->
         torch.set_num_threads(threads)
     for name in ("id_score", "ood_score", "train_loss"):
         assert metrics[name] == pytest.approx(uninterrupted[name], abs=1e-6), name
+
+
+def exact_wilcoxon_p(diff) -> float:
+    """The two-sided Wilcoxon signed-rank p by brute force: every one of the 2^n sign assignments of the differences,
+    zero differences ranked with the others and their ranks split between the signs (zsplit)."""
+    import itertools
+
+    import numpy as np
+    from scipy import stats
+
+    d = np.asarray(diff, float)
+    r = stats.rankdata(np.abs(d))
+    zero_half = r[d == 0].sum() / 2
+    centre = r.sum() / 2
+    observed = abs(r[d > 0].sum() + zero_half - centre)
+    hits = 0
+    for signs in itertools.product((1, -1), repeat=len(d)):
+        flipped = d * np.array(signs)
+        hits += abs(r[flipped > 0].sum() + zero_half - centre) >= observed - 1e-9
+    return hits / 2 ** len(d)

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import exact_wilcoxon_p
 from scipy import stats
 
 from emoe.analysis import cli as friedman
@@ -95,6 +96,8 @@ def test_golden_statistics_match_scipy(golden):
     n, k = matrix.shape
     mean_ranks = np.array([1 + 1 + 3, 3 + 2 + 1.5, 2 + 3 + 1.5]) / 3  # by hand, from the ranks above
     chi2 = 12 * n / (k * (k + 1)) * (np.sum(mean_ranks ** 2) - k * (k + 1) ** 2 / 4)  # Demšar (2006), eq. (1)
+    chi2 /= 1 - (2 ** 3 - 2) / (n * k * (k * k - 1))  # the tie correction: one pair tied (block 3)
+    assert chi2 == pytest.approx(stats.friedmanchisquare(*matrix.T).statistic)
     f = (n - 1) * chi2 / (n * (k - 1) - chi2)
     t = a.tests
     assert t["friedman"]["chi2"] == pytest.approx(chi2) and t["friedman"]["p"] == pytest.approx(stats.chi2.sf(chi2, 2))
@@ -102,7 +105,7 @@ def test_golden_statistics_match_scipy(golden):
     assert t["iman_davenport"]["p"] == pytest.approx(stats.f.sf(f, k - 1, (k - 1) * (n - 1)))
     q = stats.studentized_range.ppf(0.95, k, np.inf) / math.sqrt(2)
     assert t["nemenyi_cd"] == pytest.approx(q * math.sqrt(k * (k + 1) / (6 * n)))
-    raw = [stats.wilcoxon(matrix[:, j] - matrix[:, 2], zero_method="zsplit").pvalue for j in (0, 1)]
+    raw = [exact_wilcoxon_p(matrix[:, j] - matrix[:, 2]) for j in (0, 1)]
     order = np.argsort(raw)  # Holm by hand: sorted p times (m - i), running maximum, capped at 1
     holm = np.empty(2)
     running = 0.0

@@ -26,8 +26,17 @@ def test_demsar_worked_example():
     m = pd.DataFrame(DEMSAR, columns=["C4.5", "C4.5+m", "C4.5+cf", "C4.5+m+cf"])
     np.testing.assert_allclose(S.rank_blocks(m).mean().to_numpy(), [3.143, 2.000, 2.893, 1.964], atol=1e-3)
     out = S.friedman_tests(m, None, 0.05, [])
-    assert out["friedman"]["chi2"] == pytest.approx(9.28, abs=0.005)
-    assert out["iman_davenport"]["F"] == pytest.approx(3.69, abs=0.005)
+    # Demšar's chi2_F and F_F are the untied statistic (his table has ties: data sets 8 and 10) ...
+    untied = S.friedman_statistic(S.rank_blocks(m).to_numpy(float))
+    assert untied == pytest.approx(9.28, abs=0.005)
+    assert 13 * untied / (14 * 3 - untied) == pytest.approx(3.69, abs=0.005)
+    # ... the report's is tie-corrected, scipy's on the same matrix
+    from scipy import stats
+
+    assert out["friedman"]["chi2"] == pytest.approx(stats.friedmanchisquare(*DEMSAR.T).statistic, rel=1e-12)
+    assert out["friedman"]["chi2"] > untied
+    chi2 = out["friedman"]["chi2"]
+    assert out["iman_davenport"]["F"] == pytest.approx(13 * chi2 / (14 * 3 - chi2))
     assert (out["iman_davenport"]["df1"], out["iman_davenport"]["df2"]) == (3, 39)
     assert out["nemenyi_cd"] == pytest.approx(1.25, abs=0.005)  # q_0.05 = 2.569 for k = 4
 
@@ -200,3 +209,60 @@ def test_one_sweep_by_default_and_pooling_refused_when_a_knob_differs(tmp_path):
     pooled, _ = results.load_trials(uri, "emoe-t", pool=True)
     a = S.analyse(pooled, metric="id_score")
     assert set(a.table["seeds"]) == {"0,1,2"} and pooled["parent_run_id"].nunique() == 2
+
+
+
+# --- issue 20, findings 1 and 4: ties in the Friedman statistic; Wilcoxon's zeros, exact p and effect size ---
+
+def test_friedman_is_tie_corrected_as_scipy():
+    """Two-seed means of accuracies tie all the time: six arms x eight tasks with ties in every block."""
+    rng = np.random.default_rng(4)
+    matrix = np.round(rng.integers(150, 170, size=(8, 6)) / 200, 3)  # 200 examples: ties within blocks
+    m = pd.DataFrame(matrix, columns=list("abcdef"))
+    out = S.friedman_tests(m, None, 0.05, [])
+    from scipy import stats
+
+    ref = stats.friedmanchisquare(*matrix.T)
+    assert out["friedman"]["chi2"] == pytest.approx(ref.statistic, rel=1e-12)
+    assert out["friedman"]["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+    assert out["friedman"]["chi2"] > S.friedman_statistic(S.rank_blocks(m).to_numpy(float))
+
+
+def test_rank_biserial_splits_zeros_as_the_test_does():
+    """Seven zero differences and one tiny win: the test's p is 1, and r is no longer 1."""
+    diff = np.array([0, 0, 0, 0, 0, 0, 0, 0.001])
+    assert S.wilcoxon_p(diff)[1] == pytest.approx(1.0)
+    # zeros take ranks 1-7 (4 each) split between the signs; the win rank 8: (8 + 14 - 14) / 36
+    assert S.rank_biserial(diff) == pytest.approx(8 / 36)
+    assert S.rank_biserial(np.array([0.1, 0.2, 0.3])) == 1.0 and S.rank_biserial(np.zeros(3)) == 0.0
+
+
+def test_wilcoxon_p_is_exact_with_ties_and_zeros():
+    """Fourteen blocks with ties and a zero: scipy's default falls back to the normal approximation (0.00215 here),
+    the exact sign-flip p is 0.00122 (brute force over all 2^14 assignments)."""
+    from conftest import exact_wilcoxon_p
+    from scipy import stats
+
+    d = np.array([0.02, 0.01, 0.03, 0.01, 0.02, 0.04, 0.05, 0.02, 0.01, 0.03, 0.02, 0.0, -0.01, 0.02])
+    exact = exact_wilcoxon_p(d)
+    assert S.wilcoxon_p(d)[1] == pytest.approx(exact, rel=1e-9)
+    assert abs(stats.wilcoxon(d, zero_method="zsplit").pvalue - exact) > 5e-4  # what the report printed before
+
+
+def test_power_warning_counts_zero_differences():
+    """Eight tasks, five comparisons, one zero difference in each: the smallest p is 2 / 2^7, Holm's 5 x 0.0156 =
+    0.078 > 0.05, so nothing can be significant and the report must say so."""
+    rows = []
+    for t in range(8):
+        for arm in ("a", "b", "c", "d", "e", "dense"):
+            score = 0.5 if t == 0 else 0.5 + (0.01 * (1 + "abcde".find(arm)) if arm != "dense" else 0.0)
+            rows.append({"task": f"t{t}", "arm": arm, "seed": 0, "learning_rate": 1e-4, "outcome": "completed",
+                         "id_score": score, "ood_score": score, "method": "emoe"})
+    a = S.analyse(pd.DataFrame(rows))
+    wil = a.tests["wilcoxon"]
+    assert (wil["zeros"] == 1).all() and (wil["p_holm"] >= 0.05).all()
+    assert any("nothing can be significant" in w and "1 of them zero differences" in w for w in a.warnings)
+
+
+def test_rope_zero_works():
+    assert S.bayes_signed_rank(np.array([0.3, 0.4, 0.5, 0.6]), np.array([0.2, 0.3, 0.4, 0.5]), rope=0.0)[1] == 0.0

@@ -163,11 +163,22 @@ def friedman_statistic(ranks: np.ndarray) -> float:
     return float(12 * n / (k * (k + 1)) * (np.sum(mean ** 2) - k * (k + 1) ** 2 / 4))
 
 
+def tie_correction(ranks: np.ndarray) -> float:
+    """The Friedman statistic's tie correction, ``1 - sum(t^3 - t) / (N k (k^2 - 1))`` over every group of t tied
+    ranks in every block (scipy's ``friedmanchisquare``; Conover): divide the untied statistic by it. 1 without
+    ties."""
+    n, k = ranks.shape
+    ties = sum(float(np.sum(c ** 3 - c)) for c in (np.unique(row, return_counts=True)[1] for row in ranks))
+    return 1.0 - ties / (n * k * (k * k - 1))
+
+
 def friedman_permutation_p(ranks: np.ndarray, seed: int = 0) -> tuple[float, str]:
     """The permutation p of the Friedman statistic: under the null every block's ranks are exchangeable, so the
     statistic's distribution is that of every within-block permutation of each block's observed ranks (ties kept).
     Exact (the rank-sum distribution built block by block) while it has at most ``EXACT_LIMIT`` states, else Monte
-    Carlo with ``PERMUTATIONS`` seeded permutations. Returns ``(p, "exact" | "monte carlo")``."""
+    Carlo with ``PERMUTATIONS`` seeded permutations. Returns ``(p, "exact" | "monte carlo")``. Permuting within a
+    block keeps its ties, so the tie correction is one constant factor and the untied statistic orders the
+    permutations alike."""
     n, k = ranks.shape
     observed = friedman_statistic(ranks)
     tolerance = 1e-9 * max(1.0, abs(observed))
@@ -203,9 +214,22 @@ def nemenyi_cd(k: int, n: int, alpha: float) -> float:
     return float(q * math.sqrt(k * (k + 1) / (6 * n)))
 
 
-def smallest_wilcoxon_p(n: int) -> float:
-    """The smallest two-sided p an exact Wilcoxon signed-rank test over ``n`` pairs can give: 2 / 2^n."""
-    return min(1.0, 2.0 / 2 ** n)
+def smallest_wilcoxon_p(n: int, zeros: int = 0) -> float:
+    """The smallest two-sided p an exact Wilcoxon signed-rank test over ``n`` pairs, ``zeros`` of them zero
+    differences, can give: 2 / 2^(n - zeros) (a zero difference has no sign to flip)."""
+    return min(1.0, 2.0 / 2 ** (n - zeros))
+
+
+def wilcoxon_p(diff: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """Two-sided Wilcoxon signed-rank test of ``diff`` with zero differences split between the signs (Demšar 2006):
+    ``(W, p)``. p is the sign-flip permutation p (scipy's ``PermutationMethod``): exact over every sign assignment
+    up to 16 pairs (65,536), seeded Monte Carlo with ``PERMUTATIONS`` draws beyond, never the normal approximation,
+    which with ties or zeros scipy would use uncorrected."""
+    if len(diff) < 2:  # one pair: both of its sign assignments are as extreme
+        return (0.0 if diff[0] else 0.5), 1.0
+    method = stats.PermutationMethod(n_resamples=max(PERMUTATIONS, 2 ** 16), rng=np.random.default_rng(seed))
+    res = stats.wilcoxon(diff, zero_method="zsplit", method=method)
+    return float(res.statistic), float(res.pvalue)
 
 
 def bootstrap_difference(diffs: dict[str, np.ndarray], samples: int = 2000, seed: int = 0,
@@ -229,19 +253,25 @@ def bayes_signed_rank(x: np.ndarray, y: np.ndarray, rope: float, seed: int = 0,
     P(y better))`` over the blocks, with a region of practical equivalence of half-width ``rope``."""
     from baycomp import SignedRankTest
 
-    p_x, p_rope, p_y = SignedRankTest.probs(np.asarray(x, float), np.asarray(y, float), rope=rope,
-                                            nsamples=samples, random_state=seed)
+    probs = SignedRankTest.probs(np.asarray(x, float), np.asarray(y, float), rope=rope, nsamples=samples,
+                                 random_state=seed)
+    if len(probs) == 2:  # rope 0: baycomp returns only P(x better), P(y better)
+        return float(probs[0]), 0.0, float(probs[1])
+    p_x, p_rope, p_y = probs
     return float(p_x), float(p_rope), float(p_y)
 
 
 def rank_biserial(diff: np.ndarray) -> float:
-    """The matched-pairs rank-biserial correlation of the differences (Kerby 2014): (R+ - R-) / (R+ + R-), zeros
-    left out; +1 when every non-zero difference favours the arm."""
-    d = diff[diff != 0]
-    if not len(d):
+    """The matched-pairs rank-biserial correlation of the differences (Kerby 2014): (R+ - R-) / (R+ + R-), with
+    the test's zero rule: zero differences ranked with the others and their ranks split between R+ and R- (so seven
+    ties and one small win give 0.22, not 1); +1 when every difference favours the arm."""
+    d = np.asarray(diff, float)
+    if not len(d) or not np.any(d):
         return 0.0
     r = stats.rankdata(np.abs(d))
-    return float((r[d > 0].sum() - r[d < 0].sum()) / r.sum())
+    plus = r[d > 0].sum() + r[d == 0].sum() / 2
+    minus = r[d < 0].sum() + r[d == 0].sum() / 2
+    return float((plus - minus) / r.sum())
 
 
 def friedman_tests(matrix: pd.DataFrame, baseline: str | None, alpha: float, warnings: list[str],
@@ -253,7 +283,8 @@ def friedman_tests(matrix: pd.DataFrame, baseline: str | None, alpha: float, war
     out: dict = {"blocks": n, "arms": k, "alpha": alpha}
     ranks = rank_blocks(matrix, higher).to_numpy(float)
     if k >= 3 and n >= 2:
-        chi2 = friedman_statistic(ranks)
+        # tie-corrected (scipy's friedmanchisquare): ties are the rule with accuracies on a few hundred examples
+        chi2 = friedman_statistic(ranks) / tie_correction(ranks)
         denom = n * (k - 1) - chi2
         f = (n - 1) * chi2 / denom if denom > 0 else math.inf
         p_perm, how = friedman_permutation_p(ranks)
@@ -284,20 +315,24 @@ def friedman_tests(matrix: pd.DataFrame, baseline: str | None, alpha: float, war
             rows.append({"arm": arm, "vs": baseline, "n": n, "zeros": zeros, "W": math.nan, "p": 1.0,
                          "rank_biserial": 0.0})
             continue
-        res = stats.wilcoxon(diff, zero_method="zsplit")
-        rows.append({"arm": arm, "vs": baseline, "n": n, "zeros": zeros, "W": float(res.statistic),
-                     "p": float(res.pvalue), "rank_biserial": rank_biserial(diff)})
+        w, p = wilcoxon_p(diff)
+        rows.append({"arm": arm, "vs": baseline, "n": n, "zeros": zeros, "W": w, "p": p,
+                     "rank_biserial": rank_biserial(diff)})
     wil = pd.DataFrame(rows, columns=["arm", "vs", "n", "zeros", "W", "p", "rank_biserial"])
     if len(wil):
         m = len(wil)
         wil["p_holm"] = multipletests(wil["p"].to_numpy(), method="holm")[1]
         wil["significant"] = wil["p_holm"] < alpha
-        floor = smallest_wilcoxon_p(n)
+        # Holm multiplies the smallest p by m: nothing can be significant when even the comparison with the fewest
+        # zero differences cannot reach alpha / m
+        zeros = int(wil["zeros"].min())
+        floor = smallest_wilcoxon_p(n, zeros)
         if m * floor >= alpha:
-            need = next(b for b in range(n, 64) if m * smallest_wilcoxon_p(b) < alpha)
-            warnings.append(f"Wilcoxon over {n} blocks: the smallest two-sided p it can give is {floor:.3g}, and "
-                            f"Holm over {m} comparison(s) multiplies the smallest by {m} ({m * floor:.3g} >= alpha "
-                            f"{alpha}): nothing can be significant; that needs at least {need} blocks (tasks)")
+            need = next(b for b in range(n, 64 + n) if m * smallest_wilcoxon_p(b, zeros) < alpha)
+            ties = f" ({zeros} of them zero differences in every comparison)" if zeros else ""
+            warnings.append(f"Wilcoxon over {n} blocks{ties}: the smallest two-sided p it can give is {floor:.3g}, "
+                            f"and Holm over {m} comparison(s) multiplies the smallest by {m} ({m * floor:.3g} >= "
+                            f"alpha {alpha}): nothing can be significant; that needs at least {need} blocks (tasks)")
         if wil["zeros"].sum():
             warnings.append(f"{int(wil['zeros'].sum())} zero difference(s) from the baseline: split between the "
                             "signs (Demšar 2006), counted in the zeros column")
