@@ -131,7 +131,8 @@ def test_a_rate_that_diverged_on_one_seed_is_not_selected():
     a = S.analyse(_trials(rows), metric="id_score")
     chosen = a.table.set_index("arm")
     assert chosen.loc["x", "learning_rate"] == 1e-4 and chosen.loc["x", "seeds"] == "0,1,2"
-    assert any("learning rate(s) [0.001] had a failed (diverged) trial" in w for w in a.warnings)
+    assert any("learning rate(s) [0.001] had more failed (diverged) seeds than another rate (0)" in w
+               for w in a.warnings)
 
 
 def test_duplicate_cells_are_averaged_not_counted_as_seeds():
@@ -266,3 +267,59 @@ def test_power_warning_counts_zero_differences():
 
 def test_rope_zero_works():
     assert S.bayes_signed_rank(np.array([0.3, 0.4, 0.5, 0.6]), np.array([0.2, 0.3, 0.4, 0.5]), rope=0.0)[1] == 0.0
+
+
+
+# --- issue 20, finding 3: selection ---
+
+def test_selection_prefers_fewer_failures_whatever_the_survivors_scored():
+    """A failed seed at two rates, none at the third: the complete rate is chosen even though the survivors of an
+    incomplete one score higher; when every rate lost seeds, the one that lost fewest."""
+    from emoe.analysis.selection import select
+
+    rows = [("x", s, 1e-3, "completed", 0.99, 0.5, 0.5) for s in (0, 1)] + [("x", 2, 1e-3, "failed", None, None, None)]
+    rows += [("x", s, 3e-4, "completed", 0.97, 0.5, 0.5) for s in (0, 1)] + [("x", 2, 3e-4, "failed", None, None, None)]
+    rows += [("x", s, 1e-4, "completed", 0.80, 0.5, 0.5) for s in (0, 1, 2)]
+    assert set(select(_trials(rows))["learning_rate"]) == {1e-4}
+    # every rate lost seeds: one survivor of two failures (0.99) does not beat two survivors of one (0.90)
+    every_rate_failed = [("x", 0, 1e-3, "completed", 0.99, 0.5, 0.5)] + \
+        [("x", s, 1e-3, "failed", None, None, None) for s in (1, 2)] + \
+        [("x", s, 3e-4, "completed", 0.90, 0.5, 0.5) for s in (0, 1)] + [("x", 2, 3e-4, "failed", None, None, None)]
+    assert set(select(_trials(every_rate_failed))["learning_rate"]) == {3e-4}
+
+
+def test_a_rerun_cell_replaces_its_failed_attempt():
+    """Under --pool a killed trial's cell was run again and completed: its rate is not barred."""
+    from emoe.analysis.selection import select
+
+    rows = [("x", s, 1e-3, "completed", 0.95, 0.5, 0.5) for s in (0, 1, 2)] + [("x", 2, 1e-3, "failed", None, None, None)]
+    rows += [("x", s, 1e-4, "completed", 0.80, 0.5, 0.5) for s in (0, 1, 2)]
+    warnings = []
+    assert set(select(_trials(rows), warnings)["learning_rate"]) == {1e-3}
+    assert not any("failed" in w for w in warnings)
+
+
+def test_equal_means_tie_on_rounded_values_and_the_smaller_rate_wins():
+    """0.1 + 0.2 + ... in another order: 0.15 and 0.15000000000000002 are one mean; the smaller rate is chosen."""
+    from emoe.analysis.selection import select
+
+    rows = [("x", 0, 1e-4, "completed", 0.1, 0.5, 0.5), ("x", 1, 1e-4, "completed", 0.2, 0.5, 0.5),
+            ("x", 0, 1e-3, "completed", 0.2, 0.5, 0.5), ("x", 1, 1e-3, "completed", 0.1, 0.5, 0.5)]
+    df = _trials(rows)
+    df.loc[(df["learning_rate"] == 1e-3) & (df["seed"] == 0), "id_score"] = 0.2 + 1e-16 * 3  # noise in the last bit
+    assert set(select(df)["learning_rate"]) == {1e-4}
+
+
+def test_the_sweep_table_and_the_report_choose_alike_with_repeated_cells():
+    """--num-samples repeats a cell: the sweep's closing table (select alone) averages it as the report does."""
+    from emoe.analysis.selection import select
+
+    rows = [("x", 0, 1e-4, "completed", 0.70, 0.5, 0.5), ("x", 0, 1e-4, "completed", 0.96, 0.5, 0.5),
+            ("x", 0, 1e-3, "completed", 0.85, 0.5, 0.5), ("x", 0, 1e-3, "completed", 0.85, 0.5, 0.5)]
+    df = _trials(rows)
+    # cell means 0.83 (1e-4) and 0.85 (1e-3); a per-trial mean would pick the same, but a per-trial max would not:
+    # the repeated cell counts once, at its mean, in both
+    closing = select(df)
+    report = S.analyse(df, metric="id_score").table.set_index("arm")
+    assert set(closing["learning_rate"]) == {1e-3} == {report.loc["x", "learning_rate"]}
+    assert len(closing) == 1  # one cell, not two seeds

@@ -3,15 +3,41 @@ calls ``select``. ID metrics only; OOD metrics never select anything."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from emoe.tracking import schema
 
 USED_OUTCOMES = ("completed", "early_stopped")
-RULE = (f"per arm and task, the learning rate with the best mean {schema.ID_SCORE} over seeds (ID only; the smaller "
-        "rate among equals); completed trials count, early-stopped ones with the ID score they reached when stopped "
-        "(ASHA stops a trial for trailing its bracket, so it cannot win by stopping), and a rate where any seed "
-        "failed (diverged) ranks below every rate without a failure")
+DECIMALS = 10  # values are rounded to this many decimals before they are compared, ranked or tested
+RULE = (f"per arm and task, the learning rate with the best mean {schema.ID_SCORE} over seeds (ID only; means rounded "
+        f"to {DECIMALS} decimals, the smaller rate among equals) among the rates with the fewest failed seeds: a rate "
+        "where a seed failed (diverged) ranks below every rate with fewer failures, whatever its score; a failed "
+        "trial whose cell was run again and finished does not count; repeated cells are averaged first; completed "
+        "trials count, early-stopped ones with the ID score they reached when stopped (ASHA stops a trial for "
+        "trailing its bracket, so it cannot win by stopping)")
+
+
+def collapse_duplicates(df: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
+    """One row per (task, arm, seed, learning rate) among used trials: repeats (a rerun without ``--resume``, grid
+    ``--num-samples``) are averaged into one cell, never counted as more seeds."""
+    keys = ["task", "arm", "seed", "learning_rate"]
+    used = df["outcome"].isin(USED_OUTCOMES)
+    dup = df[used].duplicated(keys, keep=False)
+    if not dup.any():
+        return df
+    groups = df[used][dup].groupby(keys, sort=False)
+    warnings.append(f"{int(dup.sum())} trials repeat {groups.ngroups} (task, arm, seed, learning rate) cell(s): "
+                    "each cell's repeats averaged into one (not counted as seeds)")
+    numeric = [c for c in df.columns if c not in keys and pd.api.types.is_numeric_dtype(df[c])]
+    first = df[used].groupby(keys, sort=False).first()
+    means = df[used].groupby(keys, sort=False)[numeric].mean()
+    first[numeric] = means
+    first["outcome"] = df[used].groupby(keys, sort=False)["outcome"].agg(
+        lambda o: "completed" if (o == "completed").any() else o.iloc[0])
+    return pd.concat([first.reset_index(), df[~used]], ignore_index=True)
+
+
 
 
 def select(trials: pd.DataFrame, warnings: list[str] | None = None) -> pd.DataFrame:
@@ -26,25 +52,33 @@ def select(trials: pd.DataFrame, warnings: list[str] | None = None) -> pd.DataFr
         The chosen rows, in the order of ``trials``' (task, arm) groups.
     """
     warnings = [] if warnings is None else warnings
+    trials = collapse_duplicates(trials, warnings)
     used = trials[trials["outcome"].isin(USED_OUTCOMES)]
-    failed = trials[trials["outcome"] == "failed"]
-    failed_rates = {key: set(g["learning_rate"]) for key, g in failed.groupby(["task", "arm"], sort=False)}
+    cells = ["task", "arm", "seed", "learning_rate"]
+    finished = set(map(tuple, used[cells].itertuples(index=False)))
+    rerun = np.array([tuple(c) in finished for c in trials[cells].itertuples(index=False)], dtype=bool)
+    failed = trials[(trials["outcome"] == "failed").to_numpy() & ~rerun]
+    # failed seeds per (task, arm, rate): a cell rerun to completion is not a failure
+    failures = failed.drop_duplicates(cells).groupby(["task", "arm", "learning_rate"]).size()
     chosen = []
     all_seeds = sorted(used["seed"].dropna().unique())
     for (task, arm), group in used.groupby(["task", "arm"], sort=False):
-        bad = failed_rates.get((task, arm), set())
-        if bad and set(group["learning_rate"]) - bad:
-            group = group[~group["learning_rate"].isin(bad)]
-            warnings.append(f"{task}/{arm}: learning rate(s) {sorted(bad)} had a failed (diverged) trial; not "
-                            "selectable while another rate has none")
+        count = {lr: int(failures.get((task, arm, lr), 0)) for lr in group["learning_rate"].unique()}
+        fewest = min(count.values())
+        if any(count.values()):
+            worse = sorted(float(lr) for lr, c in count.items() if c > fewest)
+            if worse:
+                group = group[group["learning_rate"].map(count) == fewest]
+                warnings.append(f"{task}/{arm}: learning rate(s) {worse} had more failed (diverged) seeds than "
+                                f"another rate ({fewest}); not selectable")
         scored = group.dropna(subset=[schema.ID_SCORE])
         if len(scored) < len(group):
             warnings.append(f"{task}/{arm}: {len(group) - len(scored)} trial(s) without {schema.ID_SCORE} ignored")
         if scored.empty:
             warnings.append(f"{task}/{arm}: no trial with {schema.ID_SCORE}; arm left out")
             continue
-        means = scored.groupby("learning_rate")[schema.ID_SCORE].mean().sort_index()
-        best = means.idxmax()  # first (smallest) learning rate among equals
+        means = scored.groupby("learning_rate")[schema.ID_SCORE].mean().sort_index().round(DECIMALS)
+        best = means.idxmax()  # first (smallest) learning rate among equals, equal once rounded
         rows = scored[scored["learning_rate"] == best]
         missing = sorted(set(all_seeds) - set(rows["seed"]))
         if missing:

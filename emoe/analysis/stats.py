@@ -33,13 +33,13 @@ import pandas as pd
 from scipy import stats
 
 from emoe.analysis import selection
+from emoe.analysis.selection import DECIMALS, collapse_duplicates  # one rounding, one rule
 from emoe.tracking import schema as tracking
 
 BLOCKINGS = ("tasks", "sets", "sets-seeds")
 BLOCK_NAMES = {"tasks": "each task (its OOD sets averaged: GLUE-X's rank)",
                "sets": "each task x OOD set (within-task evidence: the same models score every set)",
                "sets-seeds": "each task x OOD set x seed (pseudo-replication: seeds are not independent blocks)"}
-DECIMALS = 10  # values are rounded to this many decimals before ranking and testing
 # Metrics whose direction is known: higher is better unless listed as lower.
 HIGHER = (tracking.ID_SCORE, "id.", tracking.OOD_SCORE, "ood.", tracking.CURRENT_ID_SCORE, tracking.LOAD_ENTROPY)
 LOWER = (tracking.TRAIN_LOSS,)
@@ -91,26 +91,6 @@ def find_baseline(df: pd.DataFrame, requested: str | None = None) -> str | None:
         return "dense"
     dense = df[(df.get("method") == "dense") & (df.get("init", "pretrained") == "pretrained")]["arm"].unique()
     return dense[0] if len(dense) == 1 else None
-
-
-def collapse_duplicates(df: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
-    """One row per (task, arm, seed, learning rate) among used trials: repeats (a rerun without ``--resume``, grid
-    ``--num-samples``) are averaged into one cell, never counted as more seeds."""
-    keys = ["task", "arm", "seed", "learning_rate"]
-    used = df["outcome"].isin(selection.USED_OUTCOMES)
-    dup = df[used].duplicated(keys, keep=False)
-    if not dup.any():
-        return df
-    groups = df[used][dup].groupby(keys, sort=False)
-    warnings.append(f"{int(dup.sum())} trials repeat {groups.ngroups} (task, arm, seed, learning rate) cell(s): "
-                    "each cell's repeats averaged into one (not counted as seeds)")
-    numeric = [c for c in df.columns if c not in keys and pd.api.types.is_numeric_dtype(df[c])]
-    first = df[used].groupby(keys, sort=False).first()
-    means = df[used].groupby(keys, sort=False)[numeric].mean()
-    first[numeric] = means
-    first["outcome"] = df[used].groupby(keys, sort=False)["outcome"].agg(
-        lambda o: "completed" if (o == "completed").any() else o.iloc[0])
-    return pd.concat([first.reset_index(), df[~used]], ignore_index=True)
 
 
 def block_matrix(chosen: pd.DataFrame, metric: str, blocks: str, warnings: list[str]) -> pd.DataFrame:
