@@ -323,3 +323,47 @@ def test_the_sweep_table_and_the_report_choose_alike_with_repeated_cells():
     report = S.analyse(df, metric="id_score").table.set_index("arm")
     assert set(closing["learning_rate"]) == {1e-3} == {report.loc["x", "learning_rate"]}
     assert len(closing) == 1  # one cell, not two seeds
+
+
+# --- issue 20, finding 8: every report states its power ---
+
+def test_signed_rank_critical_value_is_the_exact_tail():
+    """n = 8 (null mean of W+ 18): the exact two-sided p of W- = 2 (deviation 16) is 6/256, of W- = 3 (15) 10/256
+    = 0.039, of W- = 4 (14) 14/256 = 0.055 (scipy's exact test agrees)."""
+    from scipy import stats
+
+    assert stats.wilcoxon(np.array([-1, -2, 3, 4, 5, 6, 7, 8.0]), method="exact").pvalue == pytest.approx(10 / 256)
+    assert stats.wilcoxon(np.array([1, 2, -3, -4, 5, 6, 7, 8.0]), method="exact").pvalue > 0.05  # W- = 7
+    assert S.signed_rank_critical(8, 0.05) == 15.0 and S.signed_rank_critical(8, 0.03) == 16.0
+    assert S.signed_rank_critical(8, 0.055) == 14.0 and S.signed_rank_critical(4, 0.05) is None
+
+
+def test_detectable_effect_has_its_power():
+    """At the reported effect, an independent simulation with scipy's exact Wilcoxon rejects about 80% of the time at
+    alpha / m; with too few blocks nothing is detectable; the effect scales with the spread."""
+    from scipy import stats
+
+    n, m, sd = 10, 3, 0.02
+    effect = S.detectable_effect(n, m, 0.05, sd)
+    rng = np.random.default_rng(123)
+    rejections = [stats.wilcoxon(effect + sd * rng.standard_normal(n), method="exact").pvalue < 0.05 / m
+                  for _ in range(2000)]
+    assert np.mean(rejections) == pytest.approx(0.8, abs=0.04)
+    assert S.detectable_effect(n, m, 0.05, 2 * sd) == pytest.approx(2 * effect, rel=0.02)
+    assert S.detectable_effect(4, 5, 0.05, sd) == math.inf
+    assert math.isnan(S.detectable_effect(n, m, 0.05, 0.0))
+
+
+def test_the_report_states_what_it_could_have_detected():
+    rng = np.random.default_rng(1)
+    rows = []
+    for task in range(8):
+        for arm in ("a", "b", "dense"):
+            v = 0.7 + rng.normal(0, 0.02)
+            rows.append({"task": f"t{task}", "arm": arm, "seed": 0, "learning_rate": 1e-4, "outcome": "completed",
+                         "id_score": v, "ood_score": v, "method": "emoe"})
+    a = S.analyse(pd.DataFrame(rows))
+    c = a.comparisons.set_index("arm")
+    assert np.isfinite(c.loc["a", "detectable"]) and c.loc["a", "detectable"] > 0
+    text = report.console(a)
+    assert "Power: the smallest mean difference" in text and "SD of the differences over blocks" in text

@@ -68,6 +68,16 @@ def tests_text(a: Analysis) -> list[str]:
             bayes = (f"P(better) = {r['p_better']:.3f}, P(equivalent) = {r['p_rope']:.3f}, "
                      f"P(worse) = {r['p_worse']:.3f}" if "p_better" in r and not pd.isna(r.get("p_better")) else "")
             lines.append(f"  {r['arm']}: {diff}; {bayes}")
+        if "detectable" in c:
+            lines.append(f"Power: the smallest mean difference the Wilcoxon test over these {t.get('blocks', 0)} blocks "
+                         f"detects 80% of the time at Holm's hardest threshold (alpha / {len(c)}), for normal "
+                         "differences with the spread seen here:")
+            for _, r in c.iterrows():
+                d, sd = r.get("detectable"), r.get("sd_blocks")
+                what = ("none: too few blocks for any difference to be significant" if d == math.inf else
+                        "not estimable (fewer than 2 blocks, or no spread)" if pd.isna(d) else
+                        f"{d:.4f} (SD of the differences over blocks {sd:.4f}; seen {r.get('diff', math.nan):+.4f})")
+                lines.append(f"  {r['arm']}: {what}")
     return lines
 
 

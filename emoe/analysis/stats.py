@@ -212,6 +212,49 @@ def wilcoxon_p(diff: np.ndarray, seed: int = 0) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
+def signed_rank_critical(n: int, alpha: float) -> float | None:
+    """The smallest deviation ``c`` of the signed-rank sum W+ from its null mean n(n+1)/4 with exact two-sided
+    P(|W+ - n(n+1)/4| >= c) <= ``alpha`` (no ties); None when no deviation reaches alpha (too few blocks)."""
+    counts = np.zeros(n * (n + 1) // 2 + 1)
+    counts[0] = 1.0
+    for i in range(1, n + 1):  # the null distribution of W+ as subset sums of the ranks 1..n
+        counts[i:] = counts[i:] + counts[:-i].copy()
+    deviation = np.abs(np.arange(len(counts)) - n * (n + 1) / 4)
+    probs = counts / counts.sum()
+    for c in np.unique(deviation):
+        if probs[deviation >= c - 1e-9].sum() <= alpha + 1e-12:
+            return float(c)
+    return None
+
+
+def detectable_effect(n: int, comparisons: int, alpha: float, sd: float, power: float = 0.8, draws: int = 4000,
+                      seed: int = 0) -> float:
+    """The smallest mean difference (in the metric's units) that the Wilcoxon signed-rank test over ``n`` blocks
+    detects with probability ``power`` at Holm's hardest threshold ``alpha / comparisons``, for differences drawn
+    normal with the observed standard deviation ``sd`` (seeded Monte Carlo, bisection). ``inf`` when no difference
+    can be significant with ``n`` blocks; NaN without a spread to scale by."""
+    if n < 1 or not sd > 0:
+        return math.nan
+    critical = signed_rank_critical(n, alpha / max(1, comparisons))
+    if critical is None:
+        return math.inf
+    z = np.random.default_rng(seed).standard_normal((draws, n))
+    centre = n * (n + 1) / 4
+
+    def power_at(delta: float) -> float:
+        d = delta + sd * z
+        ranks = stats.rankdata(np.abs(d), axis=1)
+        return float(np.mean(np.abs((ranks * (d > 0)).sum(axis=1) - centre) >= critical - 1e-9))
+
+    low, high = 0.0, sd
+    while power_at(high) < power:
+        low, high = high, 2 * high
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if power_at(mid) < power else (low, mid)
+    return float(high)
+
+
 def bootstrap_difference(diffs: dict[str, np.ndarray], samples: int = 2000, seed: int = 0,
                          level: float = 0.95) -> tuple[float, float, float]:
     """Mean over tasks of each task's mean over seeds of ``diffs`` (arm minus baseline per seed), with a percentile
@@ -321,7 +364,7 @@ def friedman_tests(matrix: pd.DataFrame, baseline: str | None, alpha: float, war
 
 
 def compare_to_baseline(chosen: pd.DataFrame, matrix: pd.DataFrame, metric: str, baseline: str, higher: bool,
-                        rope: float, warnings: list[str], samples: int = 2000) -> pd.DataFrame:
+                        rope: float, warnings: list[str], samples: int = 2000, alpha: float = 0.05) -> pd.DataFrame:
     """Per arm against the baseline: the mean difference (arm - baseline, in the metric's units; positive = better
     in its direction) over tasks, with a bootstrap interval (tasks resampled, then seeds within tasks, paired by
     seed), and the Bayesian signed-rank probabilities over the same blocks as the ranking."""
@@ -346,6 +389,10 @@ def compare_to_baseline(chosen: pd.DataFrame, matrix: pd.DataFrame, metric: str,
         if len(matrix) >= 1:
             x, y = sign * matrix[arm].to_numpy(float), sign * matrix[baseline].to_numpy(float)
             row["p_better"], row["p_rope"], row["p_worse"] = bayes_signed_rank(x, y, rope)
+            # power: what this design could have detected, from the spread of the differences it saw
+            spread = float(np.std(x - y, ddof=1)) if len(x) > 1 else math.nan
+            row["sd_blocks"] = spread
+            row["detectable"] = detectable_effect(len(x), len(matrix.columns) - 1, alpha, spread)
         rows.append(row)
     if rows and len(matrix) < 5:
         warnings.append(f"Bayesian signed-rank over {len(matrix)} blocks: its probabilities lean on the prior "
@@ -384,7 +431,7 @@ def analyse(df: pd.DataFrame, metric: str = tracking.OOD_SCORE, blocks: str | No
     id_matrix = block_matrix(chosen, tracking.ID_SCORE, "tasks", warnings)
     id_ranks = rank_blocks(id_matrix) if not id_matrix.empty else pd.DataFrame()
     tests = friedman_tests(matrix, base, alpha, warnings, up) if not matrix.empty else {"blocks": 0}
-    comparisons = compare_to_baseline(chosen, matrix, metric, base, up, rope, warnings, bootstrap) \
+    comparisons = compare_to_baseline(chosen, matrix, metric, base, up, rope, warnings, bootstrap, alpha) \
         if base is not None and not matrix.empty and base in matrix.columns else pd.DataFrame()
 
     rows = []
