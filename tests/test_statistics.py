@@ -172,10 +172,12 @@ def test_multi_task_report_shows_intervals_and_effect_sizes():
     c = a.comparisons.set_index("arm")
     assert c.loc["a", "ci_low"] > 0.01 and c.loc["a", "ci_high"] < 0.03 and c.loc["a", "diff"] == pytest.approx(0.02, abs=0.002)
     assert c.loc["b", "ci_low"] < 0 < c.loc["b", "ci_high"]
-    assert c.loc["a", "p_better"] > c.loc["a", "p_worse"]
+    assert "p_better" not in c  # three blocks: too few for the Bayesian signed-rank (its prior would speak)
+    assert any("Bayesian signed-rank not run: 3 block(s)" in w for w in a.warnings)
     assert a.tests["wilcoxon"].set_index("arm").loc["a", "rank_biserial"] == 1.0
     text = report.console(a)
-    assert "bootstrap interval" in text and "P(better)" in text and "rank-biserial" in text
+    assert "95% bootstrap interval" in text and "rank-biserial" in text
+    assert "90% bootstrap interval" in report.console(S.analyse(pd.DataFrame(rows), alpha=0.1))  # level = 1 - alpha
     assert "GLUE-X OOD rank" in text
 
 
@@ -367,3 +369,45 @@ def test_the_report_states_what_it_could_have_detected():
     assert np.isfinite(c.loc["a", "detectable"]) and c.loc["a", "detectable"] > 0
     text = report.console(a)
     assert "Power: the smallest mean difference" in text and "SD of the differences over blocks" in text
+
+
+# --- issue 20, finding 6: comparisons that no other arm can move ---
+
+def test_pairwise_comparison_does_not_depend_on_the_other_arms():
+    """Benavoli et al. (2016): two arms' Nemenyi p moves with where three unrelated arms score (between the two, or
+    above both); their pairwise Wilcoxon-Holm p does not (the Holm family is the same size in both designs)."""
+    rng = np.random.default_rng(7)
+    base = rng.normal(0.7, 0.02, 12)
+    a = base + np.where(rng.random(12) < 0.75, 0.01, -0.01)  # a ahead of b in most blocks
+    b = base
+    results = []
+    for where in ("between", "above"):
+        others = (a + b) / 2 if where == "between" else np.maximum(a, b) + 0.1
+        m = pd.DataFrame({"a": a, "b": b, **{f"o{i}": others + i * 1e-4 for i in range(3)}})
+        out = S.friedman_tests(m, None, 0.05, [])
+        pw = out["pairwise"].set_index(["a", "b"])
+        results.append((out["nemenyi_p"].loc["a", "b"], pw.loc[("a", "b"), "p"]))
+    (nemenyi_between, wil_between), (nemenyi_above, wil_above) = results
+    assert wil_between == wil_above
+    assert nemenyi_between < 0.05 < nemenyi_above  # "significant" or not, by where the others sit
+    assert len(out["pairwise"]) == 10 and "p_holm" in out["pairwise"]
+
+
+def test_wilcoxon_p_matches_brute_force_with_ties_zeros_and_one_pair():
+    from conftest import exact_wilcoxon_p
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 5, 8, 11):
+        for _ in range(5):
+            d = np.round(rng.normal(0.005, 0.01, n), 2)  # rounded: ties and zeros
+            assert S.wilcoxon_p(d)[1] == pytest.approx(exact_wilcoxon_p(d), abs=1e-12)
+
+
+
+def test_bayesian_test_runs_from_five_blocks_and_with_rope_zero():
+    rng = np.random.default_rng(2)
+    rows = [{"task": f"t{t}", "arm": arm, "seed": 0, "learning_rate": 1e-4, "outcome": "completed",
+             "id_score": v, "ood_score": v, "method": "emoe"}
+            for t in range(6) for arm, v in (("a", 0.72 + rng.normal(0, 0.002)), ("dense", 0.70))]
+    c = S.analyse(pd.DataFrame(rows), rope=0.0).comparisons.set_index("arm")
+    assert c.loc["a", "p_better"] > 0.9 and c.loc["a", "p_rope"] == 0.0

@@ -52,6 +52,16 @@ def tests_text(a: Analysis) -> list[str]:
         lines.append(f"Iman-Davenport F({i['df1']}, {i['df2']}) = {i['F']:.4f}, p = {i['p']:.4g}")
         lines.append(f"Nemenyi critical difference (alpha = {t['alpha']}): {t['nemenyi_cd']:.4f} (the largest "
                      f"possible rank difference: {t['max_rank_difference']:g})")
+    if "pairwise" in t and len(t["pairwise"]):
+        pw = t["pairwise"]
+        sig = pw[pw["significant"]]
+        lines.append(f"Pairwise Wilcoxon signed-rank, Holm over all {len(pw)} pairs (each pair on its own blocks: no "
+                     "other arm can move it, unlike Nemenyi's mean ranks): "
+                     + (f"{len(sig)} pair(s) differ" if len(sig) else "no pair differs"))
+        for _, r in sig.iterrows():
+            better, worse = (r["a"], r["b"]) if r["diff"] > 0 else (r["b"], r["a"])
+            lines.append(f"  {better} > {worse}: mean difference {abs(r['diff']):.4f}, p = {r['p']:.4g}, "
+                         f"p_holm = {r['p_holm']:.4g}, rank-biserial r = {abs(r['rank_biserial']):.2f}")
     if "wilcoxon" in t and len(t["wilcoxon"]):
         lines.append(f"Wilcoxon signed-rank vs {a.baseline} (zeros split between the signs; Holm-corrected):")
         for _, r in t["wilcoxon"].iterrows():
@@ -60,7 +70,8 @@ def tests_text(a: Analysis) -> list[str]:
                          f"zero differences {int(r['zeros'])}; rank-biserial r = {r['rank_biserial']:.2f}")
     c = a.comparisons
     if len(c):
-        lines.append(f"Against {a.baseline} (difference in {a.metric}, positive = better; 95% bootstrap interval over "
+        lines.append(f"Against {a.baseline} (difference in {a.metric}, positive = better; "
+                     f"{100 * (1 - t.get('alpha', 0.05)):g}% bootstrap interval over "
                      "tasks, then seeds within tasks; Bayesian signed-rank over the blocks):")
         for _, r in c.iterrows():
             diff = (f"{r['diff']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] over {int(r['tasks'])} task(s)"

@@ -43,6 +43,7 @@ BLOCK_NAMES = {"tasks": "each task (its OOD sets averaged: GLUE-X's rank)",
 # Metrics whose direction is known: higher is better unless listed as lower.
 HIGHER = (tracking.ID_SCORE, "id.", tracking.OOD_SCORE, "ood.", tracking.CURRENT_ID_SCORE, tracking.LOAD_ENTROPY)
 LOWER = (tracking.TRAIN_LOSS,)
+BAYES_MIN_BLOCKS = 5  # below this, baycomp's signed-rank posterior is mostly its prior pseudo-observation
 EXACT_LIMIT = 2_000_000  # at most this many rank-sum states for the exact Friedman p; else Monte Carlo
 PERMUTATIONS = 50_000  # Monte Carlo permutations (seeded) when exact enumeration is too large
 
@@ -200,16 +201,28 @@ def smallest_wilcoxon_p(n: int, zeros: int = 0) -> float:
     return min(1.0, 2.0 / 2 ** (n - zeros))
 
 
-def wilcoxon_p(diff: np.ndarray, seed: int = 0) -> tuple[float, float]:
+def wilcoxon_p(diff: np.ndarray) -> tuple[float, float]:
     """Two-sided Wilcoxon signed-rank test of ``diff`` with zero differences split between the signs (Demšar 2006):
-    ``(W, p)``. p is the sign-flip permutation p (scipy's ``PermutationMethod``): exact over every sign assignment
-    up to 16 pairs (65,536), seeded Monte Carlo with ``PERMUTATIONS`` draws beyond, never the normal approximation,
-    which with ties or zeros scipy would use uncorrected."""
-    if len(diff) < 2:  # one pair: both of its sign assignments are as extreme
-        return (0.0 if diff[0] else 0.5), 1.0
-    method = stats.PermutationMethod(n_resamples=max(PERMUTATIONS, 2 ** 16), rng=np.random.default_rng(seed))
-    res = stats.wilcoxon(diff, zero_method="zsplit", method=method)
-    return float(res.statistic), float(res.pvalue)
+    ``(W, p)``, W = min(R+, R-). p is exact for any number of pairs, ties and zeros included: the distribution of
+    R+ over every sign assignment, as subset sums of the doubled ranks (a zero difference has no sign to flip).
+    Never the normal approximation, which scipy uses, uncorrected, with ties or zeros; and, unlike scipy's
+    ``PermutationMethod`` (seconds at 16 pairs), instant: a report runs it for every pair of arms.
+    NOTE: hand-written because scipy offers no exact p with ties; the tests check it against brute force."""
+    d = np.asarray(diff, float)
+    ranks2 = np.round(2 * stats.rankdata(np.abs(d))).astype(np.int64)  # ties give half ranks: doubled, integers
+    r_plus = (ranks2[d > 0].sum() + ranks2[d == 0].sum() / 2) / 2
+    w = float(min(r_plus, ranks2.sum() / 2 - r_plus))
+    signed = ranks2[d != 0]
+    if not len(signed):
+        return w, 1.0
+    counts = np.zeros(int(signed.sum()) + 1)
+    counts[0] = 1.0
+    for r in signed:  # every subset of the non-zero ranks is one sign assignment, each equally likely
+        counts[r:] = counts[r:] + counts[:-r].copy()
+    total = signed.sum()
+    deviation = np.abs(2 * np.arange(len(counts)) - total)
+    observed = abs(2 * ranks2[d > 0].sum() - total)
+    return w, float(min(1.0, counts[deviation >= observed].sum() / counts.sum()))
 
 
 def signed_rank_critical(n: int, alpha: float) -> float | None:
@@ -297,6 +310,25 @@ def rank_biserial(diff: np.ndarray) -> float:
     return float((plus - minus) / r.sum())
 
 
+def pairwise_wilcoxon(matrix: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """Every pair of arms compared on its own blocks (Wilcoxon signed-rank, zeros split, exact sign-flip p), Holm
+    over all k(k-1)/2 pairs: unlike the Nemenyi test on mean ranks, no third arm can change whether two arms differ
+    (Benavoli et al. 2016). ``matrix``: blocks x arms, higher is better; ``diff`` positive when ``a`` is better."""
+    from statsmodels.stats.multitest import multipletests
+
+    rows = []
+    for a, b in itertools.combinations(matrix.columns, 2):
+        diff = (matrix[a] - matrix[b]).round(DECIMALS).to_numpy(float)
+        w, p = wilcoxon_p(diff) if np.any(diff) else (math.nan, 1.0)
+        rows.append({"a": a, "b": b, "n": len(diff), "zeros": int(np.sum(diff == 0)), "W": w, "p": p,
+                     "diff": float(np.mean(diff)), "rank_biserial": rank_biserial(diff)})
+    out = pd.DataFrame(rows, columns=["a", "b", "n", "zeros", "W", "p", "diff", "rank_biserial"])
+    if len(out):
+        out["p_holm"] = multipletests(out["p"].to_numpy(), method="holm")[1]
+        out["significant"] = out["p_holm"] < alpha
+    return out
+
+
 def friedman_tests(matrix: pd.DataFrame, baseline: str | None, alpha: float, warnings: list[str],
                    higher: bool = True) -> dict:
     import scikit_posthocs as sp
@@ -325,6 +357,8 @@ def friedman_tests(matrix: pd.DataFrame, baseline: str | None, alpha: float, war
         out["nemenyi_p"].index = out["nemenyi_p"].columns = list(matrix.columns)
     elif k >= 3:
         warnings.append(f"Friedman test needs at least 2 complete blocks, got {n}: not computed")
+    if k >= 2 and n >= 1:
+        out["pairwise"] = pairwise_wilcoxon(matrix if higher else -matrix, alpha)
     if baseline is None or baseline not in matrix.columns:
         warnings.append("no dense baseline arm: Wilcoxon tests against it not computed")
         return out
@@ -383,20 +417,22 @@ def compare_to_baseline(chosen: pd.DataFrame, matrix: pd.DataFrame, metric: str,
                 diffs[task] = sign * (a[common] - b[common]).round(DECIMALS).to_numpy(float)
         row = {"arm": arm, "vs": baseline}
         if diffs:
-            mean, lo, hi = bootstrap_difference(diffs, samples)
+            mean, lo, hi = bootstrap_difference(diffs, samples, level=1 - alpha)
             row.update(diff=mean, ci_low=lo, ci_high=hi, tasks=len(diffs),
                        seeds=int(np.mean([len(d) for d in diffs.values()])))
         if len(matrix) >= 1:
             x, y = sign * matrix[arm].to_numpy(float), sign * matrix[baseline].to_numpy(float)
-            row["p_better"], row["p_rope"], row["p_worse"] = bayes_signed_rank(x, y, rope)
+            if len(x) >= BAYES_MIN_BLOCKS:
+                row["p_better"], row["p_rope"], row["p_worse"] = bayes_signed_rank(x, y, rope)
             # power: what this design could have detected, from the spread of the differences it saw
             spread = float(np.std(x - y, ddof=1)) if len(x) > 1 else math.nan
             row["sd_blocks"] = spread
             row["detectable"] = detectable_effect(len(x), len(matrix.columns) - 1, alpha, spread)
         rows.append(row)
-    if rows and len(matrix) < 5:
-        warnings.append(f"Bayesian signed-rank over {len(matrix)} blocks: its probabilities lean on the prior "
-                        "pseudo-observation; read them with the intervals")
+    if rows and len(matrix) < BAYES_MIN_BLOCKS:
+        warnings.append(f"Bayesian signed-rank not run: {len(matrix)} block(s), fewer than {BAYES_MIN_BLOCKS}; its "
+                        "posterior would be mostly the prior's pseudo-observation (one task and one seed gave "
+                        "P(better) = 0.998)")
     return pd.DataFrame(rows)
 
 
@@ -467,8 +503,9 @@ def analyse(df: pd.DataFrame, metric: str = tracking.OOD_SCORE, blocks: str | No
         "separately",
         f"tests: Friedman chi2 (Demšar 2006) with its asymptotic and permutation p, Iman-Davenport F, Nemenyi CD "
         f"(alpha={alpha}); Wilcoxon signed-rank vs {base or 'n/a'} (zeros split between the signs), Holm "
-        f"correction; mean difference with a 95% bootstrap interval (tasks, then seeds within tasks), rank-biserial "
-        f"correlation, Bayesian signed-rank (baycomp) with a region of practical equivalence of +-{rope:g}",
+        f"correction; mean difference with a {100 * (1 - alpha):g}% bootstrap interval (tasks, then seeds within "
+        f"tasks), rank-biserial correlation, Bayesian signed-rank (baycomp; from {BAYES_MIN_BLOCKS} blocks) with a "
+        f"region of practical equivalence of +-{rope:g}",
     ]
     return Analysis(table, ranks, id_ranks, tests, warnings, method, metric, base,
                     paper_table(table, id_ranks, chosen), blocks, up, comparisons, chosen)
