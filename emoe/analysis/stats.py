@@ -501,9 +501,10 @@ def analyse(df: pd.DataFrame, metric: str = tracking.OOD_SCORE, blocks: str | No
         f"ranking: seeds averaged first, values rounded to {DECIMALS} decimals; blocks = {BLOCK_NAMES[blocks]} on "
         f"{metric} ({'higher' if up else 'lower'} is better); 1 = best, ties averaged; ID ranks over tasks "
         "separately",
-        f"tests: Friedman chi2 (Demšar 2006) with its asymptotic and permutation p, Iman-Davenport F, Nemenyi CD "
-        f"(alpha={alpha}); Wilcoxon signed-rank vs {base or 'n/a'} (zeros split between the signs), Holm "
-        f"correction; mean difference with a {100 * (1 - alpha):g}% bootstrap interval (tasks, then seeds within "
+        f"tests: Friedman chi2 (Demšar 2006, tie-corrected as scipy's) with its asymptotic and permutation p, "
+        f"Iman-Davenport F, Nemenyi CD (alpha={alpha}); pairwise Wilcoxon signed-rank between every pair of arms, Holm "
+        f"over the pairs; Wilcoxon signed-rank vs {base or 'n/a'} (zeros split between the signs, exact p), Holm "
+        f"correction, with the smallest difference it could detect at 80% power; mean difference with a {100 * (1 - alpha):g}% bootstrap interval (tasks, then seeds within "
         f"tasks), rank-biserial correlation, Bayesian signed-rank (baycomp; from {BAYES_MIN_BLOCKS} blocks) with a "
         f"region of practical equivalence of +-{rope:g}",
     ]
