@@ -372,3 +372,24 @@ def test_glue_small_dry_run_lists_the_trials_per_task(tmp_path):
     rows = [l.split() for l in lines if l.split()[:1] and l.split()[0] in ("sst2", "rte", "mrpc", "stsb")]
     assert len(rows) == 56 and {r[0] for r in rows} == {"sst2", "rte", "mrpc", "stsb"}
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_paper_table_averages_id_and_ood_over_the_same_tasks():
+    """Issue 20, finding 2: one arm lacks an OOD score on one task; the paper's table must not average ID over two
+    tasks and OOD over one while saying "tasks 2". An arm whose every trial failed is listed as failed, unranked,
+    and leaves the others' averages alone."""
+    from emoe.analysis import stats
+
+    df = _two_task_trials()
+    df.loc[(df["task"] == "t2") & (df["arm"] == "c"), ["ood_score", "ood_score.t2_set"]] = float("nan")
+    s = stats.analyse(df, baseline="a").summary.set_index("arm")
+    assert (s["tasks"] == 1).all()
+    assert s.loc["b", "id_score"] == pytest.approx(0.82) and s.loc["b", "ood_score"] == pytest.approx(0.70)
+    dead = _two_task_trials()
+    dead.loc[dead["arm"] == "c", "outcome"] = "failed"
+    dead.loc[dead["arm"] == "c", ["id_score", "ood_score", "ood_score.t1_set", "ood_score.t2_set"]] = float("nan")
+    s = stats.analyse(dead, baseline="a").summary.set_index("arm")
+    if "c" in s.index:
+        assert bool(s.loc["c", "failed"]) and math.isnan(s.loc["c", "ood_rank"]) and s.loc["c", "tasks"] == 0
+    assert s.loc["b", "id_score"] == pytest.approx((0.82 + 0.52) / 2) and (s.loc[["a", "b"], "tasks"] == 2).all()
+    assert s.loc["b", "ood_rank"] == 1.0 and s.loc["a", "ood_rank"] == 2.0

@@ -101,7 +101,9 @@ def paper_display(a: Analysis) -> pd.DataFrame:
     def num(x, digits=4):
         return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
-    return pd.DataFrame({"arm": s["arm"], "tasks": s["tasks"], "avg ID score": [num(x) for x in s["id_score"]],
+    failed = s["failed"] if "failed" in s else [False] * len(s)
+    tasks = ["every trial failed" if f else int(t) for f, t in zip(failed, s["tasks"])]
+    return pd.DataFrame({"arm": s["arm"], "tasks": tasks, "avg ID score": [num(x) for x in s["id_score"]],
                          "avg OOD score": [num(x) for x in s["ood_score"]],
                          "GLUE-X OOD rank": [num(x, 2) for x in s["ood_rank"]],
                          "ID rank": [num(x, 2) for x in s["id_rank"]]})

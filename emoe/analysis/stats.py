@@ -515,22 +515,32 @@ def analyse(df: pd.DataFrame, metric: str = tracking.OOD_SCORE, blocks: str | No
 def paper_table(table: pd.DataFrame, id_ranks: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
     """The paper's table, one row per arm: the average ID score over tasks, the average OOD score over tasks, and
     the GLUE-X Friedman rank over tasks (each task's OOD sets averaged into its ``ood_score``, seeds averaged, arms
-    ranked within each task, 1 = best), beside the ID rank over tasks. Tasks where an arm has no value are left out
-    of every arm's averages (the same tasks for all)."""
+    ranked within each task, 1 = best), beside the ID rank over tasks. Every average and rank is over the same tasks,
+    those where every arm with a value has both an ID and an OOD score, and ``tasks`` says how many. An arm without
+    a single value (every trial failed) is listed with no score and no rank (``failed``), not ranked among the rest,
+    and does not empty the others' tasks. ``id_ranks`` is kept for callers; the ranks are computed here, on the
+    common tasks."""
     id_col, ood_col = f"{tracking.ID_SCORE}_mean", f"{tracking.OOD_SCORE}_mean"
     if table.empty or id_col not in table:
         return pd.DataFrame()
-    wide = {c: table.pivot_table(index="task", columns="arm", values=c, sort=False).round(DECIMALS)
+    wide = {c: table.pivot_table(index="task", columns="arm", values=c, sort=False, dropna=False).round(DECIMALS)
             for c in (id_col, ood_col) if c in table}
     arms = list(dict.fromkeys(table["arm"]))
-    rows = []
-    ood = wide.get(ood_col, pd.DataFrame()).reindex(columns=arms).dropna()
+    ids = wide[id_col].reindex(columns=arms)
+    scored = [a for a in arms if ids[a].notna().any()]
+    ids = ids[scored].dropna()
+    ood = wide[ood_col].reindex(columns=scored).dropna() if ood_col in wide else pd.DataFrame()
+    common = [t for t in ids.index if ood.empty or t in ood.index]
+    ids = ids.loc[common]
+    ood = ood.loc[common] if not ood.empty else ood
     ood_ranks = rank_blocks(ood) if not ood.empty else pd.DataFrame()
-    ids = wide[id_col].reindex(columns=arms).dropna()
+    ranks_id = rank_blocks(ids) if not ids.empty else pd.DataFrame()
+    rows = []
     for arm in arms:
-        rows.append({"arm": arm, "tasks": len(ids),
-                     "id_score": ids[arm].mean() if arm in ids else math.nan,
-                     "ood_score": ood[arm].mean() if arm in ood else math.nan,
-                     "ood_rank": ood_ranks[arm].mean() if arm in ood_ranks else math.nan,
-                     "id_rank": id_ranks[arm].mean() if arm in id_ranks else math.nan})
+        ok = arm in scored and len(common) > 0
+        rows.append({"arm": arm, "tasks": len(common) if arm in scored else 0, "failed": arm not in scored,
+                     "id_score": ids[arm].mean() if ok else math.nan,
+                     "ood_score": ood[arm].mean() if ok and arm in ood else math.nan,
+                     "ood_rank": ood_ranks[arm].mean() if ok and arm in ood_ranks else math.nan,
+                     "id_rank": ranks_id[arm].mean() if ok else math.nan})
     return pd.DataFrame(rows)
