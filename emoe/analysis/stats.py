@@ -201,6 +201,16 @@ def smallest_wilcoxon_p(n: int, zeros: int = 0) -> float:
     return min(1.0, 2.0 / 2 ** (n - zeros))
 
 
+def subset_sum_counts(ranks: np.ndarray) -> np.ndarray:
+    """How many subsets of the (integer) ``ranks`` sum to each total 0..sum(ranks): the signed-rank sum's null
+    distribution, every sign assignment being one subset of the ranks counted positive."""
+    counts = np.zeros(int(np.sum(ranks)) + 1)
+    counts[0] = 1.0
+    for r in ranks:
+        counts[r:] = counts[r:] + counts[:-r].copy()
+    return counts
+
+
 def wilcoxon_p(diff: np.ndarray) -> tuple[float, float]:
     """Two-sided Wilcoxon signed-rank test of ``diff`` with zero differences split between the signs (Demšar 2006):
     ``(W, p)``, W = min(R+, R-). p is exact for any number of pairs, ties and zeros included: the distribution of
@@ -215,10 +225,7 @@ def wilcoxon_p(diff: np.ndarray) -> tuple[float, float]:
     signed = ranks2[d != 0]
     if not len(signed):
         return w, 1.0
-    counts = np.zeros(int(signed.sum()) + 1)
-    counts[0] = 1.0
-    for r in signed:  # every subset of the non-zero ranks is one sign assignment, each equally likely
-        counts[r:] = counts[r:] + counts[:-r].copy()
+    counts = subset_sum_counts(signed)  # every sign assignment of the non-zero ranks, each equally likely
     total = signed.sum()
     deviation = np.abs(2 * np.arange(len(counts)) - total)
     observed = abs(2 * ranks2[d > 0].sum() - total)
@@ -228,10 +235,7 @@ def wilcoxon_p(diff: np.ndarray) -> tuple[float, float]:
 def signed_rank_critical(n: int, alpha: float) -> float | None:
     """The smallest deviation ``c`` of the signed-rank sum W+ from its null mean n(n+1)/4 with exact two-sided
     P(|W+ - n(n+1)/4| >= c) <= ``alpha`` (no ties); None when no deviation reaches alpha (too few blocks)."""
-    counts = np.zeros(n * (n + 1) // 2 + 1)
-    counts[0] = 1.0
-    for i in range(1, n + 1):  # the null distribution of W+ as subset sums of the ranks 1..n
-        counts[i:] = counts[i:] + counts[:-i].copy()
+    counts = subset_sum_counts(np.arange(1, n + 1))
     deviation = np.abs(np.arange(len(counts)) - n * (n + 1) / 4)
     probs = counts / counts.sum()
     for c in np.unique(deviation):
