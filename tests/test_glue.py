@@ -323,7 +323,7 @@ def test_paper_table_averages_over_tasks_and_ranks_over_tasks():
     assert s["id_rank"].to_dict() == {"a": 2.5, "b": 1.5, "c": 2.0}
     assert (s["tasks"] == 2).all()
     text = report.console(a)
-    assert "GLUE-X OOD rank" in text and "each task (its OOD sets averaged" in text
+    assert "GLUE-X OOD rank" in text and "each task (seeds averaged; a task's OOD sets averaged" in text
     # the per-task rows carry each task's own rank, not the rank over tasks
     t = a.table.set_index(["task", "arm"])
     assert t.loc[("t1", "b"), "rank"] == 1.0 and t.loc[("t2", "b"), "rank"] == 2.0
@@ -376,8 +376,8 @@ def test_glue_small_dry_run_lists_the_trials_per_task(tmp_path):
 
 def test_paper_table_averages_id_and_ood_over_the_same_tasks():
     """Issue 20, finding 2: one arm lacks an OOD score on one task; the paper's table must not average ID over two
-    tasks and OOD over one while saying "tasks 2". An arm whose every trial failed is listed as failed, unranked,
-    and leaves the others' averages alone."""
+    tasks and OOD over one while saying "tasks 2". An arm whose every trial failed ranks last on every task, has no
+    average, is listed as failed on them, and leaves the others' averages and tasks alone."""
     from emoe.analysis import stats
 
     df = _two_task_trials()
@@ -388,8 +388,11 @@ def test_paper_table_averages_id_and_ood_over_the_same_tasks():
     dead = _two_task_trials()
     dead.loc[dead["arm"] == "c", "outcome"] = "failed"
     dead.loc[dead["arm"] == "c", ["id_score", "ood_score", "ood_score.t1_set", "ood_score.t2_set"]] = float("nan")
-    s = stats.analyse(dead, baseline="a").summary.set_index("arm")
-    if "c" in s.index:
-        assert bool(s.loc["c", "failed"]) and math.isnan(s.loc["c", "ood_rank"]) and s.loc["c", "tasks"] == 0
-    assert s.loc["b", "id_score"] == pytest.approx((0.82 + 0.52) / 2) and (s.loc[["a", "b"], "tasks"] == 2).all()
+    a = stats.analyse(dead, baseline="a")
+    s = a.summary.set_index("arm")
+    assert s.loc["c", "failed"] == "t1, t2" and math.isnan(s.loc["c", "id_score"]) and s.loc["c", "ood_rank"] == 3.0
+    assert s.loc["b", "id_score"] == pytest.approx((0.82 + 0.52) / 2) and (s["tasks"] == 2).all()
     assert s.loc["b", "ood_rank"] == 1.0 and s.loc["a", "ood_rank"] == 2.0
+    # the rank tests keep both tasks, the failed arm last in each (it cannot come out first by failing)
+    assert a.tests["blocks"] == 2 and a.ranks["c"].tolist() == [3.0, 3.0]
+    assert any("c failed on t1, t2: ranked last there" in w for w in a.warnings)

@@ -105,8 +105,8 @@ def test_a_mathematical_tie_ranks_1_5_despite_float_noise():
             ("dense", 0, 1e-4, "completed", 0.7, 0.15, 0.2), ("dense", 1, 1e-4, "completed", 0.7, 0.15, 0.2),
             ("y", 0, 1e-4, "completed", 0.6, 0.1, 0.1), ("y", 1, 1e-4, "completed", 0.6, 0.1, 0.1)]
     assert (0.1 + 0.2) / 2 != 0.15
-    a = S.analyse(_trials(rows))
-    assert a.ranks.loc[("t", "a"), ["x", "dense"]].tolist() == [1.5, 1.5]
+    a = S.analyse(_trials(rows), metric="ood_score.a", blocks="tasks")
+    assert a.ranks.loc[("t",), ["x", "dense"]].tolist() == [1.5, 1.5]
     assert a.tests["wilcoxon"].set_index("arm").loc["x", "zeros"] == 1
 
 
@@ -170,15 +170,19 @@ def test_multi_task_report_shows_intervals_and_effect_sizes():
                              "method": "dense" if arm == "dense" else "emoe"})
     a = S.analyse(pd.DataFrame(rows))
     c = a.comparisons.set_index("arm")
-    assert c.loc["a", "ci_low"] > 0.01 and c.loc["a", "ci_high"] < 0.03 and c.loc["a", "diff"] == pytest.approx(0.02, abs=0.002)
-    assert c.loc["b", "ci_low"] < 0 < c.loc["b", "ci_high"]
+    for est in ("these", "new"):  # both estimands: these three tasks, and a new task like them
+        assert 0.01 < c.loc["a", f"{est}_low"] and c.loc["a", f"{est}_high"] < 0.03
+        assert c.loc["b", f"{est}_low"] < 0 < c.loc["b", f"{est}_high"]
+    assert c.loc["a", "diff"] == pytest.approx(0.02, abs=0.002)
     assert "p_better" not in c  # three blocks: too few for the Bayesian signed-rank (its prior would speak)
     assert any("Bayesian signed-rank not run: 3 block(s)" in w for w in a.warnings)
     assert a.tests["wilcoxon"].set_index("arm").loc["a", "rank_biserial"] == 1.0
     text = report.console(a)
-    assert "95% bootstrap interval" in text and "rank-biserial" in text
-    assert "90% bootstrap interval" in report.console(S.analyse(pd.DataFrame(rows), alpha=0.1))  # level = 1 - alpha
-    assert "GLUE-X OOD rank" in text
+    # two comparisons, Bonferroni: each interval at 97.5%, 95% simultaneously; the level follows --alpha
+    assert "97.5% t-intervals (simultaneous 95% over the family)" in text and "rank-biserial" in text
+    assert "95% t-intervals (simultaneous 90% over the family)" in report.console(S.analyse(pd.DataFrame(rows),
+                                                                                           alpha=0.1))
+    assert "these tasks: [" in text and "a new task: [" in text and "GLUE-X OOD rank" in text
 
 
 def _log_sweep(client, exp, model, seeds, arms=("x", "dense")):
@@ -368,7 +372,7 @@ def test_the_report_states_what_it_could_have_detected():
     c = a.comparisons.set_index("arm")
     assert np.isfinite(c.loc["a", "detectable"]) and c.loc["a", "detectable"] > 0
     text = report.console(a)
-    assert "Power: the smallest mean difference" in text and "SD of the differences over blocks" in text
+    assert "power: smallest mean difference detected 80% of the time" in text and "points; SD of the differences" in text
 
 
 # --- issue 20, finding 6: comparisons that no other arm can move ---

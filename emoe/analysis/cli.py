@@ -28,30 +28,33 @@ def main(argv: list[str] | None = None) -> int:
                    help="analyse every sweep of the experiment together; refused when a knob that is not a swept "
                         "factor (or seed, learning rate, task) differs between them")
     p.add_argument("--factor", help="the swept factor, for the title (default: the sweep's emoe.factor tag)")
-    p.add_argument("--metric", default=tracking.OOD_SCORE,
-                   help=f"metric to rank on (default: {tracking.OOD_SCORE}); e.g. {tracking.ID_SCORE}")
+    p.add_argument("--metric", help=f"metric to rank on (default: the sweep's declared primary metric, else "
+                                    f"{tracking.OOD_SCORE}); e.g. {tracking.ID_SCORE}")
     p.add_argument("--blocks", choices=stats.BLOCKINGS,
-                   help="tasks: each task, its OOD sets averaged (GLUE-X's rank; the default with several tasks); "
-                        "sets: each task x OOD set, seeds averaged (the default with one task: within-task "
-                        "evidence); sets-seeds: each seed a block too (pseudo-replication)")
+                   help="tasks: each task, seeds averaged (GLUE-X's rank; the default with several tasks); seeds: "
+                        "each task x seed (the default with one task: a task's OOD sets are scored by the same "
+                        "models, so they are never blocks)")
     d = p.add_mutually_exclusive_group()
     d.add_argument("--higher-is-better", dest="higher", action="store_true", default=None,
                    help="the metric's direction, for a metric whose direction is not known from its name")
     d.add_argument("--lower-is-better", dest="higher", action="store_false")
-    p.add_argument("--baseline", help="baseline arm (default: dense)")
+    p.add_argument("--baseline", help="baseline arm (default: the declared one, else dense)")
     p.add_argument("--rope", type=float, default=0.01,
                    help="half-width of the region of practical equivalence of the Bayesian signed-rank test, in "
                         "the metric's units (default: 0.01)")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the intervals (default 2000)")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
+    p.add_argument("--alpha", type=float, help="significance level (default: the declared one, else 0.05)")
     p.add_argument("--out", help="output folder (default: reports/<experiment>/)")
     p.add_argument("--no-log", action="store_true", help="do not attach the files to the sweep's MLflow run")
     args = p.parse_args(argv)
     try:
         tracking.check_tracking_uri(args.tracking_uri)
         trials, sweep = results.load_trials(args.tracking_uri, args.experiment, args.parent, pool=args.pool)
+        primary = results.primary_of(sweep) if not args.pool else None
+        finished = int(trials["outcome"].isin(("completed", "early_stopped")).sum()) if len(trials) else 0
+        looks = tracking.record_look(tracking.client(args.tracking_uri), sweep["run_id"], finished,
+                                     write=not args.no_log) if sweep.get("run_id") else 1
         analysis = stats.analyse(trials, metric=args.metric, blocks=args.blocks, baseline=args.baseline,
-                                 alpha=args.alpha, higher=args.higher, rope=args.rope, bootstrap=args.bootstrap)
+                                 alpha=args.alpha, higher=args.higher, rope=args.rope, primary=primary, looks=looks)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

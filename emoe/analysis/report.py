@@ -42,54 +42,110 @@ def display_table(a: Analysis) -> pd.DataFrame:
     return out
 
 
+def _points(a: Analysis, x: float) -> str:
+    """A difference in the metric's units, and in score points (x 100) for a score in [0, 1]."""
+    score = a.metric.startswith((tracking.ID_SCORE, "id.", tracking.OOD_SCORE, "ood."))
+    return f"{x:+.4f} ({100 * x:+.2f} points)" if score else f"{x:+.4f}"
+
+
+def status_lines(a: Analysis) -> list[str]:
+    """What the report leads with: whether this is the sweep's declared primary analysis, and the looks."""
+    s = a.status or {"primary": False, "why": ["no primary analysis was declared"], "looks": 1, "planned_looks": 1,
+                     "family_alpha": a.tests.get("alpha", 0.05)}
+    what = (f"{a.metric} over blocks = {a.blocks}, every arm against {a.baseline or 'n/a'}, alpha "
+            f"{a.tests.get('alpha', 0.05):g}")
+    if s["primary"]:
+        spent = (f"; look {s['looks']} of {s['planned_looks']} planned: the family is tested at alpha / "
+                 f"{s['planned_looks']} = {s['family_alpha']:.4g} (alpha spent over the looks)"
+                 if s["planned_looks"] > 1 else f"; look {s['looks']} of 1 planned")
+        return [f"PRIMARY ANALYSIS (declared when the sweep was launched): {what}{spent}. Everything after the "
+                "primary family is exploratory."]
+    return [f"EXPLORATORY ANALYSIS ({what}): " + "; ".join(s["why"]) + ". No p-value below is confirmatory."]
+
+
 def tests_text(a: Analysis) -> list[str]:
     t = a.tests
-    lines = [f"blocks: {t.get('blocks', 0)} ({BLOCK_NAMES[a.blocks]}), arms: {t.get('arms', 0)}"]
-    if "friedman" in t:
-        f, i = t["friedman"], t["iman_davenport"]
-        lines.append(f"Friedman chi2({f['df']}) = {f['chi2']:.4f}, p = {f['p']:.4g} (asymptotic), "
-                     f"p = {f['p_permutation']:.4g} ({f['permutation']} permutation)")
-        lines.append(f"Iman-Davenport F({i['df1']}, {i['df2']}) = {i['F']:.4f}, p = {i['p']:.4g}")
-        lines.append(f"Nemenyi critical difference (alpha = {t['alpha']}): {t['nemenyi_cd']:.4f} (the largest "
-                     f"possible rank difference: {t['max_rank_difference']:g})")
-    if "pairwise" in t and len(t["pairwise"]):
-        pw = t["pairwise"]
-        sig = pw[pw["significant"]]
-        lines.append(f"Pairwise Wilcoxon signed-rank, Holm over all {len(pw)} pairs (each pair on its own blocks: no "
-                     "other arm can move it, unlike Nemenyi's mean ranks): "
-                     + (f"{len(sig)} pair(s) differ" if len(sig) else "no pair differs"))
-        for _, r in sig.iterrows():
-            better, worse = (r["a"], r["b"]) if r["diff"] > 0 else (r["b"], r["a"])
-            lines.append(f"  {better} > {worse}: mean difference {abs(r['diff']):.4f}, p = {r['p']:.4g}, "
-                         f"p_holm = {r['p_holm']:.4g}, rank-biserial r = {abs(r['rank_biserial']):.2f}")
+    alpha = t.get("alpha", 0.05)
+    fam = t.get("family_alpha", alpha)
+    lines = status_lines(a) + [f"blocks: {t.get('blocks', 0)} ({BLOCK_NAMES[a.blocks]}), arms: {t.get('arms', 0)}"]
+    c = a.comparisons
     if "wilcoxon" in t and len(t["wilcoxon"]):
-        lines.append(f"Wilcoxon signed-rank vs {a.baseline} (zeros split between the signs; Holm-corrected):")
+        level = t.get("level", 1 - fam)
+        lines.append(f"{'Primary family' if a.status.get('primary') else 'Family'}: each arm against {a.baseline} "
+                     f"(difference in {a.metric}, positive = better), Wilcoxon signed-rank (zeros split between the "
+                     f"signs, exact p), Holm at alpha {fam:.4g}; {100 * level:.4g}% t-intervals (simultaneous "
+                     f"{100 * (1 - fam):.4g}% over the family):")
+        comp = c.set_index("arm") if len(c) else pd.DataFrame()
         for _, r in t["wilcoxon"].iterrows():
             sig = "significant" if r["significant"] else "not significant"
             lines.append(f"  {r['arm']}: W = {r['W']:.4g}, p = {r['p']:.4g}, p_holm = {r['p_holm']:.4g} ({sig}); "
                          f"zero differences {int(r['zeros'])}; rank-biserial r = {r['rank_biserial']:.2f}")
-    c = a.comparisons
-    if len(c):
-        lines.append(f"Against {a.baseline} (difference in {a.metric}, positive = better; "
-                     f"{100 * (1 - t.get('alpha', 0.05)):g}% bootstrap interval over "
-                     "tasks, then seeds within tasks; Bayesian signed-rank over the blocks):")
-        for _, r in c.iterrows():
-            diff = (f"{r['diff']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] over {int(r['tasks'])} task(s)"
-                    if "diff" in r and not pd.isna(r.get("diff")) else "no paired seeds")
-            bayes = (f"P(better) = {r['p_better']:.3f}, P(equivalent) = {r['p_rope']:.3f}, "
-                     f"P(worse) = {r['p_worse']:.3f}" if "p_better" in r and not pd.isna(r.get("p_better")) else "")
-            lines.append(f"  {r['arm']}: {diff}; {bayes}")
-        if "detectable" in c:
-            lines.append(f"Power: the smallest mean difference the Wilcoxon test over these {t.get('blocks', 0)} blocks "
-                         f"detects 80% of the time at Holm's hardest threshold (alpha / {len(c)}), for normal "
-                         "differences with the spread seen here:")
-            for _, r in c.iterrows():
-                d, sd = r.get("detectable"), r.get("sd_blocks")
-                what = ("none: too few blocks for any difference to be significant" if d == math.inf else
-                        "not estimable (fewer than 2 blocks, or no spread)" if pd.isna(d) else
-                        f"{d:.4f} (SD of the differences over blocks {sd:.4f}; seen {r.get('diff', math.nan):+.4f})")
-                lines.append(f"  {r['arm']}: {what}")
+            if r["arm"] not in comp.index:
+                continue
+            x = comp.loc[r["arm"]]
+            if pd.isna(x.get("diff")):
+                lines.append(f"    no mean difference: {x.get('why_not')}")
+            else:
+                lines.append(f"    mean difference {_points(a, x['diff'])} over {int(x['tasks'])} task(s), "
+                             f"{int(x['seeds'])} seed(s) each")
+                for est, name in (("these", "these tasks"), ("new", "a new task")):
+                    lo, hi = x.get(f"{est}_low"), x.get(f"{est}_high")
+                    lines.append(f"    {name}: [{lo:+.4f}, {hi:+.4f}]" if not pd.isna(lo) else
+                                 f"    {name}: no interval ({_why(x.get('why_not'), name)})")
+            d, sd = x.get("detectable"), x.get("sd_blocks")
+            what = ("none: too few blocks for any difference to be significant" if d == math.inf else
+                    "not estimable (fewer than 2 blocks, or no spread)" if pd.isna(d) else
+                    f"{abs(d):.4f} ({100 * abs(d):.2f} points; SD of the differences over blocks {sd:.4f})")
+            lines.append(f"    power: smallest mean difference detected 80% of the time at Holm's hardest threshold "
+                         f"(alpha / {len(t['wilcoxon'])}): {what}")
+    s = a.selection
+    if len(s):
+        chose = s[s["rates"] > 1]
+        if len(chose):
+            lines.append(f"Selection: the ID score is the selection criterion (the best learning rate and evaluation "
+                         f"on the same ID split). Choosing the rate inflates it by {chose['inflation'].mean():+.4f} "
+                         f"on average (largest {chose['inflation'].max():+.4f}, "
+                         f"{chose.iloc[chose['inflation'].argmax()]['arm']} on "
+                         f"{chose.iloc[chose['inflation'].argmax()]['task']}): the selected score minus each seed's "
+                         "score at the rate chosen on the other seeds. The best-evaluation choice within a trial is "
+                         "not undone. OOD scores are never selected on.")
+        else:
+            lines.append("Selection: one learning rate per arm, so none was chosen on ID; the best evaluation within "
+                         "each trial is chosen on the same ID split (not undone here).")
+    lines.append(f"Exploratory (not part of the primary family; alpha {alpha:g}, no correction across analyses):")
+    if "friedman" in t:
+        f, i = t["friedman"], t["iman_davenport"]
+        sig = "significant" if f.get("significant") else "not significant"
+        lines.append(f"  Friedman chi2({f['df']}) = {f['chi2']:.4f}, p = {f['p']:.4g} (asymptotic), "
+                     f"p = {f['p_permutation']:.4g} ({f['permutation']} permutation; {sig})")
+        lines.append(f"  Iman-Davenport F({i['df1']}, {i['df2']}) = {i['F']:.4f}, p = {i['p']:.4g}" if math.isfinite(i["F"])
+                     else "  Iman-Davenport F: undefined (every block ranks the arms alike)")
+        lines.append(f"  Nemenyi critical difference (alpha = {alpha:g}): {t['nemenyi_cd']:.4f} (the largest "
+                     f"possible rank difference: {t['max_rank_difference']:g}); it compares arms through the mean "
+                     "ranks of all of them, so a third arm can move it")
+    if "pairwise" in t and len(t["pairwise"]):
+        pw = t["pairwise"]
+        sig = pw[pw["significant"]]
+        lines.append(f"  Pairwise Wilcoxon signed-rank, Holm over all {len(pw)} pairs (each pair on its own blocks: no "
+                     "other arm can move it; the CD diagram draws these): "
+                     + (f"{len(sig)} pair(s) differ" if len(sig) else "no pair differs"))
+        for _, r in sig.iterrows():
+            better, worse = (r["a"], r["b"]) if r["rank_biserial"] > 0 else (r["b"], r["a"])
+            size = f"mean difference {abs(r['diff']):.4f}" if not pd.isna(r["diff"]) else "a failed cell"
+            lines.append(f"    {better} > {worse}: {size}, p = {r['p']:.4g}, p_holm = {r['p_holm']:.4g}, "
+                         f"rank-biserial r = {abs(r['rank_biserial']):.2f}")
+    if len(c) and "p_better" in c:
+        for _, r in c.dropna(subset=["p_better"]).iterrows():
+            lines.append(f"  Bayesian signed-rank {r['arm']} vs {a.baseline}: P(better) = {r['p_better']:.3f}, "
+                         f"P(equivalent) = {r['p_rope']:.3f}, P(worse) = {r['p_worse']:.3f}")
     return lines
+
+
+def _why(text, name: str) -> str:
+    for part in str(text or "").split("; "):
+        if part.startswith(name):
+            return part.split(": ", 1)[-1]
+    return str(text or "not estimable")
 
 
 def paper_display(a: Analysis) -> pd.DataFrame:
@@ -101,19 +157,21 @@ def paper_display(a: Analysis) -> pd.DataFrame:
     def num(x, digits=4):
         return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
-    failed = s["failed"] if "failed" in s else [False] * len(s)
-    tasks = ["every trial failed" if f else int(t) for f, t in zip(failed, s["tasks"])]
-    return pd.DataFrame({"arm": s["arm"], "tasks": tasks, "avg ID score": [num(x) for x in s["id_score"]],
-                         "avg OOD score": [num(x) for x in s["ood_score"]],
+    failed = s["failed"] if "failed" in s else [""] * len(s)
+    return pd.DataFrame({"arm": s["arm"], "tasks": s["tasks"].astype(int),
+                         "avg ID score": [num(x) if not f else "failed" for x, f in zip(s["id_score"], failed)],
+                         "avg OOD score": [num(x) if not f else "failed" for x, f in zip(s["ood_score"], failed)],
                          "GLUE-X OOD rank": [num(x, 2) for x in s["ood_rank"]],
-                         "ID rank": [num(x, 2) for x in s["id_rank"]]})
+                         "ID rank": [num(x, 2) for x in s["id_rank"]],
+                         "failed on": [f or "" for f in failed]})
 
 
 def console(a: Analysis) -> str:
     parts = ["Method:"] + [f"  - {m}" for m in a.method]
     paper = paper_display(a)
     if not paper.empty:
-        parts += ["", "Over tasks (average scores; Friedman ranks over tasks, 1 = best):", paper.to_string(index=False)]
+        parts += ["", "Over tasks (average scores over the same tasks; Friedman ranks over tasks, 1 = best; a failed "
+                  "cell ranks last and leaves its arm without an average):", paper.to_string(index=False)]
     parts += ["", "Per task:" if not paper.empty else "", display_table(a).to_string(index=False), ""] + tests_text(a)
     if a.warnings:
         parts += ["", "Warnings:"] + [f"  ! {w}" for w in a.warnings]
@@ -208,20 +266,25 @@ def learning_curves(a: Analysis, curves: pd.DataFrame | None, path: Path) -> Pat
 
 
 def cd_diagram(a: Analysis, path: Path) -> Path | None:
+    """Mean ranks with the pairwise Wilcoxon-Holm cliques (autorank's and Ismail-Fawaz's ``cd-diagram``'s choice):
+    a bar joins arms no pairwise test separates. Unlike Nemenyi's critical difference, no third arm moves a bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import scikit_posthocs as sp
 
-    if "nemenyi_p" not in a.tests:
+    pw = a.tests.get("pairwise")
+    if pw is None or len(pw) == 0 or a.ranks.empty or a.ranks.shape[1] < 3:
         return None
-    ranks = a.ranks.mean().sort_values()
+    arms = list(a.ranks.columns)
+    p = pd.DataFrame(1.0, index=arms, columns=arms)
+    for _, r in pw.iterrows():
+        p.loc[r["a"], r["b"]] = p.loc[r["b"], r["a"]] = r["p_holm"]
     fig, ax = plt.subplots(figsize=(8, 2.8), dpi=150)
-    sp.critical_difference_diagram(ranks, a.tests["nemenyi_p"], ax=ax, cd=a.tests["nemenyi_cd"],
-                                   alpha=a.tests["alpha"])
-    ax.set_title(f"Mean rank on {a.metric} over {a.tests['blocks']} blocks (1 = best); bars join arms within "
-                 f"the Nemenyi critical difference", fontsize=9)
+    sp.critical_difference_diagram(a.ranks.mean().sort_values(), p, ax=ax, alpha=a.tests["alpha"])
+    ax.set_title(f"Mean rank on {a.metric} over {a.tests['blocks']} blocks (1 = best); bars join arms that no "
+                 f"pairwise Wilcoxon-Holm test (alpha {a.tests['alpha']:g}) separates", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

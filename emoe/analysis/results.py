@@ -63,6 +63,9 @@ def load_trials(tracking_uri: str, experiment: str, parent_run_id: str | None = 
                                               if c.startswith("tags.") and isinstance(last[c], str)}}
         if isinstance(last.get("params.arms"), str):
             sweep["arms"] = last["params.arms"].split(",")
+        declared = {f: last.get(f"params.{tracking.PRIMARY_PREFIX}{f}") for f in tracking.PRIMARY_FIELDS}
+        if isinstance(declared["metric"], str):
+            sweep["primary"] = declared
     trials = runs[roles == "trial"].sort_values("start_time")
     if parent_run_id is not None:
         trials = trials[tag(tracking.PARENT)[trials.index] == parent_run_id]
@@ -83,6 +86,19 @@ def load_trials(tracking_uri: str, experiment: str, parent_run_id: str | None = 
     order = {arm: i for i, arm in enumerate(sweep.get("arms", []))}  # the sweep's declared arm order
     out = out.sort_values("arm", key=lambda col: col.map(lambda a: order.get(a, len(order))), kind="stable")
     return out.reset_index(drop=True), sweep
+
+
+def primary_of(sweep: dict):
+    """The primary analysis a sweep declared at launch (``emoe.analysis.stats.Primary``), or None (a sweep that
+    declared none: older emoe)."""
+    from emoe.analysis.stats import Primary
+
+    d = sweep.get("primary")
+    if not d:
+        return None
+    none = lambda v: None if v in (None, "", "None", "auto") else v  # noqa: E731
+    return Primary(d["metric"], none(d.get("blocks")), none(d.get("baseline")), float(d.get("alpha") or 0.05),
+                   int(float(d.get("planned_looks") or 1)))
 
 
 def load_curves(tracking_uri: str, run_ids, metrics=(tracking.CURRENT_ID_SCORE, tracking.ID_SCORE)) -> pd.DataFrame:

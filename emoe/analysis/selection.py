@@ -38,8 +38,6 @@ def collapse_duplicates(df: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
     return pd.concat([first.reset_index(), df[~used]], ignore_index=True)
 
 
-
-
 def select(trials: pd.DataFrame, warnings: list[str] | None = None) -> pd.DataFrame:
     """The trials of each (task, arm)'s chosen learning rate (``RULE``).
 
@@ -90,3 +88,42 @@ def select(trials: pd.DataFrame, warnings: list[str] | None = None) -> pd.DataFr
                             "report partially trained metrics")
         chosen.append(rows)
     return pd.concat(chosen, ignore_index=True) if chosen else used.iloc[0:0]
+
+
+def inflation(trials: pd.DataFrame, chosen: pd.DataFrame | None = None) -> pd.DataFrame:
+    """How much choosing the learning rate on the same ID scores inflates the reported ID score: per (task, arm),
+    each seed scored at the rate ``select`` chooses on the other seeds (leave one seed out: a score the choice never
+    saw), beside the selected score. With one learning rate nothing is chosen (inflation 0). The best evaluation
+    within each trial (``keep_best``) is chosen on the same split too; that part is not undone here.
+
+    Returns:
+        One row per (task, arm) with ``selected`` (mean ID score of the chosen rate's seeds), ``held_out`` (mean over
+        seeds of each seed's score at the rate chosen without it), ``inflation`` (selected - held_out), ``rates``
+        (learning rates compared) and ``seeds`` (seeds scored held out); empty with fewer than two seeds.
+    """
+    columns = ["task", "arm", "selected", "held_out", "inflation", "rates", "seeds"]
+    trials = collapse_duplicates(trials, [])
+    used = trials[trials["outcome"].isin(USED_OUTCOMES)].dropna(subset=[schema.ID_SCORE])
+    chosen = select(trials, []) if chosen is None else chosen
+    seeds = sorted(used["seed"].dropna().unique())
+    if len(seeds) < 2 or chosen.empty:
+        return pd.DataFrame(columns=columns)
+    score = used.groupby(["task", "arm", "seed", "learning_rate"])[schema.ID_SCORE].mean()
+    held: dict[tuple, list[float]] = {}
+    for seed in seeds:
+        without = select(trials[trials["seed"] != seed], [])
+        for (task, arm), group in without.groupby(["task", "arm"], sort=False):
+            key = (task, arm, seed, group["learning_rate"].iloc[0])
+            if key in score.index:
+                held.setdefault((task, arm), []).append(float(score[key]))
+    rows = []
+    for (task, arm), group in chosen.groupby(["task", "arm"], sort=False):
+        if (task, arm) not in held:
+            continue
+        selected = float(group[schema.ID_SCORE].mean())
+        out = float(np.mean(held[(task, arm)]))
+        rates = used[(used["task"] == task) & (used["arm"] == arm)]["learning_rate"].nunique()
+        rows.append({"task": task, "arm": arm, "selected": selected, "held_out": out,
+                     "inflation": round(selected - out, DECIMALS), "rates": int(rates),
+                     "seeds": len(held[(task, arm)])})
+    return pd.DataFrame(rows, columns=columns)

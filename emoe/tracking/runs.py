@@ -13,7 +13,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from emoe.tracking.schema import (ARM, TASK, COMMAND, DEFAULT_TRACKING_URI, ERROR, EXPERIMENT_KIND, FACTOR, GIT_COMMIT,
+from emoe.tracking.schema import (ARM, TASK, LOOKS, COMMAND, DEFAULT_TRACKING_URI, ERROR, EXPERIMENT_KIND, FACTOR, GIT_COMMIT,
                                   OUTCOME, OUTCOMES, PARENT, RAY_DIR, RETIRED, ROLE, SWEEP, TRIAL_ID)
 
 
@@ -170,6 +170,21 @@ def create_sweep_run(mlflow_client, experiment_id: str, name: str, design: str, 
         RAY_DIR: ray_dir})
     TrialRun(mlflow_client, experiment_id, "", run_id=run.info.run_id).log_params(params)
     return run.info.run_id
+
+
+def record_look(mlflow_client, parent_run_id: str, finished: int, write: bool = True) -> int:
+    """Count a look at a sweep's results with ``finished`` trials (the ``emoe.looks`` tag): a new number of finished
+    trials is a new look, the same one again is not. Returns how many looks there have been, this one included;
+    ``write`` False counts without recording (a report asked not to log)."""
+    text = mlflow_client.get_run(parent_run_id).data.tags.get(LOOKS, "")
+    seen = [int(x) for x in text.split(",") if x.strip()]
+    if finished <= 0:
+        return max(1, len(seen))
+    if seen and seen[-1] == finished:
+        return len(seen)
+    if write:
+        mlflow_client.set_tag(parent_run_id, LOOKS, ",".join(map(str, seen + [finished])))
+    return len(seen) + 1
 
 
 def open_trial_run(mlflow_client, experiment_id: str, parent_run_id: str, trial_id: str, arm: str | None,

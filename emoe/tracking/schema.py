@@ -10,7 +10,7 @@ __all__ = ["DEFAULT_TRACKING_URI", "ROLE", "PARENT", "SWEEP", "FACTOR", "GIT_COM
            "BACKFILLED", "EXTENDED", "ARM", "TRIAL_ID", "RETIRED", "MODEL", "OUTCOME", "ERROR", "RESTARTS", "RESTART_ERROR", "PLACEMENT", "OUTCOMES",
            "EXPERIMENT_KIND", "TRAIN_LOSS", "ID_SCORE", "OOD_SCORE", "EPOCH", "STEP", "LOAD_ENTROPY", "METRIC_PREFIXES",
            "BEST_STEP", "CURRENT_ID_SCORE", "PATIENCE_STOP", "TASK", "RESUMED", "RESUMED_FROM", "SWEEP_PARAMS",
-           "SCORING_VERSION_PARAM", "sweep_params",
+           "SCORING_VERSION_PARAM", "sweep_params", "LOOKS", "PRIMARY_FIELDS", "PRIMARY_PREFIX",
            "id_metric", "ood_metric", "ood_score_metric", "ood_score_set", "load_entropy_metric", "trial_metrics", "finished", "outcome", "experiment_name",
            "trial_run_name", "runs_url"]
 
@@ -23,7 +23,14 @@ PARENT = "mlflow.parentRunId"
 SWEEP, FACTOR = "emoe.sweep", "emoe.factor"  # the design's name and its swept factor(s)
 GIT_COMMIT, COMMAND, RAY_DIR = "emoe.git_commit", "emoe.command", "emoe.ray_dir"
 BACKFILLED = "emoe.backfilled"
-EXTENDED = "emoe.extended"  # the directory of the latest extension (--extend) of a sweep  # a parent run that python -m emoe.sync had to create
+EXTENDED = "emoe.extended"  # the directory of the latest extension (--extend) of a sweep
+# The looks at a sweep's results: the number of finished trials each time results were shown (the sweep's closing
+# table, a report), comma-separated; the same number again is the same look.
+LOOKS = "emoe.looks"
+# Params of a sweep's parent run: its one primary analysis, declared at launch (emoe.analysis.stats.Primary), as
+# primary.metric, primary.blocks, primary.baseline, primary.alpha, primary.planned_looks.
+PRIMARY_PREFIX = "primary."
+PRIMARY_FIELDS = ("metric", "blocks", "baseline", "alpha", "planned_looks")
 # Tags of a trial run.
 ARM, TRIAL_ID, OUTCOME, ERROR = "emoe.arm", "emoe.trial_id", "emoe.outcome", "emoe.error"
 RESTARTS = "emoe.restarts"  # times a trial was retried after a failure (--max-failures)
