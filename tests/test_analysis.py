@@ -54,12 +54,15 @@ BLOCKS = {"constrained": [(0.70 + 0.90 + 0.60) / 3, (0.71 + 0.89 + 0.61) / 3],
           "kmeans": [(0.70 + 0.90 + 0.58) / 3] * 2, "dense": [(0.66 + 0.90 + 0.60) / 3, (0.67 + 0.90 + 0.59) / 3]}
 
 
-def log_golden(uri: str, experiment: str = "emoe-golden") -> str:
+def log_golden(uri: str, experiment: str = "emoe-golden", primary: dict | None = None) -> str:
+    primary = {} if primary is None else primary
     client = tracking.client(uri)
     exp = tracking.get_or_create_experiment(client, experiment)
     parent = client.create_run(exp, tags={tracking.ROLE: "sweep", tracking.SWEEP: "clustering",
                                           tracking.FACTOR: "clustering"})
     client.log_param(parent.info.run_id, "arms", "constrained,kmeans,dense")
+    for name, value in primary.items():  # the primary analysis, declared at launch
+        client.log_param(parent.info.run_id, f"primary.{name}", value)
     for i, (arm, seed, lr, outcome, id_score, ood) in enumerate(TRIALS):
         run = tracking.TrialRun(client, exp, f"{arm}-{i}", parent_run_id=parent.info.run_id,
                                 tags={tracking.ARM: arm, tracking.TRIAL_ID: f"t{i}"})
@@ -199,3 +202,30 @@ def test_unknown_experiment_or_store_is_one_line(golden, tmp_path, capsys):
     assert friedman.main(["--experiment", "emoe-golden", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
     assert "error: no MLflow store at sqlite:///" in capsys.readouterr().err
     assert not (tmp_path / "m.db").exists()
+
+
+def test_the_report_leads_with_the_declared_primary_analysis_and_counts_looks(tmp_path, capsys):
+    """Issue 20, finding 7: a sweep that declared its primary analysis gets a report that leads with it; another
+    metric is exploratory; a report on more trials than the last look is a new look (beyond the one planned:
+    exploratory); --no-log counts without recording."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    parent = log_golden(uri, "emoe-declared", {"metric": "ood_score", "blocks": "auto", "baseline": "auto",
+                                               "alpha": 0.05, "planned_looks": 1})
+    args = ["--experiment", "emoe-declared", "--tracking-uri", uri, "--out", str(tmp_path / "r")]
+    assert friedman.main(args) == 0
+    out = capsys.readouterr().out
+    assert "PRIMARY ANALYSIS (declared when the sweep was launched): ood_score over blocks = seeds" in out
+    assert tracking.client(uri).get_run(parent).data.tags[tracking.LOOKS] == "13"  # 13 finished trials
+    assert friedman.main(args + ["--metric", "id_score"]) == 0
+    assert "EXPLORATORY ANALYSIS (id_score" in capsys.readouterr().out
+    client = tracking.client(uri)  # one more finished trial: the results changed since the last look
+    exp = client.get_experiment_by_name("emoe-declared").experiment_id
+    run = tracking.TrialRun(client, exp, "late", parent_run_id=parent, tags={tracking.ARM: "kmeans",
+                                                                              tracking.TRIAL_ID: "late"})
+    run.log_params({"task": "sst2", "seed": 1, "learning_rate": 2e-4, "method": "emoe", "clustering": "kmeans"})
+    run.log_metrics({"id_score": 0.8, "ood_score": 0.72, "ood_score.imdb": 0.7, "ood_score.yelp": 0.9,
+                     "ood_score.amazon": 0.56, "epoch": 1.0}, step=10)
+    run.finish("completed")
+    assert friedman.main(args + ["--no-log"]) == 0
+    assert "look 2 at the results, 1 planned" in capsys.readouterr().out
+    assert client.get_run(parent).data.tags[tracking.LOOKS] == "13"

@@ -543,6 +543,19 @@ def test_extend_runs_only_the_missing_cells_under_the_same_parent(tiny_model_dir
                          capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=300)
     assert bad.returncode == 2 and "--extend: max_length is 32 in the sweep being extended, 40 now" in bad.stderr
     assert "per arm" in out.stdout
+    # issue 20, finding 7: the primary analysis is declared at launch, and stays; each run that showed new results
+    # was a look, and the second one is beyond the one planned
+    params = parents_after[0].data.params
+    assert {k: params[f"primary.{k}"] for k in ("metric", "blocks", "baseline", "alpha", "planned_looks")} == \
+        {"metric": "ood_score", "blocks": "auto", "baseline": "auto", "alpha": "0.05", "planned_looks": "1"}
+    client = tracking.client(uri)
+    assert client.get_run(parents[0].info.run_id).data.tags[tracking.LOOKS] == "4,8"
+    assert "look 2 at this sweep's results, 1 planned: its report will be exploratory" in out.stdout
+    moved = subprocess.run(sweep_cmd("pretraining", *tiny_args(tiny_model_dir, tiny_data_dir, tmp_path, "--seeds",
+                                                               "0,1,2", "--extend", "--alpha", "0.1", *common)),
+                           capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=300)
+    assert moved.returncode == 2 and ("--extend: the sweep's primary analysis declared primary.alpha 0.05 at launch, "
+                                      "0.1 now") in moved.stderr
 
 
 @pytest.mark.slow

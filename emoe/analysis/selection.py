@@ -108,6 +108,12 @@ def inflation(trials: pd.DataFrame, chosen: pd.DataFrame | None = None) -> pd.Da
     seeds = sorted(used["seed"].dropna().unique())
     if len(seeds) < 2 or chosen.empty:
         return pd.DataFrame(columns=columns)
+    rates = used.groupby(["task", "arm"], sort=False)["learning_rate"].nunique()
+    if rates.max() <= 1:  # nothing was chosen: the held-out score is the selected one
+        rows = [{"task": t, "arm": a, "selected": float(g[schema.ID_SCORE].mean()),
+                 "held_out": float(g[schema.ID_SCORE].mean()), "inflation": 0.0, "rates": 1, "seeds": len(g)}
+                for (t, a), g in chosen.groupby(["task", "arm"], sort=False)]
+        return pd.DataFrame(rows, columns=columns)
     score = used.groupby(["task", "arm", "seed", "learning_rate"])[schema.ID_SCORE].mean()
     held: dict[tuple, list[float]] = {}
     for seed in seeds:

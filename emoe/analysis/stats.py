@@ -29,6 +29,7 @@ Pure functions of a DataFrame (no MLflow). The method, stated in every report:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 
@@ -51,7 +52,7 @@ REFUSED_BLOCKINGS = {"sets": "a task's OOD sets are scored by the same models: n
 HIGHER = (tracking.ID_SCORE, "id.", tracking.OOD_SCORE, "ood.", tracking.CURRENT_ID_SCORE, tracking.LOAD_ENTROPY)
 LOWER = (tracking.TRAIN_LOSS,)
 BAYES_MIN_BLOCKS = 5  # below this, baycomp's signed-rank posterior is mostly its prior pseudo-observation
-EXACT_LIMIT = 2_000_000  # at most this many rank-sum states for the exact Friedman p; else Monte Carlo
+EXACT_LIMIT = 300_000  # at most this many rank-sum states for the exact Friedman p; else Monte Carlo
 PERMUTATIONS = 50_000  # Monte Carlo permutations (seeded) when exact enumeration is too large
 
 
@@ -72,7 +73,14 @@ class Primary:
     def check(self, higher: bool | None = None, flags: bool = False) -> None:
         """``ValueError`` (one line, naming the valid choices) for a declaration no report could follow; ``flags``:
         name the sweep's flags (``--primary-blocks``) rather than the analysis' words."""
-        higher_is_better(self.metric, higher)  # a direction must be known
+        try:
+            higher_is_better(self.metric, higher)  # a direction must be known
+        except ValueError:
+            if not flags:
+                raise
+            raise ValueError(f"--primary-metric {self.metric!r}: not a metric whose direction is known; valid: "
+                             f"{tracking.ID_SCORE}, id.<metric>, {tracking.OOD_SCORE}, {tracking.OOD_SCORE}.<set>, "
+                             f"ood.<set>.<metric>, {tracking.TRAIN_LOSS}") from None
         name = (lambda f: f"--{f.replace('_', '-')}") if flags else (lambda f: f.replace("_", " "))  # noqa: E731
         if self.blocks is not None and self.blocks not in BLOCKINGS:
             why = f" ({REFUSED_BLOCKINGS[self.blocks]})" if self.blocks in REFUSED_BLOCKINGS else ""
@@ -321,29 +329,36 @@ def signed_rank_critical(n: int, alpha: float) -> float | None:
     return None
 
 
-def detectable_effect(n: int, comparisons: int, alpha: float, sd: float, power: float = 0.8, draws: int = 4000,
-                      seed: int = 0) -> float:
+def detectable_effect(n: int, comparisons: int, alpha: float, sd: float, power: float = 0.8) -> float:
     """The smallest mean difference (in the metric's units) that the Wilcoxon signed-rank test over ``n`` blocks
     detects with probability ``power`` at Holm's hardest threshold ``alpha / comparisons``, for differences drawn
-    normal with the observed standard deviation ``sd`` (seeded Monte Carlo, bisection). ``inf`` when no difference
-    can be significant with ``n`` blocks; NaN without a spread to scale by."""
+    normal with the observed standard deviation ``sd``. ``inf`` when no difference can be significant with ``n``
+    blocks; NaN without a spread to scale by. The effect scales with ``sd`` (ranks do not change when every
+    difference is scaled), so it is computed once per design, for sd 1."""
     if n < 1 or not sd > 0:
         return math.nan
-    critical = signed_rank_critical(n, alpha / max(1, comparisons))
+    return sd * _detectable_unit(n, max(1, comparisons), alpha, power)
+
+
+@functools.lru_cache(maxsize=256)
+def _detectable_unit(n: int, comparisons: int, alpha: float, power: float, draws: int = 4000,
+                     seed: int = 0) -> float:
+    """``detectable_effect`` for sd 1: seeded Monte Carlo power of the exact critical value, bisection to 1e-4."""
+    critical = signed_rank_critical(n, alpha / comparisons)
     if critical is None:
         return math.inf
     z = np.random.default_rng(seed).standard_normal((draws, n))
     centre = n * (n + 1) / 4
 
     def power_at(delta: float) -> float:
-        d = delta + sd * z
+        d = delta + z
         ranks = stats.rankdata(np.abs(d), axis=1)
         return float(np.mean(np.abs((ranks * (d > 0)).sum(axis=1) - centre) >= critical - 1e-9))
 
-    low, high = 0.0, sd
+    low, high = 0.0, 1.0
     while power_at(high) < power:
         low, high = high, 2 * high
-    for _ in range(40):
+    while high - low > 1e-4 * high:
         mid = (low + high) / 2
         low, high = (mid, high) if power_at(mid) < power else (low, mid)
     return float(high)
@@ -427,8 +442,6 @@ def pairwise_wilcoxon(matrix: pd.DataFrame, alpha: float) -> pd.DataFrame:
     over all k(k-1)/2 pairs: unlike the Nemenyi test on mean ranks, no third arm can change whether two arms differ
     (Benavoli et al. 2016). ``matrix``: oriented blocks x arms (``oriented``: higher is better, failed -inf);
     ``diff`` positive when ``a`` is better (infinite when a failed cell is among the blocks)."""
-    from statsmodels.stats.multitest import multipletests
-
     rows = []
     for a, b in itertools.combinations(matrix.columns, 2):
         diff = paired_differences(matrix[a], matrix[b])
@@ -437,8 +450,20 @@ def pairwise_wilcoxon(matrix: pd.DataFrame, alpha: float) -> pd.DataFrame:
                      "diff": mean_difference(diff), "rank_biserial": rank_biserial(diff)})
     out = pd.DataFrame(rows, columns=["a", "b", "n", "zeros", "W", "p", "diff", "rank_biserial"])
     if len(out):
-        out["p_holm"] = multipletests(out["p"].to_numpy(), method="holm")[1]
+        out["p_holm"] = holm(out["p"].to_numpy())
         out["significant"] = out["p_holm"] < alpha
+    return out
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values: the i-th smallest times (m - i), running maximum, capped at 1.
+    NOTE: statsmodels' ``multipletests(method="holm")`` gives the same (the tests check it) but runs a full
+    ``gc.collect()`` on every call (0.14 s in a report's process; the simulation tests call it thousands of times)."""
+    p = np.asarray(p, float)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (len(p) - np.arange(len(p)))))
+    out = np.empty_like(p)
+    out[order] = adjusted
     return out
 
 
@@ -454,7 +479,6 @@ def friedman_tests(matrix: pd.DataFrame, baseline: str | None, alpha: float, war
     the exploratory tests' level; ``family_alpha``: the level of the primary family (every arm against
     ``baseline``, Holm-corrected; the declared alpha spent over the planned looks), ``alpha`` when None."""
     import scikit_posthocs as sp
-    from statsmodels.stats.multitest import multipletests
 
     family_alpha = alpha if family_alpha is None else family_alpha
     n, k = matrix.shape
@@ -499,7 +523,7 @@ def friedman_tests(matrix: pd.DataFrame, baseline: str | None, alpha: float, war
     wil = pd.DataFrame(rows, columns=["arm", "vs", "n", "zeros", "W", "p", "rank_biserial"])
     if len(wil):
         m = len(wil)
-        wil["p_holm"] = multipletests(wil["p"].to_numpy(), method="holm")[1]
+        wil["p_holm"] = holm(wil["p"].to_numpy())
         wil["significant"] = wil["p_holm"] < family_alpha
         # Holm multiplies the smallest p by m: nothing can be significant when even the comparison with the fewest
         # zero differences cannot reach alpha / m

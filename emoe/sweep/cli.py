@@ -22,7 +22,7 @@ from emoe.tracking.records import SweepRecord
 _SWEEP_FLAGS = ("seeds", "learning_rates", "lr_range", "search", "num_samples", "scheduler", "early_stop_scope",
                 "grace_period", "reduction_factor", "address", "num_gpus", "gpus_per_trial", "cpus_per_trial",
                 "max_concurrent", "max_failures", "storage_path", "tracking_uri", "experiment", "tasks",
-                "checkpoint_every")
+                "checkpoint_every", "primary_metric", "primary_blocks", "baseline", "alpha", "planned_looks")
 
 
 def _numbers(kind: type):
@@ -119,6 +119,17 @@ def build_parser(design: Ablation, preset: str | None = None) -> argparse.Argume
     t = p.add_argument_group("tracking")
     t.add_argument("--tracking-uri", help=f"MLflow store (default: {d.tracking_uri}; http://host:port for a server)")
     t.add_argument("--experiment", help=f"MLflow experiment (default: {schema.experiment_name(design.name)})")
+    a = p.add_argument_group("primary analysis (declared now, stored with the sweep; the report leads with it and "
+                             "labels every other analysis exploratory)")
+    a.add_argument("--primary-metric", help=f"the metric it compares (default: {d.primary_metric}); e.g. "
+                   f"{schema.ID_SCORE}, {schema.OOD_SCORE}.<set>")
+    a.add_argument("--primary-blocks", help="tasks (each task, seeds averaged) or seeds (each task x seed) "
+                   "(default: tasks with several tasks, seeds with one)")
+    a.add_argument("--baseline", help="the arm every other arm is compared with (default: dense)")
+    a.add_argument("--alpha", type=float, help=f"its significance level (default: {d.alpha:g})")
+    a.add_argument("--planned-looks", type=int,
+                   help="how many times the results will be looked at (this run and each --extend); the primary "
+                        f"family is tested at alpha / looks at each (default: {d.planned_looks})")
     k = p.add_argument_group("trial (every other knob of emoe.hparams)")
     owned = {"seed", "learning_rate"}
     hparams.add_arguments(k, [n for n in hparams.KNOBS if n not in owned | design.swept], defaults_from=d.trial)
@@ -243,6 +254,25 @@ def closing_table(trials) -> str:
     return "\n".join(lines)
 
 
+def record_look(uri: str, parent_run_id: str, frame) -> None:
+    """The closing table showed results: a look at them (``emoe.tracking.record_look``), announced when it is one
+    more than the sweep's primary analysis planned for."""
+    from emoe.tracking import client, record_look as record
+
+    finished = int(frame["outcome"].isin(("completed", "early_stopped")).sum()) if len(frame) else 0
+    try:
+        mlflow = client(uri)
+        looks = record(mlflow, parent_run_id, finished)
+        planned = int(float(mlflow.get_run(parent_run_id).data.params.get(
+            f"{schema.PRIMARY_PREFIX}planned_looks", 1)))
+    except Exception as e:  # the results are printed; the count is bookkeeping
+        logging.getLogger(__name__).warning("could not record this look at the results in MLflow (%s)", e)
+        return
+    if looks > planned:
+        print(f"look {looks} at this sweep's results, {planned} planned: its report will be exploratory "
+              "(declare --planned-looks at launch to keep later looks confirmatory)")
+
+
 def mlflow_lines(uri: str, experiment: str, experiment_id: str, parent_run_id: str) -> list[str]:
     """How to open the sweep's runs: the UI command for a local store, and the link to the runs table."""
     if uri.startswith("sqlite"):
@@ -295,7 +325,9 @@ def main(design: Ablation, argv: list[str] | None = None) -> int:
               f"{outcome.parent_run_id})")
         return 0
     print(f"\nper arm ({RULE}):")
-    print(closing_table(results_frame(outcome)))
+    frame = results_frame(outcome)
+    print(closing_table(frame))
+    record_look(settings.tracking_uri, outcome.parent_run_id, frame)
     if outcome.failed:
         print(f"{outcome.failed} trial(s) failed; their MLflow runs hold the error")
     print()

@@ -52,6 +52,12 @@ class SweepSettings:
     tracking_uri: str = schema.DEFAULT_TRACKING_URI
     experiment: str | None = None
     preset: str | None = None
+    # the one primary analysis, declared now (emoe.analysis.stats.Primary): the report leads with it
+    primary_metric: str = schema.OOD_SCORE
+    primary_blocks: str | None = None  # None: tasks with several tasks, seeds with one
+    baseline: str | None = None  # None: the dense arm
+    alpha: float = 0.05
+    planned_looks: int = 1  # looks at the results (the first run, each --extend) the primary family's alpha covers
 
     @classmethod
     def from_preset(cls, preset: str | None, **overrides) -> "SweepSettings":
@@ -153,6 +159,10 @@ def make_plan(design: Ablation, settings: SweepSettings) -> Plan:
         raise ValueError(f"--checkpoint-every={s.checkpoint_every} must be >= 1 (or none)")
     if s.max_failures < 0:
         raise ValueError(f"--max-failures={s.max_failures} must be >= 0")
+    primary(s).check(flags=True)
+    if s.baseline is not None and s.baseline not in design.arms:
+        raise ValueError(f"--baseline {s.baseline!r} is not an arm of this ablation; valid choices: "
+                         f"{', '.join(design.arms)}")
     tasks = resolve_tasks(s.tasks, s.trial.get("task"))
     base = absolute_paths(hparams.trial_config({**s.trial, "task": tasks[0]}))
     base = {k: v for k, v in base.items() if k not in ("task", "seed", "learning_rate")}
@@ -169,6 +179,21 @@ def make_plan(design: Ablation, settings: SweepSettings) -> Plan:
             except ValueError as e:
                 raise ValueError(f"{design.describe(arm)}: {e}") from None
     return plan
+
+
+def primary(settings: SweepSettings):
+    """The sweep's declared primary analysis (``emoe.analysis.stats.Primary``)."""
+    from emoe.analysis.stats import Primary
+
+    s = settings
+    return Primary(s.primary_metric, s.primary_blocks, s.baseline, s.alpha, s.planned_looks)
+
+
+def primary_params(settings: SweepSettings) -> dict[str, Any]:
+    """The primary analysis as the parent run's ``primary.*`` params (None as ``auto``)."""
+    p = primary(settings)
+    return {f"{schema.PRIMARY_PREFIX}{f}": ("auto" if getattr(p, f) is None else getattr(p, f))
+            for f in schema.PRIMARY_FIELDS}
 
 
 def resolve_tasks(tasks, task: str | None) -> list[str]:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from emoe.sweep.design import Ablation
-from emoe.sweep.plan import Plan, SweepSettings, check_model_and_data, check_resources, local_nodes, make_plan
+from emoe.sweep.plan import (Plan, SweepSettings, check_model_and_data, check_resources, local_nodes, make_plan,
+                             primary_params)
 from emoe.sweep.search import CellList, scheduler, search_space
 from emoe.sweep.trainable import TrialSetup, quiet_libraries, tune_trainable
 from emoe.tracking import runs, schema
@@ -115,6 +116,12 @@ def check_extension(old: SweepRecord, design: Ablation, plan: Plan) -> None:
         if {k: str(v) for k, v in design.arms[arm].items()} != {k: str(v) for k, v in old.arms[arm].items()}:
             raise ValueError(f"--extend: arm {arm!r} sets {design.arms[arm]} here but {old.arms[arm]} in the sweep "
                              "being extended")
+    declared = primary_params(SweepSettings.from_dict(old.settings))
+    for name, value in primary_params(plan.settings).items():
+        if str(declared[name]) != str(value):
+            raise ValueError(f"--extend: the sweep's primary analysis declared {name} {declared[name]!r} at launch, "
+                             f"{value!r} now; it cannot change after results were seen (analyse other choices as "
+                             "exploratory)")
     before = make_plan(Ablation(old.design, old.arms, old.factor), SweepSettings.from_dict(old.settings)).base
     for knob, value in plan.base.items():
         if knob in before and str(before[knob]) != str(value):
@@ -199,7 +206,8 @@ def run_sweep(design: Ablation, settings: SweepSettings, resume: str | Path | No
             argv or [], str(directory),
             {"arms": ",".join(design.arms), "tasks": ",".join(plan.tasks), "seeds": plan.seeds, "learning_rates": plan.learning_rates,
              "search": settings.search, "scheduler": settings.scheduler,
-             "early_stop_scope": settings.early_stop_scope, "preset": settings.preset or "", **plan.base})
+             "early_stop_scope": settings.early_stop_scope, "preset": settings.preset or "",
+             **primary_params(settings), **plan.base})
         record = SweepRecord(design.name, design.factor, design.arms, settings.to_dict(), plan.experiment,
                              parent_id, argv or [])
         record.save(directory)
