@@ -192,6 +192,34 @@ def test_selection_inflation_is_measured_on_held_out_seeds():
     assert "the ID score is the selection criterion" in text and "Choosing the rate inflates it by" in text
 
 
+def test_the_best_evaluation_choice_is_undone_with_the_curves():
+    """keep_best reports each trial's best evaluation: under the null (every evaluation of every trial the same
+    truth plus noise) that is biased upwards even with one rate; read at the step the other seeds' mean curve peaks
+    at, each seed's held-out score is not."""
+    rng = np.random.default_rng(14)
+    selected, held, lr_only = [], [], []
+    for _ in range(30):
+        rows, curves = [], []
+        for seed in range(4):
+            for lr in (1e-4, 1e-3):
+                run = f"r{seed}-{lr}"
+                values = 0.8 + rng.normal(0, 0.01, 6)  # six evaluations
+                curves += [{"run_id": run, "step": 10 * (i + 1), "value": v} for i, v in enumerate(values)]
+                rows.append({"task": "t", "arm": "dense", "seed": seed, "learning_rate": lr, "run_id": run,
+                             "outcome": "completed", "keep_best": "True", "id_score": values.max()})
+        df, curves = pd.DataFrame(rows), pd.DataFrame(curves)
+        inf = selection.inflation(df, curves=curves)
+        assert inf["epochs"].item()
+        selected.append(inf["selected"].item() - 0.8)
+        held.append(inf["held_out"].item() - 0.8)
+        lr_only.append(selection.inflation(df)["held_out"].item() - 0.8)
+    assert np.mean(selected) > 0.012  # the best of six evaluations, then the better of two rates
+    assert abs(np.mean(held)) < 0.003
+    assert np.mean(lr_only) > 0.01  # without the curves the best-evaluation part stays in
+    text = report.console(S.analyse(df, bayes_samples=0, curves=curves))
+    assert "Choosing the rate and the best evaluation inflates it by" in text
+
+
 def test_one_rate_inflates_nothing():
     df = null_sweep(np.random.default_rng(6), tasks=2, seeds=2, arms=("dense", "a"))
     inf = selection.inflation(df)

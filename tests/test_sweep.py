@@ -222,7 +222,8 @@ def test_sweep_table_and_report_select_with_the_same_rule(monkeypatch):
     monkeypatch.setattr(selection, "select", lambda *a, **k: calls.append("select") or real(*a, **k))
     table = closing_table(trials).splitlines()
     report = stats.analyse(trials, metric="id_score")
-    assert calls == ["select", "select"]  # one each: no second rule anywhere
+    # one each (no second rule anywhere), then the report's held-out-seed inflation: one per left-out seed
+    assert calls == ["select", "select"] + ["select"] * 2
     assert table[1].split() == ["sst2", "a", "0.0001", "2", "1", "0.8450+-0.2051", "0.7500+-0.2121"]
     assert table[2].split() == ["sst2", "dense", "0.001", "1", "0", "0.5000", "(1", "seed)", "0.5000", "(1", "seed)"]
     chosen = dict(zip(report.table["arm"], report.table["learning_rate"]))

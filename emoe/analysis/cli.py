@@ -51,10 +51,18 @@ def main(argv: list[str] | None = None) -> int:
         trials, sweep = results.load_trials(args.tracking_uri, args.experiment, args.parent, pool=args.pool)
         primary = results.primary_of(sweep) if not args.pool else None
         finished = int(trials["outcome"].isin(("completed", "early_stopped")).sum()) if len(trials) else 0
+        counted = bool(sweep.get("run_id")) and not args.pool  # pooled sweeps: no one sweep's look
         looks = tracking.record_look(tracking.client(args.tracking_uri), sweep["run_id"], finished,
-                                     write=not args.no_log) if sweep.get("run_id") else 1
+                                     write=False) if counted else 1
+        # every used trial's raw ID curve: the figure draws the chosen ones; with --keep-best, the selection's
+        # inflation reads held-out seeds at the evaluation the other seeds peak at
+        used = trials[trials["outcome"].isin(("completed", "early_stopped"))] if len(trials) else trials
+        kept = "keep_best" in used and used["keep_best"].astype(str).str.lower().eq("true").any()
+        curves = results.load_curves(args.tracking_uri, used["run_id"]) if kept and "run_id" in used else None
         analysis = stats.analyse(trials, metric=args.metric, blocks=args.blocks, baseline=args.baseline,
-                                 alpha=args.alpha, higher=args.higher, rope=args.rope, primary=primary, looks=looks)
+                                 alpha=args.alpha, higher=args.higher, rope=args.rope, primary=primary, looks=looks,
+                                 curves=curves, exploratory="several sweeps pooled (--pool): each declared its "
+                                                            "own primary analysis" if args.pool else None)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -62,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     title = f"{args.experiment}: {factor} ablation"
     print(title)
     print(report.console(analysis))
+    if counted and not args.no_log:  # shown: a look (recorded only now, so a refused request is none)
+        tracking.record_look(tracking.client(args.tracking_uri), sweep["run_id"], finished)
     out = Path(args.out or Path("reports") / args.experiment)
-    curves = results.load_curves(args.tracking_uri, analysis.chosen["run_id"]) \
-        if "run_id" in analysis.chosen else None
+    if curves is None and "run_id" in analysis.chosen:  # the figure's curves: the chosen trials only
+        curves = results.load_curves(args.tracking_uri, analysis.chosen["run_id"])
     paths = report.write_files(analysis, out, title, curves)
     print(f"\nwrote {', '.join(str(p) for p in paths)}")
     if sweep.get("run_id") and not args.no_log:

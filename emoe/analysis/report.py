@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from emoe.analysis.stats import BLOCK_NAMES, Analysis
@@ -100,18 +101,20 @@ def tests_text(a: Analysis) -> list[str]:
                          f"(alpha / {len(t['wilcoxon'])}): {what}")
     s = a.selection
     if len(s):
-        chose = s[s["rates"] > 1]
+        epochs = bool(s["epochs"].any()) if "epochs" in s else False
+        what = "the rate and the best evaluation" if epochs else "the rate"
+        chose = s[(s["rates"] > 1) | s.get("epochs", False)]
         if len(chose):
+            worst = chose.iloc[int(np.argmax(chose["inflation"].to_numpy()))]
             lines.append(f"Selection: the ID score is the selection criterion (the best learning rate and evaluation "
-                         f"on the same ID split). Choosing the rate inflates it by {chose['inflation'].mean():+.4f} "
-                         f"on average (largest {chose['inflation'].max():+.4f}, "
-                         f"{chose.iloc[chose['inflation'].argmax()]['arm']} on "
-                         f"{chose.iloc[chose['inflation'].argmax()]['task']}): the selected score minus each seed's "
-                         "score at the rate chosen on the other seeds. The best-evaluation choice within a trial is "
-                         "not undone. OOD scores are never selected on.")
+                         f"on the same ID split). Choosing {what} inflates it by {chose['inflation'].mean():+.4f} "
+                         f"on average (largest {worst['inflation']:+.4f}, {worst['arm']} on {worst['task']}): the "
+                         "selected score minus each seed's score where the choice made on the other seeds lands."
+                         + ("" if epochs else " The best-evaluation choice within a trial is not undone.")
+                         + " OOD scores are never selected on.")
         else:
             lines.append("Selection: one learning rate per arm, so none was chosen on ID; the best evaluation within "
-                         "each trial is chosen on the same ID split (not undone here).")
+                         "each trial is chosen on the same split when --keep-best is on (not undone here).")
     lines.append(f"Exploratory (not part of the primary family; alpha {alpha:g}, no correction across analyses):")
     if "friedman" in t:
         f, i = t["friedman"], t["iman_davenport"]

@@ -90,46 +90,63 @@ def select(trials: pd.DataFrame, warnings: list[str] | None = None) -> pd.DataFr
     return pd.concat(chosen, ignore_index=True) if chosen else used.iloc[0:0]
 
 
-def inflation(trials: pd.DataFrame, chosen: pd.DataFrame | None = None) -> pd.DataFrame:
-    """How much choosing the learning rate on the same ID scores inflates the reported ID score: per (task, arm),
-    each seed scored at the rate ``select`` chooses on the other seeds (leave one seed out: a score the choice never
-    saw), beside the selected score. With one learning rate nothing is chosen (inflation 0). The best evaluation
-    within each trial (``keep_best``) is chosen on the same split too; that part is not undone here.
+def inflation(trials: pd.DataFrame, chosen: pd.DataFrame | None = None,
+              curves: pd.DataFrame | None = None) -> pd.DataFrame:
+    """How much choosing on the same ID scores inflates the reported ID score: per (task, arm), each seed scored where
+    the choice made without it lands (leave one seed out: a score the choice never saw), beside the selected score.
+    The learning rate is chosen by ``select`` on the other seeds; with ``curves`` (``run_id, step, value``: each
+    trial's raw ID curve, ``emoe.analysis.results.load_curves``), a trial that kept its best evaluation
+    (``keep_best``) is also read at the evaluation step the other seeds' mean curve at that rate peaks at, so both
+    choices are undone; without them the best-evaluation choice is not. With one rate and no kept best, nothing is
+    chosen (inflation 0).
 
     Returns:
         One row per (task, arm) with ``selected`` (mean ID score of the chosen rate's seeds), ``held_out`` (mean over
-        seeds of each seed's score at the rate chosen without it), ``inflation`` (selected - held_out), ``rates``
-        (learning rates compared) and ``seeds`` (seeds scored held out); empty with fewer than two seeds.
+        seeds of each seed's held-out score), ``inflation`` (selected - held_out), ``rates`` (learning rates
+        compared), ``seeds`` (seeds scored held out) and ``epochs`` (True when the best-evaluation choice was undone
+        too); empty with fewer than two seeds.
     """
-    columns = ["task", "arm", "selected", "held_out", "inflation", "rates", "seeds"]
+    columns = ["task", "arm", "selected", "held_out", "inflation", "rates", "seeds", "epochs"]
     trials = collapse_duplicates(trials, [])
     used = trials[trials["outcome"].isin(USED_OUTCOMES)].dropna(subset=[schema.ID_SCORE])
     chosen = select(trials, []) if chosen is None else chosen
     seeds = sorted(used["seed"].dropna().unique())
     if len(seeds) < 2 or chosen.empty:
         return pd.DataFrame(columns=columns)
+    cells = ["task", "arm", "seed", "learning_rate"]
+    score = used.groupby(cells)[schema.ID_SCORE].mean()
+    kept = used["keep_best"].astype(str).str.lower().eq("true") if "keep_best" in used else pd.Series(False, used.index)
+    curve = None
+    if curves is not None and len(curves) and "run_id" in used and kept.any():
+        curve = (curves.merge(used[kept][cells + ["run_id"]], on="run_id")
+                 .groupby(cells + ["step"])["value"].mean())
     rates = used.groupby(["task", "arm"], sort=False)["learning_rate"].nunique()
-    if rates.max() <= 1:  # nothing was chosen: the held-out score is the selected one
-        rows = [{"task": t, "arm": a, "selected": float(g[schema.ID_SCORE].mean()),
-                 "held_out": float(g[schema.ID_SCORE].mean()), "inflation": 0.0, "rates": 1, "seeds": len(g)}
-                for (t, a), g in chosen.groupby(["task", "arm"], sort=False)]
-        return pd.DataFrame(rows, columns=columns)
-    score = used.groupby(["task", "arm", "seed", "learning_rate"])[schema.ID_SCORE].mean()
     held: dict[tuple, list[float]] = {}
     for seed in seeds:
-        without = select(trials[trials["seed"] != seed], [])
+        without = select(trials[trials["seed"] != seed], []) if rates.max() > 1 or curve is not None else \
+            chosen[chosen["seed"] != seed]
         for (task, arm), group in without.groupby(["task", "arm"], sort=False):
-            key = (task, arm, seed, group["learning_rate"].iloc[0])
-            if key in score.index:
-                held.setdefault((task, arm), []).append(float(score[key]))
+            lr = group["learning_rate"].iloc[0]
+            key = (task, arm, seed, lr)
+            if key not in score.index:
+                continue
+            value = float(score[key])
+            if curve is not None and key in curve.index.droplevel("step"):
+                others = curve.loc[(task, arm)].drop(seed, level="seed", errors="ignore")
+                others = others[others.index.get_level_values("learning_rate") == lr]
+                if len(others):
+                    mean = others.groupby(level="step").mean().round(DECIMALS)
+                    step = mean.idxmax()  # the earliest step among equals
+                    mine = curve.loc[key]
+                    value = float(mine[step]) if step in mine.index else value
+            held.setdefault((task, arm), []).append(value)
     rows = []
     for (task, arm), group in chosen.groupby(["task", "arm"], sort=False):
         if (task, arm) not in held:
             continue
         selected = float(group[schema.ID_SCORE].mean())
         out = float(np.mean(held[(task, arm)]))
-        rates = used[(used["task"] == task) & (used["arm"] == arm)]["learning_rate"].nunique()
         rows.append({"task": task, "arm": arm, "selected": selected, "held_out": out,
-                     "inflation": round(selected - out, DECIMALS), "rates": int(rates),
-                     "seeds": len(held[(task, arm)])})
+                     "inflation": round(selected - out, DECIMALS), "rates": int(rates.get((task, arm), 1)),
+                     "seeds": len(held[(task, arm)]), "epochs": curve is not None})
     return pd.DataFrame(rows, columns=columns)

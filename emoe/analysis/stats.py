@@ -52,7 +52,7 @@ REFUSED_BLOCKINGS = {"sets": "a task's OOD sets are scored by the same models: n
 HIGHER = (tracking.ID_SCORE, "id.", tracking.OOD_SCORE, "ood.", tracking.CURRENT_ID_SCORE, tracking.LOAD_ENTROPY)
 LOWER = (tracking.TRAIN_LOSS,)
 BAYES_MIN_BLOCKS = 5  # below this, baycomp's signed-rank posterior is mostly its prior pseudo-observation
-EXACT_LIMIT = 300_000  # at most this many rank-sum states for the exact Friedman p; else Monte Carlo
+EXACT_LIMIT = 2_000_000  # at most this many rank-sum states for the exact Friedman p; else Monte Carlo
 PERMUTATIONS = 50_000  # Monte Carlo permutations (seeded) when exact enumeration is too large
 
 
@@ -251,8 +251,8 @@ def friedman_permutation_p(ranks: np.ndarray, seed: int = 0) -> tuple[float, str
     # Exact: the distribution of the rank-sum vector, block by block (the first block fixed by symmetry: permuting
     # every block alike permutes the sums, which leaves the statistic unchanged). Ranks are doubled to integers.
     keys, counts = np.round(ranks[:1] * 2).astype(np.int64), np.ones(1, dtype=np.float64)
-    exact = True
-    for row in ranks[1:]:
+    exact = _exact_fits(ranks)
+    for row in ranks[1:] if exact else []:
         perms = np.unique(np.array(list(itertools.permutations(np.round(row * 2).astype(np.int64)))), axis=0)
         if len(keys) * len(perms) > EXACT_LIMIT:
             exact = False
@@ -272,6 +272,23 @@ def friedman_permutation_p(ranks: np.ndarray, seed: int = 0) -> tuple[float, str
     mean = sums / n
     values = 12 * n / (k * (k + 1)) * (np.sum(mean ** 2, axis=1) - k * (k + 1) ** 2 / 4)
     return (1 + int(np.sum(values >= observed - tolerance))) / (PERMUTATIONS + 1), "monte carlo"
+
+
+def _exact_fits(ranks: np.ndarray) -> bool:
+    """Whether the exact enumeration stays within ``EXACT_LIMIT`` at every block, by an upper bound on its states
+    (at most every product of the blocks' distinct permutations, and at most every rank-sum vector the blocks can
+    reach), so that a design too large for it goes to Monte Carlo at once instead of after the costliest steps."""
+    n, k = ranks.shape
+    ties = bool(np.any(ranks != np.round(ranks)))
+    states = 1.0
+    for b, row in enumerate(ranks[1:], start=1):
+        _, c = np.unique(row, return_counts=True)
+        perms = math.factorial(k) / math.prod(math.factorial(int(x)) for x in c)
+        if states * perms > EXACT_LIMIT:
+            return False
+        reach = (b * (k - 1) * (2 if ties else 1) + 1) ** (k - 1)  # each rank sum (doubled) in a range; one fixed
+        states = min(states * perms, float(reach))
+    return True
 
 
 def nemenyi_cd(k: int, n: int, alpha: float) -> float:
@@ -600,15 +617,15 @@ def compare_to_baseline(chosen: pd.DataFrame, matrix: pd.DataFrame, metric: str,
     return pd.DataFrame(rows)
 
 
-def primary_status(primary: Primary | None, used: Primary, looks: int) -> dict:
+def primary_status(primary: Primary | None, used: Primary, looks: int, why_not: str | None = None) -> dict:
     """Whether an analysis is the sweep's declared primary one, and the level its family is tested at.
 
     Returns:
         ``{"primary": bool, "why": [reasons it is exploratory], "looks": looks, "planned_looks": K,
         "family_alpha": alpha / K for the primary analysis (alpha spent over the planned looks), else alpha}``.
     """
-    why = []
-    if primary is None:
+    why = [why_not] if why_not else []
+    if primary is None and not why_not:
         why.append("no primary analysis was declared when the sweep was launched")
     else:
         for name in ("metric", "blocks", "baseline", "alpha"):
@@ -628,7 +645,8 @@ def primary_status(primary: Primary | None, used: Primary, looks: int) -> dict:
 def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = None,
             baseline: str | None = None, alpha: float | None = None, higher: bool | None = None,
             rope: float = 0.01, primary: Primary | None = None, looks: int = 1,
-            bayes_samples: int = 50_000) -> Analysis:
+            bayes_samples: int = 50_000, curves: pd.DataFrame | None = None,
+            exploratory: str | None = None) -> Analysis:
     """The whole method (module docstring) on a trials DataFrame (``emoe.analysis.results.load_trials``).
 
     Args:
@@ -639,6 +657,9 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
         primary: the sweep's declared primary analysis (None: none was declared; every result is exploratory).
         looks: how many times the sweep's results have been looked at (``emoe.tracking`` records each).
         bayes_samples: posterior samples of the Bayesian signed-rank test (0: not run).
+        curves: every used trial's raw ID curve (``run_id, step, value``): the selection's inflation then undoes
+            the best-evaluation choice too (``emoe.analysis.selection.inflation``).
+        exploratory: a reason this analysis cannot be the primary one (e.g. several sweeps pooled).
     """
     warnings: list[str] = []
     if df.empty:
@@ -659,7 +680,10 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
     chosen = selection.select(df, warnings)
     base = find_baseline(df, baseline or declared.baseline)
     blocks = blocks or declared.blocks or ("tasks" if df["task"].nunique() > 1 else "seeds")
-    status = primary_status(primary, Primary(metric, blocks, base, alpha), looks)
+    if blocks == "seeds" and df["task"].nunique() > 1:
+        warnings.append("blocks are task x seed: the tests speak for these tasks only; over tasks (--blocks tasks, "
+                        "the default with several) they speak for tasks like them")
+    status = primary_status(primary, Primary(metric, blocks, base, alpha), looks, exploratory)
     family_alpha = status["family_alpha"]
     dead = failed_cells(df, chosen, blocks)
     arms = list(dict.fromkeys(df["arm"]))
@@ -707,8 +731,11 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
         c = counts.loc[(task, arm)] if (task, arm) in counts.index else {}
         row["failed"] = int(c.get("failed", 0))
         row["early_stopped"] = int(c.get("early_stopped", 0))
+    task_order = {t: i for i, t in enumerate(dict.fromkeys(df["task"]))}
+    arm_order = {a: i for i, a in enumerate(arms)}
+    rows.sort(key=lambda r: (task_order.get(r["task"], 0), arm_order.get(r["arm"], 0)))
     table = pd.DataFrame(rows)
-    inflation = selection.inflation(df, chosen)
+    inflation = selection.inflation(df, chosen, curves)
     family = (f"{len(matrix.columns) - 1} arm(s) vs {base}" if base is not None else "none (no baseline)")
     method = [
         "trials: completed and early-stopped used; failed ones count against their learning rate; duplicate cells "

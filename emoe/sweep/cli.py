@@ -254,14 +254,16 @@ def closing_table(trials) -> str:
     return "\n".join(lines)
 
 
-def record_look(uri: str, parent_run_id: str, frame) -> None:
-    """The closing table showed results: a look at them (``emoe.tracking.record_look``), announced when it is one
-    more than the sweep's primary analysis planned for."""
+def record_look(uri: str, experiment_id: str, parent_run_id: str) -> None:
+    """The closing table showed results: a look at them (``emoe.tracking.record_look``, counted by the sweep's
+    finished trials, an extension's included), announced when it is one more than its primary analysis planned."""
     from emoe.tracking import client, record_look as record
 
-    finished = int(frame["outcome"].isin(("completed", "early_stopped")).sum()) if len(frame) else 0
     try:
         mlflow = client(uri)
+        children = mlflow.search_runs([experiment_id], filter_string=f"tags.`{schema.PARENT}` = '{parent_run_id}'",
+                                      max_results=50_000)
+        finished = sum(r.data.tags.get(schema.OUTCOME) in ("completed", "early_stopped") for r in children)
         looks = record(mlflow, parent_run_id, finished)
         planned = int(float(mlflow.get_run(parent_run_id).data.params.get(
             f"{schema.PRIMARY_PREFIX}planned_looks", 1)))
@@ -327,7 +329,7 @@ def main(design: Ablation, argv: list[str] | None = None) -> int:
     print(f"\nper arm ({RULE}):")
     frame = results_frame(outcome)
     print(closing_table(frame))
-    record_look(settings.tracking_uri, outcome.parent_run_id, frame)
+    record_look(settings.tracking_uri, outcome.experiment_id, outcome.parent_run_id)
     if outcome.failed:
         print(f"{outcome.failed} trial(s) failed; their MLflow runs hold the error")
     print()
