@@ -25,15 +25,9 @@ log = logging.getLogger(__name__)
 
 
 def trial_config_of(params: dict[str, str]) -> dict:
-    """A trial run's flat config from its MLflow params (strings), coerced by the knobs' types."""
-    import ast
-
-    known = {k: v for k, v in params.items() if k in hparams.KNOBS}
-    if "layers" in known:  # logged as a tuple's repr
-        known["layers"] = ast.literal_eval(known["layers"])
-    if known.get("ood_sets", "None") not in ("None", ""):
-        known["ood_sets"] = ast.literal_eval(known["ood_sets"])
-    return hparams.trial_config({k: (None if v == "None" else v) for k, v in known.items()})
+    """A trial run's flat config from its MLflow params (``emoe.hparams.config_from_params``: each knob parsed by
+    its own type, the inverse of how it was logged)."""
+    return hparams.config_from_params(params)
 
 
 def evaluate_runs(tracking_uri: str, experiment: str, ood: dict[str, str], ood_sets: list[str] | None = None,

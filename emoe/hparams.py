@@ -43,6 +43,9 @@ def _optional_names(text):
     return tuple(str(i).strip() for i in items if str(i).strip())
 
 
+NULLABLE = (_optional_int, _optional_str, _optional_float, _optional_names)
+
+
 def _cluster_seed(text):
     return "trial" if text == "trial" else int(text)
 
@@ -208,6 +211,27 @@ def trial_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         raise ValueError(f"eval_method={cfg['eval_method']!r} needs method='emoe' (it switches the converted layers "
                          f"between EMoE and dense), got method={cfg['method']!r}")
     return cfg
+
+
+def from_param(name: str, text: str) -> Any:
+    """A knob's value from its MLflow param (``emoe.tracking.param_value`` wrote it: a tuple as ``a,b``, None as
+    ``None``, a bool as ``True``/``False``), parsed by the knob's own type: the inverse of the logging, exact for
+    every knob (``tests/test_config.py`` checks each one)."""
+    knob = KNOBS[name]
+    if text in ("None", "") and (knob.default is None or knob.type in NULLABLE):
+        return None
+    return knob.type(text)
+
+
+def config_from_params(params: dict[str, str]) -> dict[str, Any]:
+    """A trial run's flat config from its MLflow params (strings; other params ignored), each knob parsed by
+    ``from_param`` and the whole checked by ``trial_config``."""
+    cfg = {k: from_param(k, v) for k, v in params.items() if k in KNOBS}
+    if params.get("ood") not in (None, "", "None", "{}"):  # extra OOD sets, logged as JSON
+        import json
+
+        cfg["ood"] = json.loads(params["ood"])
+    return trial_config(cfg)
 
 
 def emoe_config(cfg: dict[str, Any]) -> EmoeConfig:

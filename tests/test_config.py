@@ -47,3 +47,27 @@ def test_bad_config_raises(kwargs, message):
 def test_unknown_field_rejected():
     with pytest.raises(ValueError, match="unknown EmoeConfig field"):
         EmoeConfig.from_dict({"experts": 4})
+
+
+def test_every_knob_round_trips_exactly_through_its_mlflow_param():
+    """Issue 21: config -> MLflow params -> config is exact for every knob (a tuple is logged as ``a,b``; reading it
+    back with ``ast.literal_eval`` raised, so ``emoe.evaluate`` failed on every sweep run with --ood-sets)."""
+    from emoe import hparams
+    from emoe.tracking import param_value
+
+    samples = {hparams._optional_int: 3, hparams._optional_float: 0.5, hparams._optional_str: "x",
+               hparams._optional_names: ("imdb", "yelp"), hparams._int_tuple: (-2, -1), hparams._bool: True,
+               int: 7, float: 5e-05, hparams._cluster_seed: "trial"}
+    checked = 0
+    for name, knob in hparams.KNOBS.items():
+        values = [knob.default, *(knob.choices or ()), *([samples[knob.type]] if knob.type in samples else [])]
+        for value in values:
+            text = param_value(value)
+            assert hparams.from_param(name, text) == value, (name, value, text)
+            checked += 1
+    assert checked > 2 * len(hparams.KNOBS)
+    cfg = hparams.trial_config({"ood_sets": ("imdb", "yelp"), "layers": (-1,), "max_grad_norm": None,
+                                "keep_best": True, "cluster_seed": "trial", "ood": {"mine": "/data/mine.csv"}})
+    from emoe.evaluate import trial_config_of
+
+    assert trial_config_of({k: param_value(v) for k, v in cfg.items()}) == cfg

@@ -504,8 +504,10 @@ def test_kept_models_are_re_evaluated_on_a_new_set_without_retraining(tiny_model
     from emoe.evaluate import evaluate_runs
 
     # two rates under ASHA (per arm and seed): a trial it stops keeps its best model so far, and is re-evaluated too
+    # --ood-sets: its param ("imdb,yelp") must parse back (issue 21: evaluate raised on every such sweep)
     run_tiny("pretraining", tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0", "--learning-rates",
-             "1e-3,1e-5", "--cpus-per-trial", "0.5", "--checkpoint-every", "none", "--eval-steps", "2")
+             "1e-3,1e-5", "--cpus-per-trial", "0.5", "--checkpoint-every", "none", "--eval-steps", "2",
+             "--ood-sets", "imdb,yelp")
     extra = write_jsonl(tmp_path / "extra.jsonl", _head(PACKAGED_DATA / "yelp" / "test.jsonl", 24))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert evaluate_runs(uri, "emoe-pretraining", {"extra": str(extra)}) == {"evaluated": 8, "skipped": 0,
