@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from emoe import hparams, tracking
+from emoe.cli import prog
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from emoe.analysis.cli import add_sweep_arguments
     from emoe.train import parse_ood
 
-    p = argparse.ArgumentParser(prog="python -m emoe.evaluate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=prog("python -m emoe.evaluate"), description=__doc__.splitlines()[0])
     add_sweep_arguments(p)
     p.add_argument("--ood", action="append", metavar="NAME=FILE", help="a new OOD set (csv, tsv, json lines, "
                    "parquet with the task's fields); a built-in set's name takes that set's mapping; repeatable")

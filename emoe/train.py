@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from emoe import hparams, metrics, tracking
+from emoe.cli import prog
 from emoe.convert import aux_loss, convert, emoe_layers, load_model, set_bypass
 from emoe.data import Task, TaskData, load_task, tokenize
 from emoe.layer import load_entropy
@@ -377,7 +378,7 @@ def parse_ood(items: list[str] | None) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m emoe.train",
+        prog=prog("python -m emoe.train"),
         description="Fine-tune and evaluate one EMoE (or dense) trial; log it to MLflow.")
     hparams.add_arguments(parser)
     parser.add_argument("--ood", action="append", metavar="NAME=PATH",

@@ -1,8 +1,10 @@
-"""Clustering ablation: how the FFN's neurons are split into experts (plus the dense baseline)."""
+"""Clustering ablation: how the FFN's neurons are split into experts (plus the dense baseline).
 
-from emoe.sweep import Ablation, main
+The same as `emoe sweep clustering` (the registry: emoe.sweep.ablations)."""
 
-ABLATION = Ablation.over("clustering", ["constrained", "kmeans", "hierarchical", "spectral", "random", "contiguous"])
+from emoe.sweep import ABLATIONS, main
+
+ABLATION = ABLATIONS["clustering"]
 
 if __name__ == "__main__":
     raise SystemExit(main(ABLATION))

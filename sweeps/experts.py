@@ -1,13 +1,10 @@
-"""Expert-count ablation: N in {4, 8, 16, 32, 64} x k/N in {1/8, 1/4, 1/2}, valid (integer k >= 1) pairs only."""
+"""Expert-count ablation: N in {4, 8, 16, 32, 64} x k/N in {1/8, 1/4, 1/2}, valid (integer k >= 1) pairs only.
 
-from fractions import Fraction
+The same as `emoe sweep experts` (the registry: emoe.sweep.ablations)."""
 
-from emoe.sweep import DENSE, Ablation, main
+from emoe.sweep import ABLATIONS, main
 
-PAIRS = [(n, int(n * r)) for n in (4, 8, 16, 32, 64) for r in (Fraction(1, 8), Fraction(1, 4), Fraction(1, 2))
-         if (n * r).denominator == 1]
-ABLATION = Ablation("experts", {**{f"N{n}-k{k}": {"num_experts": n, "top_k": k} for n, k in PAIRS},
-                                DENSE: {"method": "dense"}}, factor="num_experts,top_k")
+ABLATION = ABLATIONS["experts"]
 
 if __name__ == "__main__":
     raise SystemExit(main(ABLATION))

@@ -1,9 +1,10 @@
-"""Gate ablation: how each expert's gate vector is derived (plus the dense baseline)."""
+"""Gate ablation: how each expert's gate vector is derived (plus the dense baseline).
 
-from emoe.sweep import Ablation, main
+The same as `emoe sweep gating` (the registry: emoe.sweep.ablations)."""
 
-ABLATION = Ablation.over("gate", ["avg_keys", "centroid", "avg_values", "random", "learned", "learned_avg_keys"],
-                         name="gating")
+from emoe.sweep import ABLATIONS, main
+
+ABLATION = ABLATIONS["gating"]
 
 if __name__ == "__main__":
     raise SystemExit(main(ABLATION))

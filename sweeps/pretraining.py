@@ -1,10 +1,10 @@
-"""Init-type ablation: pre-trained vs random weights, each dense and EMoE (the dense arms are the baselines)."""
+"""Init-type ablation: pre-trained vs random weights, each dense and EMoE (the dense arms are the baselines).
 
-from emoe.sweep import Ablation, main
+The same as `emoe sweep pretraining` (the registry: emoe.sweep.ablations)."""
 
-ABLATION = Ablation("pretraining", {f"{init}-{method}": {"init": init, "method": method}
-                                    for init in ("pretrained", "random") for method in ("dense", "emoe")},
-                    factor="init")
+from emoe.sweep import ABLATIONS, main
+
+ABLATION = ABLATIONS["pretraining"]
 
 if __name__ == "__main__":
     raise SystemExit(main(ABLATION))

@@ -1,8 +1,10 @@
-"""Expert-selection analysis (the paper's Fig. 3): the top-k experts, the k lowest-scoring ones, all but the top k."""
+"""Expert-selection analysis (the paper's Fig. 3): the top-k experts, the k lowest-scoring ones, all but the top k.
 
-from emoe.sweep import Ablation, main
+The same as `emoe sweep selection` (the registry: emoe.sweep.ablations)."""
 
-ABLATION = Ablation.over("expert_selection", ["top", "bottom", "not_top"], name="selection")
+from emoe.sweep import ABLATIONS, main
+
+ABLATION = ABLATIONS["selection"]
 
 if __name__ == "__main__":
     raise SystemExit(main(ABLATION))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from emoe import tracking
 from emoe.analysis import report, results, stats
+from emoe.cli import prog
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,7 +23,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python analysis/friedman.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=prog("python analysis/friedman.py"), description=__doc__.splitlines()[0])
     add_sweep_arguments(p)
     p.add_argument("--pool", action="store_true",
                    help="analyse every sweep of the experiment together; refused when a knob that is not a swept "

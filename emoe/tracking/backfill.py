@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from emoe.cli import prog
 from emoe.tracking import runs, schema
 from emoe.tracking.callback import trial_error_text
 from emoe.tracking.records import SWEEP_RECORD, SweepRecord, TrialFiles
@@ -100,7 +101,7 @@ def sync_sweep(path: Path, uri: str) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m emoe.sync", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=prog("python -m emoe.sync"), description=__doc__.splitlines()[0])
     p.add_argument("--storage-path", default="./ray_results", help="Ray results of the sweeps (default ./ray_results)")
     p.add_argument("--sweep", help="one sweep directory (default: every sweep under --storage-path)")
     p.add_argument("--tracking-uri", default=schema.DEFAULT_TRACKING_URI,
