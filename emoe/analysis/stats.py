@@ -642,6 +642,69 @@ def primary_status(primary: Primary | None, used: Primary, looks: int, why_not: 
             "family_alpha": used.alpha / planned if ok else used.alpha}
 
 
+def per_task_table(df: pd.DataFrame, chosen: pd.DataFrame, counts: pd.DataFrame, ranks: pd.DataFrame,
+                   id_ranks: pd.DataFrame, arms: list) -> pd.DataFrame:
+    """One row per (task, arm): the chosen rate and seeds, each metric's mean and std over seeds, the task's own
+    ranks, the failed and early-stopped trial counts; an arm with no usable trial still shows its failures."""
+    rows = []
+    metric_cols = [tracking.ID_SCORE] + [tracking.ood_score_metric(s) for s in ood_sets(chosen)] \
+        + [tracking.OOD_SCORE]
+    for (task, arm), group in chosen.groupby(["task", "arm"], sort=False):
+        row = {"task": task, "arm": arm, "learning_rate": group["learning_rate"].iloc[0],
+               "seeds": ",".join(str(int(s)) for s in sorted(group["seed"]))}
+        for col in metric_cols:
+            if col in group:
+                row[f"{col}_mean"] = group[col].mean()
+                row[f"{col}_std"] = group[col].std(ddof=1) if group[col].count() > 1 else math.nan
+        rows.append(row)
+    for (task, arm) in counts.index:  # arms with no usable trial still show their failures
+        if not any(r["task"] == task and r["arm"] == arm for r in rows):
+            rows.append({"task": task, "arm": arm})
+    for row in rows:
+        task, arm = row["task"], row["arm"]
+        # this task's blocks only (the rank over tasks is the paper table's)
+        mine = ranks[ranks.index.get_level_values("task") == task] if not ranks.empty else ranks
+        row["rank"] = mine[arm].mean() if arm in mine and len(mine) else math.nan
+        mine = id_ranks[id_ranks.index.get_level_values("task") == task] if not id_ranks.empty else id_ranks
+        row["id_rank"] = mine[arm].mean() if arm in mine and len(mine) else math.nan
+        c = counts.loc[(task, arm)] if (task, arm) in counts.index else {}
+        row["failed"] = int(c.get("failed", 0))
+        row["early_stopped"] = int(c.get("early_stopped", 0))
+    task_order = {t: i for i, t in enumerate(dict.fromkeys(df["task"]))}
+    arm_order = {a: i for i, a in enumerate(arms)}
+    rows.sort(key=lambda r: (task_order.get(r["task"], 0), arm_order.get(r["arm"], 0)))
+    table = pd.DataFrame(rows)
+    return table
+
+
+def method_lines(blocks: str, metric: str, up: bool, base: str | None, arms: int, alpha: float, status: dict,
+                 level: float, rope: float) -> list[str]:
+    """The method, as every report states it."""
+    family_alpha = status["family_alpha"]
+    family = (f"{arms - 1} arm(s) vs {base}" if base is not None else "none (no baseline)")
+    method = [
+        "trials: completed and early-stopped used; failed ones count against their learning rate; duplicate cells "
+        "averaged, never counted as seeds",
+        f"selection: {selection.RULE}",
+        f"ranking: seeds averaged first, values rounded to {DECIMALS} decimals; blocks = {BLOCK_NAMES[blocks]} on "
+        f"{metric} ({'higher' if up else 'lower'} is better); 1 = best, ties averaged; a failed cell ranks last in "
+        "its block and its arm is left out of every average and interval; ID ranks over tasks separately",
+        f"primary family: {family}, Wilcoxon signed-rank (zeros split between the signs, exact p), Holm over the "
+        f"family at alpha {family_alpha:g}"
+        + (f" (alpha {alpha:g} spent over {status['planned_looks']} planned looks)" if status["planned_looks"] > 1
+           and status["primary"] else "")
+        + f", each with the smallest difference it could detect at 80% power; {100 * level:.4g}% t-intervals "
+        f"(simultaneous {100 * (1 - family_alpha):g}% over the family, Bonferroni) for two named estimands: "
+        f"{ESTIMANDS['these']} and {ESTIMANDS['new']}",
+        f"exploratory: Friedman chi2 (Demšar 2006, tie-corrected as scipy's) with its asymptotic and permutation p "
+        f"(the permutation p decides), Iman-Davenport F, Nemenyi CD (alpha={alpha:g}; it depends on every other "
+        f"arm); pairwise Wilcoxon signed-rank between every pair of arms, Holm over the pairs; rank-biserial "
+        f"correlation (the test's zero rule); Bayesian signed-rank (baycomp; from {BAYES_MIN_BLOCKS} blocks) with a "
+        f"region of practical equivalence of +-{rope:g}",
+    ]
+    return method
+
+
 def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = None,
             baseline: str | None = None, alpha: float | None = None, higher: bool | None = None,
             rope: float = 0.01, primary: Primary | None = None, looks: int = 1,
@@ -707,56 +770,9 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
         warnings.append(f"{arm} failed on {', '.join(cells)}: ranked last there, left out of every average and "
                         "interval")
 
-    rows = []
-    metric_cols = [tracking.ID_SCORE] + [tracking.ood_score_metric(s) for s in ood_sets(chosen)] \
-        + [tracking.OOD_SCORE]
-    for (task, arm), group in chosen.groupby(["task", "arm"], sort=False):
-        row = {"task": task, "arm": arm, "learning_rate": group["learning_rate"].iloc[0],
-               "seeds": ",".join(str(int(s)) for s in sorted(group["seed"]))}
-        for col in metric_cols:
-            if col in group:
-                row[f"{col}_mean"] = group[col].mean()
-                row[f"{col}_std"] = group[col].std(ddof=1) if group[col].count() > 1 else math.nan
-        rows.append(row)
-    for (task, arm) in counts.index:  # arms with no usable trial still show their failures
-        if not any(r["task"] == task and r["arm"] == arm for r in rows):
-            rows.append({"task": task, "arm": arm})
-    for row in rows:
-        task, arm = row["task"], row["arm"]
-        # this task's blocks only (the rank over tasks is the paper table's)
-        mine = ranks[ranks.index.get_level_values("task") == task] if not ranks.empty else ranks
-        row["rank"] = mine[arm].mean() if arm in mine and len(mine) else math.nan
-        mine = id_ranks[id_ranks.index.get_level_values("task") == task] if not id_ranks.empty else id_ranks
-        row["id_rank"] = mine[arm].mean() if arm in mine and len(mine) else math.nan
-        c = counts.loc[(task, arm)] if (task, arm) in counts.index else {}
-        row["failed"] = int(c.get("failed", 0))
-        row["early_stopped"] = int(c.get("early_stopped", 0))
-    task_order = {t: i for i, t in enumerate(dict.fromkeys(df["task"]))}
-    arm_order = {a: i for i, a in enumerate(arms)}
-    rows.sort(key=lambda r: (task_order.get(r["task"], 0), arm_order.get(r["arm"], 0)))
-    table = pd.DataFrame(rows)
+    table = per_task_table(df, chosen, counts, ranks, id_ranks, arms)
     inflation = selection.inflation(df, chosen, curves)
-    family = (f"{len(matrix.columns) - 1} arm(s) vs {base}" if base is not None else "none (no baseline)")
-    method = [
-        "trials: completed and early-stopped used; failed ones count against their learning rate; duplicate cells "
-        "averaged, never counted as seeds",
-        f"selection: {selection.RULE}",
-        f"ranking: seeds averaged first, values rounded to {DECIMALS} decimals; blocks = {BLOCK_NAMES[blocks]} on "
-        f"{metric} ({'higher' if up else 'lower'} is better); 1 = best, ties averaged; a failed cell ranks last in "
-        "its block and its arm is left out of every average and interval; ID ranks over tasks separately",
-        f"primary family: {family}, Wilcoxon signed-rank (zeros split between the signs, exact p), Holm over the "
-        f"family at alpha {family_alpha:g}"
-        + (f" (alpha {alpha:g} spent over {status['planned_looks']} planned looks)" if status["planned_looks"] > 1
-           and status["primary"] else "")
-        + f", each with the smallest difference it could detect at 80% power; {100 * level:.4g}% t-intervals "
-        f"(simultaneous {100 * (1 - family_alpha):g}% over the family, Bonferroni) for two named estimands: "
-        f"{ESTIMANDS['these']} and {ESTIMANDS['new']}",
-        f"exploratory: Friedman chi2 (Demšar 2006, tie-corrected as scipy's) with its asymptotic and permutation p "
-        f"(the permutation p decides), Iman-Davenport F, Nemenyi CD (alpha={alpha:g}; it depends on every other "
-        f"arm); pairwise Wilcoxon signed-rank between every pair of arms, Holm over the pairs; rank-biserial "
-        f"correlation (the test's zero rule); Bayesian signed-rank (baycomp; from {BAYES_MIN_BLOCKS} blocks) with a "
-        f"region of practical equivalence of +-{rope:g}",
-    ]
+    method = method_lines(blocks, metric, up, base, len(matrix.columns), alpha, status, level, rope)
     return Analysis(table, ranks, id_ranks, tests, warnings, method, metric, base,
                     paper_table(chosen, df, warnings), blocks, up, comparisons, chosen, status, inflation)
 
