@@ -40,3 +40,16 @@ def test_a_local_store_keeps_its_artifacts_beside_its_database(tmp_path, monkeyp
     run.log_dict({"a": 1}, "emoe_config.json")
     assert (tmp_path / "mlartifacts" / "emoe-x").is_dir() and not list(elsewhere.iterdir())
     assert list((tmp_path / "mlartifacts" / "emoe-x").rglob("emoe_config.json"))
+
+
+def test_every_metric_of_the_schema_declares_its_direction():
+    """Issue 21: a metric's direction is declared with it (schema.DIRECTIONS), not guessed from prefixes in the
+    statistics; a name the schema does not declare has none."""
+    from emoe.analysis.stats import higher_is_better
+
+    assert tracking.direction(tracking.ID_SCORE) == "max" and tracking.direction("id.mcc") == "max"
+    assert tracking.direction(tracking.ood_score_metric("imdb")) == "max"
+    assert tracking.direction(tracking.ood_metric("sick", "pearson")) == "max"
+    assert tracking.direction(tracking.TRAIN_LOSS) == "min" and tracking.direction("train_loss_x") is None
+    assert tracking.direction("idle") is None and tracking.direction(tracking.load_entropy_metric(3)) == "max"
+    assert higher_is_better("ood_score.yelp") and not higher_is_better("train_loss")

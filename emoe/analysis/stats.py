@@ -48,9 +48,6 @@ BLOCK_NAMES = {"tasks": "each task (seeds averaged; a task's OOD sets averaged i
 # task and six identical arms, sets as blocks rejected 58-99% of the time at alpha 0.05).
 REFUSED_BLOCKINGS = {"sets": "a task's OOD sets are scored by the same models: not independent blocks",
                      "sets-seeds": "a task's OOD sets are scored by the same models: not independent blocks"}
-# Metrics whose direction is known: higher is better unless listed as lower.
-HIGHER = (tracking.ID_SCORE, "id.", tracking.OOD_SCORE, "ood.", tracking.CURRENT_ID_SCORE, tracking.LOAD_ENTROPY)
-LOWER = (tracking.TRAIN_LOSS,)
 BAYES_MIN_BLOCKS = 5  # below this, baycomp's signed-rank posterior is mostly its prior pseudo-observation
 EXACT_LIMIT = 2_000_000  # at most this many rank-sum states for the exact Friedman p; else Monte Carlo
 PERMUTATIONS = 50_000  # Monte Carlo permutations (seeded) when exact enumeration is too large
@@ -112,13 +109,13 @@ class Analysis:
 
 
 def higher_is_better(metric: str, higher: bool | None = None) -> bool:
-    """The metric's direction: ``higher`` when given, else known from its name; ``ValueError`` if unknown."""
+    """The metric's direction: ``higher`` when given, else the one the schema declares with the metric
+    (``emoe.tracking.schema.DIRECTIONS``); ``ValueError`` for a metric it does not declare."""
     if higher is not None:
         return higher
-    if metric.startswith(LOWER):
-        return False
-    if metric.startswith(HIGHER):
-        return True
+    way = tracking.direction(metric)
+    if way is not None:
+        return way == "max"
     raise ValueError(f"the direction of metric {metric!r} is unknown: pass --higher-is-better or "
                      "--lower-is-better")
 

@@ -245,8 +245,8 @@ def _fit(plan: Plan, record: SweepRecord, directory: Path, client, experiment_id
             if record.cells is not None:  # an extension: exactly the cells it lacks
                 param_space, search_alg, num_samples = dict(plan.base), CellList(record.cells), len(record.cells)
             tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(
-                metric=schema.ID_SCORE, mode="max", scheduler=scheduler(plan), search_alg=search_alg,
-                num_samples=num_samples, max_concurrent_trials=s.max_concurrent,
+                metric=schema.ID_SCORE, mode=schema.direction(schema.ID_SCORE), scheduler=scheduler(plan),
+                search_alg=search_alg, num_samples=num_samples, max_concurrent_trials=s.max_concurrent,
                 # NOTE: every trial asks for the same resources, so a finished trial's worker (torch and
                 # transformers imported, data loaded) runs the next one.
                 reuse_actors=True),

@@ -10,7 +10,8 @@ __all__ = ["DEFAULT_TRACKING_URI", "ROLE", "PARENT", "SWEEP", "FACTOR", "GIT_COM
            "BACKFILLED", "EXTENDED", "ARM", "TRIAL_ID", "RETIRED", "MODEL", "OUTCOME", "ERROR", "RESTARTS", "RESTART_ERROR", "PLACEMENT", "OUTCOMES",
            "EXPERIMENT_KIND", "TRAIN_LOSS", "ID_SCORE", "OOD_SCORE", "EPOCH", "STEP", "LOAD_ENTROPY", "METRIC_PREFIXES",
            "BEST_STEP", "CURRENT_ID_SCORE", "PATIENCE_STOP", "TASK", "RESUMED", "RESUMED_FROM", "SWEEP_PARAMS",
-           "SCORING_VERSION_PARAM", "sweep_params", "LOOKS", "PRIMARY_FIELDS", "PRIMARY_PREFIX",
+           "SCORING_VERSION_PARAM", "sweep_params", "LOOKS", "PRIMARY_FIELDS", "PRIMARY_PREFIX", "DIRECTIONS",
+           "direction",
            "id_metric", "ood_metric", "ood_score_metric", "ood_score_set", "load_entropy_metric", "trial_metrics", "finished", "outcome", "experiment_name",
            "trial_run_name", "runs_url"]
 
@@ -67,6 +68,19 @@ BEST_STEP, CURRENT_ID_SCORE = "best_step", "current_id_score"
 PATIENCE_STOP = "patience_stop"  # 1 in the last report of a trial that patience stopped (the protocol's end)
 METRIC_PREFIXES = (TRAIN_LOSS, ID_SCORE, "id.", OOD_SCORE, "ood.", EPOCH, STEP, LOAD_ENTROPY, BEST_STEP,
                    CURRENT_ID_SCORE, PATIENCE_STOP)
+# Each metric's direction, declared with it ("max": higher is better; "min": lower is better; the rest are no
+# score): every GLUE metric (accuracy, F1, Matthews, Pearson, Spearman) is higher-is-better. A name matches its own
+# entry or an entry followed by "." (id_score.x, ood_score.<set>, ood.<set>.<metric>, load_entropy.block<b>).
+DIRECTIONS = {ID_SCORE: "max", "id": "max", OOD_SCORE: "max", "ood": "max", CURRENT_ID_SCORE: "max",
+              LOAD_ENTROPY: "max", TRAIN_LOSS: "min"}
+
+
+def direction(metric: str) -> str | None:
+    """``"max"`` or ``"min"`` for a metric of the schema (``DIRECTIONS``), None for a name it does not declare."""
+    for name, way in DIRECTIONS.items():
+        if metric == name or metric.startswith(name + "."):
+            return way
+    return None
 
 
 def id_metric(metric: str) -> str:
