@@ -1,4 +1,9 @@
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,3 +160,72 @@ def exact_wilcoxon_p(diff) -> float:
         flipped = d * np.array(signs)
         hits += abs(r[flipped > 0].sum() + zero_half - centre) >= observed - 1e-9
     return hits / 2 ** len(d)
+
+
+# --- shared by the sweep, fault and cluster tests: run a sweep script on the tiny model and data, read its runs ---
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+def sweep_cmd(script, *args):
+    return [sys.executable, str(SWEEPS / f"{script}.py"), *args]
+
+
+def tiny_args(model_dir, data_dir, tmp_path, *extra):
+    return ["--model", model_dir, "--data-dir", str(data_dir), "--epochs", "1", "--max-train-samples", "64",
+            "--max-eval-samples", "16", "--max-length", "32", "--batch-size", "16", "--num-experts", "4",
+            "--top-k", "2", "--eval-steps", "1", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+            "--storage-path", str(tmp_path / "ray"), *extra]
+
+
+def run_tiny(script, model_dir, data_dir, tmp_path, *extra, environ=None):
+    """Run ``sweeps/<script>.py`` on the tiny model and data in ``tmp_path``; it must succeed."""
+    out = subprocess.run(sweep_cmd(script, *tiny_args(model_dir, data_dir, tmp_path, *extra)), capture_output=True,
+                         text=True, cwd=tmp_path, env=environ or env(), timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def env():
+    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+            "RAY_DEDUP_LOGS": "0"}
+
+
+def _children(uri, experiment):
+    """The store's client, the experiment, its sweep (parent) runs and its trial runs."""
+    from emoe import tracking
+
+    client = tracking.client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get(tracking.ROLE) == "sweep"]
+    children = [r for r in runs if r.data.tags.get(tracking.ROLE) == "trial"]
+    return client, exp, parents, children
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
+    """``mlflow server`` on loopback with a SQLite backend and a local artifact root, as the README documents."""
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                             f"sqlite:///{root}/server.db", "--artifacts-destination", str(root / "artifacts"),
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("mlflow server did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)

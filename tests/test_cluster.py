@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_faults import free_port, start_mlflow_server, stop
-from test_sweep import _children, env, sweep_cmd, tiny_args
+from conftest import _children, env, free_port, start_mlflow_server, stop, sweep_cmd, tiny_args
 
 from emoe import tracking
 

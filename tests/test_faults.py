@@ -1,49 +1,18 @@
 """Faults on real engines: a failing trial, the MLflow server down mid-sweep (then backfilled), secrets kept out."""
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from test_sweep import _children, env, run_tiny, sweep_cmd, tiny_args
+from conftest import _children, env, free_port, run_tiny, start_mlflow_server, stop, sweep_cmd, tiny_args
 
 from emoe.analysis.results import load_trials
 from emoe.analysis.stats import analyse
 from emoe import tracking
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
-    """``mlflow server`` on loopback with a SQLite backend and a local artifact root, as the README documents."""
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                             f"sqlite:///{root}/server.db", "--artifacts-destination", str(root / "artifacts"),
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], cwd=root,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("mlflow server did not start")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=60)
 
 
 def fault_env():

@@ -332,7 +332,7 @@ def test_paper_table_averages_over_tasks_and_ranks_over_tasks():
 
 @pytest.mark.slow
 def test_two_task_sweep_logs_both_tasks_and_ranks_over_them(tiny_model_dir, tiny_data_dir, tmp_path):
-    from test_sweep import _children, run_tiny
+    from conftest import _children, run_tiny
 
     from emoe.analysis import results, stats
 
@@ -358,7 +358,7 @@ def test_glue_small_dry_run_lists_the_trials_per_task(tmp_path):
     import subprocess
     import sys
 
-    from test_sweep import env
+    from conftest import env
 
     out = subprocess.run([sys.executable, str(SWEEPS / "clustering.py"), "--preset", "glue-small", "--dry-run"],
                          capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=300)

@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import _children, env, run_tiny, sweep_cmd, tiny_args
 
 from emoe import tracking
 from emoe.sweep.cli import main as sweep_main
@@ -17,25 +18,6 @@ from emoe.sweep.search import PerArmScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "sweeps"
-
-
-def sweep_cmd(script, *args):
-    return [sys.executable, str(SWEEPS / f"{script}.py"), *args]
-
-
-def tiny_args(model_dir, data_dir, tmp_path, *extra):
-    return ["--model", model_dir, "--data-dir", str(data_dir), "--epochs", "1", "--max-train-samples", "64",
-            "--max-eval-samples", "16", "--max-length", "32", "--batch-size", "16", "--num-experts", "4",
-            "--top-k", "2", "--eval-steps", "1", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-            "--storage-path", str(tmp_path / "ray"), *extra]
-
-
-def run_tiny(script, model_dir, data_dir, tmp_path, *extra, environ=None):
-    """Run ``sweeps/<script>.py`` on the tiny model and data in ``tmp_path``; it must succeed."""
-    out = subprocess.run(sweep_cmd(script, *tiny_args(model_dir, data_dir, tmp_path, *extra)), capture_output=True,
-                         text=True, cwd=tmp_path, env=environ or env(), timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out
 
 
 def trial_results(exp_dir: Path) -> dict[str, list[dict]]:
@@ -47,11 +29,6 @@ def trial_results(exp_dir: Path) -> dict[str, list[dict]]:
         if rows:
             out[rows[0]["trial_id"]] = rows
     return out
-
-
-def env():
-    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-            "RAY_DEDUP_LOGS": "0"}
 
 
 @pytest.mark.parametrize("script, trials", [("clustering", 7 * 3 * 3), ("gating", 7 * 3 * 3),
@@ -228,15 +205,6 @@ def test_sweep_table_and_report_select_with_the_same_rule(monkeypatch):
     assert table[2].split() == ["sst2", "dense", "0.001", "1", "0", "0.5000", "(1", "seed)", "0.5000", "(1", "seed)"]
     chosen = dict(zip(report.table["arm"], report.table["learning_rate"]))
     assert chosen == {"a": 1e-4, "dense": 1e-3}
-
-
-def _children(uri, experiment):
-    client = tracking.client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get(tracking.ROLE) == "sweep"]
-    children = [r for r in runs if r.data.tags.get(tracking.ROLE) == "trial"]
-    return client, exp, parents, children
 
 
 @pytest.mark.slow
