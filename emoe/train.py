@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import math
 import random
@@ -215,155 +216,201 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
     Raises:
         FloatingPointError: the training loss became NaN or infinite.
     """
-    from transformers import get_linear_schedule_with_warmup, set_seed
+    trial = Trial(hparams.trial_config(trial_config), data,
+                  Hooks(report, on_model, on_predictions, on_state, on_kept_model))
+    return trial.run(resume)
 
-    cfg = hparams.trial_config(trial_config)
-    config = hparams.emoe_config(cfg)
-    set_seed(cfg["seed"])
-    data = data or load_trial_data(cfg)
-    model, tokenizer = load_model(cfg["model"], data.task.num_labels, cfg["init"], cfg["seed"])
-    convert(model, config)
-    if on_model is not None:
-        on_model(model)
-    # eval_method: train with the converted layers dense (routing off) and evaluate as EMoE, or the reverse.
-    train_dense, eval_dense = cfg["eval_method"] == "emoe", cfg["eval_method"] == "dense"
-    set_bypass(model, train_dense)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).train()
 
-    def tok(ds):
-        return tokenize(ds, tokenizer, data.task, cfg["max_length"])
+@dataclasses.dataclass
+class Hooks:
+    """What a trial's caller hears (``train_and_evaluate``'s arguments of the same names); each may be None."""
 
-    micro = cfg["batch_size"] // cfg["grad_accum_steps"]
-    train_loader = _loader(tok(data.train), tokenizer, micro, True, cfg["seed"])
-    eval_loaders, in_set_order = evaluation_loaders({"id": data.validation, **data.ood}, tokenizer, data.task, cfg,
-                                                    model.config)
-    eval_sizes = data.sizes()  # GLUE-X weighs each OOD set by its full size, whatever --max-eval-samples evaluates
+    report: Report | None = None
+    on_model: Callable | None = None
+    on_predictions: Callable[[dict[str, np.ndarray]], None] | None = None
+    on_state: Callable[[dict[str, Any]], None] | None = None
+    on_kept_model: Callable[[nn.Module, dict[str, torch.Tensor]], None] | None = None
 
-    steps_per_epoch = math.ceil(len(train_loader) / cfg["grad_accum_steps"])
-    total_steps = steps_per_epoch * cfg["epochs"]
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith(no_decay)],
-         "weight_decay": cfg["weight_decay"]},
-        {"params": [p for n, p in model.named_parameters() if p.requires_grad and n.endswith(no_decay)],
-         "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=cfg["learning_rate"])
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg["warmup_ratio"] * total_steps), total_steps)
-    autocast, scaler = _autocast(device, cfg["precision"])
 
-    step, losses, last = 0, [], {}
-    best: dict[str, float] = {}  # the best ID evaluation so far (its ID, OOD and load metrics, and its step)
-    kept: dict[str, dict[str, np.ndarray]] = {"latest": {}, "best": {}}  # per-example predictions
-    keep_model = cfg["keep_model"] == "best" and on_kept_model is not None
-    best_model: dict[str, torch.Tensor] = {}  # the best ID evaluation's weights (float16 copies), if kept
-    since_best = 0  # evaluations since the ID metric last improved
-    start_epoch, skip = 0, 0  # where training resumes: the epoch, and the micro-batches of it already trained
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        if scaler is not None and resume.get("scaler") is not None:
-            scaler.load_state_dict(resume["scaler"])
-        step, best, since_best, kept, last = (resume["step"], resume["best"], resume["since_best"], resume["kept"],
-                                              resume["last"])
-        best_model = resume.get("best_model") or {}
-        start_epoch, skip = resume["epoch"], resume["batch"]
-        train_loader.generator.set_state(resume["loader"])
-        _set_rng_state(resume["rng"])
-        if resume["done"]:  # it ended at that evaluation (its last, or patience): nothing left to train
-            return last
+@dataclasses.dataclass
+class Progress:
+    """The training state beside the model, optimiser and data position: what a checkpoint holds and a resume
+    restores (the checkpoint's keys are these fields' names)."""
 
-    def state(position: tuple[int, int, torch.Tensor], done: bool) -> dict[str, Any]:
-        epoch_next, batch_next, loader_state = position
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "rng": _rng_state(), "loader": loader_state, "epoch": epoch_next, "batch": batch_next, "step": step,
-                "best": best, "since_best": since_best, "kept": kept, "last": last, "done": done,
-                "best_model": best_model}
+    step: int = 0  # optimiser steps taken
+    best: dict[str, float] = dataclasses.field(default_factory=dict)  # the best ID evaluation's metrics and step
+    since_best: int = 0  # evaluations since the ID score last improved
+    kept: dict[str, dict[str, np.ndarray]] = dataclasses.field(  # per-example predictions: latest and best
+        default_factory=lambda: {"latest": {}, "best": {}})
+    last: dict[str, float] = dataclasses.field(default_factory=dict)  # the last report
+    best_model: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # its weights, if kept
 
-    def run_eval(position: tuple[int, int, torch.Tensor]) -> dict[str, float]:
-        nonlocal best, since_best, last
-        set_bypass(model, eval_dense)
-        preds: dict[str, np.ndarray] = {}
-        per_set, entropies = evaluate(model, eval_loaders, device, autocast, data.task,
-                                      preds if on_predictions else None, cfg["ood_protocol"])
-        set_bypass(model, train_dense)
-        kept["latest"] = preds
-        scores = {**score_metrics(per_set, eval_sizes, cfg["ood_protocol"]),
-                  **{tracking.load_entropy_metric(b): e for b, e in entropies.items()}}
-        # Strictly better, as the official code: the first evaluation reaching the best ID score is kept.
-        if not best or scores[tracking.ID_SCORE] > best[tracking.ID_SCORE]:
-            best, since_best = {**scores, tracking.BEST_STEP: step}, 0
-            kept["best"] = preds
-            if keep_model:
-                best_model.clear()
-                best_model.update({k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype,
-                                                    copy=True) for k, v in model.state_dict().items()})
+
+class Trial:
+    """One trial, built once (data, converted model, loaders, optimiser) and run top to bottom: ``run`` trains
+    epoch by epoch, ``_train_step`` takes one optimiser step, ``_evaluate`` scores every set and keeps the best,
+    ``_emit`` hands the caller predictions, the kept model, the checkpoint and the report, in that order."""
+
+    def __init__(self, cfg: dict[str, Any], data: TaskData | None, hooks: Hooks):
+        from transformers import get_linear_schedule_with_warmup, set_seed
+
+        self.cfg, self.hooks = cfg, hooks
+        set_seed(cfg["seed"])
+        self.data = data or load_trial_data(cfg)
+        self.model, tokenizer = load_model(cfg["model"], self.data.task.num_labels, cfg["init"], cfg["seed"])
+        convert(self.model, hparams.emoe_config(cfg))
+        if hooks.on_model is not None:
+            hooks.on_model(self.model)
+        # eval_method: train with the converted layers dense (routing off) and evaluate as EMoE, or the reverse.
+        self.train_dense, self.eval_dense = cfg["eval_method"] == "emoe", cfg["eval_method"] == "dense"
+        set_bypass(self.model, self.train_dense)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).train()
+        micro = cfg["batch_size"] // cfg["grad_accum_steps"]
+        self.train_loader = _loader(tokenize(self.data.train, tokenizer, self.data.task, cfg["max_length"]),
+                                    tokenizer, micro, True, cfg["seed"])
+        self.eval_loaders, self.in_set_order = evaluation_loaders({"id": self.data.validation, **self.data.ood},
+                                                                  tokenizer, self.data.task, cfg, self.model.config)
+        self.eval_sizes = self.data.sizes()  # GLUE-X weighs each OOD set by its full size, whatever is evaluated
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg["grad_accum_steps"])
+        self.total_steps = self.steps_per_epoch * cfg["epochs"]
+        self.optimizer = torch.optim.AdamW(_parameter_groups(self.model, cfg["weight_decay"]), lr=cfg["learning_rate"])
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(cfg["warmup_ratio"] * self.total_steps),
+                                                         self.total_steps)
+        self.autocast, self.scaler = _autocast(self.device, cfg["precision"])
+        self.keep_model = cfg["keep_model"] == "best" and hooks.on_kept_model is not None
+        self.progress, self.losses = Progress(), []
+
+    def run(self, resume: dict[str, Any] | None = None) -> dict[str, float]:
+        """Train every epoch (from ``resume``'s position), evaluating every ``eval_steps`` and at each epoch's end;
+        stop early when patience runs out. Returns the last report's metrics."""
+        start_epoch, skip = self._restore(resume) if resume is not None else (0, 0)
+        if resume is not None and resume["done"]:  # it ended at that evaluation: nothing left to train
+            return self.progress.last
+        cfg, loader = self.cfg, self.train_loader
+        for epoch in range(start_epoch, cfg["epochs"]):
+            self.optimizer.zero_grad(set_to_none=True)
+            epoch_start = loader.generator.get_state()  # this epoch's order is drawn from here
+            for i, batch in enumerate(loader):
+                if i < skip:  # trained before the checkpoint this run resumed from
+                    continue
+                if not self._train_step(batch, i, epoch):
+                    continue
+                step = self.progress.step
+                if cfg["eval_steps"] and step % cfg["eval_steps"] == 0 and step % self.steps_per_epoch:
+                    if tracking.PATIENCE_STOP in self._evaluate((epoch, i + 1, epoch_start)):
+                        return self.progress.last
+            skip = 0
+            if tracking.PATIENCE_STOP in self._evaluate((epoch + 1, 0, loader.generator.get_state())):
+                break
+        return self.progress.last
+
+    def _train_step(self, batch: dict[str, torch.Tensor], i: int, epoch: int) -> bool:
+        """Forward and backward one micro-batch; True when it completed an optimiser step."""
+        cfg, scaler = self.cfg, self.scaler
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with self.autocast:
+            loss = self.model(**batch).loss
+            extra = aux_loss(self.model)
+            if extra is not None:
+                loss = loss + extra
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"train_loss became {loss.item()} at step {self.progress.step} (epoch {epoch})")
+        self.losses.append(loss.item())
+        loss = loss / cfg["grad_accum_steps"]
+        (scaler.scale(loss) if scaler else loss).backward()
+        if (i + 1) % cfg["grad_accum_steps"] and i + 1 != len(self.train_loader):
+            return False
+        if cfg["max_grad_norm"] is not None:
+            if scaler:
+                scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg["max_grad_norm"])
+        if scaler:
+            scaler.step(self.optimizer)
+            scaler.update()
         else:
-            since_best += 1
-        out = {tracking.TRAIN_LOSS: float(np.mean(losses)) if losses else float("nan"),
-               **(best if cfg["keep_best"] else scores), tracking.EPOCH: step / steps_per_epoch, tracking.STEP: step}
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.step += 1
+        return True
+
+    def _evaluate(self, position: tuple[int, int, torch.Tensor]) -> dict[str, float]:
+        """Score the ID and OOD sets, keep the best ID evaluation (strictly better, as the official code: the first
+        reaching the best score is kept), build the report and hand it on (``_emit``)."""
+        cfg, p = self.cfg, self.progress
+        set_bypass(self.model, self.eval_dense)
+        preds: dict[str, np.ndarray] = {}
+        per_set, entropies = evaluate(self.model, self.eval_loaders, self.device, self.autocast, self.data.task,
+                                      preds if self.hooks.on_predictions else None, cfg["ood_protocol"])
+        set_bypass(self.model, self.train_dense)
+        p.kept["latest"] = preds
+        scores = {**score_metrics(per_set, self.eval_sizes, cfg["ood_protocol"]),
+                  **{tracking.load_entropy_metric(b): e for b, e in entropies.items()}}
+        if not p.best or scores[tracking.ID_SCORE] > p.best[tracking.ID_SCORE]:
+            p.best, p.since_best = {**scores, tracking.BEST_STEP: p.step}, 0
+            p.kept["best"] = preds
+            if self.keep_model:
+                p.best_model.clear()
+                p.best_model.update({k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype,
+                                                      copy=True) for k, v in self.model.state_dict().items()})
+        else:
+            p.since_best += 1
+        out = {tracking.TRAIN_LOSS: float(np.mean(self.losses)) if self.losses else float("nan"),
+               **(p.best if cfg["keep_best"] else scores), tracking.EPOCH: p.step / self.steps_per_epoch,
+               tracking.STEP: p.step}
         if cfg["keep_best"]:
             out[tracking.CURRENT_ID_SCORE] = scores[tracking.ID_SCORE]
-        if cfg["patience"] and since_best >= cfg["patience"] and step < total_steps:
+        if cfg["patience"] and p.since_best >= cfg["patience"] and p.step < self.total_steps:
             out[tracking.PATIENCE_STOP] = 1.0
-        losses.clear()
-        last = out
-        ended = step >= total_steps or tracking.PATIENCE_STOP in out
-        # NOTE: before the report, at every evaluation: a scheduler may stop the trial on any report (ASHA: for
-        # trailing, or at max_t), and nothing after it runs; a stopped trial keeps those of its last report.
-        if on_predictions is not None:
-            on_predictions(in_set_order(kept["best" if cfg["keep_best"] else "latest"]))
-        if keep_model and since_best == 0:  # a new best: kept now, so a trial a scheduler stops keeps one too
-            on_kept_model(model, best_model)
-        if on_state is not None:
-            on_state(state(position, ended))
-        if report is not None:
-            report(out)
+        self.losses.clear()
+        p.last = out
+        self._emit(out, position, p.step >= self.total_steps or tracking.PATIENCE_STOP in out)
         return out
 
-    for epoch in range(start_epoch, cfg["epochs"]):
-        optimizer.zero_grad(set_to_none=True)
-        epoch_start = train_loader.generator.get_state()  # this epoch's order is drawn from here
-        for i, batch in enumerate(train_loader):
-            if i < skip:  # trained before the checkpoint this run resumed from
-                continue
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast:
-                loss = model(**batch).loss
-                extra = aux_loss(model)
-                if extra is not None:
-                    loss = loss + extra
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"train_loss became {loss.item()} at step {step} (epoch {epoch})")
-            losses.append(loss.item())
-            loss = loss / cfg["grad_accum_steps"]
-            (scaler.scale(loss) if scaler else loss).backward()
-            if (i + 1) % cfg["grad_accum_steps"] and i + 1 != len(train_loader):
-                continue
-            if cfg["max_grad_norm"] is not None:
-                if scaler:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if cfg["eval_steps"] and step % cfg["eval_steps"] == 0 and step % steps_per_epoch:
-                last = run_eval((epoch, i + 1, epoch_start))
-                if tracking.PATIENCE_STOP in last:
-                    return last
-        skip = 0
-        last = run_eval((epoch + 1, 0, train_loader.generator.get_state()))
-        if tracking.PATIENCE_STOP in last:
-            return last
-    return last
+    def _emit(self, out: dict[str, float], position: tuple[int, int, torch.Tensor], ended: bool) -> None:
+        """The evaluation's predictions, the kept model (on a new best), the checkpoint, then the report.
+        NOTE: all before the report, at every evaluation: a scheduler may stop the trial on any report (ASHA: for
+        trailing, or at max_t), and nothing after it runs; a stopped trial keeps those of its last report."""
+        h, p = self.hooks, self.progress
+        if h.on_predictions is not None:
+            h.on_predictions(self.in_set_order(p.kept["best" if self.cfg["keep_best"] else "latest"]))
+        if self.keep_model and p.since_best == 0:  # a new best: kept now, so a trial a scheduler stops keeps one
+            h.on_kept_model(self.model, p.best_model)
+        if h.on_state is not None:
+            h.on_state(self._checkpoint(position, ended))
+        if h.report is not None:
+            h.report(out)
+
+    def _checkpoint(self, position: tuple[int, int, torch.Tensor], done: bool) -> dict[str, Any]:
+        """The whole training state (its tensors the live ones: serialise before returning)."""
+        epoch_next, batch_next, loader_state = position
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
+                "rng": _rng_state(), "loader": loader_state, "epoch": epoch_next, "batch": batch_next,
+                "done": done, **{f.name: getattr(self.progress, f.name) for f in dataclasses.fields(Progress)}}
+
+    def _restore(self, state: dict[str, Any]) -> tuple[int, int]:
+        """Load a checkpoint; returns where training continues: the epoch and the micro-batches of it done."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress(**{f.name: state[f.name] for f in dataclasses.fields(Progress)
+                                    if f.name in state})
+        self.progress.best_model = state.get("best_model") or {}
+        self.train_loader.generator.set_state(state["loader"])
+        _set_rng_state(state["rng"])
+        return state["epoch"], state["batch"]
+
+
+def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW's groups: no weight decay on biases and normalisation weights."""
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    named = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
+    return [{"params": [q for n, q in named if not n.endswith(no_decay)], "weight_decay": weight_decay},
+            {"params": [q for n, q in named if n.endswith(no_decay)], "weight_decay": 0.0}]
 
 
 def parse_ood(items: list[str] | None) -> dict[str, str]:
