@@ -65,7 +65,14 @@ def sweep(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    name = sys.argv[0]
+    try:
+        return _dispatch(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        sys.argv[0] = name  # the subcommand's name was for its usage lines only
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2

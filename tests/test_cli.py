@@ -36,19 +36,23 @@ def test_sweep_runs_a_registered_ablation_from_outside_the_checkout(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ablation clustering: 7 arms x 2 seeds x 1 learning rates = 14 trials (preset demo)" in out.stdout
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
-    bad = run("sweep", "clusterin", cwd=tmp_path)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown ablation 'clusterin'; valid choices: "
-                                                         "clustering, gating,")
 
 
-def test_sweep_takes_a_design_file_or_factors(tmp_path):
+def test_sweep_refuses_an_unknown_ablation_in_one_line(capsys):
+    assert main(["sweep", "clusterin"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown ablation 'clusterin'; valid choices: clustering, "
+                                              "gating,")
+
+
+def test_sweep_takes_a_design_file_or_factors(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["emoe"])
     (tmp_path / "x.toml").write_text('name = "cx"\n[factors]\nclustering = ["constrained", "kmeans"]\n'
                                      'gate = ["avg_keys", "centroid"]\n')
-    out = run("sweep", "x.toml", "--preset", "demo", "--dry-run", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "ablation cx: 5 arms x 2 seeds" in out.stdout  # 2 x 2 crossed, plus the dense baseline
-    out = run("sweep", "--factor", "gate=avg_keys,centroid", "--preset", "demo", "--dry-run", cwd=tmp_path)
-    assert out.returncode == 0 and "3 arms x 2 seeds" in out.stdout
+    assert main(["sweep", "x.toml", "--preset", "demo", "--dry-run"]) == 0
+    assert "ablation cx: 5 arms x 2 seeds" in capsys.readouterr().out  # 2 x 2 crossed, plus the dense baseline
+    assert main(["sweep", "--factor", "gate=avg_keys,centroid", "--preset", "demo", "--dry-run"]) == 0
+    assert "3 arms x 2 seeds" in capsys.readouterr().out
 
 
 def test_sweep_scripts_are_the_registry():

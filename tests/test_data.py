@@ -20,6 +20,7 @@ def test_packaged_demo_slice_is_what_the_demo_draws_from_the_full_data():
         assert list(demo.ood[name]["sentence"]) == list(full.ood[name]["sentence"])
 
 
+@pytest.mark.slow  # the datasets library takes 23 s to give up offline
 def test_hub_unreachable_is_one_line_naming_the_fix(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -58,6 +58,7 @@ def rejections(reps, seed, **design):
 
 # --- finding 0: a task's OOD sets are not independent blocks ---
 
+@pytest.mark.slow  # 300 reports, about 50 s
 @pytest.mark.parametrize("tasks, seeds, reps", [(1, 2, 120), (1, 4, 80), (8, 2, 100)])
 def test_false_positive_rate_under_the_null_is_near_alpha(tasks, seeds, reps):
     """Six identical arms, four OOD sets with model and set noise equal: with one task the blocks are its seeds,

@@ -35,12 +35,14 @@ def trial_results(exp_dir: Path) -> dict[str, list[dict]]:
                                             ("pretraining", 4 * 3 * 3), ("experts", 15 * 3 * 3),
                                             ("router", 7 * 3 * 3), ("selection", 4 * 3 * 3),
                                             ("eval_method", 4 * 3 * 3)])
-def test_each_script_dry_run(script, trials, tmp_path):
-    out = subprocess.run(sweep_cmd(script, "--dry-run", "--model", "minilm", "--data-dir", "demo"),
-                         capture_output=True, text=True,
-                         cwd=tmp_path, env=env(), timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert f"= {trials} trials" in out.stdout and "dense" in out.stdout
+def test_each_ablation_dry_run(script, trials, tmp_path, monkeypatch, capsys):
+    """In process (the scripts are the registry: test_cli checks it, and runs one as a subprocess)."""
+    from emoe.sweep.ablations import ABLATIONS
+
+    monkeypatch.chdir(tmp_path)
+    assert sweep_main(ABLATIONS[script], ["--dry-run", "--model", "minilm", "--data-dir", "demo"]) == 0
+    out = capsys.readouterr().out
+    assert f"= {trials} trials" in out and "dense" in out
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
 
 
@@ -93,14 +95,15 @@ def _sweeps_on_path(monkeypatch):
     (["--cpus-per-trial", "512"], "--cpus-per-trial=512 asks for more CPUs than any node has (this machine: ", None),
     (["--gpus-per-trial", "1"], "--gpus-per-trial=1 asks for more GPUs than any node has (this machine: 0 GPUs)",
      None),
-    (["--data-dir", "none"], "cannot be loaded from the Hub", None),
+    pytest.param(["--data-dir", "none"], "cannot be loaded from the Hub", None, marks=pytest.mark.slow),  # 23 s
     (["--resume"], "nothing to resume", None),
     (["--epochs", "0"], "epochs=0 must be >= 1", None),
     (["--max-length", "x"], "invalid literal for int()", None),
     (["--max-concurrent", "x"], "argument --max-concurrent: invalid int value", None),
     (["--cpus-per-trial", "0"], "--cpus-per-trial must be > 0", None),
     (["--lr-range", "1e-3,1e-5", "--search", "optuna"], "--lr-range must be LOW,HIGH with 0 < LOW < HIGH", None),
-    (["--model", "not-an-org/not-a-model-xyz"], "model 'not-an-org/not-a-model-xyz' cannot be loaded", None),
+    pytest.param(["--model", "not-an-org/not-a-model-xyz"], "model 'not-an-org/not-a-model-xyz' cannot be loaded",
+                 None, marks=pytest.mark.slow),  # the Hub's offline refusal takes 23 s
     (["--tracking-uri", "ftp://host/x"], "unsupported scheme 'ftp'", None),
     (["--address", "headnode"], "--address 'headnode': expected HOST:PORT", None),
     (["--address", "127.0.0.1:9"], "--address '127.0.0.1:9': no Ray head reachable there", None),
