@@ -74,18 +74,47 @@ def load_trials(tracking_uri: str, experiment: str, parent_run_id: str | None = 
                         "status": trials["status"]})
     for p in _param_columns():
         out[p] = trials.get(f"params.{p}")
-    for c in ("seed", "learning_rate", "num_experts", "top_k"):
-        out[c] = pd.to_numeric(out[c], errors="coerce")
     for c in trials.columns:
         if c.startswith("metrics."):
             out[c[len("metrics."):]] = trials[c].astype(float)
-    # A trial that never ended (killed driver, no resume yet) has no outcome: it counts as failed.
-    out["outcome"] = out["outcome"].fillna("failed")
     if pool:
         check_poolable(out, runs[roles == "sweep"])
-    order = {arm: i for i, arm in enumerate(sweep.get("arms", []))}  # the sweep's declared arm order
+    return _typed(out, sweep.get("arms", [])), sweep
+
+
+def _typed(out: pd.DataFrame, arms: list) -> pd.DataFrame:
+    """The frame as the analysis reads it, from MLflow or from the records alike: the numeric knobs as numbers, a
+    trial that never ended (killed driver, no resume yet) failed, rows in the sweep's declared arm order."""
+    for c in ("seed", "learning_rate", "num_experts", "top_k"):
+        out[c] = pd.to_numeric(out[c], errors="coerce")
+    out["outcome"] = out["outcome"].fillna("failed")
+    order = {arm: i for i, arm in enumerate(arms)}
     out = out.sort_values("arm", key=lambda col: col.map(lambda a: order.get(a, len(order))), kind="stable")
-    return out.reset_index(drop=True), sweep
+    return out.reset_index(drop=True)
+
+
+def load_records(directory: str | Path) -> tuple[pd.DataFrame, dict]:
+    """The trials of the sweep in ``directory`` (and of its extensions) from its records alone, no MLflow: the same
+    frame as ``load_trials`` (each knob as its MLflow param would read, metrics of the final or last report), and
+    the sweep's tags as far as the records know them (factor, arms, primary analysis)."""
+    from emoe.tracking.records import SweepRecord, trial_rows
+    from emoe.tracking.runs import param_value
+
+    directory = Path(directory)
+    record = SweepRecord.load(directory)
+    rows = trial_rows(directory)
+    knobs = set(_param_columns())
+    frame = pd.DataFrame([{k: (param_value(v) if k in knobs else v) for k, v in r.items()} for r in rows])
+    for p in _param_columns():
+        if p not in frame:
+            frame[p] = None
+    if frame.empty:
+        frame = pd.DataFrame(columns=["run_id", "arm", "outcome", *_param_columns()])
+    sweep = {"run_id": None, tracking.FACTOR: record.factor, tracking.SWEEP: record.design, "arms": list(record.arms),
+             "looks": list(record.looks)}
+    if record.primary() is not None:  # declared at launch (a sweep from before declarations has none)
+        sweep["primary"] = record.primary()
+    return _typed(frame, sweep["arms"]), sweep
 
 
 def primary_of(sweep: dict):
@@ -114,6 +143,19 @@ def load_curves(tracking_uri: str, run_ids, metrics=(tracking.CURRENT_ID_SCORE, 
             if history:
                 rows += [{"run_id": run_id, "step": m.step, "value": m.value} for m in history]
                 break
+    return pd.DataFrame(rows, columns=["run_id", "step", "value"])
+
+
+def record_curves(directory: str | Path, metrics=(tracking.CURRENT_ID_SCORE, tracking.ID_SCORE)) -> pd.DataFrame:
+    """``load_curves`` from the records: each trial's reports (``run_id`` = its trial id)."""
+    from emoe.tracking.records import sweep_trials
+
+    rows = []
+    for files, _ in sweep_trials(directory):
+        reports = files.load_reports()
+        metric = next((m for m in metrics if any(m in r for r in reports)), None)
+        rows += [{"run_id": files.dir.name, "step": r.get(tracking.STEP, 0), "value": r[metric]}
+                 for r in reports if metric and metric in r]
     return pd.DataFrame(rows, columns=["run_id", "step", "value"])
 
 

@@ -254,11 +254,20 @@ def closing_table(trials) -> str:
     return "\n".join(lines)
 
 
-def record_look(uri: str, experiment_id: str, parent_run_id: str) -> None:
-    """The closing table showed results: a look at them (``emoe.tracking.record_look``, counted by the sweep's
-    finished trials, an extension's included), announced when it is one more than its primary analysis planned."""
+def record_look(uri: str, experiment_id: str, parent_run_id: str, directory: Path) -> None:
+    """The closing table showed results: a look at them, counted by the sweep's finished trials (an extension's
+    included), kept in the sweep's record (``looks``) and its parent run (``emoe.tracking.record_look``), announced
+    when it is one more than its primary analysis planned."""
     from emoe.tracking import client, record_look as record
+    from emoe.tracking.records import trial_rows
 
+    origin = SweepRecord.load(directory).origin
+    home = directory.parent / origin if origin else directory
+    finished = sum(r["outcome"] in ("completed", "early_stopped") for r in trial_rows(home))
+    kept = SweepRecord.load(home)
+    if finished and (not kept.looks or kept.looks[-1] != finished):
+        kept.looks.append(finished)
+        kept.save(home)
     try:
         mlflow = client(uri)
         children = mlflow.search_runs([experiment_id], filter_string=f"tags.`{schema.PARENT}` = '{parent_run_id}'",
@@ -329,7 +338,7 @@ def main(design: Ablation, argv: list[str] | None = None) -> int:
     print(f"\nper arm ({RULE}):")
     frame = results_frame(outcome)
     print(closing_table(frame))
-    record_look(settings.tracking_uri, outcome.experiment_id, outcome.parent_run_id)
+    record_look(settings.tracking_uri, outcome.experiment_id, outcome.parent_run_id, outcome.directory)
     if outcome.failed:
         print(f"{outcome.failed} trial(s) failed; their MLflow runs hold the error")
     print()

@@ -17,7 +17,7 @@ from emoe.sweep.search import CellList, scheduler, search_space
 from emoe.sweep.trainable import TrialSetup, quiet_libraries, tune_trainable
 from emoe.tracking import runs, schema
 from emoe.tracking.callback import MlflowTrials
-from emoe.tracking.records import SweepRecord
+from emoe.tracking.records import SweepRecord, done_cells
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,8 @@ def check_extension(old: SweepRecord, design: Ablation, plan: Plan) -> None:
 
 def missing_cells(plan: Plan, client, experiment_id: str, parent_run_id: str) -> list[dict[str, Any]]:
     """The grid cells (task, arm, seed, learning rate) of ``plan`` that no finished (completed or early-stopped)
-    trial run under ``parent_run_id`` holds: new cells, and cells whose trials failed or never ended."""
+    trial run under ``parent_run_id`` holds: new cells, and cells whose trials failed or never ended. From MLflow:
+    only for a sweep whose trials predate the trial records (``emoe.tracking.records.done_cells`` otherwise)."""
     children = client.search_runs([experiment_id], filter_string=f"tags.`{schema.PARENT}` = '{parent_run_id}'",
                                   max_results=50_000)
     done = set()
@@ -184,7 +185,11 @@ def run_sweep(design: Ablation, settings: SweepSettings, resume: str | Path | No
         except ValueError:
             ray.shutdown()
             raise
-        cells = missing_cells(plan, client, experiment_id, old.parent_run_id)
+        home = Path(extend).parent / old.origin if old.origin else Path(extend)  # the sweep first launched
+        done = done_cells(home)  # from the trial records alone; MLflow only for trials older than the records
+        cells = missing_cells(plan, client, experiment_id, old.parent_run_id) if done is None else \
+            [{"task": t, "arm": a, "seed": s, "learning_rate": lr} for t, a, s, lr in plan.grid()
+             if (t, a, int(s), float(lr)) not in done]
         if not cells:
             log.info("nothing to run: every cell of this grid has a finished trial under parent run %s",
                      old.parent_run_id)
@@ -192,7 +197,7 @@ def run_sweep(design: Ablation, settings: SweepSettings, resume: str | Path | No
         directory = storage / f"{plan.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
         directory.mkdir(parents=True, exist_ok=False)
         record = SweepRecord(design.name, design.factor, {**old.arms, **design.arms}, settings.to_dict(),
-                             plan.experiment, old.parent_run_id, argv or [], cells=cells)
+                             plan.experiment, old.parent_run_id, argv or [], cells=cells, origin=home.name)
         record.save(directory)
         client.update_run(old.parent_run_id, "RUNNING")
         client.set_tag(old.parent_run_id, schema.EXTENDED, str(directory))

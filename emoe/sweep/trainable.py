@@ -67,6 +67,7 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
         tune.report({**final, **where})
         return
     trial_cfg = setup.record.trial_config(config)
+    files.save_config(config["arm"], trial_cfg)  # the trial's record: its cell and config, then every report
     resume = files.load_state() if setup.checkpoint_every else None
     # every report of an attempt that continued from a checkpoint says from which step (Ray's records, MLflow tag)
     origin = {schema.RESUMED_FROM: resume["step"]} if resume is not None else {}
@@ -81,6 +82,7 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
     def report(metrics: dict[str, float]) -> None:
         # NOTE: the final evaluation is saved *before* it is reported: a scheduler may stop the trial on that very
         # report (ASHA stops every trial that reaches max_t), and the function never runs past it.
+        files.append_report(metrics)
         if schema.finished(metrics, trial_cfg["epochs"]):
             files.save_final(metrics)
             files.drop_state()

@@ -43,13 +43,20 @@ def sync_sweep(path: Path, uri: str) -> dict[str, int]:
     record = SweepRecord.load(path)
     client = runs.client(uri)
     experiment_id = runs.get_or_create_experiment(client, record.experiment)
+    if record.origin and SweepRecord.exists(path.parent / record.origin):  # an extension: its sweep's parent run
+        parent = SweepRecord.load(path.parent / record.origin).parent_run_id
+        if parent != record.parent_run_id:  # the sweep's parent was recreated: the extension follows it
+            record.parent_run_id = parent
+            record.save(path)
     parent_id = record.parent_run_id
     try:
         client.get_run(parent_id)
     except Exception:  # the store never saw this sweep (or was replaced): a new parent run stands in
         parent_id = client.create_run(experiment_id, run_name=path.name, tags={
             schema.ROLE: "sweep", schema.SWEEP: record.design, schema.FACTOR: record.factor,
-            schema.RAY_DIR: str(path), schema.BACKFILLED: "true"}).info.run_id
+            schema.RAY_DIR: str(path), schema.BACKFILLED: "true",
+            **({schema.LOOKS: ",".join(map(str, record.looks))} if record.looks else {})}).info.run_id
+        runs.TrialRun(client, experiment_id, "", run_id=parent_id).log_params(parent_params(record))
         record.parent_run_id = parent_id
         record.save(path)
     analysis = ExperimentAnalysis(str(path))
@@ -98,6 +105,12 @@ def sync_sweep(path: Path, uri: str) -> dict[str, int]:
     if all_done and client.get_run(parent_id).info.status in ("RUNNING", "KILLED"):
         client.set_terminated(parent_id, status="FINISHED")
     return added
+
+
+def parent_params(record: SweepRecord) -> dict:
+    """What a recreated parent run declares, from the sweep's record: its arms and its primary analysis."""
+    declared = record.primary() or {}
+    return {"arms": ",".join(record.arms), **{f"{schema.PRIMARY_PREFIX}{k}": v for k, v in declared.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:

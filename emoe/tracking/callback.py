@@ -140,10 +140,11 @@ class MlflowTrials(Callback):
             self._safe(f"{path.stem} artifact", self.client.log_artifact, run.run_id, str(path))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        TrialFiles(self.root, trial.trial_id).save_ended(schema.outcome(last, self._epochs(trial)))  # the record
         run = self._run(trial)
         if run is None:
             return
-        last = trial.last_result or {}
         self._artifacts(trial, run)
         model = TrialFiles(self.root, trial.trial_id).model
         if model.is_dir():
@@ -169,6 +170,7 @@ class MlflowTrials(Callback):
             self._safe("restart", run.set_tags, {schema.RESTARTS: trial.num_failures, schema.RESTART_ERROR: error})
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        TrialFiles(self.root, trial.trial_id).save_ended("failed", trial_error_text(trial))  # the record
         run = self._run(trial)
         if run is None:
             return

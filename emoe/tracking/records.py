@@ -1,6 +1,9 @@
-"""What a sweep keeps beside Ray's own records in its experiment directory, read by the resume, the driver-side
-MLflow callback and the backfill: the sweep record (``emoe_sweep.json``: its design, settings and MLflow parent run)
-and each trial's files (``emoe_trials/<trial_id>/``: final metrics, partitions).
+"""What a sweep keeps beside Ray's own records in its experiment directory, read by the resume, ``--extend``, the
+driver-side MLflow callback, the backfill and the analysis (``emoe analyse --records``): the sweep record
+(``emoe_sweep.json``: its design, settings, MLflow parent run and, for an extension, the sweep it extends) and each
+trial's files (``emoe_trials/<trial_id>/``: its cell and flat config, every report (append-only), the failure, the
+final metrics, partitions, predictions, checkpoint and kept model). From these alone: which cells are done
+(``done_cells``) and every trial's row as the analysis reads it (``trial_rows``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,18 @@ class SweepRecord:
     argv: list[str] = dataclasses.field(default_factory=list)
     cells: list[dict[str, Any]] | None = None  # an extension's cells (task, arm, seed, learning rate); None: the grid
     scoring_version: int = SCORING_VERSION  # the emoe scoring it started with (a record without one: 1)
+    origin: str | None = None  # an extension: the directory name of the sweep it extends (their cells are shared)
+    looks: list[int] = dataclasses.field(default_factory=list)  # finished trials at each look at the results
+
+    def primary(self) -> dict[str, Any] | None:
+        """The primary analysis declared at launch, as the parent run's ``primary.*`` params read (None as
+        ``auto``); None for a sweep that declared none (launched before declarations)."""
+        s = self.settings
+        if "primary_metric" not in s:
+            return None
+        return {"metric": s["primary_metric"], "blocks": s.get("primary_blocks") or "auto",
+                "baseline": s.get("baseline") or "auto", "alpha": s.get("alpha", 0.05),
+                "planned_looks": s.get("planned_looks", 1)}
 
     @staticmethod
     def exists(directory: str | Path) -> bool:
@@ -87,6 +102,70 @@ class TrialFiles:
 
     def __init__(self, root: str | Path, trial_id: str):
         self.dir = Path(root) / TRIALS_DIR / trial_id
+
+    @property
+    def config(self) -> Path:
+        """The trial's cell (task, arm, seed, learning rate) and flat config, written when it starts."""
+        return self.dir / "config.json"
+
+    @property
+    def reports(self) -> Path:
+        """Every report, one JSON line each, appended as it is made (a resumed trial may repeat a step: the last
+        line of a step holds)."""
+        return self.dir / "reports.jsonl"
+
+    @property
+    def ended(self) -> Path:
+        """How the trial ended, as the driver saw it (``completed``, ``early_stopped`` or ``failed``, and the
+        error): written by the MLflow callback whether or not MLflow is reachable."""
+        return self.dir / "ended.json"
+
+    def save_config(self, arm: str, config: dict[str, Any]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.config.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"arm": arm, "config": config}, default=str))
+        os.replace(tmp, self.config)
+
+    def load_config(self) -> dict[str, Any] | None:
+        return json.loads(self.config.read_text()) if self.config.is_file() else None
+
+    def append_report(self, metrics: dict[str, Any]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.reports, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+    def load_reports(self) -> list[dict[str, Any]]:
+        """The reports, one per step (the last line of a step holds), in step order."""
+        if not self.reports.is_file():
+            return []
+        by_step: dict[float, dict[str, Any]] = {}
+        for line in self.reports.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                by_step[row.get("step", len(by_step))] = row
+        return [by_step[k] for k in sorted(by_step)]
+
+    def save_ended(self, outcome: str, error: str | None = None) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.ended.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"outcome": outcome, "error": error}))
+        os.replace(tmp, self.ended)
+
+    def outcome(self, epochs: float) -> tuple[str, dict[str, Any]] | None:
+        """``(outcome, metrics)`` from the files alone: the driver's verdict (``ended.json``) with the final
+        metrics or, for a trial a scheduler stopped, its last report; a trial with final metrics and no verdict
+        (the driver died first) completed; None for a trial that never ended (it counts as failed, as an unended
+        MLflow run does)."""
+        from emoe.tracking import schema
+
+        final = self.load_final()
+        if self.ended.is_file():
+            outcome = json.loads(self.ended.read_text())["outcome"]
+            if outcome == "failed":
+                return "failed", {}
+            reports = self.load_reports()
+            return outcome, final if final is not None else (reports[-1] if reports else {})
+        return (schema.outcome(final, epochs), final) if final is not None else None
 
     @property
     def final(self) -> Path:
@@ -157,3 +236,59 @@ class TrialFiles:
         if partitions:
             self.dir.mkdir(parents=True, exist_ok=True)
             np.savez(self.partitions, **{f"block{b}": labels for b, labels in partitions.items()})
+
+
+def sweep_family(directory: str | Path) -> list[Path]:
+    """A sweep's directory and those of its extensions (siblings whose record names it as their ``origin``)."""
+    directory = Path(directory)
+    family = [directory]
+    for sibling in sorted(directory.parent.glob("*")):
+        if sibling != directory and SweepRecord.exists(sibling) and SweepRecord.load(sibling).origin == directory.name:
+            family.append(sibling)
+    return family
+
+
+def sweep_trials(directory: str | Path):
+    """Every trial's files of a sweep and its extensions: ``(files, cell)`` pairs, ``cell`` None for a trial that
+    predates the trial records (no ``config.json``)."""
+    for path in sweep_family(directory):
+        root = Path(path) / TRIALS_DIR
+        for trial_dir in sorted(root.glob("*")) if root.is_dir() else []:
+            files = TrialFiles(path, trial_dir.name)
+            yield files, files.load_config()
+
+
+def trial_rows(directory: str | Path) -> list[dict[str, Any]]:
+    """Every trial of a sweep and its extensions, from their files alone, one row each as the analysis reads them
+    (``emoe.analysis.results``): ``run_id`` (the trial id), ``parent_run_id`` (the sweep's directory name), ``arm``,
+    ``outcome``, every knob of its flat config, and its metrics (final, or its last report). A trial that never
+    ended counts as failed, as an unended run does in MLflow."""
+    from emoe.tracking import schema
+
+    rows = []
+    for files, cell in sweep_trials(directory):
+        if cell is None:
+            continue
+        config = cell["config"]
+        outcome, metrics = files.outcome(float(config.get("epochs") or 1)) or ("failed", {})
+        rows.append({"run_id": files.dir.name, "parent_run_id": Path(directory).name, "arm": cell["arm"],
+                     "outcome": outcome, "status": "FINISHED" if outcome != "failed" else "FAILED", **config,
+                     **schema.trial_metrics(metrics)})
+    return rows
+
+
+def done_cells(directory: str | Path) -> set[tuple[str, str, int, float]] | None:
+    """The (task, arm, seed, learning rate) cells of a sweep and its extensions that a finished (completed or
+    early-stopped) trial holds, from the files alone; None when some finished trial predates the trial records
+    (no ``config.json``: its cell is known to MLflow only)."""
+    done = set()
+    for files, cell in sweep_trials(directory):
+        if cell is None:
+            if files.final.is_file():
+                return None
+            continue
+        c = cell["config"]
+        ended = files.outcome(float(c.get("epochs") or 1))
+        if ended is not None and ended[0] != "failed":
+            done.add((c["task"], cell["arm"], int(c["seed"]), float(c["learning_rate"])))
+    return done

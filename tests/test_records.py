@@ -1,0 +1,67 @@
+"""The trial records as the truth (issue 21): a sweep's files alone say which cells are done and give the same
+analysis as MLflow; MLflow is a mirror that ``emoe sync`` rebuilds from them."""
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import env, run_tiny
+
+from emoe.analysis import report, results, stats
+from emoe.tracking.records import SweepRecord, TrialFiles, done_cells
+
+
+def _analysis(trials, sweep):
+    return stats.analyse(trials, primary=results.primary_of(sweep), bayes_samples=0)
+
+
+def _same(a, b):
+    pd.testing.assert_frame_equal(report.display_table(a), report.display_table(b))
+    np.testing.assert_allclose(a.tests["wilcoxon"]["p"], b.tests["wilcoxon"]["p"])
+    assert a.status["primary"] == b.status["primary"] and a.blocks == b.blocks
+
+
+def test_trial_files_say_how_each_trial_ended(tmp_path):
+    files = TrialFiles(tmp_path, "t1")
+    files.save_config("kmeans", {"task": "sst2", "seed": 0, "learning_rate": 1e-3, "epochs": 2})
+    assert files.outcome(2) is None  # started, never ended: failed, as an unended MLflow run
+    files.append_report({"step": 1, "epoch": 1.0, "id_score": 0.5})
+    files.append_report({"step": 1, "epoch": 1.0, "id_score": 0.6})  # a resumed attempt repeats its step
+    files.save_ended("early_stopped")
+    assert files.outcome(2) == ("early_stopped", {"step": 1, "epoch": 1.0, "id_score": 0.6})
+    assert done_cells(tmp_path) == {("sst2", "kmeans", 0, 1e-3)}
+    files.save_ended("failed", "boom")
+    assert files.outcome(2) == ("failed", {}) and done_cells(tmp_path) == set()
+
+
+@pytest.mark.slow
+def test_a_deleted_store_is_rebuilt_from_the_records_and_nothing_reruns(tiny_model_dir, tiny_data_dir, tmp_path):
+    common = ("--seeds", "0,1", "--learning-rates", "1e-3", "--cpus-per-trial", "0.5", "--scheduler", "none",
+              "--checkpoint-every", "none", "--keep-model", "none")
+    run_tiny("pretraining", tiny_model_dir, tiny_data_dir, tmp_path, *common)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep_dir = next(p for p in (tmp_path / "ray").glob("emoe-pretraining-*") if SweepRecord.exists(p))
+    from_store = _analysis(*results.load_trials(uri, "emoe-pretraining"))
+    from_records = _analysis(*results.load_records(sweep_dir))
+    _same(from_store, from_records)
+    assert from_records.status["primary"] and len(from_records.chosen) == 8
+    assert SweepRecord.load(sweep_dir).looks == [8]
+
+    (tmp_path / "mlflow.db").unlink()  # the store is lost; the records are not
+    shutil.rmtree(tmp_path / "mlartifacts", ignore_errors=True)
+    again = run_tiny("pretraining", tiny_model_dir, tiny_data_dir, tmp_path, *common, "--extend")
+    assert "nothing to run" in again.stdout  # decided from the records: MLflow knows nothing now
+    sync = subprocess.run([sys.executable, "-m", "emoe.sync", "--storage-path", str(tmp_path / "ray"),
+                           "--tracking-uri", uri], capture_output=True, text=True, cwd=tmp_path, env=env(),
+                          timeout=600)
+    assert sync.returncode == 0, sync.stderr[-2000:]
+    rebuilt = _analysis(*results.load_trials(uri, "emoe-pretraining"))
+    _same(rebuilt, from_records)
+    _same(rebuilt, _analysis(*results.load_records(sweep_dir)))
+    from emoe.cli import main
+
+    assert main(["analyse", "--records", str(sweep_dir), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "report.html").is_file()
