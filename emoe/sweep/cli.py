@@ -261,13 +261,16 @@ def record_look(uri: str, experiment_id: str, parent_run_id: str, directory: Pat
     from emoe.tracking import client, record_look as record
     from emoe.tracking.records import trial_rows
 
-    origin = SweepRecord.load(directory).origin
-    home = directory.parent / origin if origin else directory
-    finished = sum(r["outcome"] in ("completed", "early_stopped") for r in trial_rows(home))
-    kept = SweepRecord.load(home)
-    if finished and (not kept.looks or kept.looks[-1] != finished):
-        kept.looks.append(finished)
-        kept.save(home)
+    try:
+        origin = SweepRecord.load(directory).origin
+        home = directory.parent / origin if origin else directory
+        finished = sum(r["outcome"] in ("completed", "early_stopped") for r in trial_rows(home))
+        kept = SweepRecord.load(home)
+        if finished and (not kept.looks or kept.looks[-1] != finished):
+            kept.looks.append(finished)
+            kept.save(home)
+    except (OSError, ValueError) as e:  # the results are printed; the count is bookkeeping
+        logging.getLogger(__name__).warning("could not record this look in the sweep's record (%s)", e)
     try:
         mlflow = client(uri)
         children = mlflow.search_runs([experiment_id], filter_string=f"tags.`{schema.PARENT}` = '{parent_run_id}'",

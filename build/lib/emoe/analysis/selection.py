@@ -1,0 +1,152 @@
+"""Model selection, defined once: every table that picks a learning rate (the sweep's closing table, the report)
+calls ``select``. ID metrics only; OOD metrics never select anything."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from emoe.tracking import schema
+
+USED_OUTCOMES = ("completed", "early_stopped")
+DECIMALS = 10  # values are rounded to this many decimals before they are compared, ranked or tested
+RULE = (f"per arm and task, the learning rate with the best mean {schema.ID_SCORE} over seeds (ID only; means rounded "
+        f"to {DECIMALS} decimals, the smaller rate among equals) among the rates with the fewest failed seeds: a rate "
+        "where a seed failed (diverged) ranks below every rate with fewer failures, whatever its score; a failed "
+        "trial whose cell was run again and finished does not count; repeated cells are averaged first; completed "
+        "trials count, early-stopped ones with the ID score they reached when stopped (ASHA stops a trial for "
+        "trailing its bracket, so it cannot win by stopping)")
+
+
+def collapse_duplicates(df: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
+    """One row per (task, arm, seed, learning rate) among used trials: repeats (a rerun without ``--resume``, grid
+    ``--num-samples``) are averaged into one cell, never counted as more seeds."""
+    keys = ["task", "arm", "seed", "learning_rate"]
+    used = df["outcome"].isin(USED_OUTCOMES)
+    dup = df[used].duplicated(keys, keep=False)
+    if not dup.any():
+        return df
+    groups = df[used][dup].groupby(keys, sort=False)
+    warnings.append(f"{int(dup.sum())} trials repeat {groups.ngroups} (task, arm, seed, learning rate) cell(s): "
+                    "each cell's repeats averaged into one (not counted as seeds)")
+    numeric = [c for c in df.columns if c not in keys and pd.api.types.is_numeric_dtype(df[c])]
+    first = df[used].groupby(keys, sort=False).first()
+    means = df[used].groupby(keys, sort=False)[numeric].mean()
+    first[numeric] = means
+    first["outcome"] = df[used].groupby(keys, sort=False)["outcome"].agg(
+        lambda o: "completed" if (o == "completed").any() else o.iloc[0])
+    return pd.concat([first.reset_index(), df[~used]], ignore_index=True)
+
+
+def select(trials: pd.DataFrame, warnings: list[str] | None = None) -> pd.DataFrame:
+    """The trials of each (task, arm)'s chosen learning rate (``RULE``).
+
+    Args:
+        trials: one row per trial with ``task, arm, seed, learning_rate, outcome`` and ``id_score``.
+        warnings: gets a line for each gap (trials without ``id_score``, seeds missing at the chosen rate,
+            early-stopped trials among the chosen).
+
+    Returns:
+        The chosen rows, in the order of ``trials``' (task, arm) groups.
+    """
+    warnings = [] if warnings is None else warnings
+    trials = collapse_duplicates(trials, warnings)
+    used = trials[trials["outcome"].isin(USED_OUTCOMES)]
+    cells = ["task", "arm", "seed", "learning_rate"]
+    finished = set(map(tuple, used[cells].itertuples(index=False)))
+    rerun = np.array([tuple(c) in finished for c in trials[cells].itertuples(index=False)], dtype=bool)
+    failed = trials[(trials["outcome"] == "failed").to_numpy() & ~rerun]
+    # failed seeds per (task, arm, rate): a cell rerun to completion is not a failure
+    failures = failed.drop_duplicates(cells).groupby(["task", "arm", "learning_rate"]).size()
+    chosen = []
+    all_seeds = sorted(used["seed"].dropna().unique())
+    for (task, arm), group in used.groupby(["task", "arm"], sort=False):
+        count = {lr: int(failures.get((task, arm, lr), 0)) for lr in group["learning_rate"].unique()}
+        fewest = min(count.values())
+        if any(count.values()):
+            worse = sorted(float(lr) for lr, c in count.items() if c > fewest)
+            if worse:
+                group = group[group["learning_rate"].map(count) == fewest]
+                warnings.append(f"{task}/{arm}: learning rate(s) {worse} had more failed (diverged) seeds than "
+                                f"another rate ({fewest}); not selectable")
+        scored = group.dropna(subset=[schema.ID_SCORE])
+        if len(scored) < len(group):
+            warnings.append(f"{task}/{arm}: {len(group) - len(scored)} trial(s) without {schema.ID_SCORE} ignored")
+        if scored.empty:
+            warnings.append(f"{task}/{arm}: no trial with {schema.ID_SCORE}; arm left out")
+            continue
+        means = scored.groupby("learning_rate")[schema.ID_SCORE].mean().sort_index().round(DECIMALS)
+        best = means.idxmax()  # first (smallest) learning rate among equals, equal once rounded
+        rows = scored[scored["learning_rate"] == best]
+        missing = sorted(set(all_seeds) - set(rows["seed"]))
+        if missing:
+            warnings.append(f"{task}/{arm}: seed(s) {[int(s) for s in missing]} missing at the chosen learning rate "
+                            f"{best:g}; averaged over seeds {[int(s) for s in sorted(rows['seed'])]}")
+        stopped = int((rows["outcome"] == "early_stopped").sum())
+        if stopped:
+            warnings.append(f"{task}/{arm}: {stopped} early-stopped trial(s) at the chosen learning rate {best:g} "
+                            "report partially trained metrics")
+        chosen.append(rows)
+    return pd.concat(chosen, ignore_index=True) if chosen else used.iloc[0:0]
+
+
+def inflation(trials: pd.DataFrame, chosen: pd.DataFrame | None = None,
+              curves: pd.DataFrame | None = None) -> pd.DataFrame:
+    """How much choosing on the same ID scores inflates the reported ID score: per (task, arm), each seed scored where
+    the choice made without it lands (leave one seed out: a score the choice never saw), beside the selected score.
+    The learning rate is chosen by ``select`` on the other seeds; with ``curves`` (``run_id, step, value``: each
+    trial's raw ID curve, ``emoe.analysis.results.load_curves``), a trial that kept its best evaluation
+    (``keep_best``) is also read at the evaluation step the other seeds' mean curve at that rate peaks at, so both
+    choices are undone; without them the best-evaluation choice is not. With one rate and no kept best, nothing is
+    chosen (inflation 0).
+
+    Returns:
+        One row per (task, arm) with ``selected`` (mean ID score of the chosen rate's seeds), ``held_out`` (mean over
+        seeds of each seed's held-out score), ``inflation`` (selected - held_out), ``rates`` (learning rates
+        compared), ``seeds`` (seeds scored held out) and ``epochs`` (True when the best-evaluation choice was undone
+        too); empty with fewer than two seeds.
+    """
+    columns = ["task", "arm", "selected", "held_out", "inflation", "rates", "seeds", "epochs"]
+    trials = collapse_duplicates(trials, [])
+    used = trials[trials["outcome"].isin(USED_OUTCOMES)].dropna(subset=[schema.ID_SCORE])
+    chosen = select(trials, []) if chosen is None else chosen
+    seeds = sorted(used["seed"].dropna().unique())
+    if len(seeds) < 2 or chosen.empty:
+        return pd.DataFrame(columns=columns)
+    cells = ["task", "arm", "seed", "learning_rate"]
+    score = used.groupby(cells)[schema.ID_SCORE].mean()
+    kept = used["keep_best"].astype(str).str.lower().eq("true") if "keep_best" in used else pd.Series(False, used.index)
+    curve = None
+    if curves is not None and len(curves) and "run_id" in used and kept.any():
+        curve = (curves.merge(used[kept][cells + ["run_id"]], on="run_id")
+                 .groupby(cells + ["step"])["value"].mean())
+    rates = used.groupby(["task", "arm"], sort=False)["learning_rate"].nunique()
+    held: dict[tuple, list[float]] = {}
+    for seed in seeds:
+        without = select(trials[trials["seed"] != seed], []) if rates.max() > 1 or curve is not None else \
+            chosen[chosen["seed"] != seed]
+        for (task, arm), group in without.groupby(["task", "arm"], sort=False):
+            lr = group["learning_rate"].iloc[0]
+            key = (task, arm, seed, lr)
+            if key not in score.index:
+                continue
+            value = float(score[key])
+            if curve is not None and key in curve.index.droplevel("step"):
+                others = curve.loc[(task, arm)].drop(seed, level="seed", errors="ignore")
+                others = others[others.index.get_level_values("learning_rate") == lr]
+                if len(others):
+                    mean = others.groupby(level="step").mean().round(DECIMALS)
+                    step = mean.idxmax()  # the earliest step among equals
+                    mine = curve.loc[key]
+                    value = float(mine[step]) if step in mine.index else value
+            held.setdefault((task, arm), []).append(value)
+    rows = []
+    for (task, arm), group in chosen.groupby(["task", "arm"], sort=False):
+        if (task, arm) not in held:
+            continue
+        selected = float(group[schema.ID_SCORE].mean())
+        out = float(np.mean(held[(task, arm)]))
+        rows.append({"task": task, "arm": arm, "selected": selected, "held_out": out,
+                     "inflation": round(selected - out, DECIMALS), "rates": int(rates.get((task, arm), 1)),
+                     "seeds": len(held[(task, arm)]), "epochs": curve is not None})
+    return pd.DataFrame(rows, columns=columns)

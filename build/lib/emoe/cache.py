@@ -1,0 +1,30 @@
+"""Where emoe keeps what it can recompute (partitions, tokenised data): ``$EMOE_CACHE_DIR`` or ``~/.cache/emoe``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+CACHE_ENV = "EMOE_CACHE_DIR"
+
+
+def cache_dir(*parts: str) -> Path:
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "emoe")
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` so that a concurrent reader sees the old file or the whole new one, never a partial one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

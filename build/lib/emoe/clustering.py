@@ -1,0 +1,161 @@
+"""Partition of an FFN's neurons into experts: one registry entry per clustering algorithm, plus an on-disk cache.
+
+Every algorithm takes the L2-normalised keys ``[d_ff, d]`` (float32, normalised in float32 as the official code's
+``F.normalize`` on the fp32 weight) and returns ``labels``: the expert of each neuron, ``[d_ff]`` int64 in
+``0..N-1``. All are deterministic for a given seed and use every expert.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from typing import Callable
+
+import numpy as np
+import torch
+
+from emoe.cache import cache_dir, save_npy_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+    fit: Callable[[np.ndarray, int, int], np.ndarray]  # (normalised keys, num_experts, seed) -> labels
+    balanced: bool  # every expert gets exactly d_ff / N neurons (so N must divide d_ff)
+    settings: str = ""  # the fit's fixed settings, part of the partition cache's key (a change is a new partition)
+
+
+def _parallel_jobs(n_init: int) -> int:
+    """Workers for the restarts: at least 2 (the official seeds), at most one per restart or per thread torch may use
+    here (a sweep trial's ``--cpus-per-trial``), so concurrent trials clustering at once do not oversubscribe."""
+    return max(2, min(n_init, torch.get_num_threads()))
+
+
+def _constrained(keys: np.ndarray, num_experts: int, seed: int) -> np.ndarray:
+    import joblib
+    from k_means_constrained import KMeansConstrained
+
+    size = keys.shape[0] // num_experts
+    # The official code's call (qiuzh20/EMoE Language/moe_utils.py): equal sizes, max_iter=1000, the library's
+    # default n_init=10 and k-means++ initialisation, on the float32 L2-normalised key rows, with n_jobs=16.
+    # NOTE: n_jobs is not only speed: with n_jobs=1 the library runs its restarts from the one random_state in turn,
+    # with n_jobs > 1 it first draws one seed per restart from it; every n_jobs > 1 draws the same ones, so any
+    # value from 2 up gives the official partition.
+    km = KMeansConstrained(n_clusters=num_experts, size_min=size, size_max=size, random_state=seed, n_init=10,
+                           max_iter=1000, n_jobs=_parallel_jobs(10))
+    # Threads, not processes: the seeds are drawn before the restarts are dispatched, so the backend cannot change
+    # the partition, and worker processes spawned inside a Ray trial leave loky's resource tracker complaining.
+    with joblib.parallel_config(backend="threading"):
+        return km.fit_predict(keys)
+
+
+def _kmeans(keys: np.ndarray, num_experts: int, seed: int) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    # The same restarts and iterations as the constrained (official) algorithm, so that the two differ only in balance.
+    return KMeans(n_clusters=num_experts, random_state=seed, n_init=10, max_iter=1000).fit_predict(keys)
+
+
+def _hierarchical(keys: np.ndarray, num_experts: int, seed: int) -> np.ndarray:
+    from sklearn.cluster import AgglomerativeClustering
+
+    # Ward linkage is deterministic; the seed has nothing to choose.
+    return AgglomerativeClustering(n_clusters=num_experts, linkage="ward").fit_predict(keys)
+
+
+def _spectral(keys: np.ndarray, num_experts: int, seed: int) -> np.ndarray:
+    from sklearn.cluster import SpectralClustering
+
+    # keys are unit vectors, so keys @ keys.T is their cosine similarity; an affinity must be non-negative.
+    affinity = np.clip(keys @ keys.T, 0.0, None)
+    sc = SpectralClustering(n_clusters=num_experts, affinity="precomputed", random_state=seed,
+                            assign_labels="cluster_qr")
+    return sc.fit_predict(affinity)
+
+
+def _random(keys: np.ndarray, num_experts: int, seed: int) -> np.ndarray:
+    size = keys.shape[0] // num_experts
+    return np.random.default_rng(seed).permutation(np.repeat(np.arange(num_experts), size))
+
+
+def _contiguous(keys: np.ndarray, num_experts: int, seed: int) -> np.ndarray:
+    # The official --random_cluster: expert i holds neurons i*d/N .. (i+1)*d/N - 1, whatever the keys and the seed.
+    return np.repeat(np.arange(num_experts), keys.shape[0] // num_experts)
+
+
+CLUSTERING: dict[str, Algorithm] = {
+    "constrained": Algorithm(_constrained, balanced=True, settings="ninit10-iter1000-parallel"),
+    "kmeans": Algorithm(_kmeans, balanced=False, settings="ninit10-iter1000"),
+    "hierarchical": Algorithm(_hierarchical, balanced=False),
+    "spectral": Algorithm(_spectral, balanced=False),
+    "random": Algorithm(_random, balanced=True),
+    "contiguous": Algorithm(_contiguous, balanced=True),
+}
+# Part of every partition's cache key: how the keys were prepared (v2: normalised in float32, as the official code;
+# the float64 keys of earlier versions gave other partitions, which must never be served again).
+KEYS_VERSION = "f32"
+
+
+def get_algorithm(name: str) -> Algorithm:
+    if name not in CLUSTERING:
+        raise ValueError(f"unknown clustering {name!r}; valid choices: {', '.join(CLUSTERING)}")
+    return CLUSTERING[name]
+
+
+def check_partition_shape(name: str, d_ff: int, num_experts: int, where: str = "") -> None:
+    """The checks that need the layer's size: raise ``ValueError`` before any clustering runs."""
+    where = f" ({where})" if where else ""
+    if num_experts > d_ff:
+        raise ValueError(f"num_experts={num_experts} exceeds the layer's {d_ff} neurons{where}")
+    if get_algorithm(name).balanced and d_ff % num_experts:
+        raise ValueError(f"num_experts={num_experts} does not divide d_ff={d_ff}{where}: clustering {name!r} makes "
+                         f"equal experts; use a divisor of {d_ff} or an unbalanced algorithm "
+                         f"({', '.join(k for k, a in CLUSTERING.items() if not a.balanced)})")
+
+
+def fingerprint(weight: torch.Tensor) -> str:
+    """A content hash of a weight matrix (its float32 bytes and shape)."""
+    w = weight.detach().to("cpu", torch.float32).contiguous()
+    h = hashlib.sha256(str(tuple(w.shape)).encode())
+    h.update(w.numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def cluster_keys(keys: torch.Tensor, algorithm: str, num_experts: int, seed: int = 0) -> np.ndarray:
+    """Partition raw key rows ``[d_ff, d]`` into ``num_experts`` experts (no cache). Returns labels ``[d_ff]``."""
+    d_ff = keys.shape[0]
+    check_partition_shape(algorithm, d_ff, num_experts)
+    normalised = torch.nn.functional.normalize(keys.detach().to("cpu", torch.float32), dim=1).numpy()
+    labels = np.asarray(get_algorithm(algorithm).fit(normalised, num_experts, seed), dtype=np.int64)
+    used = np.bincount(labels, minlength=num_experts)
+    if labels.shape != (d_ff,) or (used == 0).any():
+        raise RuntimeError(f"clustering {algorithm!r} returned {int((used > 0).sum())} non-empty experts of "
+                           f"{num_experts} requested for {d_ff} keys")
+    return labels
+
+
+def partition(keys: torch.Tensor, algorithm: str, num_experts: int, seed: int = 0, layer: int | None = None,
+              use_cache: bool = True) -> np.ndarray:
+    """``cluster_keys`` through an on-disk cache keyed by (weights' fingerprint, layer, algorithm, N, seed).
+
+    A grid of many trials over the same model computes each partition once; writes are atomic, so concurrent
+    trials on a shared cache directory never read a partial file.
+    """
+    if not use_cache:
+        return cluster_keys(keys, algorithm, num_experts, seed)
+    settings = get_algorithm(algorithm).settings
+    name = (f"{fingerprint(keys)}-L{layer}-{algorithm}{'-' + settings if settings else ''}-N{num_experts}-s{seed}"
+            f"-{KEYS_VERSION}.npy")
+    path = cache_dir("partitions") / name
+    if path.exists():
+        try:
+            labels = np.load(path)
+            if labels.shape == (keys.shape[0],):
+                return labels.astype(np.int64)
+        except (OSError, ValueError):
+            log.warning("ignoring unreadable cached partition %s", path)
+    labels = cluster_keys(keys, algorithm, num_experts, seed)
+    save_npy_atomic(path, labels)
+    return labels

@@ -1,0 +1,136 @@
+"""EmoeConfig: every construction choice of an EMoE model, validated against the registries."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+INITS = ("pretrained", "random")
+METHODS = ("emoe", "dense")
+EXPERT_BIASES = ("shared", "per_expert")
+MLP_OUTPUT_DROPOUTS = ("keep", "official")
+
+
+def check_fields(cls, data: dict[str, Any], what: str) -> None:
+    """Refuse keys of ``data`` that are not fields of the dataclass ``cls``, naming the valid ones."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; valid fields: {', '.join(sorted(names))}")
+
+
+def check_choice(kind: str, value: Any, choices) -> None:
+    """Raise a one-line ``ValueError`` naming the valid choices when ``value`` is not one of them."""
+    if value not in choices:
+        raise ValueError(f"unknown {kind} {value!r}; valid choices: {', '.join(map(str, choices))}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmoeConfig:
+    """How one model is turned into emergent experts (or left dense).
+
+    Args:
+        init: ``pretrained`` weights or a ``random`` initialisation of the same architecture.
+        method: ``emoe`` converts the chosen blocks; ``dense`` is the baseline (no conversion).
+        clustering: key of ``emoe.CLUSTERING``: how a layer's neurons are split into experts.
+        gate: key of ``emoe.GATES``: how each expert's gate vector is derived.
+        num_experts: N, experts per converted layer.
+        top_k: experts kept per token.
+        layers: block indices to convert; negative counts from the end (default: the last two).
+        seed: the trial seed: seeds random gates (and clustering when ``cluster_seed='trial'``).
+        cluster_seed: the clustering's seed: an integer (default 0, the official ``random_state=0``: one partition
+            for every trial seed), or ``'trial'`` (re-clustered with each trial's ``seed``).
+        capacity_factor: ``None``: exact routing, nothing dropped; else each expert takes at most
+            ``top_k * int(capacity_factor * ceil(T / N))`` of a batch's T token positions (official: 1.5).
+        gate_noise: training noise on the gate logits, ``gate_noise * randn / N`` (official: 1.0).
+        expert_dropout: dropout on the experts' pre-activations, before the activation, in training (official: 0.1).
+        aux_loss_weight: weight of Tutel's load-importance loss, for every gate (official: 0.01; needs gate_noise).
+        expert_selection: ``top`` (the paper), ``bottom`` (the k lowest-scoring experts), ``not_top`` (all but the
+            top k).
+        expert_bias: ``shared``: the dense layer's one output bias, each token keeping its experts' ``bias / n``
+            shares; ``per_expert`` (official): each expert its own trainable copy of ``bias / n`` (equal at
+            conversion, free to drift apart in training).
+        mlp_output_dropout: ``keep``: a converted block keeps its FFN's output dropout; ``official``: as the official
+            conversion, which replaces GPT-2's whole MLP and so loses its output dropout (``resid_pdrop``); BERT's
+            output dropout lies outside what the official code replaces and is kept either way.
+    """
+
+    init: str = "pretrained"
+    method: str = "emoe"
+    clustering: str = "constrained"
+    gate: str = "avg_keys"
+    num_experts: int = 16
+    top_k: int = 4
+    layers: tuple[int, ...] = (-2, -1)
+    seed: int = 0
+    cluster_seed: int | str = 0
+    capacity_factor: float | None = None
+    gate_noise: float = 0.0
+    expert_dropout: float = 0.0
+    aux_loss_weight: float = 0.0
+    expert_selection: str = "top"
+    expert_bias: str = "shared"
+    mlp_output_dropout: str = "keep"
+
+    def __post_init__(self):
+        from emoe.clustering import CLUSTERING
+        from emoe.gating import GATES
+        from emoe.routing import SELECTIONS
+
+        object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+        check_choice("init", self.init, INITS)
+        check_choice("method", self.method, METHODS)
+        check_choice("clustering", self.clustering, tuple(CLUSTERING))
+        check_choice("gate", self.gate, tuple(GATES))
+        check_choice("expert_selection", self.expert_selection, SELECTIONS)
+        check_choice("expert_bias", self.expert_bias, EXPERT_BIASES)
+        check_choice("mlp_output_dropout", self.mlp_output_dropout, MLP_OUTPUT_DROPOUTS)
+        if self.cluster_seed != "trial":
+            if isinstance(self.cluster_seed, bool) or not isinstance(self.cluster_seed, int):
+                raise ValueError(f"cluster_seed must be an integer or 'trial', got {self.cluster_seed!r}")
+        for name in ("num_experts", "top_k", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if self.num_experts < 1:
+            raise ValueError(f"num_experts={self.num_experts} must be >= 1")
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"top_k={self.top_k} must be between 1 and num_experts={self.num_experts}")
+        if not self.layers:
+            raise ValueError("layers is empty; give at least one block index (negative counts from the end)")
+        if self.expert_selection == "not_top" and self.top_k == self.num_experts:
+            raise ValueError(f"expert_selection='not_top' keeps num_experts - top_k experts: top_k={self.top_k} "
+                             f"must be below num_experts={self.num_experts}")
+        if self.capacity_factor is not None and not self.capacity_factor > 0:
+            raise ValueError(f"capacity_factor={self.capacity_factor} must be > 0 (or none: exact routing)")
+        for name in ("gate_noise", "aux_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if not 0 <= self.expert_dropout < 1:
+            raise ValueError(f"expert_dropout={self.expert_dropout} must be in [0, 1)")
+        if self.aux_loss_weight and not self.gate_noise:
+            raise ValueError(f"aux_loss_weight={self.aux_loss_weight} needs gate_noise > 0 (the load term of Tutel's "
+                             "load-importance loss is scaled by the noise; official: gate_noise 1.0)")
+
+    @property
+    def partition_seed(self) -> int:
+        """The seed the clustering uses: ``cluster_seed``, or the trial ``seed`` when it is ``'trial'``."""
+        return self.seed if self.cluster_seed == "trial" else int(self.cluster_seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["layers"] = list(self.layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EmoeConfig":
+        check_fields(cls, d, "EmoeConfig field(s)")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EmoeConfig":
+        return cls.from_dict(json.loads(text))

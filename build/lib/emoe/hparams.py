@@ -1,0 +1,253 @@
+"""Every knob of a trial, declared once: name, default, type, help and, where a sweep varies it, its search domain.
+
+Defaults, the CLIs' flags and help strings, the sweeps' seed and learning-rate grids and the Optuna range all derive
+from these declarations (DomainBed's ``hparams_registry`` shape). The EMoE construction knobs take their defaults
+from ``EmoeConfig``; a trial config is the flat dict of all of them (every key becomes an MLflow param).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, Callable
+
+from emoe.config import EmoeConfig
+
+
+def _int_tuple(text) -> tuple[int, ...]:
+    if isinstance(text, (list, tuple)):
+        return tuple(int(i) for i in text)
+    try:
+        return tuple(int(i) for i in str(text).split(",") if i.strip())
+    except ValueError:
+        raise ValueError(f"layers must be comma-separated block indices such as -2,-1; got {text!r}") from None
+
+
+def _optional_int(text):
+    return None if text in (None, "", "none", "None") else int(text)
+
+
+def _optional_str(text):
+    return None if text in (None, "", "none", "None") else str(text)
+
+
+def _optional_float(text):
+    return None if text in (None, "", "none", "None") else float(text)
+
+
+def _optional_names(text):
+    """Comma-separated names (or a list) as a tuple; none/empty = None (all)."""
+    if text is None or text in ("", "none", "None"):
+        return None
+    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    return tuple(str(i).strip() for i in items if str(i).strip())
+
+
+NULLABLE = (_optional_int, _optional_str, _optional_float, _optional_names)
+
+
+def _cluster_seed(text):
+    return "trial" if text == "trial" else int(text)
+
+
+def _bool(text) -> bool:
+    if isinstance(text, bool):
+        return text
+    if str(text).lower() in ("true", "1", "yes", "on"):
+        return True
+    if str(text).lower() in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+EVAL_METHODS = ("same", "dense", "emoe")
+
+
+@dataclasses.dataclass(frozen=True)
+class Knob:
+    """One trial knob. ``grid``: the values a sweep crosses by default (seeds, learning rates); ``log_range``: the
+    (low, high) of a log-uniform search over it (``--search optuna``)."""
+
+    name: str
+    default: Any
+    help: str
+    type: Callable = str
+    choices: tuple | None = None
+    grid: tuple | None = None
+    log_range: tuple[float, float] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _emoe(name: str, help: str, type: Callable = str, choices=None, **domain) -> Knob:
+    return Knob(name, getattr(EmoeConfig, name), help, type, choices, **domain)
+
+
+def _knobs() -> dict[str, Knob]:
+    from emoe.clustering import CLUSTERING
+    from emoe.config import EXPERT_BIASES, INITS, METHODS, MLP_OUTPUT_DROPOUTS
+    from emoe.data import TASKS
+    from emoe.gating import GATES
+    from emoe.protocols import OOD_PROTOCOLS
+    from emoe.routing import SELECTIONS
+
+    knobs = [
+        Knob("task", "sst2", "ID task; its GLUE-X OOD sets, metrics and epoch cap come with it", str, tuple(TASKS)),
+        Knob("ood_sets", None, "which of the task's OOD sets to evaluate, comma-separated; none = all of them",
+             _optional_names),
+        Knob("model", "minilm", "Hub id, local path, or 'minilm' (packaged all-MiniLM-L6-v2, offline)"),
+        _emoe("init", "pre-trained weights or a random initialisation of the same architecture", str, INITS),
+        _emoe("method", "emoe, or dense for the baseline", str, METHODS),
+        _emoe("clustering", "how neurons are split into experts", str, tuple(CLUSTERING)),
+        _emoe("gate", "how each expert's gate vector is derived", str, tuple(GATES)),
+        _emoe("num_experts", "experts per converted layer (N)", int),
+        _emoe("top_k", "experts kept per token (k)", int),
+        _emoe("layers", "blocks to convert, comma-separated, negative from the end", _int_tuple),
+        _emoe("cluster_seed", "seed of the clustering: an integer (one partition for every trial seed; official 0) or "
+              "'trial' (re-clustered with each trial's seed)", _cluster_seed),
+        _emoe("capacity_factor", "expert capacity factor (official 1.5): an expert takes at most "
+              "top_k * int(factor * ceil(T / N)) of a batch's T tokens; none = exact, nothing dropped",
+              _optional_float),
+        _emoe("gate_noise", "training noise on the gate logits, gate_noise * randn / N (official 1.0)", float),
+        _emoe("expert_dropout", "dropout on the experts' pre-activations, training only (official 0.1)", float),
+        _emoe("aux_loss_weight", "weight of Tutel's load-importance loss, any gate (official 0.01; needs a gate "
+              "noise)", float),
+        _emoe("expert_selection", "which experts a token keeps: top k (the paper), bottom k, or all but the top k",
+              str, SELECTIONS),
+        _emoe("expert_bias", "shared: the dense output bias, each token keeping its experts' shares; per_expert "
+              "(official): each expert its own trainable copy of bias / k", str, EXPERT_BIASES),
+        _emoe("mlp_output_dropout", "keep: a converted block keeps its FFN's output dropout; official: as the "
+              "official conversion, which replaces GPT-2's whole MLP and so drops its output dropout (resid_pdrop); "
+              "BERT's lies outside the replaced layers and stays", str, MLP_OUTPUT_DROPOUTS),
+        _emoe("seed", "seed of initialisation, dropout, gate noise and data order (and of the clustering with "
+              "--cluster-seed trial)", int, grid=(0, 1, 2)),
+        # The paper's grid (qiuzh20/EMoE search_glue_no_trainer.py) and a log-uniform range around it.
+        Knob("learning_rate", 5e-5, "peak AdamW learning rate", float, grid=(2e-5, 3e-5, 5e-5),
+             log_range=(1e-5, 1e-4)),
+        Knob("batch_size", 32, "examples per optimiser step (split over grad_accum_steps)", int),
+        Knob("epochs", None, "training epochs; none = the task's official cap (10; 3 for MNLI, QQP and QNLI)",
+             _optional_int),
+        Knob("max_length", 128, "tokens per example (longer ones are truncated)", int),
+        Knob("max_train_samples", None, "fixed random subset of the training set (seed 0); none = all",
+             _optional_int),
+        Knob("max_eval_samples", None, "cap on each evaluation set (ID and OOD); none = all", _optional_int),
+        Knob("eval_batch_size", None, "examples per evaluation batch (official: 8, which matters with a capacity: "
+             "a token's experts depend on its batch); none = twice the training micro-batch", _optional_int),
+        Knob("ood_protocol", "gluex", "how OOD sets are scored: gluex (GLUE-X: the ID task's metrics, its split "
+             "concatenations, a task's sets weighted by size, max length 512) or emoe (the official EMoE OOD script: "
+             "accuracy, one split per set, a plain mean, max length 128, batch 32)", str, tuple(OOD_PROTOCOLS)),
+        Knob("ood_max_length", None, "tokens per OOD example; none = the OOD protocol's (gluex 512, emoe 128)",
+             _optional_int),
+        Knob("eval_steps", None, "evaluate every this many optimiser steps (and at each epoch end); none = per epoch",
+             _optional_int),
+        Knob("eval_method", "same", "same: evaluate as trained; dense: train EMoE, evaluate with every expert on; "
+             "emoe: train with routing off (dense), evaluate as EMoE", str, EVAL_METHODS),
+        Knob("keep_best", False, "report the metrics of the best ID evaluation so far (the official protocol keeps "
+             "the best epoch) instead of the latest", _bool),
+        Knob("patience", None, "evaluations without ID improvement before training stops (official: 4, with one "
+             "evaluation per epoch); none = off", _optional_int),
+        Knob("keep_model", "best", "best: keep the trial's best-ID model (float16, partitions and gates included) with "
+             "its files, for re-evaluation on new sets without retraining; none: keep no model", str,
+             ("best", "none")),
+        Knob("warmup_ratio", 0.06, "share of steps with linear warm-up", float),
+        Knob("weight_decay", 0.01, "AdamW weight decay", float),
+        Knob("grad_accum_steps", 1, "micro-batches per optimiser step", int),
+        Knob("max_grad_norm", 1.0, "gradient clipping norm; none = no clipping (the official script never clips)",
+             _optional_float),
+        Knob("precision", "auto", "auto = bf16 (or fp16) autocast on GPU, fp32 on CPU; fp32 everywhere is the "
+             "official command (its --use_fp16 is off)", str,
+             ("auto", "fp32", "bf16", "fp16")),
+        Knob("data_dir", None, "read the task from local JSON lines laid out as DIR/<set>/<split>.jsonl instead of "
+             "the Hub; 'demo' = the packaged demo slice (SST-2 and its OOD sets, offline)", _optional_str),
+    ]
+    return {k.name: k for k in knobs}
+
+
+KNOBS = _knobs()
+EMOE_FIELDS = tuple(f.name for f in dataclasses.fields(EmoeConfig))
+
+
+def defaults() -> dict[str, Any]:
+    return {name: knob.default for name, knob in KNOBS.items()}
+
+
+def trial_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full flat trial config: defaults, then ``overrides``; types coerced and every name checked."""
+    cfg = defaults()
+    extra = {}
+    for key, value in (overrides or {}).items():
+        if key in KNOBS:
+            knob = KNOBS[key]
+            cfg[key] = value if value is None and knob.default is None else knob.type(value)
+            if knob.choices and cfg[key] not in knob.choices:
+                raise ValueError(f"unknown {key} {cfg[key]!r}; valid choices: {', '.join(knob.choices)}")
+        elif key == "ood":
+            extra[key] = dict(value or {})
+        else:
+            raise ValueError(f"unknown trial config key {key!r}; valid keys: {', '.join(KNOBS)}, ood")
+    cfg.update(extra)
+    if cfg["epochs"] is None:
+        from emoe.data import get_task
+
+        cfg["epochs"] = get_task(cfg["task"]).epochs
+    emoe_config(cfg)  # validates the construction knobs
+    for key in ("batch_size", "epochs", "max_length", "grad_accum_steps"):
+        if cfg[key] < 1:
+            raise ValueError(f"{key}={cfg[key]} must be >= 1")
+    if cfg["batch_size"] % cfg["grad_accum_steps"]:
+        raise ValueError(f"batch_size={cfg['batch_size']} is not divisible by grad_accum_steps="
+                         f"{cfg['grad_accum_steps']}")
+    if cfg["max_grad_norm"] is not None and not cfg["max_grad_norm"] > 0:
+        raise ValueError(f"max_grad_norm={cfg['max_grad_norm']} must be > 0 (or none: no clipping)")
+    if not cfg["learning_rate"] > 0:
+        raise ValueError(f"learning_rate={cfg['learning_rate']} must be > 0")
+    for key in ("max_train_samples", "max_eval_samples", "eval_steps", "patience", "eval_batch_size",
+                "ood_max_length"):
+        if cfg[key] is not None and cfg[key] < 1:
+            raise ValueError(f"{key}={cfg[key]} must be >= 1 (or none)")
+    if cfg["eval_method"] != "same" and cfg["method"] != "emoe":
+        raise ValueError(f"eval_method={cfg['eval_method']!r} needs method='emoe' (it switches the converted layers "
+                         f"between EMoE and dense), got method={cfg['method']!r}")
+    return cfg
+
+
+def from_param(name: str, text: str) -> Any:
+    """A knob's value from its MLflow param (``emoe.tracking.param_value`` wrote it: a tuple as ``a,b``, None as
+    ``None``, a bool as ``True``/``False``), parsed by the knob's own type: the inverse of the logging, exact for
+    every knob (``tests/test_config.py`` checks each one)."""
+    knob = KNOBS[name]
+    if text in ("None", "") and (knob.default is None or knob.type in NULLABLE):
+        return None
+    return knob.type(text)
+
+
+def config_from_params(params: dict[str, str]) -> dict[str, Any]:
+    """A trial run's flat config from its MLflow params (strings; other params ignored), each knob parsed by
+    ``from_param`` and the whole checked by ``trial_config``."""
+    cfg = {k: from_param(k, v) for k, v in params.items() if k in KNOBS}
+    if params.get("ood") not in (None, "", "None", "{}"):  # extra OOD sets, logged as JSON
+        import json
+
+        cfg["ood"] = json.loads(params["ood"])
+    return trial_config(cfg)
+
+
+def emoe_config(cfg: dict[str, Any]) -> EmoeConfig:
+    return EmoeConfig(**{k: cfg[k] for k in EMOE_FIELDS if k in cfg})
+
+
+def add_arguments(parser: argparse.ArgumentParser, names=None, defaults_from: dict | None = None) -> None:
+    """One ``--flag`` per knob (default: all); help shows the default. Values are parsed by ``trial_config``."""
+    for name in names or KNOBS:
+        knob = KNOBS[name]
+        default = (defaults_from or {}).get(name, knob.default)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        choices = f" {{{','.join(knob.choices)}}}" if knob.choices else ""
+        parser.add_argument(knob.flag, dest=name, default=None, metavar=name.upper(),
+                            help=f"{knob.help}{choices} (default: {shown})")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: value for name, value in vars(args).items() if name in KNOBS and value is not None}

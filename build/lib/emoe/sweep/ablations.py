@@ -1,0 +1,97 @@
+"""The ablations that ship with emoe, by name: ``emoe sweep <name>`` runs one from any directory (``sweeps/*.py`` in
+a checkout are one-line examples of the same). A crossing of any factors needs no entry here: ``emoe sweep
+--factor KNOB=V1,V2 ...`` or ``emoe sweep design.toml`` (``crossing``)."""
+
+from __future__ import annotations
+
+import argparse
+from fractions import Fraction
+
+from emoe.sweep.design import DENSE, Ablation, check_factors, crossing_from_file, parse_factor
+
+# The official EMoE router (capacity 1.5, gate noise 1.0, expert dropout 0.1, load-importance loss 0.01).
+OFFICIAL_ROUTER = {"capacity_factor": 1.5, "gate_noise": 1.0, "expert_dropout": 0.1, "aux_loss_weight": 0.01}
+# N in {4, 8, 16, 32, 64} x k/N in {1/8, 1/4, 1/2}, valid (integer k >= 1) pairs only.
+EXPERT_PAIRS = [(n, int(n * r)) for n in (4, 8, 16, 32, 64) for r in (Fraction(1, 8), Fraction(1, 4), Fraction(1, 2))
+                if (n * r).denominator == 1]
+
+ABLATIONS: dict[str, Ablation] = {
+    # how the FFN's neurons are split into experts (plus the dense baseline)
+    "clustering": Ablation.over("clustering", ["constrained", "kmeans", "hierarchical", "spectral", "random",
+                                               "contiguous"]),
+    # how each expert's gate vector is derived
+    "gating": Ablation.over("gate", ["avg_keys", "centroid", "avg_values", "random", "learned", "learned_avg_keys"],
+                            name="gating"),
+    # pre-trained vs random weights, each dense and EMoE (the dense arms are the baselines)
+    "pretraining": Ablation("pretraining", {f"{init}-{method}": {"init": init, "method": method}
+                                            for init in ("pretrained", "random") for method in ("dense", "emoe")},
+                            factor="init"),
+    # expert count N and top-k
+    "experts": Ablation("experts", {**{f"N{n}-k{k}": {"num_experts": n, "top_k": k} for n, k in EXPERT_PAIRS},
+                                    DENSE: {"method": "dense"}}, factor="num_experts,top_k"),
+    # the official router, each of its departures from the idealised EMoE left out in turn (Tutel's load term needs
+    # gate noise, so leaving the noise out leaves the aux loss out too), the idealised EMoE, and the dense baseline
+    "router": Ablation("router", {
+        "official": OFFICIAL_ROUTER,
+        "no_capacity": {**OFFICIAL_ROUTER, "capacity_factor": None},
+        "no_noise_no_aux": {**OFFICIAL_ROUTER, "gate_noise": 0.0, "aux_loss_weight": 0.0},
+        "no_dropout": {**OFFICIAL_ROUTER, "expert_dropout": 0.0},
+        "no_aux": {**OFFICIAL_ROUTER, "aux_loss_weight": 0.0},
+        "idealised": {"capacity_factor": None, "gate_noise": 0.0, "expert_dropout": 0.0, "aux_loss_weight": 0.0},
+        DENSE: {"method": "dense"},
+    }, factor="capacity_factor,gate_noise,expert_dropout,aux_loss_weight"),
+    # the paper's Fig. 3: the top-k experts, the k lowest-scoring ones, all but the top k
+    "selection": Ablation.over("expert_selection", ["top", "bottom", "not_top"], name="selection"),
+    # the paper's Fig. 3: EMoE evaluated as trained, with every expert on (dense_eval), and dense training evaluated
+    # as EMoE (emoe_eval); plus the dense baseline
+    "eval_method": Ablation("eval_method", {"same": {"eval_method": "same"}, "dense_eval": {"eval_method": "dense"},
+                                            "emoe_eval": {"eval_method": "emoe"}, DENSE: {"method": "dense"}},
+                            factor="eval_method"),
+}
+
+CROSSING_HELP = """A crossing of any factors, declared on the command line or in a design file; no code to write:
+
+    emoe sweep --factor clustering=constrained,kmeans --factor gate=avg_keys,centroid [sweep flags]
+    emoe sweep my_design.toml [sweep flags]
+
+One arm per combination of the factors' values (named by its values joined with ``+``, e.g. ``kmeans+centroid``),
+plus the dense baseline arm (``--no-baseline`` leaves it out). A design file is TOML::
+
+    name = "clustering-x-gate"          # optional: the experiment is emoe-<name>
+    baseline = true                     # optional
+    [factors]
+    clustering = ["constrained", "kmeans"]
+    gate = ["avg_keys", "centroid"]
+    layers = [[10], [-2, -1]]
+
+An invalid combination (e.g. top_k above num_experts) is refused before Ray starts, naming the arm and its knobs.
+"""
+
+
+def crossing(argv: list[str], design_file: str | None = None) -> tuple[Ablation, list[str]]:
+    """The crossing that ``--factor`` flags (or ``design_file``, or ``--design FILE``) declare, and the other
+    flags. ``ValueError`` (one line) when none is declared or a knob is named twice."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--factor", action="append", default=[])
+    p.add_argument("--design", default=design_file)
+    p.add_argument("--name")
+    p.add_argument("--no-baseline", action="store_true")
+    known, rest = p.parse_known_args(argv)
+    if known.design and known.factor:
+        raise ValueError("--design and --factor both given; declare the factors in one place")
+    name, baseline = known.name, not known.no_baseline
+    if known.design:
+        factors, file_name, file_baseline = crossing_from_file(known.design)
+        name, baseline = name or file_name, baseline and file_baseline
+    else:
+        factors = dict(parse_factor(f) for f in known.factor)
+        if len(factors) != len(known.factor):
+            raise ValueError("--factor names a knob twice; give each knob's values in one --factor")
+    if not factors:
+        if "--resume" in rest:  # the sweep's own design is read from its directory
+            return Ablation(name or "crossing", {DENSE: {"method": "dense"}}, ""), rest
+        if "-h" in rest or "--help" in rest:
+            print(CROSSING_HELP)
+            return Ablation(name or "crossing", {DENSE: {"method": "dense"}}, ""), rest
+        raise ValueError("declare the crossing: --factor KNOB=V1,V2 (repeatable) or a design file FILE.toml")
+    return Ablation.cross(check_factors(factors), name=name, baseline=baseline), rest

@@ -1,0 +1,351 @@
+"""The sweep scripts' command line: flags (defaults shown as the chosen preset sets them), the dry run, and what a
+finished sweep prints (the per-arm table under the one selection rule, the MLflow UI link). Exit codes: 0 done,
+1 every trial failed, 2 bad input (one ``error:`` line, before Ray starts and before anything is logged)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from emoe import hparams
+from emoe.data import GLUE
+from emoe.sweep.design import PRESETS, Ablation
+from emoe.sweep.plan import SCHEDULERS, SCOPES, SEARCHES, SweepSettings
+from emoe.tracking import schema
+from emoe.tracking.records import SweepRecord
+
+# Flags of the sweep itself (not trial knobs): name -> SweepSettings field.
+_SWEEP_FLAGS = ("seeds", "learning_rates", "lr_range", "search", "num_samples", "scheduler", "early_stop_scope",
+                "grace_period", "reduction_factor", "address", "num_gpus", "gpus_per_trial", "cpus_per_trial",
+                "max_concurrent", "max_failures", "storage_path", "tracking_uri", "experiment", "tasks",
+                "checkpoint_every", "primary_metric", "primary_blocks", "baseline", "alpha", "planned_looks")
+
+
+def _numbers(kind: type):
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            name = "integers" if kind is int else "numbers"
+            raise argparse.ArgumentTypeError(f"expected comma-separated {name}, got {text!r}") from None
+
+    return parse
+
+
+def _optional_int(text: str) -> int | None:
+    if text.lower() in ("none", ""):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or none, got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints the usage block first otherwise)
+        self.exit(2, f"error: {message}\n")
+
+
+def _shown(value) -> str:
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, tuple) \
+        else str(value)
+
+
+def build_parser(design: Ablation, preset: str | None = None) -> argparse.ArgumentParser:
+    """The flags of a sweep script; help shows the defaults ``preset`` sets. Swept knobs have no listed flag."""
+    d = SweepSettings.from_preset(preset)
+    seeds = d.seeds or hparams.KNOBS["seed"].grid
+    lrs = d.learning_rates or hparams.KNOBS["learning_rate"].grid
+    lr_range = d.lr_range or hparams.KNOBS["learning_rate"].log_range
+    p = _Parser(prog=Path(sys.argv[0]).name,
+                description=f"EMoE ablation '{design.name}': arms {', '.join(design.arms)}; each crossed with seeds "
+                            "and learning rates, run as a Ray Tune search, logged to MLflow."
+                            + (f" Defaults shown are preset {preset}'s." if preset else ""))
+    g = p.add_argument_group("sweep")
+    g.add_argument("--preset", choices=list(PRESETS), help="demo: packaged MiniLM and data, a few minutes on a CPU; "
+                   "paper: the official EMoE command (bert-base-cased, data from the Hub); glue-small: a multi-task "
+                   "sweep on the packaged MiniLM and data, about an hour on a CPU. Explicit flags override it; "
+                   "--preset NAME --help shows its defaults")
+    g.add_argument("--seeds", type=_numbers(int), help=f"comma-separated seeds (default: {_shown(seeds)})")
+    g.add_argument("--learning-rates", type=_numbers(float), help=f"comma-separated grid (default: {_shown(lrs)})")
+    g.add_argument("--search", choices=SEARCHES,
+                   help=f"grid, or optuna: a log-uniform learning rate (--lr-range), --num-samples per arm "
+                        f"(default: {d.search})")
+    g.add_argument("--num-samples", type=int,
+                   help="optuna: trials per arm (default: seeds x learning rates); grid: repeats of the grid")
+    g.add_argument("--lr-range", type=_numbers(float),
+                   help=f"optuna: LOW,HIGH of the log-uniform learning rate (default: {_shown(tuple(lr_range))})")
+    g.add_argument("--scheduler", choices=SCHEDULERS, help=f"early stopping on {schema.ID_SCORE} (default: {d.scheduler})")
+    g.add_argument("--tasks", type=_names, help="ID tasks crossed with the arms, comma-separated, or glue for "
+                   f"GLUE-X's eight ({', '.join(GLUE)}); overrides --task (default: the one --task)")
+    g.add_argument("--early-stop-scope", choices=SCOPES,
+                   help="arm: a trial competes only with the learning rates of its own arm and seed; global: with "
+                        f"every trial (default: {d.early_stop_scope})")
+    g.add_argument("--grace-period", type=float,
+                   help="ASHA: epochs before a trial can be stopped (default: half of --epochs)")
+    g.add_argument("--reduction-factor", type=float, help=f"ASHA reduction factor (default: {d.reduction_factor:g})")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print the settings, the trials and a time estimate; run nothing")
+    r = p.add_argument_group("cluster")
+    r.add_argument("--address", help="Ray cluster address HOST:PORT (default: start a local Ray)")
+    r.add_argument("--num-gpus", type=float, help="local Ray only: GPUs to declare (default: detected); logical "
+                   "GPUs work for testing")
+    r.add_argument("--gpus-per-trial", type=float,
+                   help="GPU share per trial, fractions allowed (default: 1 if the cluster has GPUs, else 0)")
+    r.add_argument("--cpus-per-trial", type=float,
+                   help=f"CPUs per trial, also its torch threads (default: {d.cpus_per_trial:g})")
+    r.add_argument("--max-concurrent", type=int, help="cap on trials running at once (default: as resources allow)")
+    r.add_argument("--max-failures", type=int, help=f"retries of a failed trial (default: {d.max_failures})")
+    r.add_argument("--checkpoint-every", type=_optional_int, metavar="N", default=argparse.SUPPRESS,
+                   help="evaluations between trial checkpoints on the storage path (model, optimiser, RNG and data "
+                        "position): a retried or resumed trial continues from its latest; none = no checkpoints "
+                        f"(default: {d.checkpoint_every})")
+    r.add_argument("--storage-path", help="Ray results; a shared path on a multi-node cluster "
+                   f"(default: {d.storage_path})")
+    r.add_argument("--resume", nargs="?", const="latest", metavar="DIR",
+                   help="continue an interrupted sweep with its own settings (default: the latest of this experiment)")
+    r.add_argument("--extend", nargs="?", const="latest", metavar="DIR",
+                   help="top up a finished sweep (default: the latest of this experiment) with the cells this "
+                        "command's grid adds (seeds, learning rates, arms, tasks) or whose trials failed, under its "
+                        "MLflow parent run; every other setting must match; running it again runs nothing")
+    t = p.add_argument_group("tracking")
+    t.add_argument("--tracking-uri", help=f"MLflow store (default: {d.tracking_uri}; http://host:port for a server)")
+    t.add_argument("--experiment", help=f"MLflow experiment (default: {schema.experiment_name(design.name)})")
+    a = p.add_argument_group("primary analysis (declared now, stored with the sweep; the report leads with it and "
+                             "labels every other analysis exploratory)")
+    a.add_argument("--primary-metric", help=f"the metric it compares (default: {d.primary_metric}); e.g. "
+                   f"{schema.ID_SCORE}, {schema.OOD_SCORE}.<set>")
+    a.add_argument("--primary-blocks", help="tasks (each task, seeds averaged) or seeds (each task x seed) "
+                   "(default: tasks with several tasks, seeds with one)")
+    a.add_argument("--baseline", help="the arm every other arm is compared with (default: dense)")
+    a.add_argument("--alpha", type=float, help=f"its significance level (default: {d.alpha:g})")
+    a.add_argument("--planned-looks", type=int,
+                   help="how many times the results will be looked at (this run and each --extend); the primary "
+                        f"family is tested at alpha / looks at each (default: {d.planned_looks})")
+    k = p.add_argument_group("trial (every other knob of emoe.hparams)")
+    owned = {"seed", "learning_rate"}
+    hparams.add_arguments(k, [n for n in hparams.KNOBS if n not in owned | design.swept], defaults_from=d.trial)
+    for name in sorted(design.swept & set(hparams.KNOBS)):  # accepted only to be refused with a clear message
+        k.add_argument(hparams.KNOBS[name].flag, dest=name, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(design: Ablation, argv: list[str]) -> argparse.Namespace:
+    pre = _Parser(add_help=False)
+    pre.add_argument("--preset", choices=list(PRESETS))
+    known, _ = pre.parse_known_args(argv)
+    return build_parser(design, known.preset).parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> SweepSettings:
+    """Flags over the preset over the declared defaults."""
+    # NOTE: --checkpoint-every none is a value (no checkpoints), so that flag is absent, not None, when not given
+    given = {name: getattr(args, name) for name in _SWEEP_FLAGS
+             if (hasattr(args, name) if name == "checkpoint_every" else getattr(args, name) is not None)}
+    return SweepSettings.from_preset(args.preset, trial=hparams.overrides_from_args(args), **given)
+
+
+def latest_sweep(storage: Path, experiment: str) -> Path:
+    candidates = sorted(p for p in storage.glob(f"{experiment}-*") if SweepRecord.exists(p))
+    if not candidates:
+        raise ValueError(f"nothing to resume or extend: no sweep of experiment {experiment!r} under {storage}")
+    return candidates[-1]
+
+
+def dry_run(plan, workloads) -> str:
+    from emoe.sweep.estimate import estimate
+    from emoe.sweep.plan import local_nodes
+
+    s, b = plan.settings, plan.base
+    nodes = local_nodes(s.num_gpus)
+    gpus = "auto (1 if the cluster has GPUs)" if s.gpus_per_trial is None else f"{s.gpus_per_trial:g}"
+    search = (f"{len(plan.learning_rates)} learning rates" if s.search == "grid"
+              else f"optuna lr in [{plan.lr_range[0]:g}, {plan.lr_range[1]:g}]")
+    data = b["data_dir"] or "the Hub"
+    params = next(iter(workloads.values())).params
+    tasks = f"{len(plan.tasks)} tasks x " if len(plan.tasks) > 1 else ""
+    head = [
+        f"ablation {plan.design.name}: {tasks}{len(plan.design.arms)} arms x {len(plan.seeds)} seeds x {search} = "
+        f"{plan.n_trials} trials" + (f" (preset {s.preset})" if s.preset else ""),
+        f"shared: model {b['model']} ({params / 1e6:.1f}M block parameters), data {data}, batch {b['batch_size']}, "
+        f"max length {b['max_length']}, evaluation every {b['eval_steps'] or 'epoch'}"
+        + (" steps" if b["eval_steps"] else ""),
+        *(f"task {t}: {w.epochs} epoch(s), {w.train_examples} training examples, {w.eval_examples} evaluation "
+          f"examples (ID validation + OOD {', '.join(w.ood_sets) or 'none'}), "
+          f"{plan.n_trials // len(plan.tasks)} trials" for t, w in workloads.items()),
+        "emoe: " + ", ".join(f"{k} {b[k]}" for k in ("layers", "num_experts", "top_k", "clustering", "gate",
+                                                     "cluster_seed", "capacity_factor", "gate_noise", "expert_dropout",
+                                                     "aux_loss_weight", "expert_selection", "expert_bias",
+                                                     "mlp_output_dropout", "eval_method")
+                             if k not in plan.design.swept) + " (arms override their own knobs)",
+        "protocol: " + ", ".join(f"{k} {b[k]}" for k in ("keep_best", "patience", "weight_decay", "warmup_ratio",
+                                                         "max_grad_norm", "eval_batch_size", "precision")),
+        ood_line(b),
+        f"resources per trial: cpu={s.cpus_per_trial:g} gpu={gpus}; max concurrent: {s.max_concurrent or 'auto'}",
+        disk_line(plan, next(iter(workloads.values())).total_params),
+        f"scheduler: {s.scheduler} (scope {s.early_stop_scope}, on {schema.ID_SCORE}); MLflow: {s.tracking_uri} "
+        f"experiment {plan.experiment}",
+        estimate(plan, workloads, nodes[0]["CPU"], nodes[0]["GPU"]),
+        f"{'task':<8} {'arm':<16} {'seed':>4} {'learning_rate':>13}  arm knobs"]
+    cells = plan.grid() if s.search == "grid" else [(t, arm, seed, float("nan")) for t in plan.tasks
+                                                    for arm in plan.design.arms for seed in plan.seeds]
+    rows = [f"{task:<8} {arm:<16} {seed:>4} {lr:>13.3g}  {plan.design.arms[arm]}" for task, arm, seed, lr in cells]
+    return "\n".join(head + rows)
+
+
+def ood_line(base: dict[str, Any]) -> str:
+    """How the OOD sets are scored (``emoe.protocols``), as the dry run prints it."""
+    from emoe.protocols import get_protocol
+
+    p = get_protocol(base["ood_protocol"])
+    metrics = "accuracy" if p.accuracy_only else "the ID task's"
+    return (f"OOD: ood_protocol {p.name} (metrics: {metrics}; "
+            f"splits: {'one per set' if p.one_split else 'GLUE-X concatenations'}; ood_score: "
+            f"{'size-weighted mean' if p.size_weighted else 'plain mean'} of the sets; max length "
+            f"{base['ood_max_length'] or p.max_length}; batch {p.batch_size or 'the evaluation batch'}; "
+            "unlabelled rows scored wrong)")
+
+
+def disk_line(plan, total_params: int) -> str:
+    """What the sweep leaves on the storage path: kept models (float16, 2 bytes a parameter) and, while a trial
+    runs, its checkpoint (the model and AdamW's two moments: 12 bytes a parameter)."""
+    s, b = plan.settings, plan.base
+    kept = 2 * total_params / 2 ** 20
+    parts = [f"kept model {kept:.0f} MB per trial, {kept * plan.n_trials / 1024:.1f} GB for the sweep"
+             if b["keep_model"] == "best" else "no kept models (--keep-model none)"]
+    parts.append(f"checkpoint {12 * total_params / 2 ** 20:.0f} MB per running trial (every {s.checkpoint_every} "
+                 "evaluation(s))" if s.checkpoint_every else "no checkpoints (--checkpoint-every none)")
+    return f"disk ({s.storage_path}): " + "; ".join(parts)
+
+
+def closing_table(trials) -> str:
+    """Per arm, the trials that ``emoe.analysis.selection.select`` chooses: learning rate, seeds, ID and OOD
+    mean +- std (and how many of the arm's trials were early-stopped)."""
+    from emoe.analysis import selection
+
+    if trials.empty or schema.ID_SCORE not in trials:
+        return "no trial reported a result"
+    chosen = selection.select(trials)
+    lines = [f"{'task':<8} {'arm':<16} {'best lr':>9} {'seeds':>5} {'early-stopped':>13} {schema.ID_SCORE:>17} "
+             f"{schema.OOD_SCORE:>17}"]
+    for (task, arm), group in trials.groupby(["task", "arm"], sort=False):
+        stopped = int((group["outcome"] == "early_stopped").sum())
+        sel = chosen[(chosen["arm"] == arm) & (chosen["task"] == task)]
+        if sel.empty:
+            lines.append(f"{task:<8} {arm:<16} {'-':>9} {0:>5} {stopped:>13} {'n/a':>17} {'n/a':>17}")
+            continue
+
+        def fmt(col):
+            vals = sel[col].dropna() if col in sel else []
+            if not len(vals):
+                return "n/a"
+            return f"{vals.mean():.4f}+-{vals.std(ddof=1):.4f}" if len(vals) > 1 else f"{vals.mean():.4f} (1 seed)"
+
+        lines.append(f"{task:<8} {arm:<16} {sel['learning_rate'].iloc[0]:>9.2g} {len(sel):>5} {stopped:>13} "
+                     f"{fmt(schema.ID_SCORE):>17} {fmt(schema.OOD_SCORE):>17}")
+    return "\n".join(lines)
+
+
+def record_look(uri: str, experiment_id: str, parent_run_id: str, directory: Path) -> None:
+    """The closing table showed results: a look at them, counted by the sweep's finished trials (an extension's
+    included), kept in the sweep's record (``looks``) and its parent run (``emoe.tracking.record_look``), announced
+    when it is one more than its primary analysis planned."""
+    from emoe.tracking import client, record_look as record
+    from emoe.tracking.records import trial_rows
+
+    origin = SweepRecord.load(directory).origin
+    home = directory.parent / origin if origin else directory
+    finished = sum(r["outcome"] in ("completed", "early_stopped") for r in trial_rows(home))
+    kept = SweepRecord.load(home)
+    if finished and (not kept.looks or kept.looks[-1] != finished):
+        kept.looks.append(finished)
+        kept.save(home)
+    try:
+        mlflow = client(uri)
+        children = mlflow.search_runs([experiment_id], filter_string=f"tags.`{schema.PARENT}` = '{parent_run_id}'",
+                                      max_results=50_000)
+        finished = sum(r.data.tags.get(schema.OUTCOME) in ("completed", "early_stopped") for r in children)
+        looks = record(mlflow, parent_run_id, finished)
+        planned = int(float(mlflow.get_run(parent_run_id).data.params.get(
+            f"{schema.PRIMARY_PREFIX}planned_looks", 1)))
+    except Exception as e:  # the results are printed; the count is bookkeeping
+        logging.getLogger(__name__).warning("could not record this look at the results in MLflow (%s)", e)
+        return
+    if looks > planned:
+        print(f"look {looks} at this sweep's results, {planned} planned: its report will be exploratory "
+              "(declare --planned-looks at launch to keep later looks confirmatory)")
+
+
+def mlflow_lines(uri: str, experiment: str, experiment_id: str, parent_run_id: str) -> list[str]:
+    """How to open the sweep's runs: the UI command for a local store, and the link to the runs table."""
+    if uri.startswith("sqlite"):
+        exe = Path(sys.executable).with_name("mlflow")
+        rel = os.path.relpath(exe)
+        exe = rel if not rel.startswith("..") else str(exe)
+        return [f"MLflow: {exe} ui --backend-store-uri {uri}   (experiment {experiment}, parent run {parent_run_id})",
+                f"then open {schema.runs_url('http://127.0.0.1:5000', experiment_id)}"]
+    return [f"MLflow: {schema.runs_url(uri, experiment_id)}   (experiment {experiment}, parent run {parent_run_id})"]
+
+
+def main(design: Ablation, argv: list[str] | None = None) -> int:
+    """The whole sweep from a command line. Returns the exit code."""
+    from emoe.analysis.selection import RULE
+    from emoe.sweep.runner import prepare, results_frame, run_sweep
+    from emoe.sweep.trainable import quiet_libraries
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_libraries()
+    resume = extend = None
+    try:
+        args = parse_args(design, argv)
+        if args.resume and args.extend:
+            raise ValueError("--resume and --extend both given: resume an interrupted sweep, or extend a finished one")
+        if args.extend:
+            storage = Path(args.storage_path or SweepSettings.storage_path).resolve()
+            experiment = args.experiment or schema.experiment_name(design.name)
+            extend = latest_sweep(storage, experiment) if args.extend == "latest" else Path(args.extend).resolve()
+            SweepRecord.load(extend).check_scoring(extend, "--extend")
+        if args.resume:
+            storage = Path(args.storage_path or SweepSettings.storage_path).resolve()
+            experiment = args.experiment or schema.experiment_name(design.name)
+            resume = latest_sweep(storage, experiment) if args.resume == "latest" else Path(args.resume).resolve()
+            record = SweepRecord.load(resume)  # the interrupted sweep's own design and settings
+            record.check_scoring(resume, "--resume")
+            design = Ablation(record.design, record.arms, record.factor)
+            settings, command = SweepSettings.from_dict(record.settings), record.argv
+        else:
+            settings, command = settings_from_args(args), [sys.argv[0], *argv]
+        if args.dry_run:
+            print(dry_run(*prepare(design, settings)))
+            return 0
+        outcome = run_sweep(design, settings, resume=resume, argv=command, extend=extend)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if extend is not None and not outcome.trials:
+        print(f"nothing to run: every cell of this grid already has a finished trial (parent run "
+              f"{outcome.parent_run_id})")
+        return 0
+    print(f"\nper arm ({RULE}):")
+    frame = results_frame(outcome)
+    print(closing_table(frame))
+    record_look(settings.tracking_uri, outcome.experiment_id, outcome.parent_run_id, outcome.directory)
+    if outcome.failed:
+        print(f"{outcome.failed} trial(s) failed; their MLflow runs hold the error")
+    print()
+    print("\n".join(mlflow_lines(settings.tracking_uri, outcome.plan.experiment, outcome.experiment_id,
+                                 outcome.parent_run_id)))
+    if not outcome.complete:
+        print(f"sweep incomplete; continue with: {sys.argv[0]} --resume {outcome.directory}")
+    if outcome.exit_code:
+        print("every trial failed (see the errors above and in MLflow)", file=sys.stderr)
+    return outcome.exit_code

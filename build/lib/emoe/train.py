@@ -1,0 +1,482 @@
+"""One trial: build a (converted or dense) model, fine-tune it on the ID task, evaluate ID and every OOD set.
+
+``train_and_evaluate(trial_config, report)`` knows nothing of Tune or sweeps: it calls ``report(metrics)`` at each
+evaluation (a scheduler may stop it there) and returns the final metrics. ``python -m emoe.train`` runs one trial
+and logs it to MLflow with the schema the sweeps use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import math
+import random
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from emoe import hparams, metrics, tracking
+from emoe.cli import prog
+from emoe.convert import aux_loss, convert, emoe_layers, load_model, set_bypass
+from emoe.data import Task, TaskData, load_task, tokenize
+from emoe.layer import load_entropy
+from emoe.protocols import get_protocol
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[dict[str, float]], None]
+
+
+def _autocast(device: torch.device, precision: str):
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext(), None
+    dtype = torch.float16 if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()) \
+        else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
+def _loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int, pad_to: int | None = None):
+    """Batches padded to their longest example, or to ``pad_to`` tokens."""
+    from transformers import DataCollatorWithPadding
+
+    g = torch.Generator().manual_seed(seed)
+    collate = DataCollatorWithPadding(tokenizer) if pad_to is None else \
+        DataCollatorWithPadding(tokenizer, padding="max_length", max_length=pad_to)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, collate_fn=collate)
+
+
+def length_order(ds) -> np.ndarray:
+    """The order that sorts an evaluation set by length, so that its batches carry little padding (the metrics
+    ignore order; predictions are put back in the set's order)."""
+    lengths = np.fromiter((len(x) for x in ds["input_ids"]), dtype=np.int64, count=len(ds))
+    return np.argsort(lengths, kind="stable")
+
+
+def compact(pred: np.ndarray, regression: bool) -> np.ndarray:
+    """Predictions stored small: class ids as int8 (int16 past 127 classes), regression scores as float32."""
+    if regression:
+        return pred.astype(np.float32)
+    return pred.astype(np.int8 if pred.max(initial=0) < 128 else np.int16)
+
+
+@torch.no_grad()
+def evaluate(model, loaders: dict[str, Any], device, autocast, task: Task,
+             predictions: dict[str, np.ndarray] | None = None,
+             ood_protocol: str = "gluex") -> tuple[dict[str, dict[str, float]], dict[int, float]]:
+    """The task's metrics on the ``id`` loader and the OOD protocol's (``emoe.protocols``) on every other, and each
+    converted layer's load entropy over the first loader (ID). ``predictions``, when given, receives each loader's
+    per-example predictions in the loader's order."""
+    model.eval()
+    scores, entropies = {}, {}
+    layers = emoe_layers(model)
+    for i, (name, loader) in enumerate(loaders.items()):
+        preds, golds = [], []
+        loads = {f.block: torch.zeros(f.num_experts) for f in layers if not f.bypass}
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            with autocast:
+                logits = model(**batch).logits
+            preds.append(metrics.predictions(logits.float().cpu().numpy(), task.regression))
+            golds.append(labels.cpu().numpy())
+            if i == 0:
+                for f in layers:
+                    if f.block in loads:
+                        loads[f.block] += f.last_load.cpu() * batch["input_ids"].numel()
+        names = task.metrics if name == "id" else get_protocol(ood_protocol).metrics(task)
+        scores[name] = metrics.compute(names, np.concatenate(preds), np.concatenate(golds))
+        if predictions is not None:
+            predictions[name] = compact(np.concatenate(preds), task.regression)
+        if i == 0:
+            entropies = {block: load_entropy(load) for block, load in loads.items()}
+    model.train()
+    return scores, entropies
+
+
+def score_metrics(scores: dict[str, dict[str, float]], sizes: dict[str, int] | None = None,
+                  ood_protocol: str = "gluex") -> dict[str, float]:
+    """The schema's metrics of one evaluation: ``id_score``, ``id.<metric>``, ``ood_score.<set>``,
+    ``ood.<set>.<metric>`` and ``ood_score``: the OOD sets' scores aggregated as the protocol does (GLUE-X: weighted
+    by ``sizes``, the rows of each set evaluated; EMoE: their plain mean; NaN without any set)."""
+    out = {tracking.ID_SCORE: metrics.primary(scores["id"]),
+           **{tracking.id_metric(m): v for m, v in scores["id"].items()}}
+    ood = {name: metrics.primary(s) for name, s in scores.items() if name != "id"}
+    for name, s in scores.items():
+        if name != "id":
+            out[tracking.ood_score_metric(name)] = ood[name]
+            out.update({tracking.ood_metric(name, m): v for m, v in s.items()})
+    out[tracking.OOD_SCORE] = get_protocol(ood_protocol).aggregate(ood, sizes or {})
+    return out
+
+
+def ood_max_length(cfg: dict[str, Any], tokenizer, model_config=None) -> int:
+    """Tokens per OOD example: ``ood_max_length``, else the OOD protocol's (GLUE-X 512, EMoE 128), at most what
+    the tokenizer declares for its model (``model_max_length``) and the model's position embeddings."""
+    length = cfg["ood_max_length"] or get_protocol(cfg["ood_protocol"]).max_length
+    limits = [getattr(tokenizer, "model_max_length", None),
+              *(getattr(model_config, key, None) for key in ("max_position_embeddings", "n_positions"))]
+    return min([length, *(n for n in limits if isinstance(n, int) and 0 < n < 1_000_000)])
+
+
+def evaluation_loaders(sets: dict[str, Any], tokenizer, task: Task, cfg: dict[str, Any], model_config=None):
+    """A loader per evaluation set, and the function that puts per-example predictions back in each set's own order.
+
+    The ID set (``id``) is tokenised to ``max_length`` in batches of ``eval_batch_size`` (else twice the training
+    micro-batch); every other set as its OOD protocol says (``emoe.protocols``: max length, batch, padding).
+
+    NOTE: with a capacity, a token's experts depend on the batch it shares (its T positions), so evaluation keeps the
+    dataset's order, as the official code does; without one, length-sorted batches only save padding.
+    """
+    batch = cfg["eval_batch_size"] or 2 * (cfg["batch_size"] // cfg["grad_accum_steps"])
+    protocol = get_protocol(cfg["ood_protocol"])
+    capacity = cfg["capacity_factor"] is not None
+    loaders, orders = {}, {}
+    for name, ds in sets.items():
+        if name == "id":
+            length, size, pad_to = cfg["max_length"], batch, None
+        else:
+            length, size = ood_max_length(cfg, tokenizer, model_config), protocol.batch_size or batch
+            pad_to = length if protocol.pad_to_max_length and capacity else None
+        ds = tokenize(ds, tokenizer, task, length)
+        orders[name] = np.arange(len(ds)) if capacity else length_order(ds)
+        loaders[name] = _loader(ds.select(orders[name]), tokenizer, size, False, 0, pad_to)
+
+    def in_set_order(preds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for name, p in preds.items():
+            out[name] = np.empty_like(p)
+            out[name][orders[name]] = p
+        return out
+
+    return loaders, in_set_order
+
+
+def load_trial_data(cfg: dict[str, Any]) -> TaskData:
+    """The task data a trial config asks for (task, data_dir, ood, max_train_samples, max_eval_samples)."""
+    return load_task(cfg["task"], cfg["data_dir"], cfg.get("ood"), cfg["max_train_samples"], cfg["max_eval_samples"],
+                     cfg.get("ood_sets"), cfg["ood_protocol"])
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = None,
+                       data: TaskData | None = None, on_model: Callable | None = None,
+                       on_predictions: Callable[[dict[str, np.ndarray]], None] | None = None,
+                       on_state: Callable[[dict[str, Any]], None] | None = None,
+                       resume: dict[str, Any] | None = None,
+                       on_kept_model: Callable[[nn.Module, dict[str, torch.Tensor]], None] | None = None
+                       ) -> dict[str, float]:
+    """Fine-tune and evaluate one trial.
+
+    Args:
+        trial_config: flat config (see ``emoe.hparams.KNOBS``); missing keys take their defaults.
+        report: called with the metrics at each evaluation (``train_loss``, ``id_score``, ``id.<metric>``,
+            ``ood_score.<set>``, ``ood.<set>.<metric>``, ``ood_score``, ``epoch``, ``step``,
+            ``load_entropy.block<b>``; see ``score_metrics``). With ``keep_best`` the ID, OOD and load metrics are
+            those of the best ID evaluation so far (every OOD score measured on that same model state, at that
+            evaluation), beside ``best_step`` and the latest evaluation's ``current_id_score``.
+        data: an already loaded task (else loaded from ``task``/``data_dir``).
+        on_model: called with the converted model before training (e.g. to save its partitions).
+        on_predictions: called at every evaluation, before ``report``, with the per-example predictions behind
+            that report (with ``keep_best``: the kept evaluation's), one array per evaluation set (``id`` and each
+            OOD set) in the set's order, so that paired tests between arms need no rerun; the last call is the
+            final evaluation's, and a trial a scheduler stops keeps those of the report it was stopped on.
+        on_state: called at every evaluation, just before ``report``, with the whole training state (model,
+            optimiser, scheduler, scaler, RNG states, data position, best-so-far state): a checkpoint. It must be
+            serialised before the call returns (its tensors are the live ones).
+        resume: a state ``on_state`` gave: training continues from it (the next optimiser step after it), and ends
+            with the metrics an uninterrupted run would have reached (on CPU, exactly).
+        on_kept_model: with ``keep_model='best'``, called at each evaluation that improves the best ID score,
+            before its report, with the model and the state dict of that evaluation (float16 copies of the floating
+            tensors), e.g. ``emoe.convert.save_converted``: the last call holds the best evaluation's weights, and a
+            trial that a scheduler stops keeps its best so far.
+
+    Returns:
+        The metrics of the last report (with ``keep_best``: those of the best ID evaluation). A trial stopped by
+        ``patience`` carries ``patience_stop = 1``: it ended by the protocol, not cut short.
+
+    Raises:
+        FloatingPointError: the training loss became NaN or infinite.
+    """
+    trial = Trial(hparams.trial_config(trial_config), data,
+                  Hooks(report, on_model, on_predictions, on_state, on_kept_model))
+    return trial.run(resume)
+
+
+@dataclasses.dataclass
+class Hooks:
+    """What a trial's caller hears (``train_and_evaluate``'s arguments of the same names); each may be None."""
+
+    report: Report | None = None
+    on_model: Callable | None = None
+    on_predictions: Callable[[dict[str, np.ndarray]], None] | None = None
+    on_state: Callable[[dict[str, Any]], None] | None = None
+    on_kept_model: Callable[[nn.Module, dict[str, torch.Tensor]], None] | None = None
+
+
+@dataclasses.dataclass
+class Progress:
+    """The training state beside the model, optimiser and data position: what a checkpoint holds and a resume
+    restores (the checkpoint's keys are these fields' names)."""
+
+    step: int = 0  # optimiser steps taken
+    best: dict[str, float] = dataclasses.field(default_factory=dict)  # the best ID evaluation's metrics and step
+    since_best: int = 0  # evaluations since the ID score last improved
+    kept: dict[str, dict[str, np.ndarray]] = dataclasses.field(  # per-example predictions: latest and best
+        default_factory=lambda: {"latest": {}, "best": {}})
+    last: dict[str, float] = dataclasses.field(default_factory=dict)  # the last report
+    best_model: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # its weights, if kept
+
+
+class Trial:
+    """One trial, built once (data, converted model, loaders, optimiser) and run top to bottom: ``run`` trains
+    epoch by epoch, ``_train_step`` takes one optimiser step, ``_evaluate`` scores every set and keeps the best,
+    ``_emit`` hands the caller predictions, the kept model, the checkpoint and the report, in that order."""
+
+    def __init__(self, cfg: dict[str, Any], data: TaskData | None, hooks: Hooks):
+        from transformers import get_linear_schedule_with_warmup, set_seed
+
+        self.cfg, self.hooks = cfg, hooks
+        set_seed(cfg["seed"])
+        self.data = data or load_trial_data(cfg)
+        self.model, tokenizer = load_model(cfg["model"], self.data.task.num_labels, cfg["init"], cfg["seed"])
+        convert(self.model, hparams.emoe_config(cfg))
+        if hooks.on_model is not None:
+            hooks.on_model(self.model)
+        # eval_method: train with the converted layers dense (routing off) and evaluate as EMoE, or the reverse.
+        self.train_dense, self.eval_dense = cfg["eval_method"] == "emoe", cfg["eval_method"] == "dense"
+        set_bypass(self.model, self.train_dense)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).train()
+        micro = cfg["batch_size"] // cfg["grad_accum_steps"]
+        self.train_loader = _loader(tokenize(self.data.train, tokenizer, self.data.task, cfg["max_length"]),
+                                    tokenizer, micro, True, cfg["seed"])
+        self.eval_loaders, self.in_set_order = evaluation_loaders({"id": self.data.validation, **self.data.ood},
+                                                                  tokenizer, self.data.task, cfg, self.model.config)
+        self.eval_sizes = self.data.sizes()  # GLUE-X weighs each OOD set by its full size, whatever is evaluated
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg["grad_accum_steps"])
+        self.total_steps = self.steps_per_epoch * cfg["epochs"]
+        self.optimizer = torch.optim.AdamW(_parameter_groups(self.model, cfg["weight_decay"]), lr=cfg["learning_rate"])
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(cfg["warmup_ratio"] * self.total_steps),
+                                                         self.total_steps)
+        self.autocast, self.scaler = _autocast(self.device, cfg["precision"])
+        self.keep_model = cfg["keep_model"] == "best" and hooks.on_kept_model is not None
+        self.progress, self.losses = Progress(), []
+
+    def run(self, resume: dict[str, Any] | None = None) -> dict[str, float]:
+        """Train every epoch (from ``resume``'s position), evaluating every ``eval_steps`` and at each epoch's end;
+        stop early when patience runs out. Returns the last report's metrics."""
+        start_epoch, skip = self._restore(resume) if resume is not None else (0, 0)
+        if resume is not None and resume["done"]:  # it ended at that evaluation: nothing left to train
+            return self.progress.last
+        cfg, loader = self.cfg, self.train_loader
+        for epoch in range(start_epoch, cfg["epochs"]):
+            self.optimizer.zero_grad(set_to_none=True)
+            epoch_start = loader.generator.get_state()  # this epoch's order is drawn from here
+            for i, batch in enumerate(loader):
+                if i < skip:  # trained before the checkpoint this run resumed from
+                    continue
+                if not self._train_step(batch, i, epoch):
+                    continue
+                step = self.progress.step
+                if cfg["eval_steps"] and step % cfg["eval_steps"] == 0 and step % self.steps_per_epoch:
+                    if tracking.PATIENCE_STOP in self._evaluate((epoch, i + 1, epoch_start)):
+                        return self.progress.last
+            skip = 0
+            if tracking.PATIENCE_STOP in self._evaluate((epoch + 1, 0, loader.generator.get_state())):
+                break
+        return self.progress.last
+
+    def _train_step(self, batch: dict[str, torch.Tensor], i: int, epoch: int) -> bool:
+        """Forward and backward one micro-batch; True when it completed an optimiser step."""
+        cfg, scaler = self.cfg, self.scaler
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with self.autocast:
+            loss = self.model(**batch).loss
+            extra = aux_loss(self.model)
+            if extra is not None:
+                loss = loss + extra
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"train_loss became {loss.item()} at step {self.progress.step} (epoch {epoch})")
+        self.losses.append(loss.item())
+        loss = loss / cfg["grad_accum_steps"]
+        (scaler.scale(loss) if scaler else loss).backward()
+        if (i + 1) % cfg["grad_accum_steps"] and i + 1 != len(self.train_loader):
+            return False
+        if cfg["max_grad_norm"] is not None:
+            if scaler:
+                scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg["max_grad_norm"])
+        if scaler:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.step += 1
+        return True
+
+    def _evaluate(self, position: tuple[int, int, torch.Tensor]) -> dict[str, float]:
+        """Score the ID and OOD sets, keep the best ID evaluation (strictly better, as the official code: the first
+        reaching the best score is kept), build the report and hand it on (``_emit``)."""
+        cfg, p = self.cfg, self.progress
+        set_bypass(self.model, self.eval_dense)
+        preds: dict[str, np.ndarray] = {}
+        per_set, entropies = evaluate(self.model, self.eval_loaders, self.device, self.autocast, self.data.task,
+                                      preds if self.hooks.on_predictions else None, cfg["ood_protocol"])
+        set_bypass(self.model, self.train_dense)
+        p.kept["latest"] = preds
+        scores = {**score_metrics(per_set, self.eval_sizes, cfg["ood_protocol"]),
+                  **{tracking.load_entropy_metric(b): e for b, e in entropies.items()}}
+        if not p.best or scores[tracking.ID_SCORE] > p.best[tracking.ID_SCORE]:
+            p.best, p.since_best = {**scores, tracking.BEST_STEP: p.step}, 0
+            p.kept["best"] = preds
+            if self.keep_model:
+                p.best_model.clear()
+                p.best_model.update({k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype,
+                                                      copy=True) for k, v in self.model.state_dict().items()})
+        else:
+            p.since_best += 1
+        out = {tracking.TRAIN_LOSS: float(np.mean(self.losses)) if self.losses else float("nan"),
+               **(p.best if cfg["keep_best"] else scores), tracking.EPOCH: p.step / self.steps_per_epoch,
+               tracking.STEP: p.step}
+        if cfg["keep_best"]:
+            out[tracking.CURRENT_ID_SCORE] = scores[tracking.ID_SCORE]
+        if cfg["patience"] and p.since_best >= cfg["patience"] and p.step < self.total_steps:
+            out[tracking.PATIENCE_STOP] = 1.0
+        self.losses.clear()
+        p.last = out
+        self._emit(out, position, p.step >= self.total_steps or tracking.PATIENCE_STOP in out)
+        return out
+
+    def _emit(self, out: dict[str, float], position: tuple[int, int, torch.Tensor], ended: bool) -> None:
+        """The evaluation's predictions, the kept model (on a new best), the checkpoint, then the report.
+        NOTE: all before the report, at every evaluation: a scheduler may stop the trial on any report (ASHA: for
+        trailing, or at max_t), and nothing after it runs; a stopped trial keeps those of its last report."""
+        h, p = self.hooks, self.progress
+        if h.on_predictions is not None:
+            h.on_predictions(self.in_set_order(p.kept["best" if self.cfg["keep_best"] else "latest"]))
+        if self.keep_model and p.since_best == 0:  # a new best: kept now, so a trial a scheduler stops keeps one
+            h.on_kept_model(self.model, p.best_model)
+        if h.on_state is not None:
+            h.on_state(self._checkpoint(position, ended))
+        if h.report is not None:
+            h.report(out)
+
+    def _checkpoint(self, position: tuple[int, int, torch.Tensor], done: bool) -> dict[str, Any]:
+        """The whole training state (its tensors the live ones: serialise before returning)."""
+        epoch_next, batch_next, loader_state = position
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
+                "rng": _rng_state(), "loader": loader_state, "epoch": epoch_next, "batch": batch_next,
+                "done": done, **{f.name: getattr(self.progress, f.name) for f in dataclasses.fields(Progress)}}
+
+    def _restore(self, state: dict[str, Any]) -> tuple[int, int]:
+        """Load a checkpoint; returns where training continues: the epoch and the micro-batches of it done."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress(**{f.name: state[f.name] for f in dataclasses.fields(Progress)
+                                    if f.name in state})
+        self.progress.best_model = state.get("best_model") or {}
+        self.train_loader.generator.set_state(state["loader"])
+        _set_rng_state(state["rng"])
+        return state["epoch"], state["batch"]
+
+
+def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW's groups: no weight decay on biases and normalisation weights."""
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    named = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
+    return [{"params": [q for n, q in named if not n.endswith(no_decay)], "weight_decay": weight_decay},
+            {"params": [q for n, q in named if n.endswith(no_decay)], "weight_decay": 0.0}]
+
+
+def parse_ood(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--ood expects NAME=PATH, got {item!r}")
+        out[name] = path
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog("python -m emoe.train"),
+        description="Fine-tune and evaluate one EMoE (or dense) trial; log it to MLflow.")
+    hparams.add_arguments(parser)
+    parser.add_argument("--ood", action="append", metavar="NAME=PATH",
+                        help="an extra OOD test set (csv, tsv, json lines or parquet with the task's fields); "
+                             "repeatable")
+    parser.add_argument("--tracking-uri", default=tracking.DEFAULT_TRACKING_URI,
+                        help=f"MLflow store (default: {tracking.DEFAULT_TRACKING_URI}; http://host:port for a server)")
+    parser.add_argument("--experiment", default="emoe-train", help="MLflow experiment (default: emoe-train)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow; print the metrics only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cfg = hparams.trial_config({**hparams.overrides_from_args(args), "ood": parse_ood(args.ood)})
+        if not args.no_mlflow:
+            tracking.check_tracking_uri(args.tracking_uri)
+        data = load_trial_data(cfg)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    run = None
+    if not args.no_mlflow:
+        client = tracking.client(args.tracking_uri)
+        run = tracking.TrialRun(client, tracking.get_or_create_experiment(client, args.experiment),
+                                name=f"{cfg['method']}-{cfg['clustering']}-{cfg['gate']}-s{cfg['seed']}",
+                                tags={tracking.ARM: "cli"})
+        run.log_params(cfg)
+        run.log_dict(hparams.emoe_config(cfg).to_dict(), "emoe_config.json")
+
+    def report(result):
+        print(" ".join(f"{k}={v:.4g}" for k, v in result.items()), flush=True)
+        if run:
+            run.log_metrics(result, step=int(result[tracking.STEP]))
+
+    start = time.time()
+    try:
+        final = train_and_evaluate(cfg, report, data=data)
+    except BaseException as e:
+        if run:
+            run.finish("failed", error=f"{type(e).__name__}: {e}")
+        raise
+    if run:
+        run.finish("completed")
+        print(f"MLflow run {run.run_id} in {args.tracking_uri} (mlflow ui --backend-store-uri {args.tracking_uri})")
+    print(f"done in {time.time() - start:.0f}s: {tracking.ID_SCORE}={final[tracking.ID_SCORE]:.4f} "
+          f"{tracking.OOD_SCORE}={final[tracking.OOD_SCORE]:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
