@@ -56,9 +56,10 @@ def trivial_trainable(config: dict, setup) -> None:
                    **{schema.ood_score_metric(s): score - 0.1 * (i + 1) for i, s in enumerate(sets)},
                    **{schema.ood_metric(s, m): score - 0.1 * (i + 1) for i, s in enumerate(sets) for m in task.metrics},
                    schema.OOD_SCORE: score - 0.15}
+        files.append_report(metrics)  # as a real trial: every metric to its records, Tune what it schedules on
         if epoch == epochs:
             files.save_final(metrics)
-        tune.report(metrics)
+        tune.report(schema.scheduled(metrics))
 
 
 def resident_mb() -> float:

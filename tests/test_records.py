@@ -31,7 +31,9 @@ def test_trial_files_say_how_each_trial_ended(tmp_path):
     files.append_report({"step": 1, "epoch": 1.0, "id_score": 0.5})
     files.append_report({"step": 1, "epoch": 1.0, "id_score": 0.6})  # a resumed attempt repeats its step
     files.save_ended("early_stopped")
-    assert files.outcome(2) == ("early_stopped", {"step": 1, "epoch": 1.0, "id_score": 0.6})
+    outcome, metrics = files.outcome(2)
+    assert outcome == "early_stopped" and {k: metrics[k] for k in ("step", "epoch", "id_score")} == \
+        {"step": 1, "epoch": 1.0, "id_score": 0.6}
     assert done_cells(tmp_path) == {("sst2", "kmeans", 0, 1e-3)}
     files.save_ended("failed", "boom")
     assert files.outcome(2) == ("failed", {}) and done_cells(tmp_path) == set()

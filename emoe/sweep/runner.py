@@ -17,7 +17,7 @@ from emoe.sweep.search import CellList, scheduler, search_space
 from emoe.sweep.trainable import TrialSetup, quiet_libraries, tune_trainable
 from emoe.tracking import runs, schema
 from emoe.tracking.callback import MlflowTrials
-from emoe.tracking.records import SweepRecord, done_cells
+from emoe.tracking.records import SweepRecord, TrialFiles, done_cells
 
 log = logging.getLogger(__name__)
 
@@ -262,10 +262,14 @@ def _fit(plan: Plan, record: SweepRecord, directory: Path, client, experiment_id
         for r in grid:
             if r.config:
                 epochs = record.trial_config(r.config)["epochs"]  # --epochs, or the task's cap
-                trials.append(TrialResult(
-                    (r.metrics or {}).get("trial_id", ""), r.config.get("arm"), r.config.get("seed"),
-                    r.config.get("learning_rate"), schema.outcome(r.metrics, epochs, r.error is not None),
-                    schema.trial_metrics(r.metrics or {}), r.config.get("task")))
+                trial_id = (r.metrics or {}).get("trial_id", "")
+                files = TrialFiles(directory, trial_id) if trial_id else None
+                reports = files.load_reports() if files is not None else []
+                full = (files.load_final() if files is not None else None) or (reports[-1] if reports else r.metrics)
+                trials.append(TrialResult(  # Tune holds what it schedules on; the records every metric
+                    trial_id, r.config.get("arm"), r.config.get("seed"), r.config.get("learning_rate"),
+                    schema.outcome(r.metrics, epochs, r.error is not None), schema.trial_metrics(full or {}),
+                    r.config.get("task")))
         expected = len(record.cells) if record.cells is not None else plan.n_trials
         all_done = grid.num_terminated + grid.num_errors >= expected
         if resume:

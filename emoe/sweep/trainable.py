@@ -64,7 +64,7 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
              "node_id": ray.get_runtime_context().get_node_id()}
     final = files.load_final()
     if final is not None:
-        tune.report({**final, **where})
+        tune.report({**schema.scheduled(final), **where})
         return
     trial_cfg = setup.record.trial_config(config)
     files.save_config(config["arm"], trial_cfg)  # the trial's record: its cell and config, then every report
@@ -86,7 +86,7 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
         if schema.finished(metrics, trial_cfg["epochs"]):
             files.save_final(metrics)
             files.drop_state()
-        tune.report({**metrics, **where, **origin})
+        tune.report({**schema.scheduled(metrics), **where, **origin})  # the rest is in the records
         # NOTE: after the report: a trial that dies before this line reports this step again from its previous
         # state (logged once all the same), never skips it. The tensors are still those of this evaluation.
         if staged:

@@ -71,8 +71,11 @@ def sync_sweep(path: Path, uri: str) -> dict[str, int]:
         added["runs"] += not before
         run.log_params({**record.trial_config(config), **schema.sweep_params(record.settings, record.scoring_version)})
         have: dict[str, set[int]] = {}  # (key -> steps) already in MLflow, read once per key
-        frame = analysis.trial_dataframes.get(trial.trial_id)  # every result the trial reported, in order
-        rows = frame.to_dict("records") if frame is not None else []
+        # every report the trial made, in order: from its records (Tune holds only what it schedules on), else
+        # (a trial from before the records) from Ray's results
+        rows = TrialFiles(path, trial.trial_id).load_reports()
+        frame = analysis.trial_dataframes.get(trial.trial_id) if not rows else None
+        rows = rows or (frame.to_dict("records") if frame is not None else [])
         batch = []
         for row in rows:
             metrics = schema.trial_metrics(row)

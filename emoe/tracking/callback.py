@@ -124,7 +124,7 @@ class MlflowTrials(Callback):
         # Each step once: a trial restarted from a checkpoint older than its last logged report (or, without
         # checkpoints, from the start) reports those steps again with the same values (CPU) and is not re-logged.
         if step > self._logged.get(trial.trial_id, -1):
-            self._safe("metrics", run.log_metrics, schema.trial_metrics(result), step)
+            self._safe("metrics", run.log_metrics, schema.trial_metrics(self._report(trial, result)), step)
             self._logged[trial.trial_id] = step
         origin = result.get(schema.RESUMED_FROM)
         if origin is not None and int(origin) not in self._resumed.setdefault(trial.trial_id, []):
@@ -134,6 +134,15 @@ class MlflowTrials(Callback):
         if self._placed.get(trial.trial_id) != where:  # at the first result, and again when a retry runs elsewhere
             self._placed[trial.trial_id] = where
             self._safe("placement", run.set_tags, {schema.PLACEMENT: where})
+
+    def _report(self, trial, result: dict) -> dict:
+        """The whole report behind a Tune result: Tune is sent only what it schedules on (``schema.SCHEDULED``),
+        the trial's records hold every metric (a trial from before the records: the result itself)."""
+        step = result.get(schema.STEP)
+        for row in reversed(TrialFiles(self.root, trial.trial_id).load_reports()):
+            if row.get(schema.STEP) == step:
+                return row
+        return result
 
     def _artifacts(self, trial, run):
         for path in TrialFiles(self.root, trial.trial_id).artifacts():
@@ -153,8 +162,8 @@ class MlflowTrials(Callback):
             self._safe("placement", run.set_tags, {schema.PLACEMENT: placement(last)})
         outcome = schema.outcome(last, self._epochs(trial))
         TrialFiles(self.root, trial.trial_id).drop_state()  # it never trains again (early-stopped ones included)
-        self._safe("outcome", run.finish, outcome,
-                   name=schema.trial_run_name(trial.config.get("arm"), trial.config, outcome, last))
+        self._safe("outcome", run.finish, outcome, name=schema.trial_run_name(
+            trial.config.get("arm"), trial.config, outcome, self._report(trial, last) if last else last))
         self._forget(trial)
 
     def _forget(self, trial):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +132,8 @@ class TrialFiles:
 
     def append_report(self, metrics: dict[str, Any]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.reports, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        with open(self.reports, "a") as f:  # stamped in whole seconds, as Ray stamps its results
+            f.write(json.dumps({"timestamp": int(time.time()), **metrics}) + "\n")
 
     def load_reports(self) -> list[dict[str, Any]]:
         """The reports, one per step (the last line of a step holds), in step order."""

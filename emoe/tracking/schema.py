@@ -11,7 +11,7 @@ __all__ = ["DEFAULT_TRACKING_URI", "ROLE", "PARENT", "SWEEP", "FACTOR", "GIT_COM
            "EXPERIMENT_KIND", "TRAIN_LOSS", "ID_SCORE", "OOD_SCORE", "EPOCH", "STEP", "LOAD_ENTROPY", "METRIC_PREFIXES",
            "BEST_STEP", "CURRENT_ID_SCORE", "PATIENCE_STOP", "TASK", "RESUMED", "RESUMED_FROM", "SWEEP_PARAMS",
            "SCORING_VERSION_PARAM", "sweep_params", "LOOKS", "PRIMARY_FIELDS", "PRIMARY_PREFIX", "DIRECTIONS",
-           "direction",
+           "direction", "SCHEDULED", "scheduled",
            "id_metric", "ood_metric", "ood_score_metric", "ood_score_set", "load_entropy_metric", "trial_metrics", "finished", "outcome", "experiment_name",
            "trial_run_name", "runs_url"]
 
@@ -68,6 +68,17 @@ BEST_STEP, CURRENT_ID_SCORE = "best_step", "current_id_score"
 PATIENCE_STOP = "patience_stop"  # 1 in the last report of a trial that patience stopped (the protocol's end)
 METRIC_PREFIXES = (TRAIN_LOSS, ID_SCORE, "id.", OOD_SCORE, "ood.", EPOCH, STEP, LOAD_ENTROPY, BEST_STEP,
                    CURRENT_ID_SCORE, PATIENCE_STOP)
+# What Tune is sent of each report: what it schedules on (ASHA's time and metric, the searcher's metric, the
+# protocol's end). Every other metric goes to the trial's records (``reports.jsonl``), which the driver's MLflow
+# callback and ``emoe sync`` read: Tune keeps running statistics of every number a trial reports, for every trial.
+SCHEDULED = (ID_SCORE, EPOCH, STEP, PATIENCE_STOP)
+
+
+def scheduled(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The part of a report that Tune is sent (``SCHEDULED``)."""
+    return {k: metrics[k] for k in SCHEDULED if k in metrics}
+
+
 # Each metric's direction, declared with it ("max": higher is better; "min": lower is better; the rest are no
 # score): every GLUE metric (accuracy, F1, Matthews, Pearson, Spearman) is higher-is-better. A name matches its own
 # entry or an entry followed by "." (id_score.x, ood_score.<set>, ood.<set>.<metric>, load_entropy.block<b>).
