@@ -23,11 +23,6 @@ COMMANDS = {
 }
 
 
-def prog(default: str) -> str:
-    """A subcommand's name in its usage line: ``emoe <command>`` when run through ``emoe``, else ``default``."""
-    return sys.argv[0] if sys.argv[0].startswith("emoe ") else default
-
-
 def usage() -> str:
     from emoe.sweep.ablations import ABLATIONS
 

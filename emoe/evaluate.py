@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from emoe import hparams, tracking
-from emoe.cli import prog
+from emoe.usage import prog
 
 log = logging.getLogger(__name__)
 

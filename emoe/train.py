@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from emoe import hparams, metrics, tracking
-from emoe.cli import prog
 from emoe.convert import aux_loss, convert, emoe_layers, load_model, set_bypass
 from emoe.data import Task, TaskData, load_task, tokenize
 from emoe.layer import load_entropy
 from emoe.protocols import get_protocol
+from emoe.usage import prog
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from emoe import tracking
 from emoe.analysis import report, results, stats
-from emoe.cli import prog
 from emoe.tracking.records import SweepRecord
+from emoe.usage import prog
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:

@@ -14,10 +14,10 @@ import logging
 import sys
 from pathlib import Path
 
-from emoe.cli import prog
 from emoe.tracking import runs, schema
 from emoe.tracking.callback import trial_error_text
 from emoe.tracking.records import SWEEP_RECORD, SweepRecord, TrialFiles
+from emoe.usage import prog
 
 log = logging.getLogger(__name__)
 
