@@ -8,7 +8,7 @@ Every finished (completed or early-stopped) trial run of the sweep (the latest, 
 OOD sets (its ``ood_protocol``: metrics, splits, max length, batch; its evaluation order), and gets
 ``ood_score.<set>`` and ``ood.<set>.<metric>`` logged at its last step. A run that already holds a set's score is
 skipped, so running it twice adds nothing; so is a run of an older emoe, whose sets were scored otherwise. The
-analysis then reads the new sets as any other OOD set (per-set blocks: ``--blocks sets``); ``ood_score``, the
+analysis then reads the new sets as any other OOD set (``--metric ood_score.<set>``); ``ood_score``, the
 aggregate of the sets evaluated in training, is left as it was.
 """
 

@@ -191,9 +191,9 @@ def primary(settings: SweepSettings):
 
 def primary_params(settings: SweepSettings) -> dict[str, Any]:
     """The primary analysis as the parent run's ``primary.*`` params (None as ``auto``)."""
-    p = primary(settings)
-    return {f"{schema.PRIMARY_PREFIX}{f}": ("auto" if getattr(p, f) is None else getattr(p, f))
-            for f in schema.PRIMARY_FIELDS}
+    from emoe.tracking.records import declared_primary
+
+    return {f"{schema.PRIMARY_PREFIX}{k}": v for k, v in declared_primary(settings.to_dict()).items()}
 
 
 def resolve_tasks(tasks, task: str | None) -> list[str]:

@@ -23,6 +23,16 @@ TRIALS_DIR = "emoe_trials"
 SCORING_VERSION = 2
 
 
+def declared_primary(settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The primary analysis a sweep's settings (``SweepSettings.to_dict()``) declare, as the parent run's
+    ``primary.<field>`` params read (None as ``auto``); None for settings from before declarations."""
+    if "primary_metric" not in settings:
+        return None
+    return {"metric": settings["primary_metric"], "blocks": settings.get("primary_blocks") or "auto",
+            "baseline": settings.get("baseline") or "auto", "alpha": settings.get("alpha", 0.05),
+            "planned_looks": settings.get("planned_looks", 1)}
+
+
 @dataclasses.dataclass
 class SweepRecord:
     """How to resume a sweep and where it logs: written once when the sweep starts.
@@ -50,14 +60,8 @@ class SweepRecord:
     looks: list[int] = dataclasses.field(default_factory=list)  # finished trials at each look at the results
 
     def primary(self) -> dict[str, Any] | None:
-        """The primary analysis declared at launch, as the parent run's ``primary.*`` params read (None as
-        ``auto``); None for a sweep that declared none (launched before declarations)."""
-        s = self.settings
-        if "primary_metric" not in s:
-            return None
-        return {"metric": s["primary_metric"], "blocks": s.get("primary_blocks") or "auto",
-                "baseline": s.get("baseline") or "auto", "alpha": s.get("alpha", 0.05),
-                "planned_looks": s.get("planned_looks", 1)}
+        """The primary analysis declared at launch (``declared_primary`` of its settings)."""
+        return declared_primary(self.settings)
 
     @staticmethod
     def exists(directory: str | Path) -> bool:
