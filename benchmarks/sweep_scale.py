@@ -42,7 +42,8 @@ def trivial_trainable(config: dict, setup) -> None:
     from emoe.tracking.records import TrialFiles
 
     cfg = setup.record.trial_config(config)
-    files = TrialFiles(setup.root, tune.get_context().get_trial_id())
+    files = TrialFiles.of_cell(setup.root, config["arm"], cfg)
+    files.start_attempt(config["arm"], cfg)
     key = f"{config['arm']}/{cfg['seed']}/{cfg['learning_rate']}/{cfg['task']}".encode()
     noise = int(hashlib.sha256(key).hexdigest()[:8], 16) / 16 ** 8
     task = get_task(cfg["task"])

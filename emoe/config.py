@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 INITS = ("pretrained", "random")
 METHODS = ("emoe", "dense")
@@ -24,6 +24,37 @@ def check_choice(kind: str, value: Any, choices) -> None:
     """Raise a one-line ``ValueError`` naming the valid choices when ``value`` is not one of them."""
     if value not in choices:
         raise ValueError(f"unknown {kind} {value!r}; valid choices: {', '.join(map(str, choices))}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """The valid values of a numeric setting: from ``low`` to ``high`` (None: unbounded), each bound included unless
+    ``open_low`` / ``open_high``. ``str`` is how errors and ``--help`` state it: ``>= 1``, ``> 0``, ``in [0, 1)``."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value) -> bool:
+        lo, hi = self.low, self.high
+        return ((lo is None or (value > lo if self.open_low else value >= lo))
+                and (hi is None or (value < hi if self.open_high else value <= hi)))
+
+    def __str__(self) -> str:
+        lo, hi = (f"{b:g}" if isinstance(b, float) else str(b) for b in (self.low, self.high))
+        if self.high is None:
+            return f"{'>' if self.open_low else '>='} {lo}"
+        if self.low is None:
+            return f"{'<' if self.open_high else '<='} {hi}"
+        return f"in {'(' if self.open_low else '['}{lo}, {hi}{')' if self.open_high else ']'}"
+
+    def check(self, name: str, value, none: str | None = None) -> None:
+        """``ValueError`` naming the setting, its value and this range when ``value`` lies outside; ``none``: what
+        None would mean where it is allowed (added to the message)."""
+        if value not in self:
+            alternative = "" if none is None else f" (or none{': ' + none if none else ''})"
+            raise ValueError(f"{name}={value} must be {self}{alternative}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +104,12 @@ class EmoeConfig:
     expert_bias: str = "shared"
     mlp_output_dropout: str = "keep"
 
+    # The valid range of each numeric field (top_k also at most num_experts); emoe.hparams shows them in --help.
+    RANGES: ClassVar[dict[str, Interval]] = {
+        "num_experts": Interval(1), "top_k": Interval(1), "seed": Interval(0, 2 ** 32 - 1),
+        "cluster_seed": Interval(0, 2 ** 32 - 1), "capacity_factor": Interval(0, open_low=True),
+        "gate_noise": Interval(0), "expert_dropout": Interval(0, 1, open_high=True), "aux_loss_weight": Interval(0)}
+
     def __post_init__(self):
         from emoe.clustering import CLUSTERING
         from emoe.gating import GATES
@@ -93,8 +130,7 @@ class EmoeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
-        if self.num_experts < 1:
-            raise ValueError(f"num_experts={self.num_experts} must be >= 1")
+        self.RANGES["num_experts"].check("num_experts", self.num_experts)
         if not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"top_k={self.top_k} must be between 1 and num_experts={self.num_experts}")
         if not self.layers:
@@ -102,13 +138,10 @@ class EmoeConfig:
         if self.expert_selection == "not_top" and self.top_k == self.num_experts:
             raise ValueError(f"expert_selection='not_top' keeps num_experts - top_k experts: top_k={self.top_k} "
                              f"must be below num_experts={self.num_experts}")
-        if self.capacity_factor is not None and not self.capacity_factor > 0:
-            raise ValueError(f"capacity_factor={self.capacity_factor} must be > 0 (or none: exact routing)")
-        for name in ("gate_noise", "aux_loss_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
-        if not 0 <= self.expert_dropout < 1:
-            raise ValueError(f"expert_dropout={self.expert_dropout} must be in [0, 1)")
+        for name, valid in self.RANGES.items():  # capacity_factor None: exact routing; cluster_seed 'trial'
+            value = getattr(self, name)
+            if value is not None and value != "trial":
+                valid.check(name, value, none="exact routing" if name == "capacity_factor" else None)
         if self.aux_loss_weight and not self.gate_noise:
             raise ValueError(f"aux_loss_weight={self.aux_loss_weight} needs gate_noise > 0 (the load term of Tutel's "
                              "load-importance loss is scaled by the noise; official: gate_noise 1.0)")

@@ -37,6 +37,26 @@ def resolve_model(name_or_path: str) -> str:
     return MODEL_ALIASES[name_or_path]() if name_or_path in MODEL_ALIASES else name_or_path
 
 
+def check_model(name_or_path: str) -> str:
+    """``resolve_model``, checked without loading anything: a path must be a directory, a Hub id must be reachable
+    or in the local Hugging Face cache (offline, the Hub's own loaders would retry for half a minute, then fail).
+    Returns the path or Hub id; ``ValueError`` (one line, naming ``--model``) otherwise."""
+    from emoe import hub
+
+    path = resolve_model(name_or_path)
+    if name_or_path in MODEL_ALIASES or hub.is_local(path):
+        return path
+    if Path(path).expanduser().exists():
+        raise ValueError(f"--model {name_or_path}: not a directory (a model is a directory with its config.json)")
+    if hub.looks_like_path(path):
+        raise ValueError(f"--model {name_or_path}: no such directory")
+    why = hub.unreachable()
+    if why is not None and not hub.model_cached(path):
+        raise ValueError(f"--model {name_or_path}: not in the local Hugging Face cache and the Hub is unreachable "
+                         f"({why}); use a local path or {DEFAULT_MODEL!r}")
+    return path
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, num_labels: int = 2, init: str = "pretrained", seed: int = 0):
     """A sequence-classification model and its tokenizer.
 
@@ -52,19 +72,22 @@ def load_model(name_or_path: str = DEFAULT_MODEL, num_labels: int = 2, init: str
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+    from emoe.hub import cache_only
+
     check_choice("init", init, INITS)
     path = resolve_model(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    with cache_only(path):  # the Hub unreachable: its cache at once, not after half a minute of retries
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        torch.manual_seed(seed)  # the classification head (and, for init=random, everything) is freshly initialised
+        if init == "pretrained":
+            # a checkpoint with a head of another size (a model fine-tuned on another task) gets a fresh head
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels,
+                                                                       ignore_mismatched_sizes=True)
+        else:
+            model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(path,
+                                                                                              num_labels=num_labels))
     if tokenizer.pad_token is None:  # GPT-2 / Llama style tokenizers
         tokenizer.pad_token = tokenizer.eos_token
-    torch.manual_seed(seed)  # the classification head (and, for init=random, everything) is freshly initialised
-    if init == "pretrained":
-        # a checkpoint with a head of another size (a model fine-tuned on another task) gets a fresh head
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels,
-                                                                   ignore_mismatched_sizes=True)
-    else:
-        config = AutoConfig.from_pretrained(path, num_labels=num_labels)
-        model = AutoModelForSequenceClassification.from_config(config)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

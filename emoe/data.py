@@ -267,12 +267,19 @@ def read_file(path: str | Path):
 def _hub(source: Source):
     import datasets
 
+    from emoe import hub
+
     hub_log = logging.getLogger("huggingface_hub")
     level = hub_log.level
     hub_log.setLevel(logging.ERROR)  # its retry messages; the one line below says what failed
     try:
-        ds = datasets.load_dataset(source.hub, source.config, split="+".join(source.splits))
+        with hub.cache_only():  # the Hub unreachable: the cache at once, not after half a minute of retries
+            ds = datasets.load_dataset(source.hub, source.config, split="+".join(source.splits))
     except Exception as e:  # ConnectionError, FileNotFoundError, DatasetNotFoundError... depending on the cause
+        why = hub.unreachable()
+        if why is not None:
+            raise ValueError(f"{source.where} cannot be loaded from the Hub: it is unreachable ({why}) and the "
+                             f"local Hugging Face cache does not hold it; {_POINT_AT_FILES}") from None
         raise ValueError(f"{source.where} cannot be loaded from the Hub ({str(e).strip().splitlines()[0][:160]}); "
                          f"{_POINT_AT_FILES}") from e
     finally:
@@ -401,6 +408,26 @@ def check_ood_sets(tasks: list[str], ood_sets, extra: dict[str, str] | None = No
                          f"{', '.join(tasks)}; valid choices: {', '.join(sorted(known))}")
 
 
+def local_tasks(data_dir: Path, ood_protocol: str = "gluex") -> dict[str, list[str]]:
+    """The tasks whose train and validation files a data directory holds, each with the OOD sets it holds for it
+    (under ``ood_protocol``'s splits), in table order."""
+    def held(source: Source) -> bool:
+        return any((data_dir / rel).is_file() for rel in source.local)
+
+    return {name: [s for s in task.ood if held(ood_source(task, s, ood_protocol))]
+            for name, task in TASKS.items() if held(task.train) and held(task.validation)}
+
+
+def describe_local(data_dir: Path, ood_protocol: str = "gluex") -> str:
+    """What a data directory holds (``local_tasks``), as a clause of an error message."""
+    name = "the demo data (--data-dir demo)" if Path(data_dir).resolve() == DATA_ALIASES["demo"] else str(data_dir)
+    tasks = local_tasks(Path(data_dir), ood_protocol)
+    if not tasks:
+        return f"{name} holds no task's train and validation files"
+    return f"{name} holds task(s) " + ", ".join(f"{t} (OOD sets: {', '.join(sets) or 'none'})"
+                                                 for t, sets in tasks.items())
+
+
 def load_task(name: str, data_dir: str | Path | None = None, ood: dict[str, str] | None = None,
               max_train_samples: int | None = None, max_eval_samples: int | None = None,
               ood_sets: tuple[str, ...] | list[str] | None = None, ood_protocol: str = "gluex") -> TaskData:
@@ -431,6 +458,8 @@ def load_task(name: str, data_dir: str | Path | None = None, ood: dict[str, str]
         else:
             hint = "" if not is_ood else \
                 f" (or leave {split} out: --ood-sets {','.join(s for s in others if s != split) or 'NONE'})"
+            if data_dir is not None and not any((data_dir / rel).is_file() for rel in source.local):
+                hint += f"; {describe_local(data_dir, ood_protocol)}"  # what it does hold
             ds, where = _load_source(source, task, data_dir, split, hint, keep_unlabelled=is_ood)
         check_dataset(ds, task, where, unlabelled_ok=is_ood and unlabelled_ok)
         loaded[split] = ds

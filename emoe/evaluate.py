@@ -14,13 +14,12 @@ aggregate of the sets evaluated in training, is left as it was.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
 from emoe import hparams, tracking
-from emoe.usage import prog
+from emoe.usage import Parser, prog
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,11 @@ def evaluate_runs(tracking_uri: str, experiment: str, ood: dict[str, str], ood_s
                          ood_protocol=cfg["ood_protocol"])
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg["model"]))
+        from emoe.hub import cache_only
+
+        path = resolve_model(cfg["model"])
+        with cache_only(path):
+            tokenizer = AutoTokenizer.from_pretrained(path)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model = load_converted(model_dir).to(device)
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from emoe.analysis.cli import add_sweep_arguments
     from emoe.train import parse_ood
 
-    p = argparse.ArgumentParser(prog=prog("python -m emoe.evaluate"), description=__doc__.splitlines()[0])
+    p = Parser(prog=prog("python -m emoe.evaluate"), description=__doc__.splitlines()[0])
     add_sweep_arguments(p)
     p.add_argument("--ood", action="append", metavar="NAME=FILE", help="a new OOD set (csv, tsv, json lines, "
                    "parquet with the task's fields); a built-in set's name takes that set's mapping; repeatable")

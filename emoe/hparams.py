@@ -1,8 +1,10 @@
-"""Every knob of a trial, declared once: name, default, type, help and, where a sweep varies it, its search domain.
+"""Every knob of a trial, declared once: name, default, type, help, valid range and, where a sweep varies it, its
+search domain.
 
-Defaults, the CLIs' flags and help strings, the sweeps' seed and learning-rate grids and the Optuna range all derive
-from these declarations (DomainBed's ``hparams_registry`` shape). The EMoE construction knobs take their defaults
-from ``EmoeConfig``; a trial config is the flat dict of all of them (every key becomes an MLflow param).
+Defaults, the CLIs' flags (a bool knob: ``--name`` / ``--no-name``) and help strings, the range checks, the sweeps'
+seed and learning-rate grids and the Optuna range all derive from these declarations (DomainBed's
+``hparams_registry`` shape). The EMoE construction knobs take their defaults and ranges from ``EmoeConfig``; a trial
+config is the flat dict of all of them (every key becomes an MLflow param).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import argparse
 import dataclasses
 from typing import Any, Callable
 
-from emoe.config import EmoeConfig
+from emoe.config import EmoeConfig, Interval
 
 
 def _int_tuple(text) -> tuple[int, ...]:
@@ -65,14 +67,17 @@ EVAL_METHODS = ("same", "dense", "emoe")
 
 @dataclasses.dataclass(frozen=True)
 class Knob:
-    """One trial knob. ``grid``: the values a sweep crosses by default (seeds, learning rates); ``log_range``: the
-    (low, high) of a log-uniform search over it (``--search optuna``)."""
+    """One trial knob. ``range``: its valid values (a numeric knob), checked by ``trial_config`` and shown in
+    ``--help``; ``grid``: the values a sweep crosses by default (seeds, learning rates); ``log_range``: the
+    (low, high) of a log-uniform search over it (``--search optuna``). A knob of type ``_bool`` is a flag pair,
+    ``--name`` / ``--no-name``."""
 
     name: str
     default: Any
     help: str
     type: Callable = str
     choices: tuple | None = None
+    range: Interval | None = None
     grid: tuple | None = None
     log_range: tuple[float, float] | None = None
 
@@ -80,9 +85,17 @@ class Knob:
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
+    @property
+    def nullable(self) -> bool:
+        return self.type in NULLABLE
+
 
 def _emoe(name: str, help: str, type: Callable = str, choices=None, **domain) -> Knob:
-    return Knob(name, getattr(EmoeConfig, name), help, type, choices, **domain)
+    """A construction knob: its default and valid range are ``EmoeConfig``'s."""
+    return Knob(name, getattr(EmoeConfig, name), help, type, choices, EmoeConfig.RANGES.get(name), **domain)
+
+
+_POSITIVE, _COUNT = Interval(0, open_low=True), Interval(1)
 
 
 def _knobs() -> dict[str, Knob]:
@@ -103,7 +116,7 @@ def _knobs() -> dict[str, Knob]:
         _emoe("clustering", "how neurons are split into experts", str, tuple(CLUSTERING)),
         _emoe("gate", "how each expert's gate vector is derived", str, tuple(GATES)),
         _emoe("num_experts", "experts per converted layer (N)", int),
-        _emoe("top_k", "experts kept per token (k)", int),
+        _emoe("top_k", "experts kept per token (k), at most num_experts", int),
         _emoe("layers", "blocks to convert, comma-separated, negative from the end", _int_tuple),
         _emoe("cluster_seed", "seed of the clustering: an integer (one partition for every trial seed; official 0) or "
               "'trial' (re-clustered with each trial's seed)", _cluster_seed),
@@ -124,41 +137,42 @@ def _knobs() -> dict[str, Knob]:
         _emoe("seed", "seed of initialisation, dropout, gate noise and data order (and of the clustering with "
               "--cluster-seed trial)", int, grid=(0, 1, 2)),
         # The paper's grid (qiuzh20/EMoE search_glue_no_trainer.py) and a log-uniform range around it.
-        Knob("learning_rate", 5e-5, "peak AdamW learning rate", float, grid=(2e-5, 3e-5, 5e-5),
+        Knob("learning_rate", 5e-5, "peak AdamW learning rate", float, range=_POSITIVE, grid=(2e-5, 3e-5, 5e-5),
              log_range=(1e-5, 1e-4)),
-        Knob("batch_size", 32, "examples per optimiser step (split over grad_accum_steps)", int),
+        Knob("batch_size", 32, "examples per optimiser step (split over grad_accum_steps)", int, range=_COUNT),
         Knob("epochs", None, "training epochs; none = the task's official cap (10; 3 for MNLI, QQP and QNLI)",
-             _optional_int),
-        Knob("max_length", 128, "tokens per example (longer ones are truncated)", int),
+             _optional_int, range=_COUNT),
+        Knob("max_length", 128, "tokens per example (longer ones are truncated)", int, range=_COUNT),
         Knob("max_train_samples", None, "fixed random subset of the training set (seed 0); none = all",
-             _optional_int),
-        Knob("max_eval_samples", None, "cap on each evaluation set (ID and OOD); none = all", _optional_int),
+             _optional_int, range=_COUNT),
+        Knob("max_eval_samples", None, "cap on each evaluation set (ID and OOD); none = all", _optional_int,
+             range=_COUNT),
         Knob("eval_batch_size", None, "examples per evaluation batch (official: 8, which matters with a capacity: "
-             "a token's experts depend on its batch); none = twice the training micro-batch", _optional_int),
+             "a token's experts depend on its batch); none = twice the training micro-batch", _optional_int,
+             range=_COUNT),
         Knob("ood_protocol", "gluex", "how OOD sets are scored: gluex (GLUE-X: the ID task's metrics, its split "
              "concatenations, a task's sets weighted by size, max length 512) or emoe (the official EMoE OOD script: "
              "accuracy, one split per set, a plain mean, max length 128, batch 32)", str, tuple(OOD_PROTOCOLS)),
         Knob("ood_max_length", None, "tokens per OOD example; none = the OOD protocol's (gluex 512, emoe 128)",
-             _optional_int),
+             _optional_int, range=_COUNT),
         Knob("eval_steps", None, "evaluate every this many optimiser steps (and at each epoch end); none = per epoch",
-             _optional_int),
+             _optional_int, range=_COUNT),
         Knob("eval_method", "same", "same: evaluate as trained; dense: train EMoE, evaluate with every expert on; "
              "emoe: train with routing off (dense), evaluate as EMoE", str, EVAL_METHODS),
         Knob("keep_best", False, "report the metrics of the best ID evaluation so far (the official protocol keeps "
              "the best epoch) instead of the latest", _bool),
         Knob("patience", None, "evaluations without ID improvement before training stops (official: 4, with one "
-             "evaluation per epoch); none = off", _optional_int),
+             "evaluation per epoch); none = off", _optional_int, range=_COUNT),
         Knob("keep_model", "best", "best: keep the trial's best-ID model (float16, partitions and gates included) with "
              "its files, for re-evaluation on new sets without retraining; none: keep no model", str,
              ("best", "none")),
-        Knob("warmup_ratio", 0.06, "share of steps with linear warm-up", float),
-        Knob("weight_decay", 0.01, "AdamW weight decay", float),
-        Knob("grad_accum_steps", 1, "micro-batches per optimiser step", int),
+        Knob("warmup_ratio", 0.06, "share of steps with linear warm-up", float, range=Interval(0, 1)),
+        Knob("weight_decay", 0.01, "AdamW weight decay", float, range=Interval(0)),
+        Knob("grad_accum_steps", 1, "micro-batches per optimiser step", int, range=_COUNT),
         Knob("max_grad_norm", 1.0, "gradient clipping norm; none = no clipping (the official script never clips)",
-             _optional_float),
+             _optional_float, range=_POSITIVE),
         Knob("precision", "auto", "auto = bf16 (or fp16) autocast on GPU, fp32 on CPU; fp32 everywhere is the "
-             "official command (its --use_fp16 is off)", str,
-             ("auto", "fp32", "bf16", "fp16")),
+             "official command (its --use_fp16 is off)", str, ("auto", "fp32", "bf16", "fp16")),
         Knob("data_dir", None, "read the task from local JSON lines laid out as DIR/<set>/<split>.jsonl instead of "
              "the Hub; 'demo' = the packaged demo slice (SST-2 and its OOD sets, offline)", _optional_str),
     ]
@@ -192,21 +206,13 @@ def trial_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         from emoe.data import get_task
 
         cfg["epochs"] = get_task(cfg["task"]).epochs
-    emoe_config(cfg)  # validates the construction knobs
-    for key in ("batch_size", "epochs", "max_length", "grad_accum_steps"):
-        if cfg[key] < 1:
-            raise ValueError(f"{key}={cfg[key]} must be >= 1")
+    emoe_config(cfg)  # validates the construction knobs (their ranges are EmoeConfig's)
+    for name, knob in KNOBS.items():
+        if knob.range is not None and name not in EMOE_FIELDS and cfg[name] is not None:
+            knob.range.check(name, cfg[name], none="" if knob.nullable else None)
     if cfg["batch_size"] % cfg["grad_accum_steps"]:
         raise ValueError(f"batch_size={cfg['batch_size']} is not divisible by grad_accum_steps="
                          f"{cfg['grad_accum_steps']}")
-    if cfg["max_grad_norm"] is not None and not cfg["max_grad_norm"] > 0:
-        raise ValueError(f"max_grad_norm={cfg['max_grad_norm']} must be > 0 (or none: no clipping)")
-    if not cfg["learning_rate"] > 0:
-        raise ValueError(f"learning_rate={cfg['learning_rate']} must be > 0")
-    for key in ("max_train_samples", "max_eval_samples", "eval_steps", "patience", "eval_batch_size",
-                "ood_max_length"):
-        if cfg[key] is not None and cfg[key] < 1:
-            raise ValueError(f"{key}={cfg[key]} must be >= 1 (or none)")
     if cfg["eval_method"] != "same" and cfg["method"] != "emoe":
         raise ValueError(f"eval_method={cfg['eval_method']!r} needs method='emoe' (it switches the converted layers "
                          f"between EMoE and dense), got method={cfg['method']!r}")
@@ -238,15 +244,44 @@ def emoe_config(cfg: dict[str, Any]) -> EmoeConfig:
     return EmoeConfig(**{k: cfg[k] for k in EMOE_FIELDS if k in cfg})
 
 
-def add_arguments(parser: argparse.ArgumentParser, names=None, defaults_from: dict | None = None) -> None:
-    """One ``--flag`` per knob (default: all); help shows the default. Values are parsed by ``trial_config``."""
-    for name in names or KNOBS:
-        knob = KNOBS[name]
-        default = (defaults_from or {}).get(name, knob.default)
+class BooleanFlag(argparse.BooleanOptionalAction):
+    """A bool knob's flags: ``--keep-best`` / ``--no-keep-best`` (argparse's ``BooleanOptionalAction``), and, as
+    before it, ``--keep-best true|false``: the value is optional."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.nargs, self.metavar = "?", "true|false"
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        negated = option_string.startswith("--no-")
+        if negated and values is not None:
+            raise argparse.ArgumentError(self, f"{option_string} takes no value (got {values!r})")
+        try:
+            value = True if values is None else _bool(values)
+        except ValueError as e:
+            raise argparse.ArgumentError(self, str(e)) from None
+        setattr(namespace, self.dest, value != negated)
+
+
+def add_argument(parser, name: str, default=None, help: str | None = None) -> None:
+    """The flag of knob ``name`` (a flag pair for a bool knob); its value is parsed by ``trial_config``. ``help``
+    defaults to the knob's, with its choices, its valid range and ``default``."""
+    knob = KNOBS[name]
+    if help is None:
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         choices = f" {{{','.join(knob.choices)}}}" if knob.choices else ""
-        parser.add_argument(knob.flag, dest=name, default=None, metavar=name.upper(),
-                            help=f"{knob.help}{choices} (default: {shown})")
+        valid = f"; {name} {knob.range}{' or none' if knob.nullable else ''}" if knob.range else ""
+        help = f"{knob.help}{choices}{valid} (default: {shown})"
+    if knob.type is _bool:
+        parser.add_argument(knob.flag, dest=name, default=None, action=BooleanFlag, help=help)
+    else:
+        parser.add_argument(knob.flag, dest=name, default=None, metavar=name.upper(), help=help)
+
+
+def add_arguments(parser: argparse.ArgumentParser, names=None, defaults_from: dict | None = None) -> None:
+    """One ``--flag`` per knob (default: all); help shows the default (``defaults_from``'s, else the knob's)."""
+    for name in names or KNOBS:
+        add_argument(parser, name, (defaults_from or {}).get(name, KNOBS[name].default))
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:

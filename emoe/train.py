@@ -26,7 +26,7 @@ from emoe.convert import aux_loss, convert, emoe_layers, load_model, set_bypass
 from emoe.data import Task, TaskData, load_task, tokenize
 from emoe.layer import load_entropy
 from emoe.protocols import get_protocol
-from emoe.usage import prog
+from emoe.usage import Parser, prog
 
 log = logging.getLogger(__name__)
 
@@ -424,7 +424,7 @@ def parse_ood(items: list[str] | None) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=prog("python -m emoe.train"),
         description="Fine-tune and evaluate one EMoE (or dense) trial; log it to MLflow.")
     hparams.add_arguments(parser)

@@ -124,18 +124,16 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 def assert_matches_uninterrupted(metrics: dict, exp_dir: Path, trial_id: str) -> None:
     """A trial's final ``id_score``, ``ood_score`` and ``train_loss`` (its MLflow run's ``metrics``) equal an
-    uninterrupted in-process run of its config (from Ray's ``params.json``): CPU, one thread, as
+    uninterrupted in-process run of its config (from its cell's records): CPU, one thread, as
     ``--cpus-per-trial 1`` ran it."""
-    import json
-
-    from emoe.tracking.records import SweepRecord
+    from emoe.tracking.records import TrialFiles
     from emoe.train import train_and_evaluate
 
-    config = json.loads(next(Path(exp_dir).glob(f"*{trial_id}*/params.json")).read_text())
+    config = TrialFiles(exp_dir, trial_id).load_config()["config"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        uninterrupted = train_and_evaluate(SweepRecord.load(exp_dir).trial_config(config))
+        uninterrupted = train_and_evaluate(config)
     finally:
         torch.set_num_threads(threads)
     for name in ("id_score", "ood_score", "train_loss"):
@@ -229,3 +227,106 @@ def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
 def stop(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
+
+
+# --- shared by the report tests: synthetic trials with planted differences, and an MLflow sweep of them ---
+
+def synthetic_trials(arms, tasks: int = 4, seeds: int = 2, shift: dict | None = None, noise: float = 0.003,
+                     seed: int = 0):
+    """Completed trials of ``arms`` (one learning rate) on ``tasks`` tasks x ``seeds`` seeds, as
+    ``emoe.analysis.results.load_trials`` reads them: each task draws a level, each arm adds its ``shift`` (score
+    units), each trial its own noise; ``ood_score`` is the mean of its two OOD sets, ``id_score`` 0.1 above it."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in range(tasks):
+        level = rng.normal(0.7, 0.03)
+        for arm in arms:
+            for s in range(seeds):
+                v = level + (shift or {}).get(arm, 0.0) + rng.normal(0, noise)
+                sets = v + rng.normal(0, noise, 2)
+                rows.append({"run_id": f"task{t}-{arm}-{s}", "task": f"task{t}", "arm": arm, "seed": s,
+                             "learning_rate": 1e-4, "outcome": "completed",
+                             "method": "dense" if arm == "dense" else "emoe", "id_score": v + 0.1,
+                             "ood_score.a": sets[0], "ood_score.b": sets[1], "ood_score": float(sets.mean())})
+    return pd.DataFrame(rows)
+
+
+def log_sweep(uri: str, experiment: str, trials, arms, unended=()) -> str:
+    """An MLflow sweep of ``trials`` (``synthetic_trials``' columns) under one parent run that declares ``arms``: a
+    trial whose outcome is failed logs no metric; each ``(task, arm, seed)`` of ``unended`` is a trial run that never
+    ended (no outcome: still running, or its driver was killed). Returns the parent run id."""
+    from emoe import tracking
+
+    client = tracking.client(uri)
+    exp = tracking.get_or_create_experiment(client, experiment)
+    parent = client.create_run(exp, tags={tracking.ROLE: "sweep", tracking.SWEEP: "clustering",
+                                          tracking.FACTOR: "clustering"}).info.run_id
+    client.log_param(parent, "arms", ",".join(arms))
+    rows = trials.to_dict("records")
+    rows += [{"task": t, "arm": a, "seed": s, "learning_rate": 1e-4, "outcome": None} for t, a, s in unended]
+    for i, r in enumerate(rows):
+        run = tracking.TrialRun(client, exp, f"{r['arm']}-{i}", parent_run_id=parent,
+                                tags={tracking.ARM: r["arm"], tracking.TRIAL_ID: f"t{i}"})
+        run.log_params({"task": r["task"], "seed": r["seed"], "learning_rate": r["learning_rate"],
+                        "method": "dense" if r["arm"] == "dense" else "emoe"})
+        if r["outcome"] in ("completed", "early_stopped"):
+            run.log_metrics({k: v for k, v in r.items() if k.startswith(("id_score", "ood_score"))}
+                            | {"epoch": 1.0}, step=10)
+        if r["outcome"] is not None:
+            run.finish(r["outcome"])
+    client.set_terminated(parent)
+    return parent
+
+
+# --- shared by the command-line and Hub tests: exit codes, a machine without network, a local Hugging Face cache ---
+
+def exit_code(fn) -> int:
+    """What the process would exit with: the returned code, or argparse's SystemExit code."""
+    try:
+        return fn()
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.fixture
+def no_network(monkeypatch) -> list:
+    """A machine without network and without HF_HUB_OFFLINE: every connection attempt (name lookups included)
+    fails at once and is recorded in the returned list, so a test can tell the Hub's loaders never tried one."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    from emoe import hub
+
+    attempts = []
+
+    def refuse(what):
+        def call(address, *args, **kwargs):
+            attempts.append((what, address))
+            raise OSError(101, "Network is unreachable")
+        return call
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", refuse("connect"))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("lookup"))
+    hub.unreachable.cache_clear()
+    yield attempts
+    hub.unreachable.cache_clear()
+
+
+def hub_cache(root: Path, repo_id: str, model_dir: str | Path) -> Path:
+    """A Hugging Face cache at ``root`` holding ``model_dir``'s files as the Hub model ``repo_id`` (the layout
+    ``huggingface_hub`` downloads into: ``models--org--name/snapshots/<commit>/``, ``refs/main``)."""
+    import shutil
+
+    commit = "0" * 40
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return root

@@ -198,10 +198,12 @@ def test_worker_node_killed_mid_trial_is_retried_on_the_surviving_node(cluster, 
     client = tracking.client(mlflow_server)
     steps = [m.step for m in client.get_metric_history(retried.info.run_id, "id_score")]
     assert sorted(steps) == list(range(5, 301, 5)), steps
-    # Ray's own records of the trial (both attempts): the retry says which checkpoint it continued from, and its
+    # The cell's records (both attempts): the retry says which checkpoint it continued from, and its
     # first report is the evaluation right after that checkpoint's step (5 optimiser steps later): nothing before
     # it was trained again.
-    results = [json.loads(line) for f in exp_dir.glob(f"*{victim}*/result.json") for line in f.read_text().splitlines()]
+    from emoe.tracking.records import TrialFiles
+
+    results = TrialFiles(exp_dir, victim).load_reports(every=True)
     retry = [r for r in results if "resumed_from" in r]
     assert retry, "the retry did not continue from a checkpoint"
     origin = retry[0]["resumed_from"]

@@ -20,14 +20,35 @@ def test_packaged_demo_slice_is_what_the_demo_draws_from_the_full_data():
         assert list(demo.ood[name]["sentence"]) == list(full.ood[name]["sentence"])
 
 
-@pytest.mark.slow  # the datasets library takes 23 s to give up offline
 def test_hub_unreachable_is_one_line_naming_the_fix(monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    """At once: the datasets library, in its offline mode (emoe.hub.cache_only), does not retry for 23 s."""
+    from emoe import hub
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.unreachable.cache_clear()
     with pytest.raises(ValueError) as err:
         load_task("sst2")
     text = str(err.value)
-    assert "\n" not in text and "cannot be loaded from the Hub" in text and "--data-dir demo" in text
+    assert "\n" not in text and "cannot be loaded from the Hub: it is unreachable (HF_HUB_OFFLINE is set)" in text
+    assert "--data-dir demo" in text
+
+
+def test_a_data_directory_says_what_it_holds():
+    """The demo data lists its tasks and their OOD sets: those the glue-small preset runs on, and no more."""
+    from emoe.data import DATA_ALIASES, describe_local, local_tasks
+    from emoe.sweep.design import PRESETS
+
+    held = local_tasks(DATA_ALIASES["demo"])
+    assert held == {"sst2": ["imdb", "yelp", "amazon", "flipkart"], "mrpc": ["qqp", "rte"], "stsb": ["sick"],
+                    "rte": ["mrpc", "qqp", "scitail"]}
+    small = PRESETS["glue-small"]
+    assert set(small["tasks"]) == set(held) and set(small["trial"]["ood_sets"]) == {s for v in held.values() for s in v}
+    assert describe_local(DATA_ALIASES["demo"]).startswith("the demo data (--data-dir demo) holds task(s) sst2 (OOD "
+                                                           "sets: imdb, yelp, amazon, flipkart), mrpc (OOD sets: ")
+    with pytest.raises(ValueError) as err:
+        load_task("cola", "demo")
+    assert str(err.value) == f"data file not found: {DATA_ALIASES['demo']}/cola/train.jsonl; " \
+                             f"{describe_local(DATA_ALIASES['demo'])}"
 
 
 def test_sst2_offline_has_id_and_all_ood_sets(tiny_data_dir):

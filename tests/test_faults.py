@@ -57,7 +57,7 @@ def test_mlflow_server_down_mid_sweep_then_backfilled(tiny_model_dir, tiny_data_
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, log[-3000:]
-    assert "backfill with python -m emoe.sync" in log
+    assert "write them into MLflow with emoe sync" in log
     finals = list((tmp_path / "ray").glob("*/emoe_trials/*/final.json"))
     assert len(finals) == 4  # training went on without the tracking server
 

@@ -67,3 +67,32 @@ def test_a_deleted_store_is_rebuilt_from_the_records_and_nothing_reruns(tiny_mod
 
     assert main(["analyse", "--records", str(sweep_dir), "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "report.html").is_file()
+
+
+def test_extend_dry_run_lists_only_the_cells_it_would_run(tmp_path, monkeypatch, capsys):
+    """A sweep of seeds 0 (done for two arms) extended to seeds 0,1: the dry run lists the 2 seed-0 cells not done
+    and the 4 seed-1 cells, not the whole grid."""
+    from emoe import hparams
+    from emoe.sweep.ablations import ABLATIONS
+    from emoe.sweep.cli import main as sweep_main
+    from emoe.sweep.plan import SweepSettings
+
+    monkeypatch.chdir(tmp_path)
+    design = ABLATIONS["pretraining"]
+    flags = ["--preset", "demo", "--learning-rates", "1e-3", "--storage-path", str(tmp_path)]
+    sweep = tmp_path / "emoe-pretraining-20260101-000000"
+    sweep.mkdir()
+    settings = SweepSettings.from_preset("demo", seeds=(0,), learning_rates=(1e-3,), storage_path=str(tmp_path))
+    SweepRecord(design.name, design.factor, design.arms, settings.to_dict(), "emoe-pretraining", "p0").save(sweep)
+    base = {**settings.trial, "seed": 0, "learning_rate": 1e-3}
+    for arm in list(design.arms)[:2]:
+        config = hparams.trial_config({**base, **design.arms[arm]})
+        files = TrialFiles.of_cell(sweep, arm, config)
+        files.start_attempt(arm, config)
+        files.save_final({"id_score": 0.5, "epoch": float(config["epochs"]), "step": 10})
+    assert sweep_main(design, [*flags, "--seeds", "0,1", "--extend", str(sweep), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "--extend: 6 of these 8 cells would run" in out
+    listed = [line.split()[:3] for line in out.splitlines() if line.startswith("sst2 ")]
+    done = {(a, "0") for a in list(design.arms)[:2]}
+    assert len(listed) == 6 and not {(arm, seed) for _, arm, seed in listed} & done

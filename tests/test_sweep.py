@@ -15,20 +15,18 @@ from conftest import _children, env, run_tiny, sweep_cmd, tiny_args
 from emoe import tracking
 from emoe.sweep.cli import main as sweep_main
 from emoe.sweep.search import PerArmScheduler
+from emoe.tracking.records import TrialFiles
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "sweeps"
 
 
-def trial_results(exp_dir: Path) -> dict[str, list[dict]]:
-    """trial id -> every result Tune recorded for it, in order (Tune's own ``result.json``: our metrics plus its
-    fields: pid, node_ip, timestamp, time_total_s..., and the trainable's ``gpu_ids`` and ``node_id``)."""
-    out = {}
-    for path in Path(exp_dir).glob("*/result.json"):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if rows:
-            out[rows[0]["trial_id"]] = rows
-    return out
+def trial_results(exp_dir: Path) -> dict[str, tuple[float, list[dict]]]:
+    """cell -> (when its attempt started, every report its records hold, in order: the metrics, a timestamp, and
+    where it ran: ``node_ip``, ``node_id``, ``pid``, ``gpu_ids``)."""
+    from emoe.tracking.records import sweep_trials
+
+    return {files.dir.name: (cell["started"], files.load_reports(every=True)) for files, cell in sweep_trials(exp_dir)}
 
 
 @pytest.mark.parametrize("script, trials", [("clustering", 7 * 3 * 3), ("gating", 7 * 3 * 3),
@@ -77,7 +75,7 @@ def _sweeps_on_path(monkeypatch):
     (["--tracking-uri", "http://127.0.0.1:9"], "tracking URI 'http://127.0.0.1:9' is unreachable", None),
     (["--tracking-uri", "./mlruns"], "MLflow 3 deprecates the file store", None),
     (["--data-dir", "/nonexistent"], "data file not found: /nonexistent/sst2/train.jsonl", None),
-    (["--model", "/nonexistent/model"], "model '/nonexistent/model' cannot be loaded", None),
+    (["--model", "/nonexistent/model"], "--model /nonexistent/model: no such directory", None),
     (["--task", "colaa"], "unknown task 'colaa'", None),
     (["--tasks", "sst2,colaa"], "unknown task 'colaa'; valid choices: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte", None),
     (["--tasks", "sst2", "--task", "rte"], "--task and --tasks both given", None),
@@ -95,15 +93,15 @@ def _sweeps_on_path(monkeypatch):
     (["--cpus-per-trial", "512"], "--cpus-per-trial=512 asks for more CPUs than any node has (this machine: ", None),
     (["--gpus-per-trial", "1"], "--gpus-per-trial=1 asks for more GPUs than any node has (this machine: 0 GPUs)",
      None),
-    pytest.param(["--data-dir", "none"], "cannot be loaded from the Hub", None, marks=pytest.mark.slow),  # 23 s
+    (["--data-dir", "none"], "cannot be loaded from the Hub", None),
     (["--resume"], "nothing to resume", None),
     (["--epochs", "0"], "epochs=0 must be >= 1", None),
     (["--max-length", "x"], "invalid literal for int()", None),
     (["--max-concurrent", "x"], "argument --max-concurrent: invalid int value", None),
     (["--cpus-per-trial", "0"], "--cpus-per-trial must be > 0", None),
     (["--lr-range", "1e-3,1e-5", "--search", "optuna"], "--lr-range must be LOW,HIGH with 0 < LOW < HIGH", None),
-    pytest.param(["--model", "not-an-org/not-a-model-xyz"], "model 'not-an-org/not-a-model-xyz' cannot be loaded",
-                 None, marks=pytest.mark.slow),  # the Hub's offline refusal takes 23 s
+    (["--model", "not-an-org/not-a-model-xyz"], "--model not-an-org/not-a-model-xyz: not in the local Hugging Face "
+     "cache and the Hub is unreachable", None),
     (["--tracking-uri", "ftp://host/x"], "unsupported scheme 'ftp'", None),
     (["--address", "headnode"], "--address 'headnode': expected HOST:PORT", None),
     (["--address", "127.0.0.1:9"], "--address '127.0.0.1:9': no Ray head reachable there", None),
@@ -156,7 +154,48 @@ def exit_code(fn) -> int:
 
 
 def _trial(tid, arm, seed=0):
-    return types.SimpleNamespace(trial_id=tid, config={"arm": arm, "seed": seed})
+    """A Tune trial as the scheduler sees it; its learning rate (its id here) tells it from its arm's others."""
+    return types.SimpleNamespace(trial_id=tid, config={"arm": arm, "seed": seed, "learning_rate": tid})
+
+
+def test_asha_replayed_from_the_records_decides_as_the_uninterrupted_run():
+    """A resumed sweep's ASHA is fed what the cells reported before (their records): a new learning rate is judged
+    against the rung results of cells that ended before the interruption, and a cut-off cell started again (a new
+    Tune trial, the same cell) keeps the decision made at the rung it had passed, as the uninterrupted run would."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    def make(task=None):
+        return ASHAScheduler(time_attr="epoch", max_t=1.0, grace_period=0.25, reduction_factor=2)
+
+    r = lambda epoch, acc: {"epoch": epoch, "id_score": acc}  # noqa: E731
+    cfg = lambda lr: {"arm": "a", "seed": 0, "learning_rate": lr}  # noqa: E731
+    uninterrupted = PerArmScheduler(make)
+    uninterrupted.set_search_properties("id_score", "max")
+    for t in (_trial("1e-3", "a"), _trial("2e-3", "a"), _trial("3e-3", "a")):
+        uninterrupted.on_trial_add(None, t)
+    assert uninterrupted.on_trial_result(None, _trial("2e-3", "a"), r(0.25, 0.95)) == TrialScheduler.CONTINUE
+    for report in (r(0.25, 0.99), r(0.5, 0.6), r(1.0, 0.6)):
+        uninterrupted.on_trial_result(None, _trial("1e-3", "a"), report)
+    # the interruption came here: 1e-3 ended, 2e-3 was cut off after its first rung, 3e-3 had not started
+    history = [(cfg("1e-3"), [r(0.25, 0.99), r(0.5, 0.6), r(1.0, 0.6)], True), (cfg("2e-3"), [r(0.25, 0.95)], False)]
+    resumed, partial = PerArmScheduler(make, history=history), PerArmScheduler(make, history=history[:1])
+    again, new = types.SimpleNamespace(trial_id="other", config=cfg("2e-3")), _trial("3e-3", "a")
+    for s in (resumed, partial):
+        s.set_search_properties("id_score", "max")
+        for t in (again, new):
+            s.on_trial_add(None, t)
+    # the cut-off cell continues from a checkpoint before its rung result and reports it again: the decision made
+    # there stands (without its own record it would be judged again, against a result that came after it)
+    assert resumed.on_trial_result(None, again, r(0.25, 0.95)) == TrialScheduler.CONTINUE
+    assert partial.on_trial_result(None, again, r(0.25, 0.95)) == TrialScheduler.STOP
+    assert resumed.on_trial_result(None, again, r(0.5, 0.7)) == TrialScheduler.CONTINUE
+    # the new rate is judged against the earlier cells' rung results: stopped, as it would be uninterrupted
+    assert uninterrupted.on_trial_result(None, _trial("3e-3", "a"), r(0.25, 0.8)) == TrialScheduler.STOP
+    assert resumed.on_trial_result(None, new, r(0.25, 0.8)) == TrialScheduler.STOP
+    fresh = PerArmScheduler(make)  # without the history, nothing to compare with: it would have gone on
+    fresh.set_search_properties("id_score", "max")
+    fresh.on_trial_add(None, new)
+    assert fresh.on_trial_result(None, new, r(0.25, 0.8)) == TrialScheduler.CONTINUE
 
 
 def test_asha_per_arm_compares_trials_only_within_their_arm_and_seed():
@@ -214,7 +253,8 @@ def test_sweep_table_and_report_select_with_the_same_rule(monkeypatch):
 def test_tiny_sweep_with_asha_logs_every_trial(tiny_model_dir, tiny_data_dir, tmp_path):
     out = run_tiny("clustering", tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0,1", "--learning-rates",
                    "1e-3", "--cpus-per-trial", "0.5", "--early-stop-scope", "global")
-    assert "per arm (per arm and task, the learning rate with the best mean id_score" in out.stdout
+    assert "per arm: the learning rate with the best mean id_score over seeds" in out.stdout
+    assert "14 of 14 cells ended" in out.stdout and out.stdout.count("] sst2 ") == 14  # a line per ended trial
     assert "mlflow ui --backend-store-uri" in out.stdout
     client, exp, parents, children = _children(f"sqlite:///{tmp_path}/mlflow.db", "emoe-clustering")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -234,9 +274,9 @@ def test_tiny_sweep_with_asha_logs_every_trial(tiny_model_dir, tiny_data_dir, tm
         outcome = c.data.tags[tracking.OUTCOME]
         assert outcome in ("completed", "early_stopped")
         assert (c.data.metrics["epoch"] == 1.0) == (outcome == "completed")
-        arm = c.data.tags[tracking.ARM]  # the UI's default table shows the run name: arm, seed, lr, outcome, accuracy
-        assert c.data.tags["mlflow.runName"] == (f"{arm} sst2 s{c.data.params['seed']} lr1e-03 | {outcome} | "
-                                                 f"id {c.data.metrics['id_score']:.3f} ood {c.data.metrics['ood_score']:.3f}")
+        arm = c.data.tags[tracking.ARM]  # the UI's default table shows the run name: task, arm, seed, lr, outcome, scores
+        assert c.data.tags["mlflow.runName"] == (f"sst2 {arm} s{c.data.params['seed']} lr1e-03 | {outcome} | "
+                                                 f"id {c.data.metrics['id_score']:.4f} ood {c.data.metrics['ood_score']:.4f}")
         assert c.data.params["clustering"] == c.data.tags[tracking.ARM] or c.data.tags[tracking.ARM] == "dense"
         assert {"id_score", "id.accuracy", "ood_score", "ood_score.imdb", "ood.imdb.accuracy", "train_loss",
                 "step"} <= set(c.data.metrics) and c.data.tags[tracking.TASK] == "sst2"
@@ -261,12 +301,9 @@ def test_logical_gpus_fractional_placement(tiny_model_dir, tiny_data_dir, tmp_pa
     results = trial_results(exp_dir)
     assert len(results) == 8
     spans = []
-    for rows in results.values():  # each trial sees exactly one (logical) GPU, the same in every result
+    for start, rows in results.values():  # each trial sees exactly one (logical) GPU, the same in every result
         assert {r["gpu_ids"] for r in rows} == {rows[0]["gpu_ids"]} and rows[0]["gpu_ids"] in {"0", "1", "2", "3"}
-        # Tune's own times; its timestamps are whole seconds (truncated), so a span computed from them may start
-        # up to 1 s early and end up to 1 s early: it is shortened by 1 s at its start, never making a false overlap.
-        start = rows[0]["timestamp"] - rows[0]["time_total_s"] + 1.0
-        spans.append((start, rows[-1]["timestamp"], rows[0]["gpu_ids"]))
+        spans.append((start, rows[-1]["timestamp"], rows[0]["gpu_ids"]))  # from its start to its last report
     events = sorted([(start, 1, gpu) for start, _, gpu in spans] + [(end, -1, gpu) for _, end, gpu in spans],
                     key=lambda e: (e[0], e[1]))  # at equal times, an end before a start
     running, per_gpu, peak = 0, {}, 0
@@ -279,9 +316,14 @@ def test_logical_gpus_fractional_placement(tiny_model_dir, tiny_data_dir, tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
-def test_interrupted_sweep_resumes_without_rerun_or_duplicates(sig, tiny_model_dir, tiny_data_dir, tmp_path):
-    """Ctrl-C, or the driver killed outright (with its local Ray: the machine died), then --resume."""
+@pytest.mark.parametrize("sig, group", [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False),
+                                        (signal.SIGKILL, True)],
+                         ids=["ctrl-c-driver", "ctrl-c-group", "sigterm", "sigkill"])
+def test_interrupted_sweep_resumes_without_rerun_or_duplicates(sig, group, tiny_model_dir, tiny_data_dir, tmp_path):
+    """Ctrl-C (to the driver alone, or to its process group as a terminal sends it), SIGTERM (as a cluster's
+    scheduler sends it), or the driver killed outright (with its local Ray: the machine died), then --resume.
+    Interrupted, the sweep says so truthfully: the parent run and every unfinished trial run KILLED, the cut-off
+    cells marked in the closing table (not counted as results), the tool's own resume command, exit code 130."""
     # Trials long enough (3 epochs of 400 sentences) that the interruption lands while later ones still run:
     # a reused worker starts the next trial at once.
     args = tiny_args(tiny_model_dir, tiny_data_dir, tmp_path, "--seeds", "0", "--learning-rates", "1e-3",
@@ -299,9 +341,13 @@ def test_interrupted_sweep_resumes_without_rerun_or_duplicates(sig, tiny_model_d
         time.sleep(0.1)
     assert list(trials.glob("*/emoe_trials/*/final.json")), "no trial finished"
     first_step = 10  # --eval-steps 10: a trial trained again would report this step again
-    if sig == signal.SIGINT:
-        proc.send_signal(sig)
+    if sig != signal.SIGKILL:
+        os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
         log, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 130, log[-3000:]
+        assert "sweep interrupted:" in log and "--resume" in log and "Tuner.restore" not in log, log[-3000:]
+        table = log[log.index("per arm:"):]
+        assert "cut off" in table.splitlines()[1], table
     else:  # at once: the trial that has a checkpoint is still training
         os.killpg(proc.pid, signal.SIGKILL)
         log, _ = proc.communicate(timeout=60)
@@ -314,8 +360,11 @@ def test_interrupted_sweep_resumes_without_rerun_or_duplicates(sig, tiny_model_d
         assert origins, "the kill found no trial with a checkpoint"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     _, _, parents, children = _children(uri, "emoe-pretraining")
-    if sig == signal.SIGINT:  # a clean stop leaves nothing RUNNING; after SIGKILL the resume must clean up
+    if sig != signal.SIGKILL:  # a clean stop leaves nothing RUNNING; after SIGKILL the resume must clean up
         assert all(r.info.status != "RUNNING" for r in parents + children), log[-3000:]
+        assert parents[0].info.status == "KILLED"
+        unfinished = [c for c in children if tracking.OUTCOME not in c.data.tags]
+        assert unfinished and all(c.info.status == "KILLED" for c in unfinished), log[-3000:]
     done_before = {p.parent.name for p in (tmp_path / "ray").glob("*/emoe_trials/*/final.json")}
     assert 1 <= len(done_before) < 4, log[-3000:]
 
@@ -340,17 +389,15 @@ def test_interrupted_sweep_resumes_without_rerun_or_duplicates(sig, tiny_model_d
         # checkpoint's step: it continued there, training nothing twice
         (run,) = [c for c in children if c.data.tags[tracking.TRIAL_ID] == trial]
         assert run.data.tags[tracking.RESUMED] == str(origin)
-        # every attempt's records (a trial Tune had not saved before the kill is recreated, same id, new folder)
-        results = [json.loads(line) for f in trials.glob(f"*/*{trial}*/result.json")
-                   for line in f.read_text().splitlines()]
+        # every attempt's reports (the cell's records keep them all)
+        results = TrialFiles(next(trials.iterdir()), trial).load_reports(every=True)
         resumed = [r["step"] for r in results if r.get("resumed_from") == origin]
         assert resumed and min(resumed) == min(s for s in (10, 20, 25, 30, 40, 50, 60, 70, 75) if s > origin), (
             origin, [(r["step"], r.get("resumed_from")) for r in results])
         # and it ends where an uninterrupted run with the same config and seed ends
         from conftest import assert_matches_uninterrupted
 
-        (exp_dir,) = {f.parent.parent for f in trials.glob(f"*/*{trial}*/params.json")}
-        assert_matches_uninterrupted(run.data.metrics, exp_dir, trial)
+        assert_matches_uninterrupted(run.data.metrics, next(trials.iterdir()), trial)
 
 
 @pytest.mark.slow

@@ -11,22 +11,50 @@ def test_redact_hides_credentials_named_or_credential_like(monkeypatch):
     assert tracking.param_value(["a", "hunter2hunter2"]) == "a,***"
 
 
-def test_runs_of_trials_lost_with_the_driver_are_retired_not_counted(tmp_path):
-    """A trial that started after Tune's last saved state is rerun under a new id on resume: its old run goes to
-    MLflow's trash with the reason, and every run Tune still knows stays."""
-    from emoe import tracking
+def test_cells_lost_with_the_driver_are_retired_not_counted(tmp_path):
+    """An Optuna trial that started after Tune's last saved state is lost with the driver (the restored search
+    suggests anew): its cell, the one without a verdict, leaves the sweep's cells and its run goes to MLflow's
+    trash with the reason; every other cell and run stays."""
+    from emoe import hparams
+    from emoe.tracking.records import TrialFiles, retire, trial_rows, unended_cells
 
     client = tracking.client(f"sqlite:///{tmp_path}/mlflow.db")
     exp = tracking.get_or_create_experiment(client, "emoe-x")
     parent = client.create_run(exp).info.run_id
-    for tid in ("t1", "t2", "t3"):
-        tracking.open_trial_run(client, exp, parent, tid, "dense", tid)
-    assert tracking.runs.retire_lost_trials(client, exp, parent, {"t1", "t3"}) == 1
+    cells = []
+    for lr in (1e-4, 2e-4, 3e-4):
+        files = TrialFiles.of_cell(tmp_path, "dense", hparams.trial_config({"learning_rate": lr}))
+        files.start_attempt("dense", hparams.trial_config({"learning_rate": lr}))
+        tracking.open_trial_run(client, exp, parent, files.dir.name, "dense", files.dir.name)
+        cells.append(files)
+    for files in (cells[0], cells[2]):
+        files.save_final({"id_score": 0.5, "epoch": 10.0, "step": 3})
+    (lost,) = unended_cells(tmp_path)
+    assert lost.dir == cells[1].dir
+    tracking.runs.retire_trial_run(client, exp, parent, lost.dir.name)
+    retire(lost)
+    assert unended_cells(tmp_path) == [] and len(trial_rows(tmp_path)) == 2
     active = client.search_runs([exp], filter_string=f"tags.`{tracking.PARENT}` = '{parent}'")
-    assert sorted(r.data.tags[tracking.TRIAL_ID] for r in active) == ["t1", "t3"]
-    (gone,) = client.search_runs([exp], run_view_type=2, filter_string=f"tags.`{tracking.TRIAL_ID}` = 't2'")
+    assert sorted(r.data.tags[tracking.TRIAL_ID] for r in active) == sorted([cells[0].dir.name, cells[2].dir.name])
+    (gone,) = client.search_runs([exp], run_view_type=2,
+                                 filter_string=f"tags.`{tracking.TRIAL_ID}` = '{cells[1].dir.name}'")
     assert gone.info.lifecycle_stage == "deleted" and "lost with the driver" in gone.data.tags[tracking.RETIRED]
-    assert tracking.runs.retire_lost_trials(client, exp, parent, {"t1", "t3"}) == 0  # idempotent
+
+
+def test_a_cell_is_one_directory_named_by_its_content():
+    """Every knob that changes what a trial measures changes its cell's address; keep_model (what it keeps) does
+    not, and neither does the order of the config's keys."""
+    from emoe import hparams
+    from emoe.tracking.records import cell_name
+
+    base = hparams.trial_config({"learning_rate": 2e-5, "seed": 1})
+    name = cell_name("kmeans", base)
+    assert name.startswith("sst2-kmeans-s1-lr2e-05-")
+    assert cell_name("kmeans", dict(reversed(list(base.items())))) == name
+    assert cell_name("kmeans", {**base, "keep_model": "none"}) == name
+    assert cell_name("random", base) != name
+    for knob, value in (("top_k", 2), ("gate_noise", 0.5), ("max_train_samples", 10), ("layers", (-1,))):
+        assert cell_name("kmeans", {**base, knob: value}) != name, knob
 
 
 def test_a_local_store_keeps_its_artifacts_beside_its_database(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from pathlib import Path
 from emoe import tracking
 from emoe.analysis import report, results, stats
 from emoe.tracking.records import SweepRecord
-from emoe.usage import prog
+from emoe.usage import Parser, prog
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -24,7 +24,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser, required: bool = True) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=prog("python analysis/friedman.py"), description=__doc__.splitlines()[0])
+    p = Parser(prog=prog("python analysis/friedman.py"), description=__doc__.splitlines()[0])
     add_sweep_arguments(p, required=False)
     p.add_argument("--records", metavar="DIR",
                    help="read the sweep from its records (its directory on the storage path, e.g. "
@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             tracking.check_tracking_uri(args.tracking_uri)
             trials, sweep = results.load_trials(args.tracking_uri, args.experiment, args.parent, pool=args.pool)
+        stats.check_finished(trials, f"sweep records {args.records}" if args.records
+                             else f"experiment {args.experiment}")
         primary = results.primary_of(sweep) if not args.pool else None
         finished = int(trials["outcome"].isin(("completed", "early_stopped")).sum()) if len(trials) else 0
         counted = bool(sweep.get("run_id")) and not args.pool  # pooled sweeps: no one sweep's look
@@ -73,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
                   else results.record_curves(args.records)) if kept and "run_id" in used else None
         analysis = stats.analyse(trials, metric=args.metric, blocks=args.blocks, baseline=args.baseline,
                                  alpha=args.alpha, higher=args.higher, rope=args.rope, primary=primary, looks=looks,
-                                 curves=curves, exploratory="several sweeps pooled (--pool): each declared its "
-                                                            "own primary analysis" if args.pool else None)
+                                 curves=curves, arms=sweep.get("arms"),
+                                 exploratory="several sweeps pooled (--pool): each declared its own primary analysis"
+                                 if args.pool else None)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

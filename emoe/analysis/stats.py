@@ -106,6 +106,8 @@ class Analysis:
     chosen: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # the selected trials (one row each)
     status: dict = dataclasses.field(default_factory=dict)  # primary or exploratory, why, looks, family alpha
     selection: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # per (task, arm): ID inflation
+    arms: list = dataclasses.field(default_factory=list)  # the sweep's declared arm order, then any other arm seen
+    missing: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # (task, arm) cells without a value: why
 
 
 def higher_is_better(metric: str, higher: bool | None = None) -> bool:
@@ -512,7 +514,7 @@ def friedman_tests(matrix: pd.DataFrame, baseline: str | None, alpha: float, war
         out["nemenyi_cd"] = nemenyi_cd(k, n, alpha)
         out["max_rank_difference"] = float(k - 1)
         if out["nemenyi_cd"] > k - 1:
-            warnings.append(f"Nemenyi critical difference {out['nemenyi_cd']:.2f} exceeds the largest possible rank "
+            warnings.append(f"Nemenyi critical difference {out['nemenyi_cd']:.4f} exceeds the largest possible rank "
                             f"difference {k - 1} over {n} blocks: no pair of arms can differ significantly")
         out["nemenyi_p"] = sp.posthoc_nemenyi_friedman(-rank_blocks(matrix).to_numpy(float))
         out["nemenyi_p"].index = out["nemenyi_p"].columns = list(matrix.columns)
@@ -546,12 +548,13 @@ def friedman_tests(matrix: pd.DataFrame, baseline: str | None, alpha: float, war
         if m * floor >= family_alpha:
             need = next(b for b in range(n, 64 + n) if m * smallest_wilcoxon_p(b, zeros) < family_alpha)
             ties = f" ({zeros} of them zero differences in every comparison)" if zeros else ""
-            warnings.append(f"Wilcoxon over {n} blocks{ties}: the smallest two-sided p it can give is {floor:.3g}, "
-                            f"and Holm over {m} comparison(s) multiplies the smallest by {m} ({m * floor:.3g} >= "
-                            f"alpha {family_alpha:g}): nothing can be significant; that needs at least {need} blocks")
+            warnings.append(f"Wilcoxon over {n} blocks{ties}: the smallest two-sided p it can give is {floor:.4g}, "
+                            f"and Holm over {m} comparison(s) multiplies the smallest by {m} ({m * floor:.4g} >= "
+                            f"alpha {family_alpha:.4g}): nothing can be significant; that needs at least {need} "
+                            "blocks")
         if wil["zeros"].sum():
             warnings.append(f"{int(wil['zeros'].sum())} zero difference(s) from the baseline: split between the "
-                            "signs (Demšar 2006), counted in the zeros column")
+                            "signs (Demšar 2006); each arm's count is its \"zero differences\" in the family's tests")
     out["wilcoxon"] = wil
     return out
 
@@ -687,14 +690,14 @@ def method_lines(blocks: str, metric: str, up: bool, base: str | None, arms: int
         f"{metric} ({'higher' if up else 'lower'} is better); 1 = best, ties averaged; a failed cell ranks last in "
         "its block and its arm is left out of every average and interval; ID ranks over tasks separately",
         f"primary family: {family}, Wilcoxon signed-rank (zeros split between the signs, exact p), Holm over the "
-        f"family at alpha {family_alpha:g}"
-        + (f" (alpha {alpha:g} spent over {status['planned_looks']} planned looks)" if status["planned_looks"] > 1
+        f"family at alpha {family_alpha:.4g}"
+        + (f" (alpha {alpha:.4g} spent over {status['planned_looks']} planned looks)" if status["planned_looks"] > 1
            and status["primary"] else "")
         + f", each with the smallest difference it could detect at 80% power; {100 * level:.4g}% t-intervals "
-        f"(simultaneous {100 * (1 - family_alpha):g}% over the family, Bonferroni) for two named estimands: "
+        f"(simultaneous {100 * (1 - family_alpha):.4g}% over the family, Bonferroni) for two named estimands: "
         f"{ESTIMANDS['these']} and {ESTIMANDS['new']}",
         f"exploratory: Friedman chi2 (Demšar 2006, tie-corrected as scipy's) with its asymptotic and permutation p "
-        f"(the permutation p decides), Iman-Davenport F, Nemenyi CD (alpha={alpha:g}; it depends on every other "
+        f"(the permutation p decides), Iman-Davenport F, Nemenyi CD (alpha={alpha:.4g}; it depends on every other "
         f"arm); pairwise Wilcoxon signed-rank between every pair of arms, Holm over the pairs; rank-biserial "
         f"correlation (the test's zero rule); Bayesian signed-rank (baycomp; from {BAYES_MIN_BLOCKS} blocks) with a "
         f"region of practical equivalence of +-{rope:g}",
@@ -706,7 +709,7 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
             baseline: str | None = None, alpha: float | None = None, higher: bool | None = None,
             rope: float = 0.01, primary: Primary | None = None, looks: int = 1,
             bayes_samples: int = 50_000, curves: pd.DataFrame | None = None,
-            exploratory: str | None = None) -> Analysis:
+            exploratory: str | None = None, arms: list | None = None) -> Analysis:
     """The whole method (module docstring) on a trials DataFrame (``emoe.analysis.results.load_trials``).
 
     Args:
@@ -720,10 +723,15 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
         curves: every used trial's raw ID curve (``run_id, step, value``): the selection's inflation then undoes
             the best-evaluation choice too (``emoe.analysis.selection.inflation``).
         exploratory: a reason this analysis cannot be the primary one (e.g. several sweeps pooled).
+        arms: the sweep's declared arms, in order (None: the trials' order): the order of the figures' colours, and
+            the arms a missing cell can be of (an arm with no trial yet is listed in ``missing``, not tested).
+
+    Raises:
+        ValueError: no trial, or no finished trial with an ID score (one line: nothing to analyse).
     """
     warnings: list[str] = []
-    if df.empty:
-        raise ValueError("no trial runs to analyse")
+    check_finished(df)
+    declared_arms = list(arms or [])
     declared = primary or Primary()
     metric = metric or declared.metric
     alpha = declared.alpha if alpha is None else alpha
@@ -766,12 +774,56 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
         cells = sorted({"/".join(map(str, idx)) for idx in mask.index[mask[arm]]})
         warnings.append(f"{arm} failed on {', '.join(cells)}: ranked last there, left out of every average and "
                         "interval")
-
     table = per_task_table(df, chosen, counts, ranks, id_ranks, arms)
     inflation = selection.inflation(df, chosen, curves)
     method = method_lines(blocks, metric, up, base, len(matrix.columns), alpha, status, level, rope)
+    arms = list(dict.fromkeys([*declared_arms, *arms]))
+    missing = missing_cells(df, chosen, arms, warnings)
     return Analysis(table, ranks, id_ranks, tests, warnings, method, metric, base,
-                    paper_table(chosen, df, warnings), blocks, up, comparisons, chosen, status, inflation)
+                    paper_table(chosen, df, warnings), blocks, up, comparisons, chosen, status, inflation, arms,
+                    missing)
+
+
+def check_finished(df: pd.DataFrame, source: str | None = None) -> None:
+    """``ValueError`` (one line, naming ``source``: "experiment emoe-x") when ``df`` holds no finished (completed or
+    early-stopped) trial with an ID score: nothing to analyse. One is enough: a partial sweep reports what it has."""
+    has = f"{source} has " if source else ""
+    if df.empty:
+        raise ValueError(f"{has or 'there are '}no trial runs; nothing to analyse")
+    used = df[df["outcome"].isin(selection.USED_OUTCOMES)]
+    if used.empty:
+        outcome = df["outcome"].fillna("not ended")
+        if "status" in df:  # an MLflow run still RUNNING without an outcome: running, or its driver was killed
+            outcome = outcome.mask((outcome == "failed") & (df["status"] == "RUNNING").to_numpy(), "not ended")
+        seen = ", ".join(f"{n} {o}" for o, n in outcome.value_counts().items())
+        raise ValueError(f"{has}{len(df)} trial run(s) ({seen}) and none finished; nothing to analyse")
+    if tracking.ID_SCORE not in used or used[tracking.ID_SCORE].isna().all():
+        raise ValueError(f"{has}{len(used)} finished trial run(s) and none logged {tracking.ID_SCORE}; nothing to "
+                         "analyse")
+
+
+def missing_cells(df: pd.DataFrame, chosen: pd.DataFrame, arms: list, warnings: list[str]) -> pd.DataFrame:
+    """The (task, arm) cells of ``arms`` x the trials' tasks that a partial sweep has no value for yet (``task, arm,
+    why``): not run (no trial), not ended (its trials still RUNNING in MLflow: running, or their driver was killed;
+    such a trial reads as failed, ``emoe.analysis.results``, so the cell also ranks last until it ends), or finished
+    without an ID score; one warning lists them, first. A cell whose trials all failed is no missing cell: it ranks
+    last in its blocks (``failed_cells``), with its own warning."""
+    have = set(zip(chosen["task"], chosen["arm"]))
+    running = df["status"].eq("RUNNING") if "status" in df else pd.Series(False, index=df.index)
+    used = df["outcome"].isin(selection.USED_OUTCOMES)
+    rows = []
+    for task in dict.fromkeys(df["task"]):
+        for arm in arms:
+            cell = (df["task"] == task) & (df["arm"] == arm)
+            why = ("not run" if not cell.any() else f"no {tracking.ID_SCORE}" if (cell & used).any() else
+                   "not ended: counted as failed until it ends" if (cell & running).any() else None)
+            if (task, arm) not in have and why:
+                rows.append({"task": task, "arm": arm, "why": why})
+    if rows:
+        warnings.insert(0, f"{len(rows)} (task, arm) cell(s) without a finished trial yet (a partial sweep: the "
+                        "tables and tests use the cells that have one): "
+                        + ", ".join(f"{r['task']}/{r['arm']} ({r['why']})" for r in rows))
+    return pd.DataFrame(rows, columns=["task", "arm", "why"])
 
 
 def paper_table(chosen: pd.DataFrame, trials: pd.DataFrame, warnings: list[str] | None = None) -> pd.DataFrame:

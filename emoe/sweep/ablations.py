@@ -4,10 +4,10 @@ a checkout are one-line examples of the same). A crossing of any factors needs n
 
 from __future__ import annotations
 
-import argparse
 from fractions import Fraction
 
 from emoe.sweep.design import DENSE, Ablation, check_factors, crossing_from_file, parse_factor
+from emoe.usage import Parser
 
 # The official EMoE router (capacity 1.5, gate noise 1.0, expert dropout 0.1, load-importance loss 0.01).
 OFFICIAL_ROUTER = {"capacity_factor": 1.5, "gate_noise": 1.0, "expert_dropout": 0.1, "aux_loss_weight": 0.01}
@@ -71,7 +71,7 @@ An invalid combination (e.g. top_k above num_experts) is refused before Ray star
 def crossing(argv: list[str], design_file: str | None = None) -> tuple[Ablation, list[str]]:
     """The crossing that ``--factor`` flags (or ``design_file``, or ``--design FILE``) declare, and the other
     flags. ``ValueError`` (one line) when none is declared or a knob is named twice."""
-    p = argparse.ArgumentParser(add_help=False)
+    p = Parser(add_help=False)
     p.add_argument("--factor", action="append", default=[])
     p.add_argument("--design", default=design_file)
     p.add_argument("--name")

@@ -5,6 +5,8 @@ finished sweep prints (the per-arm table under the one selection rule, the MLflo
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import os
 import sys
@@ -17,12 +19,14 @@ from emoe.sweep.design import PRESETS, Ablation
 from emoe.sweep.plan import SCHEDULERS, SCOPES, SEARCHES, SweepSettings
 from emoe.tracking import schema
 from emoe.tracking.records import SweepRecord
+from emoe.usage import Parser
 
 # Flags of the sweep itself (not trial knobs): name -> SweepSettings field.
 _SWEEP_FLAGS = ("seeds", "learning_rates", "lr_range", "search", "num_samples", "scheduler", "early_stop_scope",
                 "grace_period", "reduction_factor", "address", "num_gpus", "gpus_per_trial", "cpus_per_trial",
                 "max_concurrent", "max_failures", "storage_path", "tracking_uri", "experiment", "tasks",
-                "checkpoint_every", "primary_metric", "primary_blocks", "baseline", "alpha", "planned_looks")
+                "checkpoint_every", "primary_metric", "primary_blocks", "baseline", "alpha", "planned_looks",
+                "verbose")
 
 
 def _numbers(kind: type):
@@ -49,11 +53,6 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2 (argparse prints the usage block first otherwise)
-        self.exit(2, f"error: {message}\n")
-
-
 def _shown(value) -> str:
     return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, tuple) \
         else str(value)
@@ -65,7 +64,7 @@ def build_parser(design: Ablation, preset: str | None = None) -> argparse.Argume
     seeds = d.seeds or hparams.KNOBS["seed"].grid
     lrs = d.learning_rates or hparams.KNOBS["learning_rate"].grid
     lr_range = d.lr_range or hparams.KNOBS["learning_rate"].log_range
-    p = _Parser(prog=Path(sys.argv[0]).name,
+    p = Parser(prog=Path(sys.argv[0]).name,
                 description=f"EMoE ablation '{design.name}': arms {', '.join(design.arms)}; each crossed with seeds "
                             "and learning rates, run as a Ray Tune search, logged to MLflow."
                             + (f" Defaults shown are preset {preset}'s." if preset else ""))
@@ -80,7 +79,7 @@ def build_parser(design: Ablation, preset: str | None = None) -> argparse.Argume
                    help=f"grid, or optuna: a log-uniform learning rate (--lr-range), --num-samples per arm "
                         f"(default: {d.search})")
     g.add_argument("--num-samples", type=int,
-                   help="optuna: trials per arm (default: seeds x learning rates); grid: repeats of the grid")
+                   help="optuna: trials per arm and task (default: seeds x learning rates)")
     g.add_argument("--lr-range", type=_numbers(float),
                    help=f"optuna: LOW,HIGH of the log-uniform learning rate (default: {_shown(tuple(lr_range))})")
     g.add_argument("--scheduler", choices=SCHEDULERS, help=f"early stopping on {schema.ID_SCORE} (default: {d.scheduler})")
@@ -94,6 +93,8 @@ def build_parser(design: Ablation, preset: str | None = None) -> argparse.Argume
     g.add_argument("--reduction-factor", type=float, help=f"ASHA reduction factor (default: {d.reduction_factor:g})")
     g.add_argument("--dry-run", action="store_true",
                    help="print the settings, the trials and a time estimate; run nothing")
+    g.add_argument("--verbose", action="store_true", default=None,
+                   help="Tune's own status tables as well (default: one line per ended trial and a status line)")
     r = p.add_argument_group("cluster")
     r.add_argument("--address", help="Ray cluster address HOST:PORT (default: start a local Ray)")
     r.add_argument("--num-gpus", type=float, help="local Ray only: GPUs to declare (default: detected); logical "
@@ -134,12 +135,12 @@ def build_parser(design: Ablation, preset: str | None = None) -> argparse.Argume
     owned = {"seed", "learning_rate"}
     hparams.add_arguments(k, [n for n in hparams.KNOBS if n not in owned | design.swept], defaults_from=d.trial)
     for name in sorted(design.swept & set(hparams.KNOBS)):  # accepted only to be refused with a clear message
-        k.add_argument(hparams.KNOBS[name].flag, dest=name, default=None, help=argparse.SUPPRESS)
+        hparams.add_argument(k, name, help=argparse.SUPPRESS)
     return p
 
 
 def parse_args(design: Ablation, argv: list[str]) -> argparse.Namespace:
-    pre = _Parser(add_help=False)
+    pre = Parser(add_help=False)
     pre.add_argument("--preset", choices=list(PRESETS))
     known, _ = pre.parse_known_args(argv)
     return build_parser(design, known.preset).parse_args(argv)
@@ -160,7 +161,8 @@ def latest_sweep(storage: Path, experiment: str) -> Path:
     return candidates[-1]
 
 
-def dry_run(plan, workloads) -> str:
+def dry_run(plan, workloads, done: set | None = None) -> str:
+    """The dry run's text; ``done``: the cells an extended sweep holds as done (only the rest are listed)."""
     from emoe.sweep.estimate import estimate
     from emoe.sweep.plan import local_nodes
 
@@ -197,8 +199,21 @@ def dry_run(plan, workloads) -> str:
         f"{'task':<8} {'arm':<16} {'seed':>4} {'learning_rate':>13}  arm knobs"]
     cells = plan.grid() if s.search == "grid" else [(t, arm, seed, float("nan")) for t in plan.tasks
                                                     for arm in plan.design.arms for seed in plan.seeds]
+    if done is not None:
+        cells = [c for c in cells if (c[0], c[1], int(c[2]), float(c[3])) not in done]
+        head.insert(1, f"--extend: {len(cells)} of these {plan.n_trials} cells would run (the others have a "
+                       f"finished trial), about {len(cells) / max(1, plan.n_trials):.0%} of the time below")
     rows = [f"{task:<8} {arm:<16} {seed:>4} {lr:>13.3g}  {plan.design.arms[arm]}" for task, arm, seed, lr in cells]
     return "\n".join(head + rows)
+
+
+def extended_cells(extend: Path) -> set | None:
+    """The cells the sweep in ``extend`` (and its extensions) holds as done, from its records (None for trials from
+    before the records: only MLflow knows their cells)."""
+    from emoe.tracking.records import done_cells
+
+    record = SweepRecord.load(extend)
+    return done_cells(extend.parent / record.origin if record.origin else extend)
 
 
 def ood_line(base: dict[str, Any]) -> str:
@@ -226,21 +241,30 @@ def disk_line(plan, total_params: int) -> str:
     return f"disk ({s.storage_path}): " + "; ".join(parts)
 
 
-def closing_table(trials) -> str:
+def closing_table(trials, unended=()) -> str:
     """Per arm, the trials that ``emoe.analysis.selection.select`` chooses: learning rate, seeds, ID and OOD
-    mean +- std (and how many of the arm's trials were early-stopped)."""
+    mean +- std (and how many of the arm's trials were early-stopped, and, after an interruption, how many of its
+    cells were cut off: ``unended``, their (task, arm) pairs)."""
+    from collections import Counter
+
     from emoe.analysis import selection
 
-    if trials.empty or schema.ID_SCORE not in trials:
+    cut = Counter(unended)
+    if (trials.empty or schema.ID_SCORE not in trials) and not cut:
         return "no trial reported a result"
-    chosen = selection.select(trials)
-    lines = [f"{'task':<8} {'arm':<16} {'best lr':>9} {'seeds':>5} {'early-stopped':>13} {schema.ID_SCORE:>17} "
-             f"{schema.OOD_SCORE:>17}"]
-    for (task, arm), group in trials.groupby(["task", "arm"], sort=False):
-        stopped = int((group["outcome"] == "early_stopped").sum())
-        sel = chosen[(chosen["arm"] == arm) & (chosen["task"] == task)]
+    chosen = selection.select(trials) if not trials.empty and schema.ID_SCORE in trials else trials.iloc[0:0]
+    extra = f" {'cut off':>7}" if cut else ""
+    lines = [f"{'task':<8} {'arm':<16} {'best lr':>9} {'seeds':>5} {'early-stopped':>13}{extra} "
+             f"{schema.ID_SCORE:>17} {schema.OOD_SCORE:>17}"]
+    groups = [] if trials.empty else [key for key, _ in trials.groupby(["task", "arm"], sort=False)]
+    for key in groups + [k for k in cut if k not in groups]:
+        task, arm = key
+        group = trials[(trials["task"] == task) & (trials["arm"] == arm)] if not trials.empty else trials
+        stopped = int((group["outcome"] == "early_stopped").sum()) if not group.empty else 0
+        cells = f" {cut.get(key, 0):>7}" if cut else ""
+        sel = chosen[(chosen["arm"] == arm) & (chosen["task"] == task)] if not chosen.empty else chosen
         if sel.empty:
-            lines.append(f"{task:<8} {arm:<16} {'-':>9} {0:>5} {stopped:>13} {'n/a':>17} {'n/a':>17}")
+            lines.append(f"{task:<8} {arm:<16} {'-':>9} {0:>5} {stopped:>13}{cells} {'n/a':>17} {'n/a':>17}")
             continue
 
         def fmt(col):
@@ -249,7 +273,7 @@ def closing_table(trials) -> str:
                 return "n/a"
             return f"{vals.mean():.4f}+-{vals.std(ddof=1):.4f}" if len(vals) > 1 else f"{vals.mean():.4f} (1 seed)"
 
-        lines.append(f"{task:<8} {arm:<16} {sel['learning_rate'].iloc[0]:>9.2g} {len(sel):>5} {stopped:>13} "
+        lines.append(f"{task:<8} {arm:<16} {sel['learning_rate'].iloc[0]:>9.2g} {len(sel):>5} {stopped:>13}{cells} "
                      f"{fmt(schema.ID_SCORE):>17} {fmt(schema.OOD_SCORE):>17}")
     return "\n".join(lines)
 
@@ -287,6 +311,37 @@ def record_look(uri: str, experiment_id: str, parent_run_id: str, directory: Pat
               "(declare --planned-looks at launch to keep later looks confirmatory)")
 
 
+def publish(uri: str, outcome, frame, table: str) -> None:
+    """The results on the sweep's parent run (per-arm scores as metrics, the closing table) and the report
+    (``emoe analyse``: written to ``reports/<experiment>/`` and attached to the parent run); a failure here is a
+    warning, never the sweep's."""
+    from emoe.analysis import selection
+    from emoe.tracking import client, runs
+
+    log = logging.getLogger(__name__)
+    if frame.empty or schema.ID_SCORE not in frame:
+        return
+    try:
+        runs.log_sweep_results(client(uri), outcome.parent_run_id, selection.select(frame), table)
+    except Exception as e:
+        log.warning("could not log the results on the parent run (%s); emoe analyse attaches them later", e)
+    from emoe.analysis import cli as analysis
+
+    out = Path("reports") / outcome.plan.experiment
+    printed = io.StringIO()  # the closing table said it on the console; the report holds the rest
+    try:
+        with contextlib.redirect_stdout(printed):
+            code = analysis.main(["--experiment", outcome.plan.experiment, "--tracking-uri", uri,
+                                  "--parent", outcome.parent_run_id, "--out", str(out)])
+    except Exception as e:  # noqa: BLE001  the sweep's results are printed and logged already
+        code = f"{type(e).__name__}: {e}"
+    if code == 0:
+        print(f"report: {out / 'report.html'} (also among the parent run's artifacts)")
+    else:
+        log.warning("the report was not written (%s); run emoe analyse --experiment %s", code,
+                    outcome.plan.experiment)
+
+
 def mlflow_lines(uri: str, experiment: str, experiment_id: str, parent_run_id: str) -> list[str]:
     """How to open the sweep's runs: the UI command for a local store, and the link to the runs table."""
     if uri.startswith("sqlite"):
@@ -300,7 +355,6 @@ def mlflow_lines(uri: str, experiment: str, experiment_id: str, parent_run_id: s
 
 def main(design: Ablation, argv: list[str] | None = None) -> int:
     """The whole sweep from a command line. Returns the exit code."""
-    from emoe.analysis.selection import RULE
     from emoe.sweep.runner import prepare, results_frame, run_sweep
     from emoe.sweep.trainable import quiet_libraries
 
@@ -328,27 +382,34 @@ def main(design: Ablation, argv: list[str] | None = None) -> int:
         else:
             settings, command = settings_from_args(args), [sys.argv[0], *argv]
         if args.dry_run:
-            print(dry_run(*prepare(design, settings)))
+            print(dry_run(*prepare(design, settings), done=extended_cells(extend) if extend else None))
             return 0
         outcome = run_sweep(design, settings, resume=resume, argv=command, extend=extend)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if extend is not None and not outcome.trials:
+    if not outcome.ran:
         print(f"nothing to run: every cell of this grid already has a finished trial (parent run "
               f"{outcome.parent_run_id})")
-        return 0
-    print(f"\nper arm ({RULE}):")
     frame = results_frame(outcome)
-    print(closing_table(frame))
+    wanted = outcome.plan.n_trials if outcome.plan.settings.search == "optuna" else len(outcome.plan.grid())
+    print(f"\nper arm: the learning rate with the best mean {schema.ID_SCORE} over seeds (the rule: "
+          f"emoe.analysis.selection); {len(frame)} of {wanted} cells ended")
+    table = closing_table(frame, outcome.unended)
+    print(table)
     record_look(settings.tracking_uri, outcome.experiment_id, outcome.parent_run_id, outcome.directory)
+    publish(settings.tracking_uri, outcome, frame, table)
     if outcome.failed:
         print(f"{outcome.failed} trial(s) failed; their MLflow runs hold the error")
     print()
     print("\n".join(mlflow_lines(settings.tracking_uri, outcome.plan.experiment, outcome.experiment_id,
                                  outcome.parent_run_id)))
     if not outcome.complete:
-        print(f"sweep incomplete; continue with: {sys.argv[0]} --resume {outcome.directory}")
+        why = "interrupted" if outcome.interrupted else "incomplete"
+        print(f"sweep {why}: {wanted - len(frame)} cell(s) not ended; continue with: {sys.argv[0]} "
+              f"--resume {outcome.directory}")
+    if outcome.interrupted:
+        return 130
     if outcome.exit_code:
         print("every trial failed (see the errors above and in MLflow)", file=sys.stderr)
     return outcome.exit_code

@@ -1,6 +1,7 @@
 """A rough estimate of a sweep's wall time, for the dry run: the trials' arithmetic (6 x parameters x training
-tokens, 2 x parameters x evaluation tokens) at a speed measured on this machine, times the waves of trials that
-the resources allow. Good to a factor of about two; early stopping only makes it shorter."""
+tokens, 2 x parameters x evaluation tokens) at this machine's matmul speed (the best of several short
+measurements, which a momentary load does not swing), times the waves of trials that the resources allow. Good to a
+factor of about two, which it states; early stopping only makes it shorter."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ CPU_EFFICIENCY = 0.35
 SETUP_S = 6.0  # per trial: model load, conversion (cached partitions), tokenisation (cached)
 
 
-def matmul_flops(threads: int, size: int = 512, seconds: float = 0.3) -> float:
-    """This machine's fp32 matmul speed (FLOP/s) with ``threads`` threads."""
+def matmul_flops(threads: int, size: int = 512, repeats: int = 9, seconds: float = 0.05) -> list[float]:
+    """This machine's fp32 matmul speed (FLOP/s) with ``threads`` threads, measured ``repeats`` times."""
     import torch
 
     before = torch.get_num_threads()
@@ -24,13 +25,24 @@ def matmul_flops(threads: int, size: int = 512, seconds: float = 0.3) -> float:
     try:
         a, b = torch.randn(size, size), torch.randn(size, size)
         a @ b
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            a @ b
-            n += 1
-        return 2 * size ** 3 * n / (time.perf_counter() - start)
+        speeds = []
+        for _ in range(repeats):
+            n, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                a @ b
+                n += 1
+            speeds.append(2 * size ** 3 * n / (time.perf_counter() - start))
+        return speeds
     finally:
         torch.set_num_threads(before)
+
+
+def machine_speed(speeds: list[float]) -> tuple[float, float]:
+    """``(speed, slowdown)``: the fastest of the repeated measurements (load only ever slows a measurement, so the
+    best is the machine's own speed: a momentary load on some repeats does not move it) and how much slower the
+    median was (the load now: the trials will run that much slower while it lasts)."""
+    ordered = sorted(speeds)
+    return ordered[-1], ordered[-1] / ordered[len(ordered) // 2]
 
 
 def trial_flops(plan: Plan, w: Workload) -> float:
@@ -54,12 +66,16 @@ def estimate(plan: Plan, workloads: dict[str, Workload], cpus: float, gpus: floa
     gpus_per_trial = s.gpus_per_trial if s.gpus_per_trial is not None else (1.0 if gpus >= 1 else 0.0)
     if gpus_per_trial:
         return (f"estimate: {flops / 1e12:.1f} TFLOP per trial on GPUs; no time estimate (measured on CPUs only)")
-    per_trial = SETUP_S + flops / (matmul_flops(int(s.cpus_per_trial)) * CPU_EFFICIENCY)
+    speed, slowdown = machine_speed(matmul_flops(int(s.cpus_per_trial)))
+    per_trial = SETUP_S + flops / (speed * CPU_EFFICIENCY)
     at_once = max(1, min(int(cpus // s.cpus_per_trial), s.max_concurrent or plan.n_trials, plan.n_trials))
     total = math.ceil(plan.n_trials / at_once) * per_trial
     where = "this machine" if s.address is None else "this machine's CPUs (the cluster's are not known before it runs)"
+    load = f"; the machine is loaded now: {slowdown:.1f}x slower while that lasts" if slowdown > 1.25 else ""
     return (f"estimate: about {_duration(per_trial)} per trial, {at_once} at a time on {where}: about "
-            f"{_duration(total)} in all without early stopping ({flops / 1e12:.1f} TFLOP per trial; rough, +-2x)")
+            f"{_duration(total)} in all without early stopping, between {_duration(total / 2)} and "
+            f"{_duration(total * 2)} (the per-trial model is calibrated on one sweep to within 2x; the speed is this "
+            f"machine's best of 9 measurements{load}; {flops / 1e12:.1f} TFLOP per trial)")
 
 
 def _duration(seconds: float) -> str:

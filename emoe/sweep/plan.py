@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from emoe import hparams
-from emoe.config import check_fields
+from emoe.config import Interval, check_fields
 from emoe.sweep.design import PRESETS, Ablation
 from emoe.tracking import schema
 
@@ -36,7 +36,7 @@ class SweepSettings:
     learning_rates: tuple[float, ...] | None = None
     lr_range: tuple[float, float] | None = None
     search: str = "grid"  # grid | optuna (a log-uniform learning rate per arm)
-    num_samples: int | None = None  # optuna: trials per arm (default seeds x learning rates); grid: repeats
+    num_samples: int | None = None  # optuna: trials per arm and task (default seeds x learning rates)
     scheduler: str = "asha"  # asha | none
     early_stop_scope: str = "arm"  # arm (ASHA per arm and seed) | global
     grace_period: float | None = None  # ASHA: epochs before a trial can be stopped (default: epochs / 2)
@@ -58,6 +58,7 @@ class SweepSettings:
     baseline: str | None = None  # None: the dense arm
     alpha: float = 0.05
     planned_looks: int = 1  # looks at the results (the first run, each --extend) the primary family's alpha covers
+    verbose: bool = False  # Tune's status tables on the console besides emoe's lines
 
     @classmethod
     def from_preset(cls, preset: str | None, **overrides) -> "SweepSettings":
@@ -123,7 +124,7 @@ class Plan:
     def n_trials(self) -> int:
         if self.settings.search == "optuna":
             return self.samples_per_arm * len(self.design.arms) * len(self.tasks)
-        return len(self.grid()) * (self.settings.num_samples or 1)
+        return len(self.grid())
 
 
 def make_plan(design: Ablation, settings: SweepSettings) -> Plan:
@@ -141,14 +142,17 @@ def make_plan(design: Ablation, settings: SweepSettings) -> Plan:
     seeds = list(s.seeds if s.seeds is not None else hparams.KNOBS["seed"].grid)
     lrs = list(s.learning_rates if s.learning_rates is not None else hparams.KNOBS["learning_rate"].grid)
     lr_range = tuple(s.lr_range if s.lr_range is not None else hparams.KNOBS["learning_rate"].log_range)
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds must be distinct integers, got {seeds}")
+    if not seeds or len(set(seeds)) != len(seeds) or any(seed not in hparams.KNOBS["seed"].range for seed in seeds):
+        raise ValueError(f"--seeds must be distinct integers {hparams.KNOBS['seed'].range}, got {seeds}")
     if not lrs or any(lr <= 0 for lr in lrs):
         raise ValueError(f"--learning-rates must be positive numbers, got {lrs}")
     if len(lr_range) != 2 or not 0 < lr_range[0] < lr_range[1]:
         raise ValueError(f"--lr-range must be LOW,HIGH with 0 < LOW < HIGH, got {list(lr_range)}")
     if s.num_samples is not None and s.num_samples < 1:
         raise ValueError(f"--num-samples={s.num_samples} must be >= 1")
+    if s.num_samples is not None and s.num_samples > 1 and s.search == "grid":
+        raise ValueError(f"--num-samples {s.num_samples} with --search grid would repeat each cell, which (same "
+                         "seed, same config) is the same trial: add seeds with --seeds instead")
     if s.cpus_per_trial <= 0 or (s.gpus_per_trial is not None and s.gpus_per_trial < 0):
         raise ValueError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
     if s.gpus_per_trial and s.gpus_per_trial > 1 and s.gpus_per_trial != int(s.gpus_per_trial):
@@ -159,6 +163,11 @@ def make_plan(design: Ablation, settings: SweepSettings) -> Plan:
         raise ValueError(f"--checkpoint-every={s.checkpoint_every} must be >= 1 (or none)")
     if s.max_failures < 0:
         raise ValueError(f"--max-failures={s.max_failures} must be >= 0")
+    for flag, value, valid in (("--reduction-factor", s.reduction_factor, Interval(1, open_low=True)),
+                               ("--grace-period", s.grace_period, Interval(0, open_low=True)),
+                               ("--num-gpus", s.num_gpus, Interval(0))):
+        if value is not None:
+            valid.check(flag, value)
     primary(s).check(flags=True)
     if s.baseline is not None and s.baseline not in design.arms:
         raise ValueError(f"--baseline {s.baseline!r} is not an arm of this ablation; valid choices: "
@@ -245,14 +254,16 @@ def check_model_and_data(plan: Plan) -> dict[str, Workload]:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from emoe.convert import plan_conversion, resolve_model
+    from emoe.convert import check_model, plan_conversion
+    from emoe.hub import cache_only
     from emoe.train import load_trial_data
 
     name = plan.base["model"]
-    path = resolve_model(name)
+    path = check_model(name)
     try:
-        config = AutoConfig.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        with cache_only(path):  # the Hub unreachable: its cache at once, not after half a minute of retries
+            config = AutoConfig.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # OSError / ValueError / HTTP errors, depending on what is wrong
         raise ValueError(f"model {name!r} cannot be loaded ({str(e).strip().splitlines()[0][:200]})") from None
     with torch.device("meta"):

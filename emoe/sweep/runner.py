@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
 import socket
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from emoe.sweep.console import Console
 from emoe.sweep.design import Ablation
 from emoe.sweep.plan import (Plan, SweepSettings, check_model_and_data, check_resources, local_nodes, make_plan,
                              primary_params)
@@ -17,7 +20,8 @@ from emoe.sweep.search import CellList, scheduler, search_space
 from emoe.sweep.trainable import TrialSetup, quiet_libraries, tune_trainable
 from emoe.tracking import runs, schema
 from emoe.tracking.callback import MlflowTrials
-from emoe.tracking.records import SweepRecord, TrialFiles, done_cells
+from emoe.tracking.records import (SweepRecord, cell_of, done_cells, retire, sweep_trials, trial_rows,
+                                   unended_cells)
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +47,11 @@ class SweepOutcome:
     experiment_id: str
     parent_run_id: str
     directory: Path  # the Ray experiment directory (``--resume`` takes it)
-    trials: list[TrialResult]
-    complete: bool  # every trial of the plan ended (a resume has nothing left to do)
+    trials: list[TrialResult]  # every ended cell of the sweep (and its extensions), from the records
+    complete: bool  # every cell the sweep wants ended (a resume has nothing left to do)
+    interrupted: bool = False  # Ctrl-C ended it
+    unended: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (task, arm) of started, unended cells
+    ran: int = 0  # the cells (an Optuna search: trials) this invocation set out to run
 
     @property
     def failed(self) -> int:
@@ -129,19 +136,26 @@ def check_extension(old: SweepRecord, design: Ablation, plan: Plan) -> None:
                              "extension adds seeds, learning rates, arms or tasks only")
 
 
-def missing_cells(plan: Plan, client, experiment_id: str, parent_run_id: str) -> list[dict[str, Any]]:
-    """The grid cells (task, arm, seed, learning rate) of ``plan`` that no finished (completed or early-stopped)
-    trial run under ``parent_run_id`` holds: new cells, and cells whose trials failed or never ended. From MLflow:
-    only for a sweep whose trials predate the trial records (``emoe.tracking.records.done_cells`` otherwise)."""
+def remaining_cells(plan: Plan, record: SweepRecord, home: Path, client, experiment_id: str) -> list[dict[str, Any]]:
+    """The cells (task, arm, seed, learning rate) that ``record`` wants (an extension: its own; else the plan's
+    grid) and no finished (completed or early-stopped) trial holds: new cells, and cells whose trials failed, were
+    cut off or never started. From the records of the sweep in ``home`` alone; from MLflow only for a sweep whose
+    trials predate the records."""
+    done = done_cells(home)
+    if done is None:
+        done = _done_in_mlflow(client, experiment_id, record.parent_run_id)
+    wanted = [(c["task"], c["arm"], c["seed"], c["learning_rate"]) for c in record.cells] \
+        if record.cells is not None else plan.grid()
+    return [{"task": t, "arm": a, "seed": s, "learning_rate": lr} for t, a, s, lr in wanted
+            if (t, a, int(s), float(lr)) not in done]
+
+
+def _done_in_mlflow(client, experiment_id: str, parent_run_id: str) -> set[tuple[str, str, int, float]]:
     children = client.search_runs([experiment_id], filter_string=f"tags.`{schema.PARENT}` = '{parent_run_id}'",
                                   max_results=50_000)
-    done = set()
-    for r in children:
-        if r.data.tags.get(schema.OUTCOME) in ("completed", "early_stopped"):
-            p = r.data.params
-            done.add((p.get("task"), r.data.tags.get(schema.ARM), int(p["seed"]), float(p["learning_rate"])))
-    return [{"task": t, "arm": a, "seed": s, "learning_rate": lr} for t, a, s, lr in plan.grid()
-            if (t, a, int(s), float(lr)) not in done]
+    return {(r.data.params.get("task"), r.data.tags.get(schema.ARM), int(r.data.params["seed"]),
+             float(r.data.params["learning_rate"])) for r in children
+            if r.data.tags.get(schema.OUTCOME) in ("completed", "early_stopped")}
 
 
 def run_sweep(design: Ablation, settings: SweepSettings, resume: str | Path | None = None,
@@ -149,14 +163,19 @@ def run_sweep(design: Ablation, settings: SweepSettings, resume: str | Path | No
               trainable: Callable[[dict[str, Any], TrialSetup], None] = tune_trainable) -> SweepOutcome:
     """Run (or, with ``resume``, continue; with ``extend``, top up) a sweep.
 
+    A run, a resume and an extension are one thing: the cells the sweep wants minus the cells its records hold as
+    done, each cell a content-addressed directory that any attempt at it continues (``emoe.tracking.records``).
+
     Args:
         design: the arms.
         settings: everything else (``SweepSettings``).
-        resume: the experiment directory of an interrupted sweep with these design and settings.
+        resume: the directory of an interrupted sweep with these design and settings: its cells not yet done run
+            (a cut-off one from its checkpoint), ASHA's rungs replayed from the records.
         argv: the command line, recorded in the parent run's ``emoe.command`` tag.
-        extend: the experiment directory of a sweep to top up: the cells of this design and settings that it lacks
-            (new seeds, rates, arms or tasks, and cells whose trials failed) run under its MLflow parent run, from a
-            directory of their own; nothing else may differ. Running it again runs nothing.
+        extend: the directory of a sweep to top up: the cells of this design and settings that it lacks (new
+            seeds, rates, arms or tasks, and cells whose trials failed) run under its MLflow parent run, Tune's
+            state in a directory of their own, their files among the sweep's; nothing else may differ. Running it
+            again runs nothing.
         trainable: what each trial runs, ``(tune config, TrialSetup)``; the default trains and evaluates. The
             scale benchmark passes one that only reports, to measure the driver and MLflow alone.
 
@@ -168,124 +187,199 @@ def run_sweep(design: Ablation, settings: SweepSettings, resume: str | Path | No
     quiet_libraries()
     plan, _ = prepare(design, settings)
     nodes = connect_ray(settings)
-    gpus = gpus_per_trial(settings, nodes)
     try:
+        gpus = gpus_per_trial(settings, nodes)
         check_resources(settings, nodes, gpus)
+        client = runs.client(settings.tracking_uri)
+        experiment_id = runs.get_or_create_experiment(client, plan.experiment)
+        if extend is not None:
+            record, directory, home = _extension(design, plan, Path(extend), client, argv)
+        elif resume is not None:
+            directory = Path(resume).resolve()
+            record = SweepRecord.load(directory)
+            record.check_scoring(directory, "--resume")
+            home = directory.parent / record.origin if record.origin else directory
+        else:
+            record, directory = _new_sweep(design, plan, client, experiment_id, argv)
+            home = directory
     except ValueError:
         ray.shutdown()
         raise
-    client = runs.client(settings.tracking_uri)
+    restore = resume is not None and settings.search == "optuna"  # the searcher's state is Tune's: restored
+    cells = None if settings.search == "optuna" else remaining_cells(plan, record, home, client, experiment_id)
+    if cells is not None and not cells:
+        log.info("nothing to run: every cell of this grid has a finished trial (parent run %s)", record.parent_run_id)
+        if resume is not None:
+            runs.close_runs(client, experiment_id, record.parent_run_id, True)
+        return SweepOutcome(plan, experiment_id, record.parent_run_id, directory, _trials(home), True, ran=0)
+    if resume is not None or extend is not None:
+        client.update_run(record.parent_run_id, "RUNNING")
+        log.info("%s %s: %s (MLflow parent run %s)", "resuming" if resume is not None else "extending",
+                 home.name, f"{len(cells)} cell(s) to run" if cells is not None else "the search continues",
+                 record.parent_run_id)
+    return _fit(plan, record, directory, home, client, experiment_id, gpus, cells, restore, trainable)
+
+
+def _new_sweep(design: Ablation, plan: Plan, client, experiment_id: str, argv) -> tuple[SweepRecord, Path]:
+    settings = plan.settings
+    directory = Path(settings.storage_path).resolve() / f"{plan.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    directory.mkdir(parents=True, exist_ok=False)
+    parent_id = runs.create_sweep_run(
+        client, experiment_id, f"{design.name}-{directory.name[-15:]}", design.name, design.factor, argv or [],
+        str(directory),
+        {"arms": ",".join(design.arms), "tasks": ",".join(plan.tasks), "seeds": plan.seeds,
+         "learning_rates": plan.learning_rates, "search": settings.search, "scheduler": settings.scheduler,
+         "early_stop_scope": settings.early_stop_scope, "preset": settings.preset or "",
+         **primary_params(settings), **plan.base, **swept_values(design, plan.base)})
+    record = SweepRecord(design.name, design.factor, design.arms, settings.to_dict(), plan.experiment, parent_id,
+                         argv or [])
+    record.save(directory)
+    return record, directory
+
+
+def swept_values(design: Ablation, base: dict[str, Any]) -> dict[str, str]:
+    """Each knob an arm sets, with its values over the arms in arm order (an arm that does not set it: the base
+    config's): the parent run's param for the knob, not the base value alone, which may be no arm's."""
+    out: dict[str, list[str]] = {}
+    for knob in {k for knobs in design.arms.values() for k in knobs}:
+        values = out.setdefault(knob, [])
+        for knobs in design.arms.values():
+            text = runs.param_value(knobs.get(knob, base.get(knob)))
+            if text not in values:
+                values.append(text)
+    return {knob: ",".join(values) for knob, values in sorted(out.items())}
+
+
+def _extension(design: Ablation, plan: Plan, extend: Path, client, argv) -> tuple[SweepRecord, Path, Path]:
+    """The record and Tune directory of an extension of the sweep in ``extend``, and the sweep's own directory
+    (where the cells' files are)."""
+    old = SweepRecord.load(extend)
+    old.check_scoring(extend, "--extend")
+    check_extension(old, design, plan)
+    home = extend.parent / old.origin if old.origin else extend  # the sweep first launched
+    directory = Path(plan.settings.storage_path).resolve() / f"{plan.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    wanted = SweepRecord(design.name, design.factor, {**old.arms, **design.arms}, plan.settings.to_dict(),
+                         plan.experiment, old.parent_run_id, argv or [], origin=home.name)
+    wanted.cells = [{"task": t, "arm": a, "seed": s, "learning_rate": lr} for t, a, s, lr in plan.grid()]
     experiment_id = runs.get_or_create_experiment(client, plan.experiment)
-    storage = Path(settings.storage_path).resolve()
-    if extend is not None:
-        old = SweepRecord.load(extend)
-        try:
-            old.check_scoring(extend, "--extend")
-            check_extension(old, design, plan)
-        except ValueError:
-            ray.shutdown()
-            raise
-        home = Path(extend).parent / old.origin if old.origin else Path(extend)  # the sweep first launched
-        done = done_cells(home)  # from the trial records alone; MLflow only for trials older than the records
-        cells = missing_cells(plan, client, experiment_id, old.parent_run_id) if done is None else \
-            [{"task": t, "arm": a, "seed": s, "learning_rate": lr} for t, a, s, lr in plan.grid()
-             if (t, a, int(s), float(lr)) not in done]
-        if not cells:
-            log.info("nothing to run: every cell of this grid has a finished trial under parent run %s",
-                     old.parent_run_id)
-            return SweepOutcome(plan, experiment_id, old.parent_run_id, Path(extend), [], True)
-        directory = storage / f"{plan.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    wanted.cells = remaining_cells(plan, wanted, home, client, experiment_id)
+    if wanted.cells:
         directory.mkdir(parents=True, exist_ok=False)
-        record = SweepRecord(design.name, design.factor, {**old.arms, **design.arms}, settings.to_dict(),
-                             plan.experiment, old.parent_run_id, argv or [], cells=cells, origin=home.name)
-        record.save(directory)
-        client.update_run(old.parent_run_id, "RUNNING")
+        wanted.save(directory)
         client.set_tag(old.parent_run_id, schema.EXTENDED, str(directory))
-        log.info("extending parent run %s with %d cell(s) in %s", old.parent_run_id, len(cells), directory)
-        return _fit(plan, record, directory, client, experiment_id, gpus, False, trainable)
-    if resume is None:
-        directory = storage / f"{plan.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
-        directory.mkdir(parents=True, exist_ok=False)
-        parent_id = runs.create_sweep_run(
-            client, experiment_id, f"{design.name}-{directory.name[-15:]}", design.name, design.factor,
-            argv or [], str(directory),
-            {"arms": ",".join(design.arms), "tasks": ",".join(plan.tasks), "seeds": plan.seeds, "learning_rates": plan.learning_rates,
-             "search": settings.search, "scheduler": settings.scheduler,
-             "early_stop_scope": settings.early_stop_scope, "preset": settings.preset or "",
-             **primary_params(settings), **plan.base})
-        record = SweepRecord(design.name, design.factor, design.arms, settings.to_dict(), plan.experiment,
-                             parent_id, argv or [])
-        record.save(directory)
-    else:
-        directory = Path(resume).resolve()
-        record = SweepRecord.load(directory)
-        try:
-            record.check_scoring(directory, "--resume")
-        except ValueError:
-            ray.shutdown()
-            raise
-        parent_id = record.parent_run_id
-        client.update_run(parent_id, "RUNNING")
-        log.info("resuming %s (MLflow parent run %s)", directory, parent_id)
-    return _fit(plan, record, directory, client, experiment_id, gpus, resume is not None, trainable)
+    return wanted, directory, home
 
 
-def _fit(plan: Plan, record: SweepRecord, directory: Path, client, experiment_id: str, gpus: float,
-         resume: bool, trainable=tune_trainable) -> SweepOutcome:
+def _trials(home: Path) -> list[TrialResult]:
+    """Every ended cell of the sweep in ``home`` (and its extensions), from the records."""
+    return [TrialResult(r["run_id"], r["arm"], r["seed"], r["learning_rate"], r["outcome"],
+                        {k: v for k, v in r.items() if schema.direction(k) or k in (schema.EPOCH, schema.STEP)},
+                        r["task"]) for r in trial_rows(home, unfinished=None)]
+
+
+def _fit(plan: Plan, record: SweepRecord, directory: Path, home: Path, client, experiment_id: str, gpus: float,
+         cells: list[dict[str, Any]] | None, restore: bool, trainable=tune_trainable) -> SweepOutcome:
+    """Tune runs ``cells`` (None: the Optuna search), or continues the restored search; the outcome is read from the
+    records, whatever Tune returns."""
     from ray import tune
 
     s = plan.settings
     trainable = tune.with_resources(
-        tune.with_parameters(trainable, setup=TrialSetup(record, str(directory), max(1, int(s.cpus_per_trial)),
+        tune.with_parameters(trainable, setup=TrialSetup(record, str(home), max(1, int(s.cpus_per_trial)),
                                                          s.checkpoint_every)),
         {"cpu": s.cpus_per_trial, "gpu": gpus})
-    callback = MlflowTrials(s.tracking_uri, experiment_id, record, str(directory))
-    all_done, trials = False, []
+    callback = MlflowTrials(s.tracking_uri, experiment_id, record, str(home))
+    # NOTE: after the MLflow callback, which writes the verdict the console's line reads
+    console = Console(record, str(home), len(cells) if cells is not None else plan.n_trials)
+    if restore and tune.Tuner.can_restore(str(directory)):
+        tuner = tune.Tuner.restore(str(directory), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+    else:
+        param_space, search_alg, num_samples = search_space(plan)
+        if cells is not None:
+            param_space, search_alg, num_samples = dict(plan.base), CellList(cells), len(cells)
+        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(
+            metric=schema.ID_SCORE, mode=schema.direction(schema.ID_SCORE),
+            scheduler=scheduler(plan, history(home)), search_alg=search_alg, num_samples=num_samples,
+            max_concurrent_trials=s.max_concurrent,
+            # NOTE: every trial asks for the same resources, so a finished trial's worker (torch and transformers
+            # imported, data loaded) runs the next one.
+            reuse_actors=True),
+            run_config=tune.RunConfig(name=directory.name, storage_path=str(directory.parent),
+                                      callbacks=[callback, console],
+                                      verbose=1 if s.verbose else 0, failure_config=tune.FailureConfig(max_failures=s.max_failures)))
+    # NOTE: Tune's per-trial result files are off: the records hold every report. Tune's end-of-fit
+    # ExperimentAnalysis (never read here) would load them all into the driver, and warns that it finds none.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    if not s.verbose:  # the console's lines instead of Tune's boxes, tables and state-saving notes
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
+    log.info("%s: %d %s to run, %s at once; files in %s", record.design,
+             len(cells) if cells is not None else plan.n_trials, "cell(s)" if cells is not None else "trial(s)",
+             s.max_concurrent or "as many as fit", home)
+    interrupted = False
+    previous = {sig: signal.signal(sig, _interrupt(callback)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        if resume and tune.Tuner.can_restore(str(directory)):
-            tuner = tune.Tuner.restore(str(directory), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=False)
-        else:
-            param_space, search_alg, num_samples = search_space(plan)
-            if record.cells is not None:  # an extension: exactly the cells it lacks
-                param_space, search_alg, num_samples = dict(plan.base), CellList(record.cells), len(record.cells)
-            tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(
-                metric=schema.ID_SCORE, mode=schema.direction(schema.ID_SCORE), scheduler=scheduler(plan),
-                search_alg=search_alg, num_samples=num_samples, max_concurrent_trials=s.max_concurrent,
-                # NOTE: every trial asks for the same resources, so a finished trial's worker (torch and
-                # transformers imported, data loaded) runs the next one.
-                reuse_actors=True),
-                run_config=tune.RunConfig(name=directory.name, storage_path=str(directory.parent),
-                                          callbacks=[callback], verbose=1,
-                                          failure_config=tune.FailureConfig(max_failures=s.max_failures)))
-        grid = tuner.fit()
-        for r in grid:
-            if r.config:
-                epochs = record.trial_config(r.config)["epochs"]  # --epochs, or the task's cap
-                trial_id = (r.metrics or {}).get("trial_id", "")
-                files = TrialFiles(directory, trial_id) if trial_id else None
-                reports = files.load_reports() if files is not None else []
-                full = (files.load_final() if files is not None else None) or (reports[-1] if reports else r.metrics)
-                trials.append(TrialResult(  # Tune holds what it schedules on; the records every metric
-                    trial_id, r.config.get("arm"), r.config.get("seed"), r.config.get("learning_rate"),
-                    schema.outcome(r.metrics, epochs, r.error is not None), schema.trial_metrics(full or {}),
-                    r.config.get("task")))
-        expected = len(record.cells) if record.cells is not None else plan.n_trials
-        all_done = grid.num_terminated + grid.num_errors >= expected
-        if resume:
-            # NOTE: after the fit, when Tune has written its final state: read before it, the state on the storage
-            # path can be older than the one the Tuner restored from, and would retire runs of trials it knows.
-            known = {t.trial_id for t in tune.ExperimentAnalysis(str(directory)).trials}
-            retired = runs.retire_lost_trials(client, experiment_id, record.parent_run_id, known)
-            if retired:
-                log.info("%d trial run(s) started after Tune's last saved state were lost with the driver: moved "
-                         "to MLflow's trash (tag %s); their cells ran again", retired, schema.RETIRED)
+        tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        all_done = not interrupted and _all_done(plan, record, home, client, experiment_id, cells is None)
         try:
             runs.close_runs(client, experiment_id, record.parent_run_id, all_done)
         except Exception as e:
-            log.warning("could not close MLflow runs (%s); run python -m emoe.sync after the server is back", e)
-    return SweepOutcome(plan, experiment_id, record.parent_run_id, directory, trials, all_done)
+            log.warning("could not close MLflow runs (%s); run emoe sync after the server is back", e)
+    return SweepOutcome(plan, experiment_id, record.parent_run_id, directory, _trials(home), all_done,
+                        interrupted=interrupted, ran=len(cells) if cells is not None else plan.n_trials,
+                        unended=_unended(home))
+
+
+def _unended(home: Path) -> list[tuple[str, str]]:
+    return [(c["config"]["task"], c["arm"]) for c in (f.load_config() for f in unended_cells(home)) if c]
+
+
+def _interrupt(callback: MlflowTrials):
+    """Ctrl-C (or SIGTERM, as a cluster's scheduler sends): the callback stops giving verdicts (a trial stopped now was cut off, not stopped), and the fit ends
+    with ``KeyboardInterrupt``. NOTE: Tune's own handler (off: ``TUNE_DISABLE_SIGINT_HANDLER``) would end the fit
+    quietly, its stopped trials looking early-stopped, and advise ``Tuner.restore``, which this tool does not use."""
+    def handler(signum, frame):
+        callback.interrupted = True
+        raise KeyboardInterrupt
+    return handler
+
+
+def _all_done(plan: Plan, record: SweepRecord, home: Path, client, experiment_id: str, search: bool) -> bool:
+    """Whether every cell the sweep wants has a verdict (completed, early-stopped or failed). An Optuna search's
+    cells without one when its fit ended were lost with the driver before Tune saved its state (the restored search
+    suggested anew): they are retired first, their runs moved to MLflow's trash."""
+    if search:
+        for files in unended_cells(home):
+            runs.retire_trial_run(client, experiment_id, record.parent_run_id, files.dir.name)
+            log.info("%s: lost with the driver before Tune saved its state; retired to %s", files.dir.name,
+                     retire(files))
+        return len(trial_rows(home, unfinished=None)) >= plan.n_trials
+    ended = {(r["task"], r["arm"], int(r["seed"]), float(r["learning_rate"]))
+             for r in trial_rows(home, unfinished=None)}
+    wanted = [(c["task"], c["arm"], c["seed"], c["learning_rate"]) for c in record.cells] \
+        if record.cells is not None else plan.grid()
+    return all((t, a, int(s), float(lr)) in ended for t, a, s, lr in wanted)
+
+
+def history(home: Path) -> list[tuple[dict[str, Any], list[dict[str, Any]], bool]]:
+    """What ASHA saw of the sweep's started cells before this run: (Tune config, reports, ended) each."""
+    out = []
+    for files, cell in sweep_trials(home):
+        if cell is None:
+            continue
+        task, arm, seed, lr = cell_of(cell)
+        config = {"task": task, "arm": arm, "seed": seed, "learning_rate": lr}
+        reports = files.load_reports()
+        out.append((config, reports, files.outcome(float(cell["config"].get("epochs") or 1)) is not None))
+    return out
 
 
 def results_frame(outcome: SweepOutcome) -> Any:

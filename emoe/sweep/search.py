@@ -23,12 +23,13 @@ def search_space(plan: Plan) -> tuple[dict[str, Any], Searcher | None, int]:
         return dict(plan.base), searcher, plan.n_trials
     space = {**plan.base, "task": tune.grid_search(plan.tasks), "arm": tune.grid_search(list(plan.design.arms)),
              "seed": tune.grid_search(plan.seeds), "learning_rate": tune.grid_search(plan.learning_rates)}
-    return space, None, plan.settings.num_samples or 1
+    return space, None, 1
 
 
-def scheduler(plan: Plan):
+def scheduler(plan: Plan, history: list | None = None):
     """ASHA on ``id_score`` with time in epochs (per arm, seed and task, or per task), or None. Each task's brackets
-    run to its own epochs (``--epochs``, or the task's cap)."""
+    run to its own epochs (``--epochs``, or the task's cap); ``history`` (``emoe.sweep.runner.history``) is what
+    the sweep's cells reported before this run, replayed into the brackets."""
     s = plan.settings
     if s.scheduler == "none":
         return None
@@ -42,12 +43,22 @@ def scheduler(plan: Plan):
                              reduction_factor=s.reduction_factor)
 
     if s.early_stop_scope == "global":
-        return PerArmScheduler(make, lambda config: (config.get("task"),))
-    return PerArmScheduler(make)
+        return PerArmScheduler(make, lambda config: (config.get("task"),), history=history)
+    return PerArmScheduler(make, history=history)
 
 
 def _bracket(config) -> tuple:
     return config.get("arm"), config.get("seed"), config.get("task")
+
+
+class _Cell:
+    """A trial as ASHA sees it: its config, and its cell (task, arm, seed, learning rate) as its id."""
+
+    __slots__ = ("config", "trial_id")
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        self.trial_id = "/".join(str(config.get(k)) for k in ("task", "arm", "seed", "learning_rate"))
 
 
 class PerArmScheduler(FIFOScheduler):
@@ -60,15 +71,31 @@ class PerArmScheduler(FIFOScheduler):
     configuration would keep only the lucky replicates of that configuration, biasing its mean upwards.
     """
 
-    def __init__(self, make_scheduler, key=_bracket):
+    def __init__(self, make_scheduler, key=_bracket, history: list[tuple[dict, list[dict], bool]] | None = None):
         super().__init__()
         self._make, self._key = make_scheduler, key
         self._arms: dict[tuple, Any] = {}
         self._metric = self._mode = None
+        self._history = list(history or [])
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         self._metric, self._mode = metric, mode
-        return all(s.set_search_properties(metric, mode, **spec) for s in self._arms.values())
+        ok = all(s.set_search_properties(metric, mode, **spec) for s in self._arms.values())
+        self._replay()
+        return ok
+
+    def _replay(self) -> None:
+        """Feed the brackets what the cells' records say happened before this run (``history``: each started
+        cell's config, its reports, whether it ended), as Tune fed them then: a resumed sweep's rungs hold every
+        earlier result, and a cut-off cell that passed a rung keeps the decision made there."""
+        for config, reports, ended in self._history:
+            trial = _Cell(config)
+            self.on_trial_add(None, trial)
+            for report in reports:
+                self.on_trial_result(None, trial, report)
+            if ended and reports:
+                self.on_trial_complete(None, trial, reports[-1])
+        self._history = []
 
     def _for(self, trial):
         key = self._key(trial.config)
@@ -77,17 +104,19 @@ class PerArmScheduler(FIFOScheduler):
             self._arms[key].set_search_properties(self._metric, self._mode)
         return self._arms[key]
 
+    # NOTE: ASHA knows a trial by its id; it is given the trial's cell instead (``_Cell``), so that a cell started
+    # again after an interruption (a new Tune trial) is the trial the replayed rungs already hold.
     def on_trial_add(self, tune_controller, trial):
-        self._for(trial).on_trial_add(tune_controller, trial)
+        self._for(trial).on_trial_add(tune_controller, _Cell(trial.config))
 
     def on_trial_result(self, tune_controller, trial, result):
-        return self._for(trial).on_trial_result(tune_controller, trial, result)
+        return self._for(trial).on_trial_result(tune_controller, _Cell(trial.config), result)
 
     def on_trial_complete(self, tune_controller, trial, result):
-        self._for(trial).on_trial_complete(tune_controller, trial, result)
+        self._for(trial).on_trial_complete(tune_controller, _Cell(trial.config), result)
 
     def on_trial_remove(self, tune_controller, trial):
-        self._for(trial).on_trial_remove(tune_controller, trial)
+        self._for(trial).on_trial_remove(tune_controller, _Cell(trial.config))
 
     def debug_string(self) -> str:
         return "ASHA per bracket: " + ", ".join(f"{'/'.join(map(str, key))}: {s.debug_string()}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any
 
 from emoe.tracking import schema
@@ -19,7 +20,7 @@ class TrialSetup:
     """What every trial of a sweep shares (passed with ``tune.with_parameters``)."""
 
     record: SweepRecord
-    root: str  # the Ray experiment directory (shared storage on a cluster)
+    root: str  # the sweep's directory, where its cells' files go (an extension's: the sweep it extends)
     threads: int  # torch threads: the trial's CPUs
     checkpoint_every: int | None = 1  # evaluations between training-state checkpoints; None: none
 
@@ -37,9 +38,9 @@ def quiet_libraries() -> None:
 def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
     """One Tune trial: train and evaluate, reporting each evaluation with ``ray.tune.report``.
 
-    Every result also carries the trial's GPU ids (``gpu_ids``) and node id (``node_id``) beside Tune's own fields
-    (``node_ip``, ``pid``, times). A trial whose final metrics were saved (it finished before an interruption)
-    reports them again and returns without retraining. Every ``checkpoint_every`` evaluations, once the report has
+    Each report goes first to the cell's records (``reports.jsonl``: every metric, with where it ran: ``node_ip``,
+    ``node_id``, ``pid``, ``gpu_ids``), then to Tune (only what Tune schedules on). A cell whose final metrics were
+    saved (it finished before an interruption) reports them again and returns without retraining. Every ``checkpoint_every`` evaluations, once the report has
     been taken, the whole training state is written to the trial's ``state.pt`` on the storage path (atomically,
     one per trial, deleted when the trial finishes); a trial that Tune starts again (a retry after a node failure,
     ``--resume`` after a driver kill) continues from it: no optimiser step is trained twice, and each step is
@@ -59,17 +60,18 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
 
     quiet_libraries()
     torch.set_num_threads(setup.threads)
-    files = TrialFiles(setup.root, tune.get_context().get_trial_id())
-    where = {"gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
-             "node_id": ray.get_runtime_context().get_node_id()}
-    final = files.load_final()
-    if final is not None:
-        tune.report({**schema.scheduled(final), **where})
-        return
     trial_cfg = setup.record.trial_config(config)
-    files.save_config(config["arm"], trial_cfg)  # the trial's record: its cell and config, then every report
+    files = TrialFiles.of_cell(setup.root, config["arm"], trial_cfg)  # the cell's files, whichever attempt this is
+    where = {"gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+             "node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+             "pid": os.getpid()}
+    final = files.load_final()
+    if final is not None:  # the cell finished in an earlier attempt: its result again, nothing retrained
+        tune.report(schema.scheduled(final))
+        return
+    files.start_attempt(config["arm"], trial_cfg)  # the cell's record: its config, then every report
     resume = files.load_state() if setup.checkpoint_every else None
-    # every report of an attempt that continued from a checkpoint says from which step (Ray's records, MLflow tag)
+    # every report of an attempt that continued from a checkpoint says from which step (records, MLflow tag)
     origin = {schema.RESUMED_FROM: resume["step"]} if resume is not None else {}
     staged: list[dict[str, Any]] = []  # the state of the coming report, written once the report is taken
     evaluations = [0]
@@ -82,11 +84,11 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
     def report(metrics: dict[str, float]) -> None:
         # NOTE: the final evaluation is saved *before* it is reported: a scheduler may stop the trial on that very
         # report (ASHA stops every trial that reaches max_t), and the function never runs past it.
-        files.append_report(metrics)
+        files.append_report({**metrics, **where, **origin})
         if schema.finished(metrics, trial_cfg["epochs"]):
             files.save_final(metrics)
             files.drop_state()
-        tune.report({**schema.scheduled(metrics), **where, **origin})  # the rest is in the records
+        tune.report(schema.scheduled(metrics))  # the rest is in the records
         # NOTE: after the report: a trial that dies before this line reports this step again from its previous
         # state (logged once all the same), never skips it. The tensors are still those of this evaluation.
         if staged:

@@ -1,4 +1,5 @@
-"""The driver-side Tune callback that logs a sweep into MLflow: one child run per trial under the sweep's parent run.
+"""The driver-side Tune callback of a sweep: it writes each trial's verdict into the cell's records and mirrors the
+records into MLflow as results arrive (``emoe.tracking.mirror``: the code ``emoe sync`` runs afterwards).
 
 All logging happens in the driver, so trials never contend for the store and workers never need to reach it.
 """
@@ -12,8 +13,8 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from emoe import hparams
 from emoe.tracking import runs, schema
+from emoe.tracking.mirror import Mirror
 from emoe.tracking.records import SweepRecord, TrialFiles
 
 log = logging.getLogger(__name__)
@@ -32,157 +33,82 @@ def trial_error_text(trial) -> str:
     return (lines[-1] + "\n\n" + text) if lines else "trial failed (no error recorded)"
 
 
-def placement(result: dict) -> str:
-    """Where a result was computed, from the fields Tune adds to every result and the trainable's GPU ids."""
-    return (f"node {result.get('node_ip', '?')} {result.get('node_id', '?')} pid {result.get('pid', '?')} "
-            f"gpus {result.get('gpu_ids') or '-'}")
-
-
 class MlflowTrials(Callback):
-    """One child run per trial under the sweep's parent run.
+    """One child run per cell under the sweep's parent run, written from the cell's records.
 
-    A trial that restarts (resume, retry) continues its own run, found by its ``emoe.trial_id`` tag; MLflow errors
-    are logged and never stop the sweep (Ray's own records keep every result; ``python -m emoe.sync`` backfills).
+    A cell started again (resume, retry) continues its own run. MLflow errors are logged and never stop the sweep:
+    the records keep everything, and ``emoe sync`` writes what MLflow missed.
     """
 
     def __init__(self, uri: str, experiment_id: str, record: SweepRecord, root: str):
         self.uri, self.experiment_id, self.record, self.root = uri, experiment_id, record, root
-        self._runs: dict[str, runs.TrialRun] = {}
-        self._placed: dict[str, str] = {}  # trial id -> the placement last tagged
-        self._logged: dict[str, float] = {}  # trial id -> the last step its run already holds (a continued run)
-        self._resumed: dict[str, list[int]] = {}  # trial id -> the checkpoint steps its attempts continued from
-        self._client = None
+        self.interrupted = False  # set by the driver on Ctrl-C: trials stopped then were cut off, not stopped
+        self._mirror: Mirror | None = None
+        self._files: dict[str, TrialFiles] = {}  # Tune trial id -> its cell's files
         self._down_until = 0.0
 
     def __getstate__(self):
-        return {**self.__dict__, "_client": None, "_runs": {}, "_placed": {}, "_logged": {}, "_resumed": {},
-                "_down_until": 0.0}
-
-    def __setstate__(self, state):
-        # a sweep started before a field existed restores its pickled callback without it (--resume)
-        self.__dict__.update({"_resumed": {}, **state})
+        return {**self.__dict__, "_mirror": None, "_files": {}, "_down_until": 0.0}
 
     @property
-    def client(self):
-        if self._client is None:
-            self._client = runs.client(self.uri)
-        return self._client
+    def mirror(self) -> Mirror:
+        if self._mirror is None:
+            self._mirror = Mirror(runs.client(self.uri), self.experiment_id, self.record)
+        return self._mirror
+
+    def files(self, trial) -> TrialFiles:
+        if trial.trial_id not in self._files:
+            self._files[trial.trial_id] = TrialFiles.of_cell(self.root, trial.config["arm"],
+                                                             self.record.trial_config(trial.config))
+        return self._files[trial.trial_id]
 
     def _safe(self, what, fn, *a, **k):
         # NOTE: a circuit breaker: with the server down every call would block Tune's event loop through the
-        # client's retries, so after a failure MLflow is left alone for a minute (python -m emoe.sync backfills).
+        # client's retries, so after a failure MLflow is left alone for a minute (emoe sync writes what it missed).
         if time.time() < self._down_until:
             return None
         try:
             return fn(*a, **k)
         except Exception as e:  # never let tracking break training
             self._down_until = time.time() + 60
-            log.warning("MLflow %s failed (%s); skipping MLflow for 60 s. Ray keeps every result: backfill with "
-                        "python -m emoe.sync --storage-path %s --tracking-uri %s", what, str(e)[:200],
-                        Path(self.root).parent, self.uri)
+            log.warning("MLflow %s failed (%s); skipping MLflow for 60 s. The trial records keep every result: "
+                        "write them into MLflow with emoe sync --sweep %s --tracking-uri %s", what, str(e)[:200],
+                        self.root, self.uri)
             return None
 
-    def _run(self, trial) -> runs.TrialRun | None:
-        if trial.trial_id not in self._runs:
-            arm = trial.config.get("arm")
-            run = self._safe("run lookup", runs.open_trial_run, self.client, self.experiment_id,
-                             self.record.parent_run_id, trial.trial_id, arm, schema.trial_run_name(arm, trial.config),
-                             trial.config.get("task"))
-            if run is None:
-                return None
-            self._runs[trial.trial_id] = run
-            # A continued run (resume, retry) may already hold steps that the trial reports again: it resumed from a
-            # checkpoint older than its last logged report (Tune saves its state every few seconds). Each step once.
-            data = self._safe("run lookup", lambda: self.client.get_run(run.run_id).data)
-            if data is not None and data.metrics.get(schema.STEP) is not None:
-                self._logged[trial.trial_id] = data.metrics[schema.STEP]
-            if data is not None and data.tags.get(schema.RESUMED):  # earlier attempts' origins, kept in the tag
-                self._resumed[trial.trial_id] = [int(s) for s in data.tags[schema.RESUMED].split(",")]
-        return self._runs[trial.trial_id]
-
-    def _epochs(self, trial) -> int:
-        """The trial's epochs: ``--epochs``, or its task's cap."""
-        try:
-            return self.record.trial_config(trial.config)["epochs"]
-        except Exception:  # a config the record cannot read: any positive number keeps the outcome honest
-            return trial.config.get("epochs") or 1
-
     def on_trial_start(self, iteration, trials, trial, **info):
-        run = self._run(trial)
-        if run is not None:
-            config = self.record.trial_config(trial.config)
-            self._safe("params", run.log_params, {**config, **schema.sweep_params(self.record.settings,
-                                                                                 self.record.scoring_version)})
-            self._safe("config artifact", run.log_dict, hparams.emoe_config(config).to_dict(), "emoe_config.json")
-            self._safe("status", self.client.update_run, run.run_id, "RUNNING")
+        files = self.files(trial)
+        if files.load_final() is None:  # a new attempt at the cell: its run is RUNNING from now
+            files.start_attempt(trial.config["arm"], self.record.trial_config(trial.config), worker=False)
+        self._safe("run start", self.mirror.start, files)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run = self._run(trial)
-        if run is None:
-            return
-        step = int(result.get(schema.STEP, 0))
-        # Each step once: a trial restarted from a checkpoint older than its last logged report (or, without
-        # checkpoints, from the start) reports those steps again with the same values (CPU) and is not re-logged.
-        if step > self._logged.get(trial.trial_id, -1):
-            self._safe("metrics", run.log_metrics, schema.trial_metrics(self._report(trial, result)), step)
-            self._logged[trial.trial_id] = step
-        origin = result.get(schema.RESUMED_FROM)
-        if origin is not None and int(origin) not in self._resumed.setdefault(trial.trial_id, []):
-            self._resumed[trial.trial_id].append(int(origin))
-            self._safe("resume", run.set_tags, {schema.RESUMED: ",".join(map(str, self._resumed[trial.trial_id]))})
-        where = placement(result)
-        if self._placed.get(trial.trial_id) != where:  # at the first result, and again when a retry runs elsewhere
-            self._placed[trial.trial_id] = where
-            self._safe("placement", run.set_tags, {schema.PLACEMENT: where})
-
-    def _report(self, trial, result: dict) -> dict:
-        """The whole report behind a Tune result: Tune is sent only what it schedules on (``schema.SCHEDULED``),
-        the trial's records hold every metric (a trial from before the records: the result itself)."""
-        step = result.get(schema.STEP)
-        for row in reversed(TrialFiles(self.root, trial.trial_id).load_reports()):
-            if row.get(schema.STEP) == step:
-                return row
-        return result
-
-    def _artifacts(self, trial, run):
-        for path in TrialFiles(self.root, trial.trial_id).artifacts():
-            self._safe(f"{path.stem} artifact", self.client.log_artifact, run.run_id, str(path))
+        self._safe("metrics", self.mirror.update, self.files(trial))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        last = trial.last_result or {}
-        TrialFiles(self.root, trial.trial_id).save_ended(schema.outcome(last, self._epochs(trial)))  # the record
-        run = self._run(trial)
-        if run is None:
-            return
-        self._artifacts(trial, run)
-        model = TrialFiles(self.root, trial.trial_id).model
-        if model.is_dir():
-            self._safe("model tag", run.set_tags, {schema.MODEL: str(model)})
-        if last:  # where the trial ended (a retry may have moved it since its placement was last tagged)
-            self._safe("placement", run.set_tags, {schema.PLACEMENT: placement(last)})
-        outcome = schema.outcome(last, self._epochs(trial))
-        TrialFiles(self.root, trial.trial_id).drop_state()  # it never trains again (early-stopped ones included)
-        self._safe("outcome", run.finish, outcome, name=schema.trial_run_name(
-            trial.config.get("arm"), trial.config, outcome, self._report(trial, last) if last else last))
-        self._forget(trial)
-
-    def _forget(self, trial):
-        """An ended trial's entries go: a sweep of thousands of trials must not grow the driver."""
-        for held in (self._runs, self._placed, self._logged, self._resumed):
-            held.pop(trial.trial_id, None)
+        files = self.files(trial)
+        if self.interrupted and files.load_final() is None:
+            return  # cut off by Ctrl-C: no verdict; --resume continues it from its checkpoint
+        cell = files.load_config()
+        epochs = float(cell["config"]["epochs"]) if cell else float(trial.config.get("epochs") or 1)
+        files.save_ended(schema.outcome(files.load_final() or trial.last_result or {}, epochs))
+        files.drop_state()  # it never trains again (early-stopped ones included)
+        self._end(trial, files)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        # A retry (--max-failures) continues the same run, from the trial's latest checkpoint.
-        run = self._run(trial)
-        if run is not None:
-            error = trial_error_text(trial).split("\n\n")[0]
-            self._safe("restart", run.set_tags, {schema.RESTARTS: trial.num_failures, schema.RESTART_ERROR: error})
+        # A retry (--max-failures) continues the same cell, from its latest checkpoint.
+        files = self.files(trial)
+        files.save_restart(trial.num_failures, trial_error_text(trial).split("\n\n")[0])
+        self._safe("restart", self.mirror.update, files)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        TrialFiles(self.root, trial.trial_id).save_ended("failed", trial_error_text(trial))  # the record
-        run = self._run(trial)
-        if run is None:
-            return
-        self._safe("failure", run.finish, "failed", trial_error_text(trial),
-                   name=schema.trial_run_name(trial.config.get("arm"), trial.config, "failed"))
-        self._forget(trial)
+        files = self.files(trial)
+        if self.interrupted:
+            return  # its worker got the Ctrl-C too: cut off, not failed
+        files.save_ended("failed", trial_error_text(trial))
+        self._end(trial, files)
+
+    def _end(self, trial, files: TrialFiles) -> None:
+        self._safe("outcome", self.mirror.update, files)
+        self.mirror.forget(files)
+        self._files.pop(trial.trial_id, None)

@@ -1,15 +1,19 @@
 """What a sweep keeps beside Ray's own records in its experiment directory, read by the resume, ``--extend``, the
-driver-side MLflow callback, the backfill and the analysis (``emoe analyse --records``): the sweep record
+driver-side MLflow mirror, ``emoe sync`` and the analysis (``emoe analyse --records``): the sweep record
 (``emoe_sweep.json``: its design, settings, MLflow parent run and, for an extension, the sweep it extends) and each
-trial's files (``emoe_trials/<trial_id>/``: its cell and flat config, every report (append-only), the failure, the
-final metrics, partitions, predictions, checkpoint and kept model). From these alone: which cells are done
-(``done_cells``) and every trial's row as the analysis reads it (``trial_rows``).
+cell's files (``emoe_trials/<cell>/``, content-addressed by ``cell_name``: its cell and flat config, every report
+(append-only), the verdict, the final metrics, partitions, predictions, checkpoint and kept model). From these
+alone: which cells are done (``done_cells``), which a grid still lacks (``remaining_cells``) and every trial's row as
+the analysis reads it (``trial_rows``). A sweep's extensions write their cells into the sweep's own
+``emoe_trials``, so a cell is one directory however often it was started.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import re
 import os
 import time
 from pathlib import Path
@@ -102,11 +106,37 @@ class SweepRecord:
         return hparams.trial_config(flat)
 
 
-class TrialFiles:
-    """``<experiment dir>/emoe_trials/<trial_id>/``: the files one trial writes on the shared storage."""
+# Knobs that change what a trial keeps, not what it measures: left out of its cell's address.
+VOLATILE = ("keep_model",)
 
-    def __init__(self, root: str | Path, trial_id: str):
-        self.dir = Path(root) / TRIALS_DIR / trial_id
+
+def cell_name(arm: str, config: dict[str, Any]) -> str:
+    """A cell's directory name: readable (task, arm, seed, learning rate) and content-addressed (a hash of the arm
+    and the flat trial config without ``VOLATILE`` knobs), so the same cell started again (a resume, a retry, an
+    extension) finds its own files, and two different configs never share them."""
+    content = json.dumps({"arm": arm, **{k: v for k, v in config.items() if k not in VOLATILE}}, sort_keys=True,
+                         default=str)
+    digest = hashlib.sha1(content.encode()).hexdigest()[:12]
+    readable = f"{config.get('task')}-{arm}-s{config.get('seed')}-lr{float(config.get('learning_rate', 0)):g}"
+    return f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', readable)}-{digest}"
+
+
+def cell_of(cell: dict[str, Any]) -> tuple[str, str, int, float]:
+    """The (task, arm, seed, learning rate) of a cell's ``config.json``."""
+    c = cell["config"]
+    return c["task"], cell["arm"], int(c["seed"]), float(c["learning_rate"])
+
+
+class TrialFiles:
+    """``<sweep dir>/emoe_trials/<cell>/``: the files of one cell (``cell_name``) on the shared storage; every
+    attempt at the cell (a retry, a resume) continues them."""
+
+    def __init__(self, root: str | Path, name: str):
+        self.dir = Path(root) / TRIALS_DIR / name
+
+    @classmethod
+    def of_cell(cls, root: str | Path, arm: str, config: dict[str, Any]) -> "TrialFiles":
+        return cls(root, cell_name(arm, config))
 
     @property
     def config(self) -> Path:
@@ -122,39 +152,64 @@ class TrialFiles:
     @property
     def ended(self) -> Path:
         """How the trial ended, as the driver saw it (``completed``, ``early_stopped`` or ``failed``, and the
-        error): written by the MLflow callback whether or not MLflow is reachable."""
+        error): written by the driver's callback whether or not MLflow is reachable; removed when a new attempt
+        at the cell starts."""
         return self.dir / "ended.json"
 
-    def save_config(self, arm: str, config: dict[str, Any]) -> None:
+    @property
+    def restarts(self) -> Path:
+        """The retries after failures (``--max-failures``): their number and the last error."""
+        return self.dir / "restarts.json"
+
+    def save_restart(self, count: int, error: str) -> None:
+        self._write(self.restarts, {"count": count, "error": error})
+
+    def load_restarts(self) -> dict[str, Any] | None:
+        return json.loads(self.restarts.read_text()) if self.restarts.is_file() else None
+
+    def _write(self, path: Path, obj: Any) -> None:
+        """Atomically (the driver and a worker may write the same file: each through its own temporary one)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.config.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"arm": arm, "config": config}, default=str))
-        os.replace(tmp, self.config)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+        tmp.write_text(json.dumps(obj, default=str))
+        os.replace(tmp, path)
+
+    def save_config(self, arm: str, config: dict[str, Any]) -> None:
+        self._write(self.config, {"arm": arm, "config": config, "started": round(time.time(), 3)})
+
+    def start_attempt(self, arm: str, config: dict[str, Any], worker: bool = True) -> None:
+        """A new attempt at the cell: its config written (by the driver only if the worker has not: the worker's
+        is the attempt's start), an earlier attempt's verdict (a failure, an interruption seen as one) withdrawn."""
+        if worker or not self.config.is_file():
+            self.save_config(arm, config)
+        self.ended.unlink(missing_ok=True)
 
     def load_config(self) -> dict[str, Any] | None:
         return json.loads(self.config.read_text()) if self.config.is_file() else None
 
     def append_report(self, metrics: dict[str, Any]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.reports, "a") as f:  # stamped in whole seconds, as Ray stamps its results
-            f.write(json.dumps({"timestamp": int(time.time()), **metrics}) + "\n")
+        with open(self.reports, "a") as f:  # stamped in seconds (to the millisecond, as MLflow keeps them)
+            f.write(json.dumps({"timestamp": round(time.time(), 3), **metrics}) + "\n")
 
-    def load_reports(self) -> list[dict[str, Any]]:
-        """The reports, one per step (the last line of a step holds), in step order."""
+    def load_reports(self, every: bool = False) -> list[dict[str, Any]]:
+        """The reports, one per step (the last line of a step holds), in step order; ``every``: every line of
+        every attempt, as written."""
         if not self.reports.is_file():
             return []
+        rows = [json.loads(line) for line in self.reports.read_text().splitlines() if line.strip()]
+        if every:
+            return rows
         by_step: dict[float, dict[str, Any]] = {}
-        for line in self.reports.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                by_step[row.get("step", len(by_step))] = row
+        for row in rows:
+            by_step[row.get("step", len(by_step))] = row
         return [by_step[k] for k in sorted(by_step)]
 
     def save_ended(self, outcome: str, error: str | None = None) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.ended.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"outcome": outcome, "error": error}))
-        os.replace(tmp, self.ended)
+        self._write(self.ended, {"outcome": outcome, "error": error})
+
+    def load_ended(self) -> dict[str, Any] | None:
+        return json.loads(self.ended.read_text()) if self.ended.is_file() else None
 
     def outcome(self, epochs: float) -> tuple[str, dict[str, Any]] | None:
         """``(outcome, metrics)`` from the files alone: the driver's verdict (``ended.json``) with the final
@@ -227,10 +282,7 @@ class TrialFiles:
         os.replace(tmp, self.predictions)
 
     def save_final(self, metrics: dict[str, Any]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.final.with_suffix(".tmp")
-        tmp.write_text(json.dumps(metrics))
-        os.replace(tmp, self.final)
+        self._write(self.final, metrics)
 
     def load_final(self) -> dict[str, Any] | None:
         return json.loads(self.final.read_text()) if self.final.is_file() else None
@@ -258,16 +310,18 @@ def sweep_trials(directory: str | Path):
     predates the trial records (no ``config.json``)."""
     for path in sweep_family(directory):
         root = Path(path) / TRIALS_DIR
-        for trial_dir in sorted(root.glob("*")) if root.is_dir() else []:
+        for trial_dir in sorted(root.iterdir()) if root.is_dir() else []:
+            if trial_dir.name.startswith(".") or not trial_dir.is_dir():  # .retired: cells no trial continues
+                continue
             files = TrialFiles(path, trial_dir.name)
             yield files, files.load_config()
 
 
-def trial_rows(directory: str | Path) -> list[dict[str, Any]]:
+def trial_rows(directory: str | Path, unfinished: str | None = "failed") -> list[dict[str, Any]]:
     """Every trial of a sweep and its extensions, from their files alone, one row each as the analysis reads them
-    (``emoe.analysis.results``): ``run_id`` (the trial id), ``parent_run_id`` (the sweep's directory name), ``arm``,
-    ``outcome``, every knob of its flat config, and its metrics (final, or its last report). A trial that never
-    ended counts as failed, as an unended run does in MLflow."""
+    (``emoe.analysis.results``): ``run_id`` (the cell's directory name), ``parent_run_id`` (the sweep's directory
+    name), ``arm``, ``outcome``, every knob of its flat config, and its metrics (final, or its last report). A cell
+    that never ended counts as ``unfinished`` (failed, as an unended run does in MLflow); None leaves it out."""
     from emoe.tracking import schema
 
     rows = []
@@ -275,7 +329,10 @@ def trial_rows(directory: str | Path) -> list[dict[str, Any]]:
         if cell is None:
             continue
         config = cell["config"]
-        outcome, metrics = files.outcome(float(config.get("epochs") or 1)) or ("failed", {})
+        ended = files.outcome(float(config.get("epochs") or 1))
+        if ended is None and unfinished is None:
+            continue
+        outcome, metrics = ended or (unfinished, {})
         rows.append({"run_id": files.dir.name, "parent_run_id": Path(directory).name, "arm": cell["arm"],
                      "outcome": outcome, "status": "FINISHED" if outcome != "failed" else "FAILED", **config,
                      **schema.trial_metrics(metrics)})
@@ -292,8 +349,23 @@ def done_cells(directory: str | Path) -> set[tuple[str, str, int, float]] | None
             if files.final.is_file():
                 return None
             continue
-        c = cell["config"]
-        ended = files.outcome(float(c.get("epochs") or 1))
+        ended = files.outcome(float(cell["config"].get("epochs") or 1))
         if ended is not None and ended[0] != "failed":
-            done.add((c["task"], cell["arm"], int(c["seed"]), float(c["learning_rate"])))
+            done.add(cell_of(cell))
     return done
+
+
+def unended_cells(directory: str | Path) -> list[TrialFiles]:
+    """The cells of a sweep and its extensions that were started and have no verdict: running, cut off by an
+    interruption, or lost with the driver."""
+    return [files for files, cell in sweep_trials(directory)
+            if cell is not None and files.outcome(float(cell["config"].get("epochs") or 1)) is None]
+
+
+def retire(files: TrialFiles) -> Path:
+    """Move a cell that no trial will continue (an Optuna trial lost with the driver before Tune saved its state:
+    the restored search suggests anew) out of the sweep's cells, into ``emoe_trials/.retired/``. Returns where."""
+    target = files.dir.parent / ".retired" / files.dir.name
+    target.parent.mkdir(exist_ok=True)
+    os.replace(files.dir, target)
+    return target

@@ -9,12 +9,14 @@ import re
 import shlex
 import socket
 import subprocess
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from emoe.tracking.schema import (ARM, TASK, LOOKS, COMMAND, DEFAULT_TRACKING_URI, ERROR, EXPERIMENT_KIND, FACTOR, GIT_COMMIT,
-                                  OUTCOME, OUTCOMES, PARENT, RAY_DIR, RETIRED, ROLE, SWEEP, TRIAL_ID)
+from emoe.tracking.schema import (ARM, COMMAND, DEFAULT_TRACKING_URI, ERROR, EXPERIMENT_KIND, FACTOR, GIT_COMMIT,
+                                  ID_SCORE, LOOKS, OOD_SCORE, OUTCOME, OUTCOMES, PARENT, RAY_DIR, RETIRED, ROLE,
+                                  SWEEP, TASK, TRIAL_ID)
 
 
 # Environment variables whose values must never reach MLflow (tokens, passwords, keys): these names, and any
@@ -134,8 +136,6 @@ class TrialRun:
             self.client.log_batch(self.run_id, params=new[i:i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int, timestamp_ms: int | None = None) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         ts = timestamp_ms or int(time.time() * 1000)
@@ -210,19 +210,37 @@ def close_runs(mlflow_client, experiment_id: str, parent_run_id: str, all_done: 
     mlflow_client.set_terminated(parent_run_id, status="FINISHED" if all_done else "KILLED")
 
 
-def retire_lost_trials(mlflow_client, experiment_id: str, parent_run_id: str, known_trial_ids: set[str]) -> int:
-    """Soft-delete the child runs of trials that Ray's restored experiment does not know.
-
-    A trial that started after Tune's last experiment checkpoint is lost when the driver dies: a resume runs that
-    cell again under a new trial id, so its old run would count twice. The run is tagged with the reason and moved
-    to MLflow's trash (``mlflow gc`` purges it; ``restore_run`` brings it back). Returns how many.
-    """
-    children = mlflow_client.search_runs([experiment_id], filter_string=f"tags.`{PARENT}` = '{parent_run_id}'",
-                                         max_results=50000)
-    lost = [r for r in children if r.data.tags.get(TRIAL_ID) not in known_trial_ids]
-    for run in lost:
-        mlflow_client.set_tag(run.info.run_id, RETIRED, "lost with the driver before Tune saved its state; rerun")
+def retire_trial_run(mlflow_client, experiment_id: str, parent_run_id: str, trial_id: str) -> None:
+    """Move the child run of a cell that no trial will continue to MLflow's trash, tagged with why (``mlflow gc``
+    purges it; ``restore_run`` brings it back)."""
+    for run in mlflow_client.search_runs([experiment_id], filter_string=(
+            f"tags.`{TRIAL_ID}` = '{trial_id}' and tags.`{PARENT}` = '{parent_run_id}'")):
+        mlflow_client.set_tag(run.info.run_id, RETIRED, "lost with the driver before Tune saved its state")
         if run.info.status in ("RUNNING", "SCHEDULED"):
             mlflow_client.set_terminated(run.info.run_id, status="KILLED")
         mlflow_client.delete_run(run.info.run_id)
-    return len(lost)
+
+
+def log_sweep_results(mlflow_client, parent_run_id: str, chosen, table: str) -> None:
+    """The sweep's results on its parent run, so the runs table shows them on the parent's row: per arm (and task,
+    with several), the selected trials' mean, standard deviation and count of each score, as metrics
+    ``<arm>.<score>``, ``<arm>.<score>.std``, ``<arm>.seeds`` (``<task>.<arm>...`` with several tasks), and the
+    closing table as the artifact ``results.txt``. ``chosen``: the rows ``emoe.analysis.selection.select`` chose."""
+    from mlflow.entities import Metric
+
+    if chosen is None or chosen.empty:
+        return
+    now, metrics = int(time.time() * 1000), []
+    several = chosen["task"].nunique() > 1
+    for (task, arm), group in chosen.groupby(["task", "arm"], sort=False):
+        prefix = f"{task}.{arm}" if several else str(arm)
+        metrics.append(Metric(f"{prefix}.seeds", float(len(group)), now, 0))
+        for score in (ID_SCORE, OOD_SCORE):
+            values = group[score].dropna() if score in group else []
+            if len(values):
+                metrics.append(Metric(f"{prefix}.{score}", float(values.mean()), now, 0))
+                if len(values) > 1:
+                    metrics.append(Metric(f"{prefix}.{score}.std", float(values.std(ddof=1)), now, 0))
+    for i in range(0, len(metrics), 500):
+        mlflow_client.log_batch(parent_run_id, metrics=metrics[i:i + 500])
+    mlflow_client.log_text(parent_run_id, table + "\n", "results.txt")

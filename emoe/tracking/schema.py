@@ -139,22 +139,30 @@ def experiment_name(design: str) -> str:
 
 def trial_run_name(arm: str, config: dict[str, Any], outcome: str | None = None,
                    metrics: dict[str, float] | None = None) -> str:
-    """What the MLflow UI shows in its default table: arm, task, seed, learning rate; at the end outcome and scores."""
-    name = f"{arm} {config.get('task', '')} s{config.get('seed')} lr{float(config.get('learning_rate', 0)):.0e}"
+    """What the MLflow UI shows in its default table and chart legends, most telling first (legends truncate):
+    task, arm, seed, learning rate; at the end outcome and scores."""
+    name = f"{config.get('task', '')} {arm} s{config.get('seed')} lr{float(config.get('learning_rate', 0)):.0e}"
     if outcome:
         name += f" | {outcome}"
     m = metrics or {}
     if ID_SCORE in m:
-        name += f" | id {m[ID_SCORE]:.3f}"
+        name += f" | id {m[ID_SCORE]:.4f}"
     if isinstance(m.get(OOD_SCORE), float) and m[OOD_SCORE] == m[OOD_SCORE]:
-        name += f" ood {m[OOD_SCORE]:.3f}"
+        name += f" ood {m[OOD_SCORE]:.4f}"
     return name
 
 
-def runs_url(ui: str, experiment_id: str) -> str:
-    """The MLflow UI page of an experiment's runs table.
+def runs_url(ui: str, experiment_id: str, trials: bool = True) -> str:
+    """The MLflow UI page of an experiment's runs table; ``trials``: its trial runs only, flat (not folded under
+    their parent runs) and sorted by name (task, arm, seed, rate: an arm's runs together, each name ending in its
+    outcome and scores), through the filter and order the runs page reads from its URL.
 
     NOTE: MLflow 3's experiment list opens an experiment on its GenAI overview (its GenAI / model-training toggle
     lives in the browser's local storage and defaults to GenAI); this route lands on the runs table directly.
     """
-    return f"{ui.rstrip('/')}/#/experiments/{urllib.parse.quote(str(experiment_id))}/runs"
+    url = f"{ui.rstrip('/')}/#/experiments/{urllib.parse.quote(str(experiment_id))}/runs"
+    if trials:
+        url += "?" + urllib.parse.urlencode({"searchFilter": f"tags.`{ROLE}` = 'trial'",
+                                             "orderByKey": "attributes.run_name", "orderByAsc": "true"},
+                                            quote_via=urllib.parse.quote)
+    return url
