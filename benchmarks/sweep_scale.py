@@ -11,7 +11,7 @@ loss), writing its final metrics as a real trial does. So the time is the machin
 - the driver's time per trial (wall time of the sweep over trials; with ``--concurrent`` trials at once, that is the
   driver's cost per trial, as the trials themselves cost nothing);
 - the driver's resident memory at each quarter of the sweep's time (a sampling thread): flat means the driver does not
-  grow with the grid;
+  grow with the grid (``--wave 100000``: the whole grid in one Tuner fit, to compare with the default waves);
 - the time ``python analysis/friedman.py`` needs to read, select, rank and write the report of the whole sweep
   (``emoe.analysis.cli.main``, learning curves and HTML included).
 """
@@ -103,7 +103,13 @@ def main() -> None:
     p.add_argument("--reports", type=int, default=3, help="evaluations per trial (its epochs)")
     p.add_argument("--concurrent", type=int, default=8, help="trials at once (CPUs per trial: 2 / this)")
     p.add_argument("--keep", help="keep the store and Ray results in this folder (default: a temporary one)")
+    p.add_argument("--wave", type=int, help="cells per Tuner fit (default: emoe.sweep.runner.WAVE; a number above "
+                                           "the grid's size: one fit, as before waves)")
     a = p.parse_args()
+    if a.wave:
+        from emoe.sweep import runner
+
+        runner.WAVE = a.wave
     with tempfile.TemporaryDirectory() as tmp:
         where = Path(a.keep or tmp)
         where.mkdir(parents=True, exist_ok=True)

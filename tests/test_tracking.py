@@ -81,3 +81,31 @@ def test_every_metric_of_the_schema_declares_its_direction():
     assert tracking.direction(tracking.TRAIN_LOSS) == "min" and tracking.direction("train_loss_x") is None
     assert tracking.direction("idle") is None and tracking.direction(tracking.load_entropy_metric(3)) == "max"
     assert higher_is_better("ood_score.yelp") and not higher_is_better("train_loss")
+
+
+def test_the_printed_link_opens_on_every_trial_run_with_arms_together(tmp_path):
+    """The runs-page link's filter and order (the query the MLflow UI reads from its URL), run through MLflow's own
+    search: every trial run of the experiment and no parent, flat, sorted by name so that each task's arms come
+    together, each name leading with task, arm, seed and rate and ending with its outcome and scores. (No browser
+    here for a screenshot: this checks the query the page runs.)"""
+    import urllib.parse
+
+    client = tracking.client(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = tracking.get_or_create_experiment(client, "emoe-x")
+    parent = client.create_run(exp, tags={tracking.ROLE: "sweep"}).info.run_id
+    for arm in ("random", "dense", "kmeans"):
+        for seed in (1, 0):
+            config = {"task": "sst2", "seed": seed, "learning_rate": 2e-5}
+            run = tracking.open_trial_run(client, exp, parent, f"{arm}{seed}", arm,
+                                          tracking.trial_run_name(arm, config))
+            run.finish("completed", name=tracking.trial_run_name(arm, config, "completed",
+                                                                 {"id_score": 0.9, "ood_score": 0.7}))
+    url = tracking.runs_url("http://127.0.0.1:5000", exp)
+    assert url.startswith(f"http://127.0.0.1:5000/#/experiments/{exp}/runs?")
+    query = dict(urllib.parse.parse_qsl(url.split("?", 1)[1]))
+    found = client.search_runs([exp], filter_string=query["searchFilter"],
+                               order_by=[f"{query['orderByKey']} {'ASC' if query['orderByAsc'] == 'true' else 'DESC'}"])
+    names = [r.info.run_name for r in found]
+    assert len(names) == 6 and parent not in {r.info.run_id for r in found}
+    assert names == sorted(names) and names[0] == "sst2 dense s0 lr2e-05 | completed | id 0.9000 ood 0.7000"
+    assert [n.split()[1] for n in names] == ["dense", "dense", "kmeans", "kmeans", "random", "random"]

@@ -327,6 +327,10 @@ def publish(uri: str, outcome, frame, table: str) -> None:
         log.warning("could not log the results on the parent run (%s); emoe analyse attaches them later", e)
     from emoe.analysis import cli as analysis
 
+    if not outcome.complete:  # its report would count the cut-off cells as failures: it waits for --resume
+        print(f"report: none yet (the sweep did not end; emoe analyse --experiment {outcome.plan.experiment} reads a "
+              "partial sweep, counting unended cells as failed)")
+        return
     out = Path("reports") / outcome.plan.experiment
     printed = io.StringIO()  # the closing table said it on the console; the report holds the rest
     try:

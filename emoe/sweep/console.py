@@ -28,7 +28,7 @@ def trial_line(files: TrialFiles, done: int, total: int, seconds: float | None) 
     outcome, metrics = ended if ended is not None else ("cut off", {})
     width = len(str(total))
     line = (f"[{done:>{width}}/{total}] {c.get('task', '?')} {cell['arm']} s{c.get('seed')} "
-            f"lr{float(c.get('learning_rate', 0)):.0e}  {outcome:<13}")
+            f"lr{schema.rate_text(c.get('learning_rate', 0))}  {outcome:<13}")
     for name, label in ((schema.ID_SCORE, "id"), (schema.OOD_SCORE, "ood")):
         value = metrics.get(name)
         if isinstance(value, (int, float)) and value == value:

@@ -277,10 +277,15 @@ def _trials(home: Path) -> list[TrialResult]:
                         r["task"]) for r in trial_rows(home, unfinished=None)]
 
 
+# Cells per Tuner fit: the driver holds Tune's objects of one wave at a time, so its memory does not grow with the
+# grid (benchmarks/sweep_scale.py); each wave's ASHA is fed the earlier waves' reports from the records.
+WAVE = 256
+
+
 def _fit(plan: Plan, record: SweepRecord, directory: Path, home: Path, client, experiment_id: str, gpus: float,
          cells: list[dict[str, Any]] | None, restore: bool, trainable=tune_trainable) -> SweepOutcome:
-    """Tune runs ``cells`` (None: the Optuna search), or continues the restored search; the outcome is read from the
-    records, whatever Tune returns."""
+    """Tune runs ``cells`` (None: the Optuna search), in waves of ``WAVE``, or continues the restored search; the
+    outcome is read from the records, whatever Tune returns."""
     from ray import tune
 
     s = plan.settings
@@ -291,38 +296,17 @@ def _fit(plan: Plan, record: SweepRecord, directory: Path, home: Path, client, e
     callback = MlflowTrials(s.tracking_uri, experiment_id, record, str(home))
     # NOTE: after the MLflow callback, which writes the verdict the console's line reads
     console = Console(record, str(home), len(cells) if cells is not None else plan.n_trials)
-    if restore and tune.Tuner.can_restore(str(directory)):
-        tuner = tune.Tuner.restore(str(directory), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False)
-    else:
-        param_space, search_alg, num_samples = search_space(plan)
-        if cells is not None:
-            param_space, search_alg, num_samples = dict(plan.base), CellList(cells), len(cells)
-        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(
-            metric=schema.ID_SCORE, mode=schema.direction(schema.ID_SCORE),
-            scheduler=scheduler(plan, history(home)), search_alg=search_alg, num_samples=num_samples,
-            max_concurrent_trials=s.max_concurrent,
-            # NOTE: every trial asks for the same resources, so a finished trial's worker (torch and transformers
-            # imported, data loaded) runs the next one.
-            reuse_actors=True),
-            run_config=tune.RunConfig(name=directory.name, storage_path=str(directory.parent),
-                                      callbacks=[callback, console],
-                                      verbose=1 if s.verbose else 0, failure_config=tune.FailureConfig(max_failures=s.max_failures)))
-    # NOTE: Tune's per-trial result files are off: the records hold every report. Tune's end-of-fit
-    # ExperimentAnalysis (never read here) would load them all into the driver, and warns that it finds none.
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    if not s.verbose:  # the console's lines instead of Tune's boxes, tables and state-saving notes
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-        logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
+    _quiet_tune(s.verbose)
     log.info("%s: %d %s to run, %s at once; files in %s", record.design,
              len(cells) if cells is not None else plan.n_trials, "cell(s)" if cells is not None else "trial(s)",
              s.max_concurrent or "as many as fit", home)
+    wave = max(WAVE, 16 * (s.max_concurrent or 1))
+    waves = [cells[i:i + wave] for i in range(0, len(cells), wave)] if cells is not None else [None]
     interrupted = False
     previous = {sig: signal.signal(sig, _interrupt(callback)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        tuner.fit()
+        for part in waves:
+            _tuner(plan, record, directory, home, trainable, [callback, console], part, restore).fit()
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -338,13 +322,56 @@ def _fit(plan: Plan, record: SweepRecord, directory: Path, home: Path, client, e
                         unended=_unended(home))
 
 
+def _tuner(plan: Plan, record: SweepRecord, directory: Path, home: Path, trainable, callbacks: list,
+           cells: list[dict[str, Any]] | None, restore: bool):
+    """One Tuner: over ``cells`` (each with its arm's knobs, so that Tune's config, and its ``--verbose`` tables,
+    are the trial's), or the Optuna search (restored from Tune's state with ``restore``)."""
+    from ray import tune
+
+    s = plan.settings
+    if restore and tune.Tuner.can_restore(str(directory)):
+        return tune.Tuner.restore(str(directory), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False)
+    param_space, search_alg, num_samples = search_space(plan)
+    os.environ.pop("TUNE_MAX_PENDING_TRIALS_PG", None)  # a searcher that learns: Tune's one pending trial
+    if cells is not None:
+        resolved = [{**c, **record.arms[c["arm"]]} for c in cells]
+        param_space, search_alg, num_samples = dict(plan.base), CellList(resolved), len(cells)
+        # NOTE: Tune keeps one trial pending for any searcher but its own grid's generator, which would start a
+        # list's trials one at a time; a list learns nothing, so its trials wait for resources as a grid's do
+        # (Tune's figure for its generator: up to 200).
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, min(len(cells), 200)))
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(
+        metric=schema.ID_SCORE, mode=schema.direction(schema.ID_SCORE), scheduler=scheduler(plan, history(home)),
+        search_alg=search_alg, num_samples=num_samples, max_concurrent_trials=s.max_concurrent,
+        # NOTE: every trial asks for the same resources, so a finished trial's worker (torch and transformers
+        # imported, data loaded) runs the next one.
+        reuse_actors=True),
+        run_config=tune.RunConfig(name=directory.name, storage_path=str(directory.parent), callbacks=callbacks,
+                                  verbose=1 if s.verbose else 0,
+                                  failure_config=tune.FailureConfig(max_failures=s.max_failures)))
+
+
+def _quiet_tune(verbose: bool) -> None:
+    """Tune as this tool drives it. NOTE: its per-trial result files are off (the records hold every report; its
+    end-of-fit ExperimentAnalysis, never read here, would load them all into the driver, and warns that it finds
+    none), and so is its SIGINT handler (``_interrupt``); without ``verbose``, its boxes, tables and state-saving
+    notes give way to the console's lines."""
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    if not verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
+
+
 def _unended(home: Path) -> list[tuple[str, str]]:
     return [(c["config"]["task"], c["arm"]) for c in (f.load_config() for f in unended_cells(home)) if c]
 
 
 def _interrupt(callback: MlflowTrials):
-    """Ctrl-C (or SIGTERM, as a cluster's scheduler sends): the callback stops giving verdicts (a trial stopped now was cut off, not stopped), and the fit ends
-    with ``KeyboardInterrupt``. NOTE: Tune's own handler (off: ``TUNE_DISABLE_SIGINT_HANDLER``) would end the fit
+    """Ctrl-C (or SIGTERM, as a cluster's scheduler sends): the callback stops giving verdicts (a trial stopped now
+    was cut off, not stopped), and the fit ends with ``KeyboardInterrupt``. NOTE: Tune's own handler (off: ``TUNE_DISABLE_SIGINT_HANDLER``) would end the fit
     quietly, its stopped trials looking early-stopped, and advise ``Tuner.restore``, which this tool does not use."""
     def handler(signum, frame):
         callback.interrupted = True

@@ -19,7 +19,7 @@ def search_space(plan: Plan) -> tuple[dict[str, Any], Searcher | None, int]:
 
     if plan.settings.search == "optuna":
         searcher = ArmBalancedOptuna(list(plan.design.arms), plan.seeds, plan.lr_range, plan.samples_per_arm,
-                                     tasks=plan.tasks)
+                                     tasks=plan.tasks, knobs=plan.design.arms)
         return dict(plan.base), searcher, plan.n_trials
     space = {**plan.base, "task": tune.grid_search(plan.tasks), "arm": tune.grid_search(list(plan.design.arms)),
              "seed": tune.grid_search(plan.seeds), "learning_rate": tune.grid_search(plan.learning_rates)}
@@ -164,13 +164,15 @@ class ArmBalancedOptuna(PickledState, Searcher):
     """
 
     def __init__(self, arms: list[str], seeds: list[int], lr_range: tuple[float, float], samples_per_arm: int,
-                 metric: str = schema.ID_SCORE, mode: str = "max", seed: int = 0, tasks: list[str] | None = None):
+                 metric: str = schema.ID_SCORE, mode: str = "max", seed: int = 0, tasks: list[str] | None = None,
+                 knobs: dict[str, dict[str, Any]] | None = None):
         super().__init__(metric=metric, mode=mode)
         from ray import tune
         from ray.tune.search import Repeater
         from ray.tune.search.optuna import OptunaSearch
 
         self.seeds, self.quota = list(seeds), samples_per_arm
+        self.knobs = dict(knobs or {})  # each arm's knobs, in its suggestions: Tune's config is the trial's
         self.tasks = list(tasks or [None])
         self.arms = [(a, t) for t in self.tasks for a in arms]  # study keys, in turn order
         space = {"learning_rate": tune.loguniform(*lr_range)}
@@ -193,7 +195,8 @@ class ArmBalancedOptuna(PickledState, Searcher):
         self.owner[trial_id] = arm
         seed = self.seeds[suggestion.pop(TRIAL_INDEX)]
         name, task = arm
-        return {**suggestion, "arm": name, "seed": seed, **({"task": task} if task is not None else {})}
+        return {**suggestion, **getattr(self, "knobs", {}).get(name, {}), "arm": name, "seed": seed,
+                **({"task": task} if task is not None else {})}
 
     def on_trial_result(self, trial_id, result):
         if trial_id in self.owner:

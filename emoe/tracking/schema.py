@@ -13,7 +13,7 @@ __all__ = ["DEFAULT_TRACKING_URI", "ROLE", "PARENT", "SWEEP", "FACTOR", "GIT_COM
            "SCORING_VERSION_PARAM", "sweep_params", "LOOKS", "PRIMARY_FIELDS", "PRIMARY_PREFIX", "DIRECTIONS",
            "direction", "SCHEDULED", "scheduled",
            "id_metric", "ood_metric", "ood_score_metric", "ood_score_set", "load_entropy_metric", "trial_metrics", "finished", "outcome", "experiment_name",
-           "trial_run_name", "runs_url"]
+           "trial_run_name", "rate_text", "runs_url"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -137,11 +137,18 @@ def experiment_name(design: str) -> str:
     return f"emoe-{design}"
 
 
+def rate_text(rate: float) -> str:
+    """A learning rate as run names and console lines show it: scientific, without trailing zeros (``1e-03``,
+    ``2.25e-05``), so that no two rates of a grid print alike."""
+    mantissa, exponent = f"{float(rate):.6e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
+
+
 def trial_run_name(arm: str, config: dict[str, Any], outcome: str | None = None,
                    metrics: dict[str, float] | None = None) -> str:
     """What the MLflow UI shows in its default table and chart legends, most telling first (legends truncate):
     task, arm, seed, learning rate; at the end outcome and scores."""
-    name = f"{config.get('task', '')} {arm} s{config.get('seed')} lr{float(config.get('learning_rate', 0)):.0e}"
+    name = f"{config.get('task', '')} {arm} s{config.get('seed')} lr{rate_text(config.get('learning_rate', 0))}"
     if outcome:
         name += f" | {outcome}"
     m = metrics or {}
