@@ -96,3 +96,29 @@ def test_extend_dry_run_lists_only_the_cells_it_would_run(tmp_path, monkeypatch,
     listed = [line.split()[:3] for line in out.splitlines() if line.startswith("sst2 ")]
     done = {(a, "0") for a in list(design.arms)[:2]}
     assert len(listed) == 6 and not {(arm, seed) for _, arm, seed in listed} & done
+
+
+def test_a_cell_that_finished_as_the_driver_died_gets_its_verdict_and_its_run_on_resume(tmp_path):
+    """The driver killed between a cell's final metrics and its verdict: a resume does not run the cell again (it
+    is done), so before anything runs its verdict comes from its records and its MLflow run is finished from them
+    (it would otherwise stay RUNNING, then KILLED, beside a FINISHED parent)."""
+    from emoe import hparams, tracking
+    from emoe.sweep.runner import _settle
+    from emoe.tracking.mirror import Mirror
+
+    client = tracking.client(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = tracking.get_or_create_experiment(client, "emoe-x")
+    parent = client.create_run(exp).info.run_id
+    record = SweepRecord("x", "clustering", {"kmeans": {"clustering": "kmeans"}}, {}, "emoe-x", parent)
+    config = hparams.trial_config({"clustering": "kmeans", "epochs": 2})
+    files = TrialFiles.of_cell(tmp_path, "kmeans", config)
+    files.start_attempt("kmeans", config)
+    for step, epoch in ((5, 1.0), (10, 2.0)):
+        files.append_report({"step": step, "epoch": epoch, "id_score": 0.5 + epoch / 10})
+    files.save_final({"step": 10, "epoch": 2.0, "id_score": 0.7})
+    Mirror(client, exp, record).start(files)  # the live run, RUNNING when the driver died
+    _settle(record, tmp_path, client, exp)
+    assert files.load_ended()["outcome"] == "completed"
+    (run,) = client.search_runs([exp], filter_string=f"tags.`{tracking.PARENT}` = '{parent}'")
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.OUTCOME] == "completed"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "id_score")] == [5, 10]

@@ -213,11 +213,29 @@ def run_sweep(design: Ablation, settings: SweepSettings, resume: str | Path | No
             runs.close_runs(client, experiment_id, record.parent_run_id, True)
         return SweepOutcome(plan, experiment_id, record.parent_run_id, directory, _trials(home), True, ran=0)
     if resume is not None or extend is not None:
+        _settle(record, home, client, experiment_id)
         client.update_run(record.parent_run_id, "RUNNING")
         log.info("%s %s: %s (MLflow parent run %s)", "resuming" if resume is not None else "extending",
                  home.name, f"{len(cells)} cell(s) to run" if cells is not None else "the search continues",
                  record.parent_run_id)
     return _fit(plan, record, directory, home, client, experiment_id, gpus, cells, restore, trainable)
+
+
+def _settle(record: SweepRecord, home: Path, client, experiment_id: str) -> None:
+    """Cells that finished (final metrics saved) while the driver died before it gave their verdict: the verdict
+    from their records, and their MLflow runs brought up to date (no trial will run them again)."""
+    from emoe.tracking.mirror import Mirror
+
+    mirror = Mirror(client, experiment_id, record)
+    for files, cell in sweep_trials(home):
+        if cell is not None and not files.ended.is_file() and files.load_final() is not None:
+            files.save_ended(schema.outcome(files.load_final(), float(cell["config"].get("epochs") or 1)))
+            files.drop_state()
+            try:
+                mirror.update(files)
+            except Exception as e:  # the records hold it; emoe sync writes it later
+                log.warning("could not bring %s's MLflow run up to date (%s)", files.dir.name, e)
+            mirror.forget(files)
 
 
 def _new_sweep(design: Ablation, plan: Plan, client, experiment_id: str, argv) -> tuple[SweepRecord, Path]:
