@@ -20,8 +20,8 @@ from emoe.sweep.search import CellList, scheduler, search_space
 from emoe.sweep.trainable import TrialSetup, quiet_libraries, tune_trainable
 from emoe.tracking import runs, schema
 from emoe.tracking.callback import MlflowTrials
-from emoe.tracking.records import (SweepRecord, cell_of, done_cells, retire, sweep_trials, trial_rows,
-                                   unended_cells)
+from emoe.tracking.records import (SweepRecord, cell_epochs, cell_of, done_cells, retire, sweep_trials,
+                                   trial_rows, unended_cells)
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +144,16 @@ def remaining_cells(plan: Plan, record: SweepRecord, home: Path, client, experim
     done = done_cells(home)
     if done is None:
         done = _done_in_mlflow(client, experiment_id, record.parent_run_id)
-    wanted = [(c["task"], c["arm"], c["seed"], c["learning_rate"]) for c in record.cells] \
-        if record.cells is not None else plan.grid()
+    wanted = _wanted(plan, record)
     return [{"task": t, "arm": a, "seed": s, "learning_rate": lr} for t, a, s, lr in wanted
             if (t, a, int(s), float(lr)) not in done]
+
+
+def _wanted(plan: Plan, record: SweepRecord) -> list[tuple[str, str, int, float]]:
+    """The (task, arm, seed, learning rate) cells a sweep wants: an extension's own, else the plan's grid."""
+    if record.cells is None:
+        return plan.grid()
+    return [(c["task"], c["arm"], c["seed"], c["learning_rate"]) for c in record.cells]
 
 
 def _done_in_mlflow(client, experiment_id: str, parent_run_id: str) -> set[tuple[str, str, int, float]]:
@@ -193,7 +199,7 @@ def run_sweep(design: Ablation, settings: SweepSettings, resume: str | Path | No
         client = runs.client(settings.tracking_uri)
         experiment_id = runs.get_or_create_experiment(client, plan.experiment)
         if extend is not None:
-            record, directory, home = _extension(design, plan, Path(extend), client, argv)
+            record, directory, home = _extension(design, plan, Path(extend), client, experiment_id, argv)
         elif resume is not None:
             directory = Path(resume).resolve()
             record = SweepRecord.load(directory)
@@ -229,8 +235,7 @@ def _settle(record: SweepRecord, home: Path, client, experiment_id: str) -> None
     mirror = Mirror(client, experiment_id, record)
     for files, cell in sweep_trials(home):
         if cell is not None and not files.ended.is_file() and files.load_final() is not None:
-            files.save_ended(schema.outcome(files.load_final(), float(cell["config"].get("epochs") or 1)))
-            files.drop_state()
+            files.conclude({}, cell_epochs(cell))
             try:
                 mirror.update(files)
             except Exception as e:  # the records hold it; emoe sync writes it later
@@ -268,7 +273,8 @@ def swept_values(design: Ablation, base: dict[str, Any]) -> dict[str, str]:
     return {knob: ",".join(values) for knob, values in sorted(out.items())}
 
 
-def _extension(design: Ablation, plan: Plan, extend: Path, client, argv) -> tuple[SweepRecord, Path, Path]:
+def _extension(design: Ablation, plan: Plan, extend: Path, client, experiment_id: str,
+               argv) -> tuple[SweepRecord, Path, Path]:
     """The record and Tune directory of an extension of the sweep in ``extend``, and the sweep's own directory
     (where the cells' files are)."""
     old = SweepRecord.load(extend)
@@ -279,7 +285,6 @@ def _extension(design: Ablation, plan: Plan, extend: Path, client, argv) -> tupl
     wanted = SweepRecord(design.name, design.factor, {**old.arms, **design.arms}, plan.settings.to_dict(),
                          plan.experiment, old.parent_run_id, argv or [], origin=home.name)
     wanted.cells = [{"task": t, "arm": a, "seed": s, "learning_rate": lr} for t, a, s, lr in plan.grid()]
-    experiment_id = runs.get_or_create_experiment(client, plan.experiment)
     wanted.cells = remaining_cells(plan, wanted, home, client, experiment_id)
     if wanted.cells:
         directory.mkdir(parents=True, exist_ok=False)
@@ -409,8 +414,7 @@ def _all_done(plan: Plan, record: SweepRecord, home: Path, client, experiment_id
         return len(trial_rows(home, unfinished=None)) >= plan.n_trials
     ended = {(r["task"], r["arm"], int(r["seed"]), float(r["learning_rate"]))
              for r in trial_rows(home, unfinished=None)}
-    wanted = [(c["task"], c["arm"], c["seed"], c["learning_rate"]) for c in record.cells] \
-        if record.cells is not None else plan.grid()
+    wanted = _wanted(plan, record)
     return all((t, a, int(s), float(lr)) in ended for t, a, s, lr in wanted)
 
 
@@ -423,7 +427,7 @@ def history(home: Path) -> list[tuple[dict[str, Any], list[dict[str, Any]], bool
         task, arm, seed, lr = cell_of(cell)
         config = {"task": task, "arm": arm, "seed": seed, "learning_rate": lr}
         reports = files.load_reports()
-        out.append((config, reports, files.outcome(float(cell["config"].get("epochs") or 1)) is not None))
+        out.append((config, reports, files.outcome(cell_epochs(cell)) is not None))
     return out
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from emoe.tracking import runs, schema
+from emoe.tracking import runs
 from emoe.tracking.mirror import Mirror
-from emoe.tracking.records import SweepRecord, TrialFiles
+from emoe.tracking.records import SweepRecord, TrialFiles, cell_epochs
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,7 @@ class MlflowTrials(Callback):
         if self.interrupted and files.load_final() is None:
             return  # cut off by Ctrl-C: no verdict; --resume continues it from its checkpoint
         cell = files.load_config()
-        epochs = float(cell["config"]["epochs"]) if cell else float(trial.config.get("epochs") or 1)
-        files.save_ended(schema.outcome(files.load_final() or trial.last_result or {}, epochs))
-        files.drop_state()  # it never trains again (early-stopped ones included)
+        files.conclude(trial.last_result, cell_epochs(cell) if cell else float(trial.config.get("epochs") or 1))
         self._end(trial, files)
 
     def on_trial_recover(self, iteration, trials, trial, **info):

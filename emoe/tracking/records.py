@@ -121,6 +121,11 @@ def cell_name(arm: str, config: dict[str, Any]) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', readable)}-{digest}"
 
 
+def cell_epochs(cell: dict[str, Any]) -> float:
+    """The epochs a cell's ``config.json`` trains for (what ``TrialFiles.outcome`` needs to tell a finished trial)."""
+    return float(cell["config"].get("epochs") or 1)
+
+
 def cell_of(cell: dict[str, Any]) -> tuple[str, str, int, float]:
     """The (task, arm, seed, learning rate) of a cell's ``config.json``."""
     c = cell["config"]
@@ -207,6 +212,15 @@ class TrialFiles:
 
     def save_ended(self, outcome: str, error: str | None = None) -> None:
         self._write(self.ended, {"outcome": outcome, "error": error})
+
+    def conclude(self, last: dict[str, Any], epochs: float) -> None:
+        """The driver's verdict on an attempt that ended without failing: completed if its final metrics (else
+        ``last``, the last report it saw) finished the protocol, else early-stopped; its checkpoint goes, since it
+        never trains again."""
+        from emoe.tracking import schema
+
+        self.save_ended(schema.outcome(self.load_final() or last or {}, epochs))
+        self.drop_state()
 
     def load_ended(self) -> dict[str, Any] | None:
         return json.loads(self.ended.read_text()) if self.ended.is_file() else None
@@ -329,7 +343,7 @@ def trial_rows(directory: str | Path, unfinished: str | None = "failed") -> list
         if cell is None:
             continue
         config = cell["config"]
-        ended = files.outcome(float(config.get("epochs") or 1))
+        ended = files.outcome(cell_epochs(cell))
         if ended is None and unfinished is None:
             continue
         outcome, metrics = ended or (unfinished, {})
@@ -349,7 +363,7 @@ def done_cells(directory: str | Path) -> set[tuple[str, str, int, float]] | None
             if files.final.is_file():
                 return None
             continue
-        ended = files.outcome(float(cell["config"].get("epochs") or 1))
+        ended = files.outcome(cell_epochs(cell))
         if ended is not None and ended[0] != "failed":
             done.add(cell_of(cell))
     return done
@@ -359,7 +373,7 @@ def unended_cells(directory: str | Path) -> list[TrialFiles]:
     """The cells of a sweep and its extensions that were started and have no verdict: running, cut off by an
     interruption, or lost with the driver."""
     return [files for files, cell in sweep_trials(directory)
-            if cell is not None and files.outcome(float(cell["config"].get("epochs") or 1)) is None]
+            if cell is not None and files.outcome(cell_epochs(cell)) is None]
 
 
 def retire(files: TrialFiles) -> Path:
