@@ -7,7 +7,11 @@ import json
 from typing import Any, ClassVar
 
 INITS = ("pretrained", "random")
-METHODS = ("emoe", "dense")
+# emoe: the paper's conversion; dense: the baseline; gmoe: GMoE (the official --gate_type cosine_top --expert_repeat R:
+# each expert its own copy of R of the partition's clusters, behind a router); noisytune: the dense model with
+# NoisyTune's noise (emoe.hparams' noise_tuning) added before training.
+METHODS = ("emoe", "dense", "gmoe", "noisytune")
+CONVERTING = ("emoe", "gmoe")  # the methods that convert blocks
 EXPERT_BIASES = ("shared", "per_expert")
 MLP_OUTPUT_DROPOUTS = ("keep", "official")
 
@@ -63,7 +67,9 @@ class EmoeConfig:
 
     Args:
         init: ``pretrained`` weights or a ``random`` initialisation of the same architecture.
-        method: ``emoe`` converts the chosen blocks; ``dense`` is the baseline (no conversion).
+        method: ``emoe`` converts the chosen blocks; ``dense`` is the baseline (no conversion); ``gmoe`` turns them
+            into GMoE layers (``emoe.gmoe``: each expert its own trainable copy of ``expert_repeat`` clusters);
+            ``noisytune`` is the dense model, perturbed before training (the trial's ``noise_tuning``).
         clustering: key of ``emoe.CLUSTERING``: how a layer's neurons are split into experts.
         gate: key of ``emoe.GATES``: how each expert's gate vector is derived.
         num_experts: N, experts per converted layer.
@@ -82,6 +88,8 @@ class EmoeConfig:
         expert_bias: ``shared``: the dense layer's one output bias, each token keeping its experts' ``bias / n``
             shares; ``per_expert`` (official): each expert its own trainable copy of ``bias / n`` (equal at
             conversion, free to drift apart in training).
+        expert_repeat: GMoE only (the official ``--expert_repeat``): expert i holds the neurons of clusters i, i+1,
+            ..., i+R-1 (mod N), so that ``expert_repeat = num_experts`` makes every expert a full copy of the FFN.
         mlp_output_dropout: ``keep``: a converted block keeps its FFN's output dropout; ``official``: as the official
             conversion, which replaces GPT-2's whole MLP and so loses its output dropout (``resid_pdrop``); BERT's
             output dropout lies outside what the official code replaces and is kept either way.
@@ -103,12 +111,14 @@ class EmoeConfig:
     expert_selection: str = "top"
     expert_bias: str = "shared"
     mlp_output_dropout: str = "keep"
+    expert_repeat: int = 1
 
     # The valid range of each numeric field (top_k also at most num_experts); emoe.hparams shows them in --help.
     RANGES: ClassVar[dict[str, Interval]] = {
         "num_experts": Interval(1), "top_k": Interval(1), "seed": Interval(0, 2 ** 32 - 1),
         "cluster_seed": Interval(0, 2 ** 32 - 1), "capacity_factor": Interval(0, open_low=True),
-        "gate_noise": Interval(0), "expert_dropout": Interval(0, 1, open_high=True), "aux_loss_weight": Interval(0)}
+        "gate_noise": Interval(0), "expert_dropout": Interval(0, 1, open_high=True), "aux_loss_weight": Interval(0),
+        "expert_repeat": Interval(1)}
 
     def __post_init__(self):
         from emoe.clustering import CLUSTERING
@@ -126,7 +136,7 @@ class EmoeConfig:
         if self.cluster_seed != "trial":
             if isinstance(self.cluster_seed, bool) or not isinstance(self.cluster_seed, int):
                 raise ValueError(f"cluster_seed must be an integer or 'trial', got {self.cluster_seed!r}")
-        for name in ("num_experts", "top_k", "seed"):
+        for name in ("num_experts", "top_k", "seed", "expert_repeat"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -142,9 +152,20 @@ class EmoeConfig:
             value = getattr(self, name)
             if value is not None and value != "trial":
                 valid.check(name, value, none="exact routing" if name == "capacity_factor" else None)
+        if self.method == "gmoe" and self.expert_repeat > self.num_experts:
+            raise ValueError(f"expert_repeat={self.expert_repeat} must be at most num_experts={self.num_experts} (expert i "
+                             "takes clusters i..i+R-1 mod N; R = N already makes every expert the whole FFN)")
+        if self.method != "gmoe" and self.expert_repeat != 1:
+            raise ValueError(f"expert_repeat={self.expert_repeat} is GMoE's (method gmoe); method {self.method!r} has "
+                             "no repeated experts: leave it at 1")
         if self.aux_loss_weight and not self.gate_noise:
             raise ValueError(f"aux_loss_weight={self.aux_loss_weight} needs gate_noise > 0 (the load term of Tutel's "
                              "load-importance loss is scaled by the noise; official: gate_noise 1.0)")
+
+    @property
+    def converts(self) -> bool:
+        """Whether this method converts blocks (emoe, gmoe) or leaves the model dense (dense, noisytune)."""
+        return self.method in CONVERTING
 
     @property
     def partition_seed(self) -> int:

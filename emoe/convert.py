@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from emoe.architectures import find_blocks, key_matrix
+from emoe.architectures import find_blocks, key_matrix, set_submodule, value_matrix
 from emoe.clustering import check_partition_shape, partition
 from emoe.config import INITS, EmoeConfig, check_choice
+from emoe.gmoe import GmoeFFN
 from emoe.layer import EmoeFFN
 
 log = logging.getLogger(__name__)
@@ -114,11 +115,16 @@ def plan_conversion(model: nn.Module, config: EmoeConfig) -> list[dict]:
     """
     if not isinstance(config, EmoeConfig):
         raise TypeError(f"config must be an EmoeConfig, got {type(config).__name__}")
-    if config.method == "dense":
+    if not config.converts:
         return []
     layout, blocks = find_blocks(model)
+    if config.method == "gmoe" and layout.gmoe_in is None:
+        raise ValueError(f"method gmoe is not supported for model type {model.config.model_type!r} (no known place "
+                         "for a GMoE layer in its blocks)")
     plan = []
     for b in resolve_blocks(config.layers, len(blocks)):
+        if layout.gmoe_in is not None and isinstance(blocks[b].get_submodule(layout.gmoe_in), GmoeFFN):
+            raise ValueError(f"block {b} is already converted to GMoE")
         keys_proj = blocks[b].get_submodule(layout.keys)
         parent_path, _, name = layout.values.rpartition(".")
         parent = blocks[b].get_submodule(parent_path) if parent_path else blocks[b]
@@ -128,7 +134,7 @@ def plan_conversion(model: nn.Module, config: EmoeConfig) -> list[dict]:
         check_partition_shape(config.clustering, keys.shape[0], config.num_experts, where=f"block {b}")
         dropout = layout.replaced_dropout if config.mlp_output_dropout == "official" else None
         plan.append({"block": b, "keys_proj": keys_proj, "parent": parent, "name": name, "keys": keys,
-                     "transposed": layout.transposed,
+                     "transposed": layout.transposed, "layout": layout, "module": blocks[b],
                      "up_proj": blocks[b].get_submodule(layout.up) if layout.up else None,
                      "dropout": (blocks[b], dropout) if dropout else None})
     return plan
@@ -154,6 +160,9 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True,
         labels = {p["block"]: partition(p["keys"], config.clustering, config.num_experts, config.partition_seed,
                                         layer=p["block"], use_cache=use_cache) for p in plan}
     for p in plan:
+        if config.method == "gmoe":
+            _to_gmoe(p, labels[p["block"]], config)
+            continue
         b = p["block"]
         ffn = EmoeFFN(p["keys_proj"], getattr(p["parent"], p["name"]), torch.from_numpy(labels[b]), config.gate,
                       config.num_experts, config.top_k, seed=config.seed + b, transposed=p["transposed"], block=b,
@@ -163,13 +172,32 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True,
         ffn.train(ffn.values.training)  # a new module starts in training mode; keep the model's mode
         setattr(p["parent"], p["name"], ffn)
         if p["dropout"] is not None:  # the official path replaced the whole FFN, its output dropout with it
-            block, path = p["dropout"]
-            owner, _, attr = path.rpartition(".")
-            setattr(block.get_submodule(owner) if owner else block, attr, nn.Identity())
+            set_submodule(*p["dropout"], nn.Identity())
     model.emoe_config = config
-    log.info("converted blocks %s to EMoE (%s, %s, N=%d, k=%d)", sorted(labels), config.clustering, config.gate,
-             config.num_experts, config.top_k)
+    log.info("converted blocks %s to %s (%s, %s, N=%d, k=%d)", sorted(labels), config.method.upper(),
+             config.clustering, config.gate, config.num_experts, config.top_k)
     return model
+
+
+def _to_gmoe(p: dict, labels: np.ndarray, config: EmoeConfig) -> None:
+    """Replace one planned block's FFN by a ``GmoeFFN`` built from its weights (its old FFN modules go)."""
+    layout, block = p["layout"], p["module"]
+    values_proj = getattr(p["parent"], p["name"])
+    up = p["up_proj"]
+    ffn = GmoeFFN(key_matrix(p["keys_proj"], p["transposed"]), getattr(p["keys_proj"], "bias", None),
+                  value_matrix(values_proj, p["transposed"]), getattr(values_proj, "bias", None),
+                  block.get_submodule(layout.activation), torch.from_numpy(labels), config.gate, config.num_experts,
+                  config.top_k, repeat=config.expert_repeat, seed=config.seed + p["block"], block=p["block"],
+                  up=None if up is None else up.weight, up_bias=None if up is None else up.bias,
+                  capacity_factor=config.capacity_factor, gate_noise=config.gate_noise,
+                  expert_dropout=config.expert_dropout, aux=config.aux_loss_weight > 0,
+                  expert_selection=config.expert_selection, expert_bias=config.expert_bias)
+    ffn.train(values_proj.training)
+    for path in layout.gmoe_identity:
+        set_submodule(block, path, nn.Identity())
+    set_submodule(block, layout.gmoe_in, ffn)
+    if p["dropout"] is not None:  # the official path replaced the whole FFN, its output dropout with it
+        set_submodule(*p["dropout"], nn.Identity())
 
 
 MODEL_FILES = ("config.json", "emoe_model.json", "model.pt")
@@ -184,16 +212,19 @@ def save_converted(model: nn.Module, directory: str | Path, half: bool = True,
     best-so-far state)."""
     import os
 
+    from emoe.regimes import base_of
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = getattr(model, "emoe_config", None) or EmoeConfig(method="dense")
+    lora = getattr(model, "emoe_lora", None)  # a LoRA regime's wrapper: rebuilt by load_converted
     state = {k: (v.detach().to("cpu", torch.float16) if half and v.is_floating_point() else v.detach().cpu())
              for k, v in (state if state is not None else model.state_dict()).items()}
     # NOTE: each file replaced atomically: a trial saves its kept model again at every new best, and a kill during
     # a save must leave the previous one readable.
-    files = {"config.json": model.config.to_json_string(),
-             "emoe_model.json": json.dumps({"class": type(model).__name__, "emoe_config": config.to_dict()},
-                                           indent=2, sort_keys=True)}
+    files = {"config.json": base_of(model).config.to_json_string(),
+             "emoe_model.json": json.dumps({"class": type(base_of(model)).__name__, "emoe_config": config.to_dict(),
+                                            "lora": lora}, indent=2, sort_keys=True)}
     for name, text in files.items():
         (directory / f"{name}.tmp").write_text(text)
         os.replace(directory / f"{name}.tmp", directory / name)
@@ -203,9 +234,12 @@ def save_converted(model: nn.Module, directory: str | Path, half: bool = True,
 
 
 def load_converted(directory: str | Path) -> nn.Module:
-    """A model ``save_converted`` wrote, converted again with its saved partitions (no clustering runs) and loaded
-    with its weights (float32). ``ValueError`` naming the directory when a file is missing."""
+    """A model ``save_converted`` wrote, converted again with its saved partitions (no clustering runs), wrapped in
+    its LoRA adapters when it had them, and loaded with its weights (float32). ``ValueError`` naming the directory
+    when a file is missing."""
     import transformers
+
+    from emoe.regimes import wrap_lora
 
     directory = Path(directory)
     missing = [f for f in MODEL_FILES if not (directory / f).is_file()]
@@ -215,9 +249,13 @@ def load_converted(directory: str | Path) -> nn.Module:
     model = getattr(transformers, meta["class"])(transformers.AutoConfig.from_pretrained(directory))
     config = EmoeConfig.from_dict(meta["emoe_config"])
     state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
-    # the labels buffer of each converted block: its partition
-    partitions = {_block_of(model, k): v.numpy() for k, v in state.items() if k.endswith(".labels")}
+    # the labels buffer of each converted block: its partition (keys of a LoRA wrapper start with its prefix)
+    prefix = "base_model.model." if meta.get("lora") else ""
+    partitions = {_block_of(model, k.removeprefix(prefix)): v.numpy() for k, v in state.items()
+                  if k.endswith(".labels")}
     convert(model, config, partitions=partitions)
+    if meta.get("lora"):
+        model = wrap_lora(model, meta["lora"])
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return model.eval()
 
@@ -232,9 +270,9 @@ def _block_of(model: nn.Module, key: str) -> int:
     raise ValueError(f"state-dict key {key!r} is in none of the model's blocks")
 
 
-def emoe_layers(model: nn.Module) -> list[EmoeFFN]:
-    """The converted FFNs of a model, in block order."""
-    return [m for m in model.modules() if isinstance(m, EmoeFFN)]
+def emoe_layers(model: nn.Module) -> list[EmoeFFN | GmoeFFN]:
+    """The converted FFNs of a model (EMoE or GMoE), in block order."""
+    return [m for m in model.modules() if isinstance(m, (EmoeFFN, GmoeFFN))]
 
 
 def set_execution(model: nn.Module, mode: str) -> nn.Module:

@@ -63,6 +63,21 @@ def _bool(text) -> bool:
 
 
 EVAL_METHODS = ("same", "dense", "emoe")
+NOISYTUNE_LEVEL = 0.15  # the official --noise_tuning of the README's noisy-tuning command
+# Knobs added after the first sweeps were recorded: at their default they stay out of a cell's hash
+# (emoe.tracking.records.cell_name), so the cells of a sweep started before them keep their names and resume.
+LATER_KNOBS = {"expert_repeat": 1, "noise_tuning": 0.0, "regime": "full", "lora_r": 8, "body_lr_ratio": None}
+
+
+def default_epochs(task: str, regime: str = "full") -> int:
+    """A task's official epoch cap under a training regime: the full fine-tuning script's (10; 3 for MNLI, QQP and
+    QNLI) or the LoRA script's (``search_glue_no_trainer_peft.py``: 20; 5 for MNLI, QQP and QNLI)."""
+    from emoe.data import get_task
+
+    cap = get_task(task).epochs
+    if regime == "full":
+        return cap
+    return 20 if cap == 10 else 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +119,7 @@ def _knobs() -> dict[str, Knob]:
     from emoe.data import TASKS
     from emoe.gating import GATES
     from emoe.protocols import OOD_PROTOCOLS
+    from emoe.regimes import REGIMES
     from emoe.routing import SELECTIONS
 
     knobs = [
@@ -112,12 +128,27 @@ def _knobs() -> dict[str, Knob]:
              _optional_names),
         Knob("model", "minilm", "Hub id, local path, or 'minilm' (packaged all-MiniLM-L6-v2, offline)"),
         _emoe("init", "pre-trained weights or a random initialisation of the same architecture", str, INITS),
-        _emoe("method", "emoe, or dense for the baseline", str, METHODS),
+        _emoe("method", "emoe (the paper), dense (the baseline), gmoe (GMoE: experts copied from the FFN behind a "
+              "router; with --expert-repeat) or noisytune (the dense model perturbed by NoisyTune before training)",
+              str, METHODS),
         _emoe("clustering", "how neurons are split into experts", str, tuple(CLUSTERING)),
         _emoe("gate", "how each expert's gate vector is derived", str, tuple(GATES)),
         _emoe("num_experts", "experts per converted layer (N)", int),
         _emoe("top_k", "experts kept per token (k), at most num_experts", int),
         _emoe("layers", "blocks to convert, comma-separated, negative from the end", _int_tuple),
+        _emoe("expert_repeat", "GMoE only (official --expert_repeat): expert i copies clusters i..i+R-1 (mod N); "
+              "R = N makes every expert a whole copy of the FFN (the official GMoE commands)", int),
+        Knob("noise_tuning", None, "NoisyTune's noise level (official --noise_tuning): before training each "
+             "parameter gets uniform noise in +-level*std/2 (its own std); none = the method's (0.15 for noisytune, "
+             "0 otherwise); any method takes it (e.g. emoe with 0.15)", _optional_float, range=Interval(0)),
+        Knob("regime", "full", "what trains: full (every parameter); lora (PEFT LoRA r, alpha 16, dropout 0.1 on the "
+             "model's default targets, and the head; a converted block's FFN trains too, as in the official script); "
+             "lora_block (LoRA plus the converted blocks in full: --tune_moe_layers_only); lora_gates (LoRA plus the "
+             "converted blocks' learnable gates: --tune_gates_only)", str, REGIMES),
+        Knob("lora_r", 8, "LoRA rank (official --lora_r 8); LoRA regimes only", int, range=_COUNT),
+        Knob("body_lr_ratio", None, "learning rate of the parameters other than LoRA's and the head's, as a share "
+             "of learning_rate; none = the regime's (1 under full; 0.1 under the LoRA regimes, as the official LoRA "
+             "script's groups)", _optional_float, range=_POSITIVE),
         _emoe("cluster_seed", "seed of the clustering: an integer (one partition for every trial seed; official 0) or "
               "'trial' (re-clustered with each trial's seed)", _cluster_seed),
         _emoe("capacity_factor", "expert capacity factor (official 1.5): an expert takes at most "
@@ -140,7 +171,8 @@ def _knobs() -> dict[str, Knob]:
         Knob("learning_rate", 5e-5, "peak AdamW learning rate", float, range=_POSITIVE, grid=(2e-5, 3e-5, 5e-5),
              log_range=(1e-5, 1e-4)),
         Knob("batch_size", 32, "examples per optimiser step (split over grad_accum_steps)", int, range=_COUNT),
-        Knob("epochs", None, "training epochs; none = the task's official cap (10; 3 for MNLI, QQP and QNLI)",
+        Knob("epochs", None, "training epochs; none = the task's official cap (10; 3 for MNLI, QQP and QNLI; under a "
+             "LoRA regime the LoRA script's: 20; 5 for MNLI, QQP and QNLI)",
              _optional_int, range=_COUNT),
         Knob("max_length", 128, "tokens per example (longer ones are truncated)", int, range=_COUNT),
         Knob("max_train_samples", None, "fixed random subset of the training set (seed 0); none = all",
@@ -203,9 +235,9 @@ def trial_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
             raise ValueError(f"unknown trial config key {key!r}; valid keys: {', '.join(KNOBS)}, ood")
     cfg.update(extra)
     if cfg["epochs"] is None:
-        from emoe.data import get_task
-
-        cfg["epochs"] = get_task(cfg["task"]).epochs
+        cfg["epochs"] = default_epochs(cfg["task"], cfg["regime"])
+    if cfg["noise_tuning"] is None:
+        cfg["noise_tuning"] = NOISYTUNE_LEVEL if cfg["method"] == "noisytune" else 0.0
     emoe_config(cfg)  # validates the construction knobs (their ranges are EmoeConfig's)
     for name, knob in KNOBS.items():
         if knob.range is not None and name not in EMOE_FIELDS and cfg[name] is not None:
@@ -213,10 +245,23 @@ def trial_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     if cfg["batch_size"] % cfg["grad_accum_steps"]:
         raise ValueError(f"batch_size={cfg['batch_size']} is not divisible by grad_accum_steps="
                          f"{cfg['grad_accum_steps']}")
+    check_combination(cfg)
     if cfg["eval_method"] != "same" and cfg["method"] != "emoe":
         raise ValueError(f"eval_method={cfg['eval_method']!r} needs method='emoe' (it switches the converted layers "
                          f"between EMoE and dense), got method={cfg['method']!r}")
     return cfg
+
+
+def check_combination(cfg: dict[str, Any]) -> None:
+    """Refuse, in one line, the pairs of methods, regimes and their knobs that name no model of their own."""
+    if cfg["method"] == "noisytune" and not cfg["noise_tuning"]:
+        raise ValueError("method noisytune with noise_tuning=0 is the dense model: use method dense, or a noise level "
+                         f"(official {NOISYTUNE_LEVEL})")
+    if cfg["method"] == "dense" and cfg["noise_tuning"]:
+        raise ValueError(f"method dense with noise_tuning={cfg['noise_tuning']} is NoisyTune: use method noisytune")
+    if cfg["regime"] == "full" and cfg["lora_r"] != KNOBS["lora_r"].default:
+        raise ValueError(f"lora_r={cfg['lora_r']} needs a LoRA regime (lora, lora_block, lora_gates); regime full "
+                         "trains no adapters")
 
 
 def from_param(name: str, text: str) -> Any:

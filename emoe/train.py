@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from emoe import hparams, metrics, tracking
-from emoe.convert import aux_loss, convert, emoe_layers, load_model, set_bypass
+from emoe import hparams, metrics, regimes, tracking
+from emoe.convert import aux_loss, convert, emoe_layers, load_model, resolve_blocks, set_bypass
+from emoe.architectures import find_blocks
 from emoe.data import Task, TaskData, load_task, tokenize
 from emoe.layer import load_entropy
 from emoe.protocols import get_protocol
@@ -42,12 +43,13 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast("cuda", dtype=dtype), scaler
 
 
-def _loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int, pad_to: int | None = None):
-    """Batches padded to their longest example, or to ``pad_to`` tokens."""
+def _loader(ds, tokenizer, batch_size: int, shuffle: bool, seed: int, pad_to: int | None = None,
+            multiple_of: int | None = None):
+    """Batches padded to their longest example (rounded up to ``multiple_of`` tokens), or to ``pad_to`` tokens."""
     from transformers import DataCollatorWithPadding
 
     g = torch.Generator().manual_seed(seed)
-    collate = DataCollatorWithPadding(tokenizer) if pad_to is None else \
+    collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple_of) if pad_to is None else \
         DataCollatorWithPadding(tokenizer, padding="max_length", max_length=pad_to)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, collate_fn=collate)
 
@@ -146,7 +148,8 @@ def evaluation_loaders(sets: dict[str, Any], tokenizer, task: Task, cfg: dict[st
             pad_to = length if protocol.pad_to_max_length and capacity else None
         ds = tokenize(ds, tokenizer, task, length)
         orders[name] = np.arange(len(ds)) if capacity else length_order(ds)
-        loaders[name] = _loader(ds.select(orders[name]), tokenizer, size, False, 0, pad_to)
+        loaders[name] = _loader(ds.select(orders[name]), tokenizer, size, False, 0, pad_to,
+                                pad_multiple(cfg) if name == "id" else None)
 
     def in_set_order(preds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}
@@ -156,6 +159,12 @@ def evaluation_loaders(sets: dict[str, Any], tokenizer, task: Task, cfg: dict[st
         return out
 
     return loaders, in_set_order
+
+
+def pad_multiple(cfg: dict[str, Any]) -> int | None:
+    """The official scripts pad training and ID evaluation batches to a multiple of 8 tokens under ``--use_fp16``
+    (which matters with a capacity: padding counts among a batch's T positions)."""
+    return 8 if cfg["precision"] == "fp16" else None
 
 
 def load_trial_data(cfg: dict[str, Any]) -> TaskData:
@@ -259,6 +268,11 @@ class Trial:
         self.data = data or load_trial_data(cfg)
         self.model, tokenizer = load_model(cfg["model"], self.data.task.num_labels, cfg["init"], cfg["seed"])
         convert(self.model, hparams.emoe_config(cfg))
+        # the official order: convert (after PEFT's wrapping, whose frozen set the regime reproduces), freeze, noise
+        blocks = resolve_blocks(cfg["layers"], len(find_blocks(self.model)[1])) if cfg["regime"] == "lora_block" else []
+        self.model = regimes.apply_regime(self.model, cfg["regime"], cfg["lora_r"], blocks)
+        if cfg["noise_tuning"]:
+            regimes.add_noise(self.model, cfg["noise_tuning"], cfg["seed"], exclude_head=cfg["regime"] == "full")
         if hooks.on_model is not None:
             hooks.on_model(self.model)
         # eval_method: train with the converted layers dense (routing off) and evaluate as EMoE, or the reverse.
@@ -268,13 +282,16 @@ class Trial:
         self.model.to(self.device).train()
         micro = cfg["batch_size"] // cfg["grad_accum_steps"]
         self.train_loader = _loader(tokenize(self.data.train, tokenizer, self.data.task, cfg["max_length"]),
-                                    tokenizer, micro, True, cfg["seed"])
+                                    tokenizer, micro, True, cfg["seed"], multiple_of=pad_multiple(cfg))
         self.eval_loaders, self.in_set_order = evaluation_loaders({"id": self.data.validation, **self.data.ood},
                                                                   tokenizer, self.data.task, cfg, self.model.config)
         self.eval_sizes = self.data.sizes()  # GLUE-X weighs each OOD set by its full size, whatever is evaluated
         self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg["grad_accum_steps"])
         self.total_steps = self.steps_per_epoch * cfg["epochs"]
-        self.optimizer = torch.optim.AdamW(_parameter_groups(self.model, cfg["weight_decay"]), lr=cfg["learning_rate"])
+        ratio = cfg["body_lr_ratio"] or regimes.OFFICIAL_BODY_LR_RATIO[cfg["regime"]]
+        self.optimizer = torch.optim.AdamW(regimes.parameter_groups(self.model, cfg["weight_decay"],
+                                                                    cfg["learning_rate"], ratio),
+                                           lr=cfg["learning_rate"])
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(cfg["warmup_ratio"] * self.total_steps),
                                                          self.total_steps)
         self.autocast, self.scaler = _autocast(self.device, cfg["precision"])
@@ -403,14 +420,6 @@ class Trial:
         self.train_loader.generator.set_state(state["loader"])
         _set_rng_state(state["rng"])
         return state["epoch"], state["batch"]
-
-
-def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW's groups: no weight decay on biases and normalisation weights."""
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-    named = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
-    return [{"params": [q for n, q in named if not n.endswith(no_decay)], "weight_decay": weight_decay},
-            {"params": [q for n, q in named if n.endswith(no_decay)], "weight_decay": 0.0}]
 
 
 def parse_ood(items: list[str] | None) -> dict[str, str]:

@@ -113,9 +113,14 @@ VOLATILE = ("keep_model",)
 def cell_name(arm: str, config: dict[str, Any]) -> str:
     """A cell's directory name: readable (task, arm, seed, learning rate) and content-addressed (a hash of the arm
     and the flat trial config without ``VOLATILE`` knobs), so the same cell started again (a resume, a retry, an
-    extension) finds its own files, and two different configs never share them."""
-    content = json.dumps({"arm": arm, **{k: v for k, v in config.items() if k not in VOLATILE}}, sort_keys=True,
-                         default=str)
+    extension) finds its own files, and two different configs never share them. A knob added after the first
+    sweeps (``emoe.hparams.LATER_KNOBS``) enters the hash only away from its default, so the cells of a sweep
+    recorded before it keep their names."""
+    from emoe.hparams import LATER_KNOBS
+
+    content = json.dumps({"arm": arm, **{k: v for k, v in config.items() if k not in VOLATILE
+                                         and not (k in LATER_KNOBS and v == LATER_KNOBS[k])}},
+                         sort_keys=True, default=str)
     digest = hashlib.sha1(content.encode()).hexdigest()[:12]
     readable = f"{config.get('task')}-{arm}-s{config.get('seed')}-lr{float(config.get('learning_rate', 0)):g}"
     return f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', readable)}-{digest}"
