@@ -88,8 +88,9 @@ class EmoeConfig:
         expert_bias: ``shared``: the dense layer's one output bias, each token keeping its experts' ``bias / n``
             shares; ``per_expert`` (official): each expert its own trainable copy of ``bias / n`` (equal at
             conversion, free to drift apart in training).
-        expert_repeat: GMoE only (the official ``--expert_repeat``): expert i holds the neurons of clusters i, i+1,
-            ..., i+R-1 (mod N), so that ``expert_repeat = num_experts`` makes every expert a full copy of the FFN.
+        expert_repeat: GMoE's (the official ``--expert_repeat``; other methods ignore it): expert i holds the
+            neurons of clusters i, i+1, ..., i+R-1 (mod N), so that ``expert_repeat = num_experts`` makes every
+            expert a full copy of the FFN.
         mlp_output_dropout: ``keep``: a converted block keeps its FFN's output dropout; ``official``: as the official
             conversion, which replaces GPT-2's whole MLP and so loses its output dropout (``resid_pdrop``); BERT's
             output dropout lies outside what the official code replaces and is kept either way.
@@ -155,9 +156,6 @@ class EmoeConfig:
         if self.method == "gmoe" and self.expert_repeat > self.num_experts:
             raise ValueError(f"expert_repeat={self.expert_repeat} must be at most num_experts={self.num_experts} (expert i "
                              "takes clusters i..i+R-1 mod N; R = N already makes every expert the whole FFN)")
-        if self.method != "gmoe" and self.expert_repeat != 1:
-            raise ValueError(f"expert_repeat={self.expert_repeat} is GMoE's (method gmoe); method {self.method!r} has "
-                             "no repeated experts: leave it at 1")
         if self.aux_loss_weight and not self.gate_noise:
             raise ValueError(f"aux_loss_weight={self.aux_loss_weight} needs gate_noise > 0 (the load term of Tutel's "
                              "load-importance loss is scaled by the noise; official: gate_noise 1.0)")

@@ -156,6 +156,11 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True,
         if missing:
             raise ValueError(f"partitions given for blocks {sorted(partitions)}, not for converted block(s) {missing}")
         labels = {p["block"]: np.asarray(partitions[p["block"]]) for p in plan}
+    elif config.method == "gmoe" and config.expert_repeat == config.num_experts:
+        # every expert holds every cluster, in the FFN's order: any partition builds the same experts, so none is
+        # computed (the official code clusters, then unites all clusters)
+        labels = {p["block"]: partition(p["keys"], "contiguous", config.num_experts, 0, use_cache=False)
+                  for p in plan}
     else:
         labels = {p["block"]: partition(p["keys"], config.clustering, config.num_experts, config.partition_seed,
                                         layer=p["block"], use_cache=use_cache) for p in plan}

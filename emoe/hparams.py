@@ -259,9 +259,6 @@ def check_combination(cfg: dict[str, Any]) -> None:
                          f"(official {NOISYTUNE_LEVEL})")
     if cfg["method"] == "dense" and cfg["noise_tuning"]:
         raise ValueError(f"method dense with noise_tuning={cfg['noise_tuning']} is NoisyTune: use method noisytune")
-    if cfg["regime"] == "full" and cfg["lora_r"] != KNOBS["lora_r"].default:
-        raise ValueError(f"lora_r={cfg['lora_r']} needs a LoRA regime (lora, lora_block, lora_gates); regime full "
-                         "trains no adapters")
 
 
 def from_param(name: str, text: str) -> Any:

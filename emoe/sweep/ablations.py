@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from emoe.sweep.design import DENSE, Ablation, check_factors, crossing_from_file, parse_factor
+from emoe.sweep.design import COMMANDS, DENSE, Ablation, check_factors, crossing_from_file, parse_factor
 from emoe.usage import Parser
 
 # The official EMoE router (capacity 1.5, gate noise 1.0, expert dropout 0.1, load-importance loss 0.01).
@@ -47,6 +47,14 @@ ABLATIONS: dict[str, Ablation] = {
     "eval_method": Ablation("eval_method", {"same": {"eval_method": "same"}, "dense_eval": {"eval_method": "dense"},
                                             "emoe_eval": {"eval_method": "emoe"}, DENSE: {"method": "dense"}},
                             factor="eval_method"),
+    # the paper's own comparison, one arm per official command of the full fine-tuning script (vanilla fine-tuning
+    # as dense, NoisyTune, GMoE, EMoE, EMoE-learn): with --preset paper (BERT-base), paper-gpt2, paper-bert-large
+    "comparison": Ablation("comparison", dict(COMMANDS["full"]), factor="method,gate",
+                           requires={"regime": ("full",)}),
+    # the same for the LoRA script (vanilla LoRA as dense, LoRA + Block, GMoE, EMoE, EMoE-learn): with --preset
+    # paper-gpt2-xl-lora or paper-bert-large-lora
+    "comparison-lora": Ablation("comparison-lora", dict(COMMANDS["lora"]), factor="method,gate,regime",
+                                requires={"regime": ("lora", "lora_block", "lora_gates")}),
 }
 
 CROSSING_HELP = """A crossing of any factors, declared on the command line or in a design file; no code to write:

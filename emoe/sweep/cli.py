@@ -183,13 +183,17 @@ def dry_run(plan, workloads, done: set | None = None) -> str:
         *(f"task {t}: {w.epochs} epoch(s), {w.train_examples} training examples, {w.eval_examples} evaluation "
           f"examples (ID validation + OOD {', '.join(w.ood_sets) or 'none'}), "
           f"{plan.n_trials // len(plan.tasks)} trials" for t, w in workloads.items()),
+        "method: " + ", ".join(f"{k} {b[k]}" for k in ("method", "regime", "lora_r", "body_lr_ratio", "noise_tuning",
+                                                       "expert_repeat") if k not in plan.design.swept)
+        + f" ({'the arms set the regime' if 'regime' in plan.design.swept else regime_line(b)})",
         "emoe: " + ", ".join(f"{k} {b[k]}" for k in ("layers", "num_experts", "top_k", "clustering", "gate",
                                                      "cluster_seed", "capacity_factor", "gate_noise", "expert_dropout",
                                                      "aux_loss_weight", "expert_selection", "expert_bias",
                                                      "mlp_output_dropout", "eval_method")
                              if k not in plan.design.swept) + " (arms override their own knobs)",
         "protocol: " + ", ".join(f"{k} {b[k]}" for k in ("keep_best", "patience", "weight_decay", "warmup_ratio",
-                                                         "max_grad_norm", "eval_batch_size", "precision")),
+                                                         "max_grad_norm", "batch_size", "grad_accum_steps",
+                                                         "eval_batch_size", "precision")),
         ood_line(b),
         f"resources per trial: cpu={s.cpus_per_trial:g} gpu={gpus}; max concurrent: {s.max_concurrent or 'auto'}",
         disk_line(plan, next(iter(workloads.values())).total_params),
@@ -205,6 +209,23 @@ def dry_run(plan, workloads, done: set | None = None) -> str:
                        f"finished trial), about {len(cells) / max(1, plan.n_trials):.0%} of the time below")
     rows = [f"{task:<8} {arm:<16} {seed:>4} {lr:>13.3g}  {plan.design.arms[arm]}" for task, arm, seed, lr in cells]
     return "\n".join(head + rows)
+
+
+def regime_line(b: dict) -> str:
+    """What the shared regime trains, in words (arms may set their own)."""
+    from emoe.regimes import LORA_ALPHA, LORA_DROPOUT, OFFICIAL_BODY_LR_RATIO
+
+    regime = b["regime"]
+    if regime == "full":
+        return "every parameter trains"
+    ratio = b["body_lr_ratio"] or OFFICIAL_BODY_LR_RATIO[regime]
+    what = {"lora": "LoRA and the head (and a converted block's FFN)",
+            "lora_block": "LoRA, the head, blocks " + ",".join(map(str, b["layers"])) + " and what lies outside the "
+                          "blocks but the embeddings",
+            "lora_gates": "LoRA, the head, the converted blocks' learnable gates and what lies outside the blocks "
+                          "but the embeddings"}[regime]
+    return (f"LoRA r {b['lora_r']}, alpha {LORA_ALPHA}, dropout {LORA_DROPOUT}; trains {what}; LoRA and the head at "
+            f"the learning rate, the rest at {ratio:g} x")
 
 
 def extended_cells(extend: Path) -> set | None:

@@ -24,10 +24,23 @@ class Ablation:
     name: str
     arms: dict[str, dict[str, Any]]
     factor: str
+    # knobs whose shared value (a preset's, a flag's) must be one of these: an ablation of one official script's
+    # commands refuses the other script's presets (their learning rates, batch and precision are not its own)
+    requires: dict[str, tuple] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if not self.arms:
             raise ValueError(f"ablation {self.name!r} has no arms")
+
+    def check_shared(self, trial: dict[str, Any], preset: str | None) -> None:
+        """``ValueError`` (one line) when a shared trial knob (a preset's, a flag's) breaks ``requires``."""
+        for knob, allowed in self.requires.items():
+            value = trial.get(knob, allowed[0])
+            if value not in allowed:
+                fits = [name for name in SETTINGS if PRESETS[name]["trial"].get(knob) in allowed]
+                raise ValueError(f"ablation {self.name} runs the commands of {knob} {'/'.join(allowed)}; "
+                                 f"{'preset ' + preset if preset else 'this sweep'} sets {knob} {value!r}: use "
+                                 f"--preset {' or '.join(fits)}")
 
     @classmethod
     def over(cls, factor: str, values, name: str | None = None, baseline: bool = True) -> "Ablation":
@@ -137,22 +150,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                        "max_eval_samples": 200, "max_length": 64, "batch_size": 16, "epochs": 1, "eval_steps": 32,
                        "ood_max_length": 64},
              "seeds": (0, 1), "learning_rates": (1e-4,), "cpus_per_trial": 2.0},
-    # The official EMoE command (qiuzh20/EMoE Language/README.md, search_glue_no_trainer.py) for BERT-base, data
-    # from the Hub; seeds and learning rates: the knobs' grids, which are the official ones (3 x 3); epochs: each
-    # task's official cap (10; 3 for MNLI, QQP, QNLI). --tasks glue runs all eight GLUE-X tasks. Every rate runs to
-    # its end or to patience (no ASHA), without gradient clipping, in fp32 (no --use_fp16); OOD sets are scored as
-    # the official test_glue_no_trainer.py does. mlp_output_dropout official changes nothing for BERT; a GPT-2
-    # converted under this preset loses its MLP output dropout as in gpt_to_MoE (the official GPT-2 runs themselves
-    # are the LoRA script's, another protocol).
-    "paper": {"trial": {"model": "bert-base-cased", "task": "sst2", "layers": (10,), "num_experts": 64, "top_k": 16,
-                        "clustering": "constrained", "gate": "avg_keys", "cluster_seed": 0, "capacity_factor": 1.5,
-                        "gate_noise": 1.0, "expert_dropout": 0.1, "aux_loss_weight": 0.01, "expert_bias": "per_expert",
-                        "mlp_output_dropout": "official",
-                        "max_train_samples": None, "max_eval_samples": None, "max_length": 128, "batch_size": 32,
-                        "eval_batch_size": 8, "epochs": None, "eval_steps": None, "weight_decay": 0.0,
-                        "warmup_ratio": 0.0, "keep_best": True, "patience": 4, "max_grad_norm": None,
-                        "precision": "fp32", "ood_protocol": "emoe", "ood_max_length": None},
-              "scheduler": "none"},
     # A multi-task sweep on a 2-core CPU in about an hour: the packaged MiniLM and the packaged slices of the GLUE-X
     # tasks whose train, validation and OOD data exist offline (emoe/demo_data), with the OOD sets that exist there
     # (not HANS, Twitter). 2 seeds, 1 learning rate.
@@ -164,3 +161,76 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "tasks": ("sst2", "rte", "mrpc", "stsb"), "seeds": (0, 1), "learning_rates": (1e-4,),
                    "cpus_per_trial": 2.0},
 }
+
+
+# The official settings (qiuzh20/EMoE Language/README.md): what both official scripts share (their EMoE conversion,
+# the Tutel router's defaults, the protocol of search_glue_no_trainer.py and its LoRA twin), then each script's own.
+# Every rate runs to its end or to patience (no ASHA), without gradient clipping; OOD sets are scored as the official
+# test_glue_no_trainer.py does; data from the Hub; seeds 0, 1, 2 (the seed knob's grid).
+_OFFICIAL = {"clustering": "constrained", "gate": "avg_keys", "cluster_seed": 0, "capacity_factor": 1.5,
+             "gate_noise": 1.0, "expert_dropout": 0.1, "aux_loss_weight": 0.01, "expert_bias": "per_expert",
+             "mlp_output_dropout": "official", "max_train_samples": None, "max_eval_samples": None,
+             "max_length": 128, "eval_batch_size": 8, "epochs": None, "eval_steps": None, "weight_decay": 0.0,
+             "warmup_ratio": 0.0, "keep_best": True, "patience": 4, "max_grad_norm": None, "ood_protocol": "emoe",
+             "ood_max_length": None, "task": "sst2"}
+# search_glue_no_trainer.py: batch 32, fp32 (no --use_fp16), learning rates {2,3,5}e-5, epochs 10 (3 for MNLI, QQP,
+# QNLI: the task's cap), every parameter trained
+_FULL = {**_OFFICIAL, "batch_size": 32, "grad_accum_steps": 1, "precision": "fp32", "regime": "full"}
+# search_glue_no_trainer_peft.py: --use_fp16, learning rates {2,3,5}e-4, epochs 20 (5 for MNLI, QQP, QNLI: the LoRA
+# regimes' cap), LoRA r 8; the README's GPT2-XL commands: batch 8 x 2 accumulation steps
+_LORA = {**_OFFICIAL, "batch_size": 16, "grad_accum_steps": 2, "precision": "fp16", "regime": "lora_gates"}
+FULL_RATES, LORA_RATES = (2e-5, 3e-5, 5e-5), (2e-4, 3e-4, 5e-4)
+
+# One entry per official setting: (preset name, model, blocks, N, k, script). The README gives the BERT-base full
+# fine-tuning and the GPT2-XL LoRA commands; the other settings are the paper's (GPT-2 and BERT-large full
+# fine-tuning, BERT-large under LoRA) with the blocks chosen as the README's are (BERT-base block 10 of 12: the
+# second from the end; GPT2-XL block 44 of 48) and the same N and k: an assumption the README states.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "paper": {"model": "bert-base-cased", "layers": (10,), "num_experts": 64, "top_k": 16, "script": "full"},
+    "paper-bert-large": {"model": "bert-large-cased", "layers": (22,), "num_experts": 64, "top_k": 16,
+                         "script": "full"},
+    "paper-gpt2": {"model": "gpt2", "layers": (10,), "num_experts": 64, "top_k": 16, "script": "full"},
+    "paper-bert-large-lora": {"model": "bert-large-cased", "layers": (22,), "num_experts": 64, "top_k": 32,
+                              "script": "lora", "batch_size": 32, "grad_accum_steps": 1},
+    "paper-gpt2-xl-lora": {"model": "gpt2-xl", "layers": (44,), "num_experts": 64, "top_k": 32, "script": "lora"},
+}
+
+# Each official command of a script: its name (a preset suffix and an arm of the comparison ablations) and the knobs
+# it sets over its setting (EMoE, the setting itself, has none). NOTE: GMoE's N, k and R are the commands' own.
+COMMANDS: dict[str, dict[str, dict[str, Any]]] = {
+    "full": {  # search_glue_no_trainer.py
+        "dense": {"method": "dense"},  # vanilla fine-tuning
+        "noisytune": {"method": "noisytune"},  # --noise_tuning 0.15
+        "gmoe": {"method": "gmoe", "gate": "learned", "num_experts": 6, "top_k": 1, "expert_repeat": 6},
+        "emoe": {"method": "emoe"},  # --to_MoE --gate_type top --one_score --key_gate
+        "emoe-learn": {"method": "emoe", "gate": "learned"},  # --to_MoE --gate_type cosine_top
+    },
+    "lora": {  # search_glue_no_trainer_peft.py
+        "dense": {"method": "dense", "regime": "lora"},  # vanilla LoRA
+        "block": {"method": "dense", "regime": "lora_block"},  # LoRA + Block: --tune_moe_layers_only
+        "gmoe": {"method": "gmoe", "gate": "learned", "num_experts": 8, "top_k": 2, "expert_repeat": 8,
+                 "regime": "lora_block"},
+        "emoe": {"method": "emoe", "regime": "lora_gates"},  # --tune_moe_layers_only --tune_gates_only --one_score
+        "emoe-learn": {"method": "emoe", "gate": "learned", "regime": "lora_gates"},
+    },
+}
+
+
+def _setting_preset(name: str, setting: dict[str, Any], command: dict[str, Any]) -> dict[str, Any]:
+    setting = dict(setting)
+    script = setting.pop("script")
+    trial = {**(_FULL if script == "full" else _LORA), **setting, **command}
+    return {"trial": trial, "learning_rates": FULL_RATES if script == "full" else LORA_RATES, "scheduler": "none"}
+
+
+def official_presets() -> dict[str, dict[str, Any]]:
+    """A preset per official command: ``<setting>`` for its EMoE command, ``<setting>-<command>`` for the others
+    (``paper-gmoe``, ``paper-gpt2-xl-lora-block``, ...)."""
+    out = {}
+    for name, setting in SETTINGS.items():
+        for command, knobs in COMMANDS[setting["script"]].items():
+            out[name if command == "emoe" else f"{name}-{command}"] = _setting_preset(name, setting, knobs)
+    return out
+
+
+PRESETS.update(official_presets())

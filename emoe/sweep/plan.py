@@ -105,10 +105,9 @@ class Plan:
                 "learning_rate": learning_rate}
 
     def epochs(self, task: str) -> int:
-        """A task's training epochs: ``--epochs`` if given, else the task's official cap."""
-        from emoe.data import get_task
-
-        return self.base["epochs"] or get_task(task).epochs
+        """A task's training epochs: ``--epochs`` if given, else the task's official cap under the sweep's regime
+        (``emoe.hparams.default_epochs``; the trials' own configs hold their arm's)."""
+        return self.base["epochs"] or hparams.default_epochs(task, self.base["regime"])
 
     def grid(self) -> list[tuple[str, str, int, float]]:
         """Every (task, arm, seed, learning rate) cell of the grid."""
@@ -172,6 +171,7 @@ def make_plan(design: Ablation, settings: SweepSettings) -> Plan:
     if s.baseline is not None and s.baseline not in design.arms:
         raise ValueError(f"--baseline {s.baseline!r} is not an arm of this ablation; valid choices: "
                          f"{', '.join(design.arms)}")
+    design.check_shared(s.trial, s.preset)
     tasks = resolve_tasks(s.tasks, s.trial.get("task"))
     base = absolute_paths(hparams.trial_config({**s.trial, "task": tasks[0]}))
     base = {k: v for k, v in base.items() if k not in ("task", "seed", "learning_rate")}
