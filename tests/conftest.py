@@ -330,3 +330,35 @@ def hub_cache(root: Path, repo_id: str, model_dir: str | Path) -> Path:
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> str:
+    """A tiny random GPT-2 (``GPT2ForSequenceClassification``: n_embd 32, 3 blocks, 2 heads, d_ff 64) saved with a
+    GPT-2-style byte-level BPE tokenizer (vocabulary 400) trained here on the packaged SST-2 sentences; like the real
+    GPT-2's, its bos, eos and unk are ``<|endoftext|>`` and it has no pad token (emoe pads with eos)."""
+    import json
+
+    import transformers as T
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    with open(PACKAGED_DATA / "sst2" / "train.jsonl") as f:
+        lines = [json.loads(line)["sentence"] for line in f][:400]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    bpe.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    tokenizer = T.GPT2TokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                    unk_token="<|endoftext|>", model_max_length=128)
+    assert tokenizer.pad_token is None
+    eos = tokenizer.eos_token_id
+    torch.manual_seed(0)
+    config = T.GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=3, n_head=2, n_inner=64,
+                          bos_token_id=eos, eos_token_id=eos)
+    T.GPT2ForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -236,9 +236,14 @@ def test_per_example_predictions_are_the_reported_evaluations(keep_best, tiny_mo
         assert np.mean(preds[name] == gold) == pytest.approx(final[f"ood.{name}.accuracy"])
 
 
+LORA_GMOE = {"method": "gmoe", "gate": "learned", "expert_repeat": 2, "regime": "lora_block", "layers": (-1,),
+             "noise_tuning": 0.1, "gate_noise": 1.0, "expert_bias": "per_expert"}
+
+
 @pytest.mark.parametrize("kill_after, overrides", [(1, {}), (2, {"keep_best": True, "gate_noise": 1.0,
                                                                   "expert_dropout": 0.1, "grad_accum_steps": 2}),
-                                                    (3, {"method": "dense"})])
+                                                    (3, {"method": "dense"}), (2, {**LORA_GMOE, "keep_best": True}),
+                                                    (1, {"gate": "learned", "regime": "lora_gates"})])
 def test_resume_from_a_state_continues_exactly(kill_after, overrides, tiny_model_dir, tiny_data_dir):
     """A run stopped after an evaluation and resumed from the state saved there trains no step twice and ends with
     exactly the uninterrupted run's reports (CPU): optimiser, scheduler, RNG (dropout, gate noise) and data order."""
@@ -305,3 +310,44 @@ def test_kept_model_is_the_best_evaluations_state(tiny_model_dir, tiny_data_dir,
     assert [f.block for f in emoe_layers(loaded)] == [0, 1]
     assert train_and_evaluate(tiny_trial(tiny_model_dir, tiny_data_dir, keep_model="none"),
                               on_kept_model=kept.append) and len(kept) == calls  # none: nothing handed over
+
+
+def test_a_lora_trials_kept_model_loads_back_with_its_adapters_and_scores(tiny_model_dir, tiny_data_dir, tmp_path):
+    """Under a LoRA regime with trained sparse experts beside the adapters (GMoE, LoRA + block), the kept model saves
+    and loads back as the same wrapped model: the loaded model's predictions are those of the trained model holding
+    the kept (float16) state, and it scores the kept evaluation's ID accuracy (up to what float16 rounding moves)."""
+    import numpy as np
+    import torch
+
+    from emoe.convert import emoe_layers, load_converted, save_converted
+    from emoe.data import load_task
+
+    kept, models = [], []
+
+    def keep(model, state):
+        kept.append({k: v.clone() for k, v in state.items()})
+        models.append(model)
+        save_converted(model, tmp_path / "model", state=state)
+
+    cfg = tiny_trial(tiny_model_dir, tiny_data_dir, epochs=2, keep_best=True, learning_rate=5e-3, **LORA_GMOE)
+    final = train_and_evaluate(cfg, on_kept_model=keep)
+    loaded = load_converted(tmp_path / "model")
+    assert type(loaded).__name__ == "PeftModelForSequenceClassification"
+    assert [type(f).__name__ for f in emoe_layers(loaded)] == ["GmoeFFN"]
+    trained = models[-1].eval()
+    trained.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in kept[-1].items()})
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    data = load_task("sst2", tiny_data_dir, max_train_samples=96)
+    texts = list(data.validation[data.task.text_fields[0]])
+    with torch.no_grad():
+        preds = []
+        for start in range(0, len(texts), 16):
+            inputs = tokenizer(texts[start:start + 16], padding=True, truncation=True, max_length=48,
+                               return_tensors="pt")
+            logits = loaded(**inputs).logits
+            assert torch.equal(logits, trained(**inputs).logits)
+            preds.append(logits.argmax(-1).numpy())
+    accuracy = np.mean(np.concatenate(preds) == np.array(data.validation["label"]))
+    assert abs(accuracy - final["id.accuracy"]) <= 2 / len(texts)

@@ -47,13 +47,16 @@ ABLATIONS: dict[str, Ablation] = {
     "eval_method": Ablation("eval_method", {"same": {"eval_method": "same"}, "dense_eval": {"eval_method": "dense"},
                                             "emoe_eval": {"eval_method": "emoe"}, DENSE: {"method": "dense"}},
                             factor="eval_method"),
+    # one official command as the official script runs it (its seeds x learning rates, one arm, no baseline):
+    # emoe sweep official --preset paper-gmoe (any preset: its own configuration)
+    "official": Ablation("official", {"official": {}}, factor=""),
     # the paper's own comparison, one arm per official command of the full fine-tuning script (vanilla fine-tuning
     # as dense, NoisyTune, GMoE, EMoE, EMoE-learn): with --preset paper (BERT-base), paper-gpt2, paper-bert-large
     "comparison": Ablation("comparison", dict(COMMANDS["full"]), factor="method,gate",
                            requires={"regime": ("full",)}),
     # the same for the LoRA script (vanilla LoRA as dense, LoRA + Block, GMoE, EMoE, EMoE-learn): with --preset
     # paper-gpt2-xl-lora or paper-bert-large-lora
-    "comparison-lora": Ablation("comparison-lora", dict(COMMANDS["lora"]), factor="method,gate,regime",
+    "comparison_lora": Ablation("comparison_lora", dict(COMMANDS["lora"]), factor="method,gate,regime",
                                 requires={"regime": ("lora", "lora_block", "lora_gates")}),
 }
 

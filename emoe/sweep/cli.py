@@ -348,6 +348,10 @@ def publish(uri: str, outcome, frame, table: str) -> None:
         log.warning("could not log the results on the parent run (%s); emoe analyse attaches them later", e)
     from emoe.analysis import cli as analysis
 
+    if len(outcome.plan.design.arms) < 2:
+        print(f"report: none (one arm, nothing to compare; its trials are in MLflow experiment "
+              f"{outcome.plan.experiment})")
+        return
     if not outcome.complete:  # its report would count the cut-off cells as failures: it waits for --resume
         print(f"report: none yet (the sweep did not end; emoe analyse --experiment {outcome.plan.experiment} reads a "
               "partial sweep, counting unended cells as failed)")
