@@ -616,3 +616,22 @@ def test_a_sweep_of_an_older_scoring_is_not_continued(flag, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(f"error: {flag}: {old} was started by an older emoe (scoring version 1")
     assert "start a new sweep" in err and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_the_paper_lora_comparison_runs_as_a_sweep(tiny_model_dir, tiny_data_dir, tmp_path):
+    """comparison_lora on Ray: one trial per official LoRA command, each under its own regime and method, mirrored to
+    MLflow with those params, completed, and the report compares the arms with vanilla LoRA (dense)."""
+    args = ["--model", tiny_model_dir, "--data-dir", str(tiny_data_dir), "--epochs", "1", "--max-train-samples", "48",
+            "--max-eval-samples", "16", "--max-length", "32", "--batch-size", "16", "--layers", "-1", "--seeds", "0",
+            "--learning-rates", "1e-3", "--cpus-per-trial", "0.5", "--scheduler", "none", "--checkpoint-every", "none",
+            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--storage-path", str(tmp_path / "ray")]
+    out = subprocess.run(sweep_cmd("comparison_lora", *args), capture_output=True, text=True, cwd=tmp_path, env=env(),
+                         timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    _, _, parents, children = _children(f"sqlite:///{tmp_path}/mlflow.db", "emoe-comparison_lora")
+    got = {c.data.tags[tracking.ARM]: (c.data.params["method"], c.data.params["regime"]) for c in children}
+    assert got == {"dense": ("dense", "lora"), "block": ("dense", "lora_block"), "gmoe": ("gmoe", "lora_block"),
+                   "emoe": ("emoe", "lora_gates"), "emoe-learn": ("emoe", "lora_gates")}
+    assert all(c.data.tags[tracking.OUTCOME] == "completed" for c in children) and len(parents) == 1
+    assert {c.data.params["expert_repeat"] for c in children if c.data.tags[tracking.ARM] == "gmoe"} == {"8"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -393,6 +394,8 @@ def main(design: Ablation, argv: list[str] | None = None) -> int:
     resume = extend = None
     try:
         args = parse_args(design, argv)
+        if design.name == "official" and args.preset:  # one preset's own command: its own experiment
+            design = dataclasses.replace(design, name=f"official-{args.preset}")
         if args.resume and args.extend:
             raise ValueError("--resume and --extend both given: resume an interrupted sweep, or extend a finished one")
         if args.extend:
