@@ -122,3 +122,20 @@ def test_a_cell_that_finished_as_the_driver_died_gets_its_verdict_and_its_run_on
     (run,) = client.search_runs([exp], filter_string=f"tags.`{tracking.PARENT}` = '{parent}'")
     assert run.info.status == "FINISHED" and run.data.tags[tracking.OUTCOME] == "completed"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "id_score")] == [5, 10]
+
+
+def test_knobs_added_later_leave_the_names_of_earlier_cells_alone():
+    """A sweep recorded before a knob existed resumes after the upgrade: at its default, a later knob (regime,
+    expert_repeat, noise_tuning, lora_r, body_lr_ratio) stays out of the cell's hash; set away from it, it changes
+    the cell."""
+    from emoe import hparams
+    from emoe.tracking.records import cell_name
+
+    cfg = hparams.trial_config({"seed": 1})
+    before = {k: v for k, v in cfg.items() if k not in hparams.LATER_KNOBS}  # the config as an earlier sweep wrote it
+    assert cell_name("kmeans", cfg) == cell_name("kmeans", before)
+    for knob, value in {"regime": "lora", "expert_repeat": 2, "noise_tuning": 0.1, "lora_r": 4,
+                        "body_lr_ratio": 0.5}.items():
+        assert cell_name("kmeans", {**cfg, knob: value}) != cell_name("kmeans", cfg), knob
+    assert set(hparams.LATER_KNOBS) <= set(hparams.KNOBS)
+    assert all(hparams.trial_config({})[k] == v for k, v in hparams.LATER_KNOBS.items())

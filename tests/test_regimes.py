@@ -224,3 +224,23 @@ def test_lora_regimes_cap_epochs_as_the_lora_script():
     assert hparams.trial_config({"regime": "lora"})["epochs"] == 20
     assert hparams.trial_config({"regime": "lora_gates", "task": "qnli"})["epochs"] == 5
     assert hparams.trial_config({"task": "qnli"})["epochs"] == 3
+
+
+def test_impossible_pairs_are_refused_in_one_line_before_any_training():
+    """A LoRA regime on a model whose type peft has no (present) default targets for, a block out of range for
+    lora_block, GMoE on an expert count below its repeat, an evaluation method only EMoE has: one line each."""
+    from emoe.sweep.plan import check_regime
+
+    vit = tiny_model("vit")  # transformers 5's ViT names its projections q_proj/v_proj; peft's defaults: query/value
+    with pytest.raises(ValueError) as err:
+        check_regime(vit, hparams.trial_config({"regime": "lora"}))
+    assert "\n" not in str(err.value) and "use regime full" in str(err.value)
+    check_regime(vit, hparams.trial_config({"regime": "full"}))
+    with pytest.raises(ValueError, match="block index 7 out of range"):
+        check_regime(_classifier("bert"), hparams.trial_config({"regime": "lora_block", "layers": (7,)}))
+    for bad, message in (({"method": "gmoe", "num_experts": 4, "expert_repeat": 5}, "at most num_experts"),
+                         ({"method": "gmoe", "eval_method": "dense"}, "needs method='emoe'"),
+                         ({"method": "noisytune", "eval_method": "emoe"}, "needs method='emoe'"),
+                         ({"regime": "qlora"}, "valid choices: full, lora, lora_block, lora_gates")):
+        with pytest.raises(ValueError, match=message):
+            hparams.trial_config(bad)

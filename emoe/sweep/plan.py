@@ -272,6 +272,7 @@ def check_model_and_data(plan: Plan) -> dict[str, Workload]:
         cfg = hparams.trial_config(plan.trial(arm, plan.seeds[0], plan.learning_rates[0]))
         try:
             plan_conversion(model, hparams.emoe_config(cfg))
+            check_regime(model, cfg)
         except ValueError as e:
             raise ValueError(f"{plan.design.describe(arm)}: {e}") from None
     params = sum(p.numel() for n, p in model.base_model.named_parameters() if "embeddings" not in n)
@@ -285,6 +286,19 @@ def check_model_and_data(plan: Plan) -> dict[str, Workload]:
                              eval_examples=len(data.validation) + sum(map(len, data.ood.values())),
                              ood_sets=tuple(data.ood), **_padded_lengths(data, tokenizer, cfg, config))
     return out
+
+
+def check_regime(model, cfg: dict[str, Any]) -> None:
+    """A regime's checks on a (weightless) model: LoRA's targets exist for its type; ``lora_block``'s blocks exist."""
+    from emoe.architectures import find_blocks
+    from emoe.convert import resolve_blocks
+    from emoe.regimes import lora_targets
+
+    if cfg["regime"] == "full":
+        return
+    lora_targets(model)
+    if cfg["regime"] == "lora_block":
+        resolve_blocks(cfg["layers"], len(find_blocks(model)[1]))
 
 
 def _padded_lengths(data, tokenizer, cfg: dict[str, Any], model_config=None, sample: int = 256) -> dict[str, float]:
