@@ -131,7 +131,8 @@ def plan_conversion(model: nn.Module, config: EmoeConfig) -> list[dict]:
         if isinstance(getattr(parent, name), EmoeFFN):
             raise ValueError(f"block {b} is already converted to EMoE")
         keys = key_matrix(keys_proj, layout.transposed)
-        check_partition_shape(config.clustering, keys.shape[0], config.num_experts, where=f"block {b}")
+        if not (config.method == "gmoe" and config.expert_repeat == config.num_experts):  # whole copies: any N
+            check_partition_shape(config.clustering, keys.shape[0], config.num_experts, where=f"block {b}")
         dropout = layout.replaced_dropout if config.mlp_output_dropout == "official" else None
         plan.append({"block": b, "keys_proj": keys_proj, "parent": parent, "name": name, "keys": keys,
                      "transposed": layout.transposed, "layout": layout, "module": blocks[b],
@@ -159,7 +160,7 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True,
     elif config.method == "gmoe" and config.expert_repeat == config.num_experts:
         # every expert holds every cluster, in the FFN's order: any partition builds the same experts, so none is
         # computed (the official code clusters, then unites all clusters)
-        labels = {p["block"]: partition(p["keys"], "contiguous", config.num_experts, 0, use_cache=False)
+        labels = {p["block"]: np.arange(p["keys"].shape[0]) * config.num_experts // p["keys"].shape[0]
                   for p in plan}
     else:
         labels = {p["block"]: partition(p["keys"], config.clustering, config.num_experts, config.partition_seed,

@@ -296,6 +296,11 @@ class Trial:
                                                          self.total_steps)
         self.autocast, self.scaler = _autocast(self.device, cfg["precision"])
         self.keep_model = cfg["keep_model"] == "best" and hooks.on_kept_model is not None
+        # Under a LoRA regime the frozen weights never change and a rebuilt trial (same seed) recreates them exactly
+        # (pre-trained weights, conversion, seeded noise): checkpoints hold the rest only (GPT2-XL: megabytes, not
+        # 6 GB per evaluation).
+        self.frozen = set() if cfg["regime"] == "full" else \
+            {n for n, q in self.model.named_parameters() if not q.requires_grad}
         self.progress, self.losses = Progress(), []
 
     def run(self, resume: dict[str, Any] | None = None) -> dict[str, float]:
@@ -402,14 +407,23 @@ class Trial:
     def _checkpoint(self, position: tuple[int, int, torch.Tensor], done: bool) -> dict[str, Any]:
         """The whole training state (its tensors the live ones: serialise before returning)."""
         epoch_next, batch_next, loader_state = position
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        progress = {f.name: getattr(self.progress, f.name) for f in dataclasses.fields(Progress)}
+        progress["best_model"] = self._trained(progress["best_model"])
+        return {"model": self._trained(self.model.state_dict()), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
                 "rng": _rng_state(), "loader": loader_state, "epoch": epoch_next, "batch": batch_next,
-                "done": done, **{f.name: getattr(self.progress, f.name) for f in dataclasses.fields(Progress)}}
+                "done": done, **progress}
+
+    def _trained(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state`` without the frozen weights (all of it under full fine-tuning)."""
+        return {k: v for k, v in state.items() if k not in self.frozen} if self.frozen else state
 
     def _restore(self, state: dict[str, Any]) -> tuple[int, int]:
         """Load a checkpoint; returns where training continues: the epoch and the micro-batches of it done."""
-        self.model.load_state_dict(state["model"])
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=not self.frozen)
+        if set(missing) - self.frozen or unexpected:
+            raise ValueError(f"the checkpoint does not fit this trial's model (missing "
+                             f"{sorted(set(missing) - self.frozen)[:3]}, unexpected {sorted(unexpected)[:3]})")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler") is not None:
@@ -417,6 +431,10 @@ class Trial:
         self.progress = Progress(**{f.name: state[f.name] for f in dataclasses.fields(Progress)
                                     if f.name in state})
         self.progress.best_model = state.get("best_model") or {}
+        if self.frozen and self.progress.best_model:  # the frozen weights, as the best evaluation had them
+            current = self.model.state_dict()
+            self.progress.best_model.update({k: current[k].detach().to("cpu", torch.float16, copy=True)
+                                             for k in self.frozen})
         self.train_loader.generator.set_state(state["loader"])
         _set_rng_state(state["rng"])
         return state["epoch"], state["batch"]

@@ -219,30 +219,29 @@ def test_the_readme_s_own_commands_spelled_out():
         assert (block["method"], block["regime"]) == ("dense", "lora_block")
 
 
-# The Hub configs' shapes (config.json of each model): blocks and d_ff. A preset's block must exist and each N must
-# divide d_ff (the official conversion asserts d_ff % num_experts == 0, and so does the constrained clustering).
-REAL_SHAPES = {"bert-base-cased": (12, 3072), "bert-large-cased": (24, 4096), "gpt2": (12, 3072),
-               "gpt2-xl": (48, 6400)}
+# The Hub configs' shapes (config.json of each model): blocks, width, heads, d_ff. A preset's block must exist and each
+# N must divide d_ff (the official conversion asserts d_ff % num_experts == 0, and so does the constrained clustering),
+# except for GMoE's whole copies (R = N), where no partition is used: BERT-large's GMoE keeps N = 6.
+REAL_SHAPES = {"bert-base-cased": (12, 768, 12, 3072), "bert-large-cased": (24, 1024, 16, 4096),
+               "gpt2": (12, 768, 12, 3072), "gpt2-xl": (48, 1600, 25, 6400)}
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(
-        strict=True, reason="GMoE's N=6 (the README's BERT-base command) does not divide BERT-large's d_ff 4096: "
-                            "neither emoe nor the official bert_to_MoE can build it"))
-    if n == "paper-bert-large-gmoe" else n for n in sorted(expected_presets())])
+@pytest.mark.parametrize("name", sorted(expected_presets()))
 def test_each_preset_fits_its_real_model(name):
-    """The preset's conversion on a weightless model of the real shape (block index in range, N divides d_ff)."""
+    """The preset's conversion planned on a weightless (meta) model of the real shape: its block exists, its N
+    divides d_ff."""
     import transformers as T
 
     from emoe.convert import plan_conversion
 
     trial = PRESETS[name]["trial"]
-    blocks, d_ff = REAL_SHAPES[trial["model"]]
+    blocks, width, heads, d_ff = REAL_SHAPES[trial["model"]]
     cfg = hparams.trial_config({**trial, "model": "minilm"})
     if BLOCKS[trial["model"]][0] == "bert":
-        config = T.BertConfig(hidden_size=64, num_hidden_layers=blocks, num_attention_heads=1, intermediate_size=d_ff)
+        config = T.BertConfig(hidden_size=width, num_hidden_layers=blocks, num_attention_heads=heads,
+                              intermediate_size=d_ff)
     else:
-        config = T.GPT2Config(n_embd=64, n_layer=blocks, n_head=1, n_inner=d_ff)
+        config = T.GPT2Config(n_embd=width, n_layer=blocks, n_head=heads, n_inner=d_ff)
     with torch.device("meta"):
         model = T.AutoModelForSequenceClassification.from_config(config)
     plan = plan_conversion(model, hparams.emoe_config(cfg))
@@ -271,6 +270,13 @@ def _rows(out: str) -> list[tuple[str, str, int, float]]:
     return rows
 
 
+def _rows_or_none(out: str):
+    try:
+        return _rows(out)
+    except StopIteration:  # no trial table
+        return None
+
+
 def _line(out: str, prefix: str) -> str:
     return next(line for line in out.splitlines() if line.startswith(prefix))
 
@@ -294,7 +300,8 @@ def test_each_preset_s_dry_run(name, offline_hub, tiny_data_dir, capsys):
     # the experiment is the ablation's (emoe-official) or the preset's own (emoe-official-<preset>)
     assert re.fullmatch(rf"ablation official(-{name})?: 1 arms x 3 seeds x 3 learning rates = 9 trials "
                         rf"\(preset {name}\)", _line(out, "ablation official"))
-    assert _line(out, "shared:").startswith(f"shared: model {expected['model']} (")
+    shared = re.match(rf"shared: model {expected['model']} \(([0-9.]+)M block parameters\)", _line(out, "shared:"))
+    assert shared and float(shared[1]) < 5  # the tiny model from the fake cache: its config was read there
     method = _line(out, "method:")
     assert method.startswith(f"method: method {expected['method']}, regime {expected['regime']}, ")
     assert f"noise_tuning {expected['noise_tuning']}" in method
@@ -348,32 +355,47 @@ def test_a_comparison_refuses_the_other_script_s_presets(ablation, preset, fits,
     assert len(lines) == 1, err
     assert lines[0].startswith(f"error: ablation {ablation} runs the commands of regime ")
     assert f"preset {preset} sets regime " in lines[0]
-    assert lines[0].endswith("use --preset " + " or ".join(fits))
-
-
-def _rows_or_none(out: str):
-    try:
-        return _rows(out)
-    except StopIteration:
-        return None
+    other = "comparison_lora" if ablation == "comparison" else "comparison"
+    assert "use --preset " + " or ".join(fits) + " (" in lines[0] and lines[0].endswith(f"the ablation {other})")
 
 
 # --- c. one CPU trial of each preset on a tiny model of its architecture -----------------------------------------
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread, as a sweep trial with ``--cpus-per-trial 1``: these tiny models are all per-op overhead,
+    which a second thread only slows (much, on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("name", sorted(expected_presets()))
-def test_each_preset_s_trial_runs_on_a_tiny_model(name, tiny_models, tiny_data_dir):
+def test_each_preset_s_trial_runs_on_a_tiny_model(name, tiny_models, tiny_data_dir, one_thread):
+    """The preset's own trial (method, regime, block, N, k, router, precision: on CPU fp16 means no autocast) on a
+    tiny model of its architecture and block count, a few steps on a slice of SST-2: it trains and is scored ID and
+    OOD."""
+    from emoe.convert import emoe_layers
     from emoe.train import train_and_evaluate
 
     preset = PRESETS[name]
     trial = _local(preset["trial"], tiny_models)
     trial.update(data_dir=str(tiny_data_dir), task="sst2", max_train_samples=32, max_eval_samples=16, epochs=1,
-                 batch_size=8, learning_rate=preset["learning_rates"][0], seed=0, max_length=32, ood_max_length=32,
-                 ood_sets=("imdb", "yelp"))
+                 batch_size=8, learning_rate=preset["learning_rates"][0], seed=0)
     if preset["trial"]["grad_accum_steps"] > 1:
         trial["grad_accum_steps"] = 2
+    built = []
     reported = []
-    metrics = train_and_evaluate(trial, report=reported.append)
+    metrics = train_and_evaluate(trial, report=reported.append, on_model=built.append)
+    expected = expected_config(name)
+    kinds = {"emoe": "EmoeFFN", "gmoe": "GmoeFFN"}
+    converted = [(type(m).__name__, m.block, m.num_experts, m.top_k) for m in emoe_layers(built[0])]
+    assert converted == ([(kinds[expected["method"]], *expected["layers"], expected["num_experts"], expected["top_k"])]
+                         if expected["method"] in kinds else [])
+    lora = any("lora_" in n for n, _ in built[0].named_parameters())
+    assert lora == (expected["regime"] != "full")
     assert math.isfinite(metrics["id_score"]) and 0.0 <= metrics["id_score"] <= 1.0
     assert math.isfinite(metrics["ood_score"]) and 0.0 <= metrics["ood_score"] <= 1.0
     assert reported and "ood_score" in reported[-1] and "id_score" in reported[-1]

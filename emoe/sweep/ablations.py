@@ -53,11 +53,13 @@ ABLATIONS: dict[str, Ablation] = {
     # the paper's own comparison, one arm per official command of the full fine-tuning script (vanilla fine-tuning
     # as dense, NoisyTune, GMoE, EMoE, EMoE-learn): with --preset paper (BERT-base), paper-gpt2, paper-bert-large
     "comparison": Ablation("comparison", dict(COMMANDS["full"]), factor="method,gate",
-                           requires={"regime": ("full",)}),
+                           requires={"regime": ("full",)},
+                           hint=" (the LoRA presets' comparison is the ablation comparison_lora)"),
     # the same for the LoRA script (vanilla LoRA as dense, LoRA + Block, GMoE, EMoE, EMoE-learn): with --preset
     # paper-gpt2-xl-lora or paper-bert-large-lora
     "comparison_lora": Ablation("comparison_lora", dict(COMMANDS["lora"]), factor="method,gate,regime",
-                                requires={"regime": ("lora", "lora_block", "lora_gates")}),
+                                requires={"regime": ("lora", "lora_block", "lora_gates")},
+                                hint=" (the full fine-tuning presets' comparison is the ablation comparison)"),
 }
 
 CROSSING_HELP = """A crossing of any factors, declared on the command line or in a design file; no code to write:

@@ -168,6 +168,8 @@ def dry_run(plan, workloads, done: set | None = None) -> str:
     from emoe.sweep.plan import local_nodes
 
     s, b = plan.settings, plan.base
+    shown = {**b, "noise_tuning": b["noise_tuning"] if b["noise_tuning"] is not None else  # the method's own
+             hparams.trial_config({"method": b["method"]})["noise_tuning"]}
     nodes = local_nodes(s.num_gpus)
     gpus = "auto (1 if the cluster has GPUs)" if s.gpus_per_trial is None else f"{s.gpus_per_trial:g}"
     search = (f"{len(plan.learning_rates)} learning rates" if s.search == "grid"
@@ -184,8 +186,9 @@ def dry_run(plan, workloads, done: set | None = None) -> str:
         *(f"task {t}: {w.epochs} epoch(s), {w.train_examples} training examples, {w.eval_examples} evaluation "
           f"examples (ID validation + OOD {', '.join(w.ood_sets) or 'none'}), "
           f"{plan.n_trials // len(plan.tasks)} trials" for t, w in workloads.items()),
-        "method: " + ", ".join(f"{k} {b[k]}" for k in ("method", "regime", "lora_r", "body_lr_ratio", "noise_tuning",
-                                                       "expert_repeat") if k not in plan.design.swept)
+        "method: " + ", ".join(f"{k} {shown[k]}" for k in ("method", "regime", "lora_r", "body_lr_ratio",
+                                                           "noise_tuning", "expert_repeat")
+                               if k not in plan.design.swept)
         + f" ({'the arms set the regime' if 'regime' in plan.design.swept else regime_line(b)})",
         "emoe: " + ", ".join(f"{k} {b[k]}" for k in ("layers", "num_experts", "top_k", "clustering", "gate",
                                                      "cluster_seed", "capacity_factor", "gate_noise", "expert_dropout",

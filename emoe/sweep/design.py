@@ -27,6 +27,7 @@ class Ablation:
     # knobs whose shared value (a preset's, a flag's) must be one of these: an ablation of one official script's
     # commands refuses the other script's presets (their learning rates, batch and precision are not its own)
     requires: dict[str, tuple] = dataclasses.field(default_factory=dict)
+    hint: str = ""  # added to the refusal: where the other presets belong
 
     def __post_init__(self):
         if not self.arms:
@@ -40,7 +41,7 @@ class Ablation:
                 fits = [name for name in SETTINGS if PRESETS[name]["trial"].get(knob) in allowed]
                 raise ValueError(f"ablation {self.name} runs the commands of {knob} {'/'.join(allowed)}; "
                                  f"{'preset ' + preset if preset else 'this sweep'} sets {knob} {value!r}: use "
-                                 f"--preset {' or '.join(fits)}")
+                                 f"--preset {' or '.join(fits)}{self.hint}")
 
     @classmethod
     def over(cls, factor: str, values, name: str | None = None, baseline: bool = True) -> "Ablation":

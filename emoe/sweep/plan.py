@@ -177,6 +177,8 @@ def make_plan(design: Ablation, settings: SweepSettings) -> Plan:
     base = {k: v for k, v in base.items() if k not in ("task", "seed", "learning_rate")}
     if s.trial.get("epochs") is None:
         base["epochs"] = None  # each task's own cap
+    if s.trial.get("noise_tuning") is None:
+        base["noise_tuning"] = None  # each arm's method's own (NoisyTune's 0.15, else none)
     from emoe.data import check_ood_sets
 
     check_ood_sets(tasks, base["ood_sets"], base.get("ood"))
