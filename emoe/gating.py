@@ -98,10 +98,10 @@ class CosineGate(Gate):
         super().__init__(keys, values, labels, num_experts, seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.cosine_projector = nn.Linear(keys.shape[1], proj_dim)
-            self.sim_matrix = nn.Parameter(torch.empty(proj_dim, num_experts).normal_(0, 0.01))
+            self.cosine_projector = nn.Linear(keys.shape[1], proj_dim, device="cpu")
+            sim_matrix = torch.empty(proj_dim, num_experts, device="cpu").normal_(0, 0.01)
         self.cosine_projector.to(device=keys.device)
-        self.sim_matrix.data = self.sim_matrix.data.to(keys.device)
+        self.sim_matrix = nn.Parameter(sim_matrix.to(keys.device))
         self.temperature = nn.Parameter(torch.log(torch.full([1], 1.0 / init_t, device=keys.device)))
         self.clamp_max = math.log(1.0 / 0.01)
 

@@ -53,11 +53,11 @@ class GmoeFFN(nn.Module):
                  aux: bool = False, expert_selection: str = "top", expert_bias: str = "shared",
                  output_dropout: nn.Module | None = None):
         super().__init__()
-        labels = torch.as_tensor(labels, dtype=torch.long, device=keys.device)
+        labels = torch.as_tensor(labels, dtype=torch.long).cpu()  # the experts' neurons worked out on the CPU
         neurons = expert_neurons(labels, num_experts, repeat)
-        index = torch.cat(neurons)
+        index = torch.cat(neurons).to(keys.device)
         sizes = torch.tensor([len(n) for n in neurons])
-        self.register_buffer("labels", labels)
+        self.register_buffer("labels", labels.to(keys.device))
         self.register_buffer("expert_of", torch.repeat_interleave(torch.arange(num_experts), sizes).to(keys.device))
         self.offsets = [0, *torch.cumsum(sizes, 0).tolist()]
 

@@ -244,3 +244,28 @@ def test_impossible_pairs_are_refused_in_one_line_before_any_training():
                          ({"regime": "qlora"}, "valid choices: full, lora, lora_block, lora_gates")):
         with pytest.raises(ValueError, match=message):
             hparams.trial_config(bad)
+
+
+def test_trainable_parameters_of_the_gpt2_xl_lora_commands_by_formula():
+    """The dry run's counts on GPT2-XL's real shape (weightless), against the arithmetic: LoRA r=8 on c_attn (1600 ->
+    4800) in 48 blocks, r * (1600 + 4800) each, plus the score head 1600 x 2; EMoE under lora_gates adds ln_f (the
+    official freeze loop leaves it trainable; avg-k has no parameter); LoRA + Block adds block 44 whole."""
+    import transformers as T
+
+    from emoe.sweep.ablations import ABLATIONS
+    from emoe.sweep.plan import SweepSettings, make_plan, trainable_parameters
+
+    def xl(**kw):
+        return T.GPT2Config(n_embd=1600, n_layer=48, n_head=25, **kw)
+
+    with torch.device("meta"):
+        reference = T.GPT2ForSequenceClassification(xl())
+    total = sum(p.numel() for p in reference.parameters())
+    plan = make_plan(ABLATIONS["comparison_lora"], SweepSettings.from_preset("paper-gpt2-xl-lora"))
+    counts = trainable_parameters(plan, xl(num_labels=2, pad_token_id=0))
+    lora = 48 * 8 * (1600 + 4800) + 1600 * 2
+    block = sum(p.numel() for p in reference.transformer.h[44].parameters())
+    wrapped = total + lora  # the adapters, and peft's trained copy of the head beside the original
+    assert counts["dense"] == (lora, wrapped)
+    assert counts["emoe"] == (lora + 2 * 1600, wrapped + 64 * 1600)  # + ln_f; the experts' bias copies, frozen
+    assert counts["block"] == (lora + 2 * 1600 + block, wrapped)

@@ -165,7 +165,7 @@ def latest_sweep(storage: Path, experiment: str) -> Path:
 def dry_run(plan, workloads, done: set | None = None) -> str:
     """The dry run's text; ``done``: the cells an extended sweep holds as done (only the rest are listed)."""
     from emoe.sweep.estimate import estimate
-    from emoe.sweep.plan import local_nodes
+    from emoe.sweep.plan import local_nodes, trainable_parameters
 
     s, b = plan.settings, plan.base
     shown = {**b, "noise_tuning": b["noise_tuning"] if b["noise_tuning"] is not None else  # the method's own
@@ -195,6 +195,8 @@ def dry_run(plan, workloads, done: set | None = None) -> str:
                                                      "aux_loss_weight", "expert_selection", "expert_bias",
                                                      "mlp_output_dropout", "eval_method")
                              if k not in plan.design.swept) + " (arms override their own knobs)",
+        "trainable parameters (of all): " + ", ".join(f"{arm} {n / 1e6:.2f}M / {total / 1e6:.1f}M"
+                                                      for arm, (n, total) in trainable_parameters(plan).items()),
         "protocol: " + ", ".join(f"{k} {b[k]}" for k in ("keep_best", "patience", "weight_decay", "warmup_ratio",
                                                          "max_grad_norm", "batch_size", "grad_accum_steps",
                                                          "eval_batch_size", "precision")),

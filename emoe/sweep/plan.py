@@ -290,6 +290,39 @@ def check_model_and_data(plan: Plan) -> dict[str, Workload]:
     return out
 
 
+def trainable_parameters(plan: Plan, config=None) -> dict[str, tuple[int, int]]:
+    """Each arm's trainable and total parameters, counted on a weightless copy of the model (``config``: its
+    transformers config, else the plan's model's) converted and set up under the arm's regime as a trial would (what
+    the official LoRA script prints with ``print_trainable_parameters``)."""
+    import numpy as np
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from emoe.architectures import find_blocks
+    from emoe.convert import check_model, convert, plan_conversion, resolve_blocks
+    from emoe.hub import cache_only
+    from emoe.regimes import apply_regime
+
+    if config is None:
+        path = check_model(plan.base["model"])
+        with cache_only(path):
+            config = AutoConfig.from_pretrained(path)
+    out = {}
+    for arm in plan.design.arms:
+        cfg = hparams.trial_config(plan.trial(arm, plan.seeds[0], plan.learning_rates[0]))
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(config)
+        emoe_config = hparams.emoe_config(cfg)
+        sizes = {p["block"]: p["keys"].shape[0] for p in plan_conversion(model, emoe_config)}
+        convert(model, emoe_config, partitions={b: np.arange(d) * emoe_config.num_experts // d
+                                                for b, d in sizes.items()})  # counting only: any partition
+        blocks = resolve_blocks(cfg["layers"], len(find_blocks(model)[1])) if cfg["regime"] == "lora_block" else []
+        model = apply_regime(model, cfg["regime"], cfg["lora_r"], blocks)
+        out[arm] = (sum(p.numel() for p in model.parameters() if p.requires_grad),
+                    sum(p.numel() for p in model.parameters()))
+    return out
+
+
 def check_regime(model, cfg: dict[str, Any]) -> None:
     """A regime's checks on a (weightless) model: LoRA's targets exist for its type; ``lora_block``'s blocks exist."""
     from emoe.architectures import find_blocks
