@@ -1,5 +1,4 @@
-"""GPU check: the step time and memory of every official command at its real model size, and a sweep's trials
-packed on one GPU.
+"""GPU check: the step time and memory of every official command at its real size, and a sweep packed on one GPU.
 
     bash benchmarks/gpu_check.sh             # on a GPU machine: install, run, $OUT/gpu_check.{json,md} (~8 min)
     python benchmarks/gpu_check.py [--settings paper,paper-gpt2] [--steps 10] [--warmup 3] [--clustering NAME]
@@ -85,8 +84,8 @@ def real_config(model: str):
                      "gpt2-xl")
 
 
-# NOTE: d_ff 192, not 128: the smoke models must take every command's N (6 and 64 in the full script, 8 and 64 in
-# the LoRA one) as equal experts, as the real d_ff do (3072 and 6400; but see BERT-large's 4096 and N=6)
+# NOTE: d_ff 192, not 128: every command's N (6 and 64 in the full script, 8 and 64 in the LoRA one) divides it, so
+# that no smoke model refuses a command that its real model takes
 SMOKE_HIDDEN, SMOKE_FF, SMOKE_VOCAB = 32, 192, 512
 SMOKE_LENGTH, SMOKE_MICRO = 16, 2  # tokens per example and examples per micro-batch (accumulation as the preset's)
 
@@ -153,28 +152,18 @@ def time_clustering(base, cfg: dict[str, Any]) -> dict[str, Any]:
 def prepare(base, cfg: dict[str, Any], device: torch.device):
     """A trial's model, optimiser, scheduler and precision on a copy of ``base``, in ``Trial.__init__``'s order
     (convert, regime, noise, bypass, device, optimiser), as a ``Trial`` whose ``_train_step`` takes real steps."""
-    from transformers import get_linear_schedule_with_warmup, set_seed
+    from transformers import set_seed
 
-    from emoe import hparams, regimes
-    from emoe.architectures import find_blocks
-    from emoe.convert import convert, resolve_blocks, set_bypass
-    from emoe.train import Progress, Trial, _autocast
+    from emoe.convert import set_bypass
+    from emoe.train import Progress, Trial, _autocast, make_optimizer, prepare_model
 
     set_seed(cfg["seed"])
-    model = copy.deepcopy(base)
-    convert(model, hparams.emoe_config(cfg))
-    blocks = resolve_blocks(cfg["layers"], len(find_blocks(model)[1])) if cfg["regime"] == "lora_block" else []
-    model = regimes.apply_regime(model, cfg["regime"], cfg["lora_r"], blocks)
-    if cfg["noise_tuning"]:
-        regimes.add_noise(model, cfg["noise_tuning"], cfg["seed"], exclude_head=cfg["regime"] == "full")
+    model = prepare_model(copy.deepcopy(base), cfg)
     set_bypass(model, cfg["eval_method"] == "emoe")
     model.to(device).train()
-    ratio = cfg["body_lr_ratio"] or regimes.OFFICIAL_BODY_LR_RATIO[cfg["regime"]]
     trial = Trial.__new__(Trial)  # NOTE: no data, tokenizer or loaders: only what _train_step reads
     trial.cfg, trial.model, trial.device = cfg, model, device
-    trial.optimizer = torch.optim.AdamW(regimes.parameter_groups(model, cfg["weight_decay"], cfg["learning_rate"],
-                                                                 ratio), lr=cfg["learning_rate"])
-    trial.scheduler = get_linear_schedule_with_warmup(trial.optimizer, 0, 10 ** 6)
+    trial.optimizer, trial.scheduler = make_optimizer(model, cfg, 10 ** 6)
     trial.autocast, trial.scaler = _autocast(device, cfg["precision"])
     trial.progress, trial.losses = Progress(), []
     trial.train_loader = range(10 ** 9)  # only its length is read: no step ends on a short last accumulation
@@ -223,6 +212,11 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def clusters(cfg: dict[str, Any]) -> bool:
+    """Whether the trial's conversion clusters (GMoE's whole copies of the FFN need no partition)."""
+    return cfg["method"] == "emoe" or (cfg["method"] == "gmoe" and cfg["expert_repeat"] != cfg["num_experts"])
+
+
 def check_setting(setting: str, args, device: torch.device, clustering: str | None) -> tuple[list[dict], dict]:
     """Every command of ``setting``: built, warmed up alone (peak memory), then timed interleaved. Returns its rows
     and its clustering figures."""
@@ -230,16 +224,17 @@ def check_setting(setting: str, args, device: torch.device, clustering: str | No
 
     presets = presets_of(setting)
     configs, rows = {}, {}
+    micro = (lambda cfg: SMOKE_MICRO) if args.cpu_smoke else (lambda cfg: cfg["batch_size"] // cfg["grad_accum_steps"])
     for command, preset in presets.items():
         cfg = trial_of(preset, clustering)
         configs[command] = cfg
         rows[command] = {"setting": setting, "command": command, "preset": preset, "model": cfg["model"],
                          "method": cfg["method"], "regime": cfg["regime"], "gate": cfg["gate"],
-                         "clustering": cfg["clustering"] if cfg["method"] != "dense" and cfg["method"] != "noisytune"
-                         else None, "num_experts": cfg["num_experts"], "top_k": cfg["top_k"],
-                         "layers": list(cfg["layers"]), "precision": cfg["precision"],
+                         "clustering": cfg["clustering"] if clusters(cfg) else None,
+                         "num_experts": cfg["num_experts"], "top_k": cfg["top_k"], "layers": list(cfg["layers"]),
+                         "learning_rate": cfg["learning_rate"], "precision": cfg["precision"],
                          "batch_size": cfg["batch_size"], "grad_accum_steps": cfg["grad_accum_steps"],
-                         "micro_batch": SMOKE_MICRO if args.cpu_smoke else cfg["batch_size"] // cfg["grad_accum_steps"],
+                         "micro_batch": micro(cfg),
                          "max_length": SMOKE_LENGTH if args.cpu_smoke else MAX_LENGTH}
     # a fresh partition cache per setting: its clustering is computed (and timed) here, once
     cache = Path(args.work) / "cache" / setting
@@ -275,6 +270,7 @@ def check_setting(setting: str, args, device: torch.device, clustering: str | No
         except Exception as e:  # noqa: BLE001  one command's failure is its row's, not the check's
             row["error"] = f"{type(e).__name__}: {e}"
             print(f"  {setting} {command}: FAILED: {row['error']}", flush=True)
+            trial = step = None  # its memory goes before the next command's is measured
             _free(device)
     del base
     _free(device)

@@ -90,8 +90,8 @@ if [ "$VPY" != "$BASE" ]; then
     if "$VPY" "${pip[@]}" -e . >>"$INSTALL_LOG" 2>&1; then
         say "installed emoe and its dependencies into $VENV ($((SECONDS - start)) s)"
     else
-        say "note: emoe's dependencies could not all be installed (offline? see $INSTALL_LOG): emoe alone" \
-            "$([ -d "$WHEELS" ] && echo "and the wheels in $WHEELS")"
+        say "note: emoe's dependencies could not all be installed (offline? see $INSTALL_LOG): emoe alone$(
+            [ -d "$WHEELS" ] && echo " and the wheels in $WHEELS")"
         if [ -d "$WHEELS" ]; then
             "$VPY" -m pip install -q --no-index --no-deps "$WHEELS"/*.whl >>"$INSTALL_LOG" 2>&1 ||
                 say "note: the wheels in $WHEELS did not install (see $INSTALL_LOG)"

@@ -230,6 +230,29 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
     return trial.run(resume)
 
 
+def prepare_model(model: nn.Module, cfg: dict[str, Any]) -> nn.Module:
+    """A loaded model made into the trial's, in the official order: converted (``method``), set up to train under
+    ``regime`` (for LoRA, wrapped by peft: the official scripts convert after wrapping, and the regime reproduces
+    their trainable set), then perturbed by NoisyTune (``noise_tuning``). Returns the model to train."""
+    convert(model, hparams.emoe_config(cfg))
+    blocks = resolve_blocks(cfg["layers"], len(find_blocks(model)[1])) if cfg["regime"] == "lora_block" else []
+    model = regimes.apply_regime(model, cfg["regime"], cfg["lora_r"], blocks)
+    if cfg["noise_tuning"]:
+        regimes.add_noise(model, cfg["noise_tuning"], cfg["seed"], exclude_head=cfg["regime"] == "full")
+    return model
+
+
+def make_optimizer(model: nn.Module, cfg: dict[str, Any], total_steps: int):
+    """AdamW over the regime's parameter groups (``emoe.regimes.parameter_groups``: the LoRA script's tenth for the
+    body) and the linear schedule with warm-up over ``total_steps``."""
+    from transformers import get_linear_schedule_with_warmup
+
+    ratio = cfg["body_lr_ratio"] or regimes.OFFICIAL_BODY_LR_RATIO[cfg["regime"]]
+    optimizer = torch.optim.AdamW(regimes.parameter_groups(model, cfg["weight_decay"], cfg["learning_rate"], ratio),
+                                  lr=cfg["learning_rate"])
+    return optimizer, get_linear_schedule_with_warmup(optimizer, int(cfg["warmup_ratio"] * total_steps), total_steps)
+
+
 @dataclasses.dataclass
 class Hooks:
     """What a trial's caller hears (``train_and_evaluate``'s arguments of the same names); each may be None."""
@@ -261,18 +284,13 @@ class Trial:
     ``_emit`` hands the caller predictions, the kept model, the checkpoint and the report, in that order."""
 
     def __init__(self, cfg: dict[str, Any], data: TaskData | None, hooks: Hooks):
-        from transformers import get_linear_schedule_with_warmup, set_seed
+        from transformers import set_seed
 
         self.cfg, self.hooks = cfg, hooks
         set_seed(cfg["seed"])
         self.data = data or load_trial_data(cfg)
         self.model, tokenizer = load_model(cfg["model"], self.data.task.num_labels, cfg["init"], cfg["seed"])
-        convert(self.model, hparams.emoe_config(cfg))
-        # the official order: convert (after PEFT's wrapping, whose frozen set the regime reproduces), freeze, noise
-        blocks = resolve_blocks(cfg["layers"], len(find_blocks(self.model)[1])) if cfg["regime"] == "lora_block" else []
-        self.model = regimes.apply_regime(self.model, cfg["regime"], cfg["lora_r"], blocks)
-        if cfg["noise_tuning"]:
-            regimes.add_noise(self.model, cfg["noise_tuning"], cfg["seed"], exclude_head=cfg["regime"] == "full")
+        self.model = prepare_model(self.model, cfg)
         if hooks.on_model is not None:
             hooks.on_model(self.model)
         # eval_method: train with the converted layers dense (routing off) and evaluate as EMoE, or the reverse.
@@ -288,12 +306,7 @@ class Trial:
         self.eval_sizes = self.data.sizes()  # GLUE-X weighs each OOD set by its full size, whatever is evaluated
         self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg["grad_accum_steps"])
         self.total_steps = self.steps_per_epoch * cfg["epochs"]
-        ratio = cfg["body_lr_ratio"] or regimes.OFFICIAL_BODY_LR_RATIO[cfg["regime"]]
-        self.optimizer = torch.optim.AdamW(regimes.parameter_groups(self.model, cfg["weight_decay"],
-                                                                    cfg["learning_rate"], ratio),
-                                           lr=cfg["learning_rate"])
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(cfg["warmup_ratio"] * self.total_steps),
-                                                         self.total_steps)
+        self.optimizer, self.scheduler = make_optimizer(self.model, cfg, self.total_steps)
         self.autocast, self.scaler = _autocast(self.device, cfg["precision"])
         self.keep_model = cfg["keep_model"] == "best" and hooks.on_kept_model is not None
         # Under a LoRA regime the frozen weights never change and a rebuilt trial (same seed) recreates them exactly
