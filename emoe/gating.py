@@ -18,7 +18,8 @@ def expert_means(rows: torch.Tensor, labels: torch.Tensor, num_experts: int) -> 
     """Mean of the rows of each expert. rows: [d_ff, d], labels: [d_ff] -> [num_experts, d]."""
     sums = torch.zeros(num_experts, rows.shape[1], dtype=rows.dtype, device=rows.device)
     sums.index_add_(0, labels, rows)
-    counts = torch.bincount(labels, minlength=num_experts).clamp_min(1).to(rows.dtype)
+    counts = torch.zeros(num_experts, dtype=rows.dtype, device=rows.device)  # (index_add: also on the meta device)
+    counts.index_add_(0, labels, torch.ones_like(labels, dtype=rows.dtype)).clamp_(min=1)
     return sums / counts[:, None]
 
 
