@@ -154,8 +154,8 @@ class EmoeConfig:
             if value is not None and value != "trial":
                 valid.check(name, value, none="exact routing" if name == "capacity_factor" else None)
         if self.method == "gmoe" and self.expert_repeat > self.num_experts:
-            raise ValueError(f"expert_repeat={self.expert_repeat} must be at most num_experts={self.num_experts} (expert i "
-                             "takes clusters i..i+R-1 mod N; R = N already makes every expert the whole FFN)")
+            raise ValueError(f"expert_repeat={self.expert_repeat} must be at most num_experts={self.num_experts} "
+                             "(expert i takes clusters i..i+R-1 mod N; R = N already makes every expert the whole FFN)")
         if self.aux_loss_weight and not self.gate_noise:
             raise ValueError(f"aux_loss_weight={self.aux_loss_weight} needs gate_noise > 0 (the load term of Tutel's "
                              "load-importance loss is scaled by the noise; official: gate_noise 1.0)")

@@ -44,9 +44,9 @@ def lora_targets(model: nn.Module) -> list[str]:
     targets = DEFAULTS.get(model_type)
     names = {name.rpartition(".")[2] for name, _ in base_of(model).named_modules()}
     if not targets or not set(targets) <= names:
-        raise ValueError(f"the LoRA regimes need peft's default LoRA targets for model type {model_type!r}, and "
-                         f"{'it has none' if not targets else 'its modules lack ' + ', '.join(sorted(set(targets) - names))}; "
-                         f"use regime full")
+        why = "it has none" if not targets else "its modules lack " + ", ".join(sorted(set(targets) - names))
+        raise ValueError(f"the LoRA regimes need peft's default LoRA targets for model type {model_type!r}, and {why}; "
+                         "use regime full")
     return list(targets)
 
 
