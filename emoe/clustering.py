@@ -22,9 +22,11 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Algorithm:
-    fit: Callable[[np.ndarray, int, int], np.ndarray]  # (normalised keys, num_experts, seed) -> labels
+    fit: Callable[..., np.ndarray]  # (normalised keys, num_experts, seed[, activations]) -> labels
     balanced: bool  # every expert gets exactly d_ff / N neurons (so N must divide d_ff)
     settings: str = ""  # the fit's fixed settings, part of the partition cache's key (a change is a new partition)
+    # fit also takes the layer's intermediate activations on a calibration set (``emoe.calibration``), ``[T, d_ff]``
+    needs_data: bool = False
 
 
 def _parallel_jobs(n_init: int) -> int:
@@ -85,6 +87,54 @@ def _contiguous(keys: np.ndarray, num_experts: int, seed: int) -> np.ndarray:
     return np.repeat(np.arange(num_experts), keys.shape[0] // num_experts)
 
 
+def rebalance(labels: np.ndarray, num_experts: int, seed: int) -> np.ndarray:
+    """Equal experts from an unequal split, as MoEfication's ``trans_gp.py``: each part above ``d_ff / N`` keeps a
+    random ``d_ff / N`` of its neurons (seeded), and the others, shuffled, fill the parts below."""
+    rng = np.random.default_rng(seed)
+    size = len(labels) // num_experts
+    labels = np.array(labels, dtype=np.int64)
+    members = [list(rng.permutation(np.flatnonzero(labels == e))) for e in range(num_experts)]
+    moving = list(rng.permutation([n for m in members for n in m[size:]]))
+    for e in range(num_experts):
+        kept = members[e][:size]
+        need = size - len(kept)
+        kept, moving = kept + moving[:need], moving[need:]
+        labels[np.asarray(kept, dtype=np.int64)] = e
+    return labels
+
+
+def _coactivation(keys: np.ndarray, num_experts: int, seed: int, activations: np.ndarray) -> np.ndarray:
+    """MoEfication's co-activation graph split (``moefication/adj.py``, then ``gpmetis``, then ``trans_gp.py``): the
+    co-activation counts of the calibration tokens (``emoe.calibration.coactivation``), divided by 0.99 x their
+    smallest non-zero decile (10th, 20th, ... percentile); an edge joins two neurons whose count reaches 1, weighted
+    by its integer part; METIS (``pymetis``, seeded) cuts the graph into N parts; the parts are then made equal."""
+    import pymetis
+    import torch
+
+    from emoe.calibration import coactivation
+
+    adj = coactivation(torch.from_numpy(np.asarray(activations))).numpy()
+    threshold, pos = 0.0, 10
+    while threshold == 0:
+        if pos > 100:
+            raise ValueError("the calibration activations co-fire nowhere (every co-activation count is 0): the "
+                             "co-activation split needs active neurons; use more calibration samples")
+        threshold, pos = float(np.percentile(adj.reshape(-1), pos)), pos + 10
+    adj = adj / (threshold * 0.99)
+    np.fill_diagonal(adj, 0)
+    xadj, adjncy, weights = [0], [], []
+    for row in adj:
+        (neighbours,) = np.nonzero(row >= 1)
+        adjncy.extend(neighbours.tolist())
+        weights.extend(row[neighbours].astype(np.int64).tolist())
+        xadj.append(len(adjncy))
+    if not adjncy:
+        raise ValueError("the co-activation graph has no edge; use more calibration samples")
+    parts = pymetis.part_graph(num_experts, xadj=xadj, adjncy=adjncy, eweights=weights,
+                               options=pymetis.Options(seed=seed)).vertex_part
+    return rebalance(np.asarray(parts), num_experts, seed)
+
+
 CLUSTERING: dict[str, Algorithm] = {
     "constrained": Algorithm(_constrained, balanced=True, settings="ninit10-iter1000-parallel"),
     "kmeans": Algorithm(_kmeans, balanced=False, settings="ninit10-iter1000"),
@@ -92,6 +142,7 @@ CLUSTERING: dict[str, Algorithm] = {
     "spectral": Algorithm(_spectral, balanced=False),
     "random": Algorithm(_random, balanced=True),
     "contiguous": Algorithm(_contiguous, balanced=True),
+    "coactivation": Algorithm(_coactivation, balanced=True, settings="moefication-b8", needs_data=True),
 }
 # Part of every partition's cache key: how the keys were prepared (v2: normalised in float32, as the official code;
 # the float64 keys of earlier versions gave other partitions, which must never be served again).
@@ -123,12 +174,22 @@ def fingerprint(weight: torch.Tensor) -> str:
     return h.hexdigest()[:20]
 
 
-def cluster_keys(keys: torch.Tensor, algorithm: str, num_experts: int, seed: int = 0) -> np.ndarray:
-    """Partition raw key rows ``[d_ff, d]`` into ``num_experts`` experts (no cache). Returns labels ``[d_ff]``."""
+def cluster_keys(keys: torch.Tensor, algorithm: str, num_experts: int, seed: int = 0,
+                 activations: torch.Tensor | None = None) -> np.ndarray:
+    """Partition raw key rows ``[d_ff, d]`` into ``num_experts`` experts (no cache). Returns labels ``[d_ff]``.
+    ``activations``: the layer's intermediate activations on a calibration set, for the algorithms that need data."""
     d_ff = keys.shape[0]
     check_partition_shape(algorithm, d_ff, num_experts)
     normalised = torch.nn.functional.normalize(keys.detach().to("cpu", torch.float32), dim=1).numpy()
-    labels = np.asarray(get_algorithm(algorithm).fit(normalised, num_experts, seed), dtype=np.int64)
+    method = get_algorithm(algorithm)
+    if method.needs_data:
+        if activations is None:
+            raise ValueError(f"clustering {algorithm!r} needs calibration activations (a calibration set of the "
+                             "task's training data; emoe.calibration)")
+        labels = method.fit(normalised, num_experts, seed, activations.detach().cpu().float().numpy())
+    else:
+        labels = method.fit(normalised, num_experts, seed)
+    labels = np.asarray(labels, dtype=np.int64)
     used = np.bincount(labels, minlength=num_experts)
     if labels.shape != (d_ff,) or (used == 0).any():
         raise RuntimeError(f"clustering {algorithm!r} returned {int((used > 0).sum())} non-empty experts of "
@@ -137,17 +198,19 @@ def cluster_keys(keys: torch.Tensor, algorithm: str, num_experts: int, seed: int
 
 
 def partition(keys: torch.Tensor, algorithm: str, num_experts: int, seed: int = 0, layer: int | None = None,
-              use_cache: bool = True) -> np.ndarray:
-    """``cluster_keys`` through an on-disk cache keyed by (weights' fingerprint, layer, algorithm, N, seed).
+              use_cache: bool = True, activations: torch.Tensor | None = None, data: str = "") -> np.ndarray:
+    """``cluster_keys`` through an on-disk cache keyed by (weights' fingerprint, layer, algorithm, N, seed; and for
+    the algorithms that need data, ``data``: the calibration set's fingerprint).
 
     A grid of many trials over the same model computes each partition once; writes are atomic, so concurrent
     trials on a shared cache directory never read a partial file.
     """
     if not use_cache:
-        return cluster_keys(keys, algorithm, num_experts, seed)
+        return cluster_keys(keys, algorithm, num_experts, seed, activations)
     settings = get_algorithm(algorithm).settings
+    calibrated = f"-c{data}" if get_algorithm(algorithm).needs_data else ""
     name = (f"{fingerprint(keys)}-L{layer}-{algorithm}{'-' + settings if settings else ''}-N{num_experts}-s{seed}"
-            f"-{KEYS_VERSION}.npy")
+            f"{calibrated}-{KEYS_VERSION}.npy")
     path = cache_dir("partitions") / name
     if path.exists():
         try:
@@ -156,6 +219,6 @@ def partition(keys: torch.Tensor, algorithm: str, num_experts: int, seed: int = 
                 return labels.astype(np.int64)
         except (OSError, ValueError):
             log.warning("ignoring unreadable cached partition %s", path)
-    labels = cluster_keys(keys, algorithm, num_experts, seed)
+    labels = cluster_keys(keys, algorithm, num_experts, seed, activations)
     save_npy_atomic(path, labels)
     return labels

@@ -1,0 +1,86 @@
+"""Calibration: what a dense model's FFNs compute on a sample of the task's training data, for the constructions and
+controls that need data (the co-activation split, the static pruning control).
+
+``collect`` runs the (not yet converted) model on calibration batches and keeps, for each chosen block, the FFN's
+input ``x [T, d]`` and its intermediate activations ``h [T, d_ff]`` (the value projection's input: ``act(keys x)``,
+or ``act(gate x) * up x``) of the T non-padding tokens. ``fingerprint`` names a calibration set for the caches: the
+token ids it holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import torch
+from torch import nn
+
+from emoe.architectures import find_blocks
+
+
+@dataclasses.dataclass
+class Calibration:
+    """Per block: the FFN inputs (``inputs[b]``, ``[T, d]``) and intermediate activations (``activations[b]``,
+    ``[T, d_ff]``) of the calibration tokens, float32 on the CPU; ``name``: the calibration set's fingerprint."""
+
+    inputs: dict[int, torch.Tensor]
+    activations: dict[int, torch.Tensor]
+    name: str
+
+
+def fingerprint(batches: list[dict[str, torch.Tensor]]) -> str:
+    """A content hash of calibration batches (their token ids and masks)."""
+    h = hashlib.sha256()
+    for batch in batches:
+        for key in ("input_ids", "attention_mask"):
+            if key in batch:
+                h.update(batch[key].cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def collect(model: nn.Module, batches: list[dict[str, torch.Tensor]], blocks: list[int]) -> Calibration:
+    """Run ``model`` (dense, in eval mode for the call) on ``batches`` and record each block's FFN inputs and
+    intermediate activations on the non-padding tokens."""
+    layout, modules = find_blocks(model)
+    inputs: dict[int, list] = {b: [] for b in blocks}
+    acts: dict[int, list] = {b: [] for b in blocks}
+    keep: list[torch.Tensor] = []
+    hooks = []
+    for b in blocks:
+        def grab(store, b=b):
+            def hook(module, args):
+                store[b].append(args[0].detach().float().reshape(-1, args[0].shape[-1]).cpu())
+            return hook
+        hooks.append(modules[b].get_submodule(layout.keys).register_forward_pre_hook(grab(inputs)))
+        hooks.append(modules[b].get_submodule(layout.values).register_forward_pre_hook(grab(acts)))
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask",
+                                                                          "token_type_ids")}
+            mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"]))
+            keep.append(mask.reshape(-1).bool().cpu())
+            model(**batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    tokens = torch.cat(keep)
+    return Calibration({b: torch.cat(inputs[b])[tokens] for b in blocks},
+                       {b: torch.cat(acts[b])[tokens] for b in blocks}, fingerprint(batches))
+
+
+def coactivation(activations: torch.Tensor, batch: int = 8) -> torch.Tensor:
+    """MoEfication's co-activation counts (``moefication/adj.py``): for each batch of ``batch`` tokens, the products
+    of the neurons' ReLU'd activations summed over the batch and clamped at 1, added up over the batches.
+    Returns ``[d_ff, d_ff]`` (symmetric, float32)."""
+    relu = torch.relu(activations.float())
+    d_ff = relu.shape[1]
+    adj = torch.zeros(d_ff, d_ff)
+    for start in range(0, relu.shape[0] - batch + 1, batch):
+        chunk = relu[start:start + batch]
+        adj += torch.clamp(chunk.t() @ chunk, max=1)
+    return adj
