@@ -84,7 +84,9 @@ class EmoeConfig:
         expert_dropout: dropout on the experts' pre-activations, before the activation, in training (official: 0.1).
         aux_loss_weight: weight of Tutel's load-importance loss, for every gate (official: 0.01; needs gate_noise).
         expert_selection: ``top`` (the paper), ``bottom`` (the k lowest-scoring experts), ``not_top`` (all but the
-            top k).
+            top k); the controls of the same compute as ``top``: ``static`` (every token the same k experts, the
+            most often selected on a calibration set: a pruning control) and ``random`` (k experts drawn uniformly
+            per token, independent of the input).
         expert_bias: ``shared``: the dense layer's one output bias, each token keeping its experts' ``bias / n``
             shares; ``per_expert`` (official): each expert its own trainable copy of ``bias / n`` (equal at
             conversion, free to drift apart in training).
@@ -153,6 +155,9 @@ class EmoeConfig:
             value = getattr(self, name)
             if value is not None and value != "trial":
                 valid.check(name, value, none="exact routing" if name == "capacity_factor" else None)
+        if self.method == "gmoe" and self.expert_selection == "static":
+            raise ValueError("expert_selection='static' (the pruning control) keeps a fixed part of one FFN; GMoE's "
+                             "experts are copies: use method emoe")
         if self.method == "gmoe" and self.expert_repeat > self.num_experts:
             raise ValueError(f"expert_repeat={self.expert_repeat} must be at most num_experts={self.num_experts} "
                              "(expert i takes clusters i..i+R-1 mod N; R = N already makes every expert the whole FFN)")

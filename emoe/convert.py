@@ -141,8 +141,21 @@ def plan_conversion(model: nn.Module, config: EmoeConfig) -> list[dict]:
     return plan
 
 
+def needs_calibration(config: EmoeConfig) -> bool:
+    """Whether converting with ``config`` needs a calibration set (a construction or control that reads data)."""
+    from emoe.clustering import get_algorithm
+
+    return config.converts and (get_algorithm(config.clustering).needs_data or config.expert_selection == "static")
+
+
+def _calibration_needed(config: EmoeConfig, partitions) -> bool:
+    """A conversion computes from data what it is not given: the partition (a data-driven clustering), the static
+    control's experts (a saved model's state holds them)."""
+    return needs_calibration(config) and partitions is None
+
+
 def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True,
-            partitions: dict[int, np.ndarray] | None = None) -> nn.Module:
+            partitions: dict[int, np.ndarray] | None = None, calibration: list | None = None) -> nn.Module:
     """Replace the FFN of each chosen block with an ``EmoeFFN``, in place; returns ``model``.
 
     Every check (``plan_conversion``) runs and every partition is computed (or taken from ``partitions``: block ->
@@ -152,6 +165,14 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True,
     plan = plan_conversion(model, config)
     if not plan:
         return model
+    stats = None
+    if _calibration_needed(config, partitions):
+        if not calibration:
+            raise ValueError(f"clustering {config.clustering!r} / expert_selection {config.expert_selection!r} "
+                             "need a calibration set (batches of the task's training data): pass calibration=")
+        from emoe.calibration import collect
+
+        stats = collect(model, calibration, [p["block"] for p in plan])
     if partitions is not None:
         missing = [p["block"] for p in plan if p["block"] not in partitions]
         if missing:
@@ -164,7 +185,9 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True,
                   for p in plan}
     else:
         labels = {p["block"]: partition(p["keys"], config.clustering, config.num_experts, config.partition_seed,
-                                        layer=p["block"], use_cache=use_cache) for p in plan}
+                                        layer=p["block"], use_cache=use_cache,
+                                        activations=stats.activations[p["block"]] if stats else None,
+                                        data=stats.name if stats else "") for p in plan}
     for p in plan:
         if config.method == "gmoe":
             _to_gmoe(p, labels[p["block"]], config)
@@ -176,6 +199,8 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True,
                       expert_dropout=config.expert_dropout, aux=config.aux_loss_weight > 0,
                       expert_selection=config.expert_selection, expert_bias=config.expert_bias)
         ffn.train(ffn.values.training)  # a new module starts in training mode; keep the model's mode
+        if config.expert_selection == "static":
+            ffn.fix_static_experts(stats.inputs[b] if stats else None)
         setattr(p["parent"], p["name"], ffn)
         if p["dropout"] is not None:  # the official path replaced the whole FFN, its output dropout with it
             set_submodule(*p["dropout"], nn.Identity())

@@ -36,6 +36,10 @@ class Gate(nn.Module):
     def vectors(self, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def flops(self, d: int) -> int:
+        """The router's FLOPs per token (multiply-adds count 2): a ``[d] x [d, N]`` product."""
+        return 2 * d * self.num_experts
+
     def logits(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """``[..., num_experts]`` fp32 (autocast off): the official code's ``fp32_gate``."""
         with torch.autocast(x.device.type, enabled=False):
@@ -105,6 +109,10 @@ class CosineGate(Gate):
         self.sim_matrix = nn.Parameter(sim_matrix.to(keys.device))
         self.temperature = nn.Parameter(torch.log(torch.full([1], 1.0 / init_t, device=keys.device)))
         self.clamp_max = math.log(1.0 / 0.01)
+
+    def flops(self, d):
+        proj = self.sim_matrix.shape[0]
+        return 2 * d * proj + 2 * proj * self.num_experts
 
     def logits(self, x, keys, values):
         with torch.autocast(x.device.type, enabled=False):

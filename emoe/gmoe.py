@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from emoe.gating import GATES
-from emoe.routing import route
+from emoe.routing import active_neurons, route
 
 
 def expert_neurons(labels: torch.Tensor, num_experts: int, repeat: int) -> list[torch.Tensor]:
@@ -83,6 +83,8 @@ class GmoeFFN(nn.Module):
             else:
                 self.bias = nn.Parameter(values_bias.detach().clone())
         self.bypass = False
+        self.register_buffer("expert_sizes", sizes.to(keys.device), persistent=False)
+        self.last_active: float | None = None
         self.last_load: torch.Tensor | None = None
         self.aux_loss: torch.Tensor | None = None
 
@@ -105,6 +107,7 @@ class GmoeFFN(nn.Module):
         routing = route(logits, self.top_k, self.gate.combine, self.training, self.gate_noise,
                         self.capacity_factor, self.expert_selection, self.aux)
         self.last_load, self.aux_loss = routing.load, routing.aux_loss
+        self.last_active = active_neurons(routing, self.expert_sizes)
         table = routing.table()  # [T, N]: each token's weight per expert, 0 where unused or dropped
         out = torch.zeros(flat.shape[0], self.fc2_weight.shape[1], dtype=torch.float32, device=x.device)
         for e in range(self.num_experts):
@@ -119,6 +122,12 @@ class GmoeFFN(nn.Module):
             out = out + share * self.bias.float()
         out = out.reshape(*lead, -1).to(x.dtype if x.is_floating_point() else out.dtype)
         return self.output_dropout(out) if self.output_dropout is not None else out
+
+    def flops_per_token(self, active: float) -> float:
+        """FFN FLOPs per token for ``active`` kept neurons (their first-projection, up and value rows) and the
+        router."""
+        d, d_out = self.fc1_weight.shape[1], self.fc2_weight.shape[1]
+        return active * (2 * d * (2 if self.up_weight is not None else 1) + 2 * d_out) + self.gate.flops(d)
 
     def set_execution(self, mode: str) -> None:
         """GMoE always dispatches (each expert computes only its tokens): ``masked`` and ``sparse`` are the same."""

@@ -66,7 +66,8 @@ EVAL_METHODS = ("same", "dense", "emoe")
 NOISYTUNE_LEVEL = 0.15  # the official --noise_tuning of the README's noisy-tuning command
 # Knobs added after the first sweeps were recorded: at their default they stay out of a cell's hash
 # (emoe.tracking.records.cell_name), so the cells of a sweep started before them keep their names and resume.
-LATER_KNOBS = {"expert_repeat": 1, "noise_tuning": 0.0, "regime": "full", "lora_r": 8, "body_lr_ratio": None}
+LATER_KNOBS = {"expert_repeat": 1, "noise_tuning": 0.0, "regime": "full", "lora_r": 8, "body_lr_ratio": None,
+               "calibration_samples": 256}
 
 
 def default_epochs(task: str, regime: str = "full") -> int:
@@ -177,6 +178,8 @@ def _knobs() -> dict[str, Knob]:
         Knob("max_length", 128, "tokens per example (longer ones are truncated)", int, range=_COUNT),
         Knob("max_train_samples", None, "fixed random subset of the training set (seed 0); none = all",
              _optional_int, range=_COUNT),
+        Knob("calibration_samples", 256, "training examples (a fixed random subset) the data-driven constructions "
+             "and controls read: the co-activation split, the static pruning control", int, range=_COUNT),
         Knob("max_eval_samples", None, "cap on each evaluation set (ID and OOD); none = all", _optional_int,
              range=_COUNT),
         Knob("eval_batch_size", None, "examples per evaluation batch (official: 8, which matters with a capacity: "

@@ -18,7 +18,7 @@ from torch import nn
 
 from emoe.architectures import key_matrix, value_matrix
 from emoe.gating import GATES
-from emoe.routing import Routing, route
+from emoe.routing import Routing, active_neurons, route
 from emoe.sparse import SparseExecution
 
 
@@ -75,6 +75,10 @@ class EmoeFFN(nn.Module):
         self.gate_name = gate
         self.expert_dropout = nn.Dropout(expert_dropout)
         self._routing: Routing | None = None
+        if expert_selection == "static":  # the pruning control's k experts (convert fixes them on calibration data)
+            self.register_buffer("static_experts", torch.arange(top_k, device=labels.device))
+        self.register_buffer("expert_sizes", torch.bincount(labels, minlength=num_experts), persistent=False)
+        self.last_active: float | None = None
         self.last_load: torch.Tensor | None = None
         self.aux_loss: torch.Tensor | None = None
         keys_proj.register_forward_pre_hook(self._route)
@@ -97,8 +101,9 @@ class EmoeFFN(nn.Module):
             return
         logits = self.gate.logits(args[0], self.keys, self.values_matrix)  # [..., num_experts] fp32
         routing = route(logits, self.top_k, self.gate.combine, self.training, self.gate_noise,
-                        self.capacity_factor, self.expert_selection, self.aux)
+                        self.capacity_factor, self.expert_selection, self.aux, getattr(self, "static_experts", None))
         self.last_load = routing.load
+        self.last_active = active_neurons(routing, self.expert_sizes)
         self.aux_loss = routing.aux_loss
         if self.execution == "sparse":
             self._sparse.group(routing)
@@ -136,6 +141,24 @@ class EmoeFFN(nn.Module):
         if routing.bias_share is None or bias is None:
             return 0.0
         return ((routing.bias_share - 1).unsqueeze(-1) * bias.float()).to(dtype)
+
+    @torch.no_grad()
+    def fix_static_experts(self, inputs: torch.Tensor | None) -> None:
+        """The pruning control's experts: the ``top_k`` experts the gate selects most often over the calibration
+        tokens' FFN inputs ``[T, d]`` (ties to the lower index); None keeps the first k."""
+        if inputs is None:
+            return
+        logits = self.gate.logits(inputs.to(self.labels.device), self.keys, self.values_matrix)
+        counts = torch.bincount(logits.topk(self.top_k, dim=-1).indices.reshape(-1), minlength=self.num_experts)
+        order = sorted(range(self.num_experts), key=lambda e: (-int(counts[e]), e))
+        self.static_experts.copy_(torch.tensor(sorted(order[:self.top_k]), device=self.static_experts.device))
+
+    def flops_per_token(self, active: float) -> float:
+        """FFN FLOPs per token for ``active`` kept neurons, as a sparse execution computes them: each neuron's key
+        (and up) row and value column, plus the router."""
+        d, d_out = self.keys.shape[1], self.values_matrix.shape[1]
+        per_neuron = 2 * d * (2 if self._up_proj else 1) + 2 * d_out
+        return active * per_neuron + self.gate.flops(d)
 
     def set_execution(self, mode: str) -> None:
         """``masked`` or ``sparse`` (inference only: the module must be in eval mode when it runs)."""

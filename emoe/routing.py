@@ -21,7 +21,10 @@ import math
 
 import torch
 
-SELECTIONS = ("top", "bottom", "not_top")
+# top (the paper), bottom, not_top (the paper's Fig. 3); and two controls of the same compute as top: static (the same
+# k experts for every token: the k most often selected on a calibration set, a pruning control) and random (k experts
+# drawn uniformly for each token, independent of the input)
+SELECTIONS = ("top", "bottom", "not_top", "static", "random")
 # How the kept experts' outputs are weighted: binary (EMoE's avg-k mask), softmax (EMoE-learn: the chosen experts'
 # softmax probabilities renormalised to sum to 1), binary_st (binary forward, gradient through k * softmax of the
 # chosen scores: a straight-through learned gate that starts as the binary mask).
@@ -61,6 +64,12 @@ class Routing:
     def table(self) -> torch.Tensor:
         """``[..., num_experts]``: each token's weight per expert, 0 for the experts it does not use."""
         return torch.zeros_like(self.scores).scatter(-1, self.experts, self.weights)
+
+
+def active_neurons(routing: Routing, sizes: torch.Tensor) -> float:
+    """Mean over the tokens of the neurons each keeps: the sizes of its experts with a non-zero weight."""
+    kept = (routing.table() != 0).float()
+    return float((kept @ sizes.float().to(kept.device)).mean()) if kept.numel() else 0.0
 
 
 def capacity_slots(probs: torch.Tensor, experts: torch.Tensor, capacity_factor: float) -> torch.Tensor:
@@ -113,7 +122,7 @@ def load_importance_loss(clean_logits: torch.Tensor, kth_noisy_logit: torch.Tens
 
 def route(logits: torch.Tensor, top_k: int, combine: str = "binary", training: bool = False,
           gate_noise: float = 0.0, capacity_factor: float | None = None, selection: str = "top",
-          aux: bool = False) -> Routing:
+          aux: bool = False, static: torch.Tensor | None = None) -> Routing:
     """Choose each token's experts from its gate logits.
 
     Args:
@@ -124,6 +133,7 @@ def route(logits: torch.Tensor, top_k: int, combine: str = "binary", training: b
         gate_noise: scale of the training noise (std ``gate_noise / num_experts``); 0 = none.
         capacity_factor: ``None`` = exact (no pair dropped), else the capacity rule of the module docstring.
         selection: one of ``SELECTIONS``.
+        static: ``[k]`` the experts every token keeps, for ``selection='static'``.
         aux: compute Tutel's load-importance loss (training; needs ``gate_noise > 0``).
     """
     lead, num_experts = logits.shape[:-1], logits.shape[-1]
@@ -138,6 +148,12 @@ def route(logits: torch.Tensor, top_k: int, combine: str = "binary", training: b
         elif selection == "not_top":
             rest = noisy.scatter(-1, top, float("-inf"))
             experts = rest.topk(num_experts - top_k, dim=-1).indices
+        elif selection == "static":
+            if static is None or static.numel() != top_k:
+                raise ValueError("expert_selection 'static' needs its k experts (fixed on a calibration set)")
+            experts = static.to(flat.device).expand(flat.shape[0], top_k)
+        elif selection == "random":  # uniform k of N per token, from the global generator alone: input-independent
+            experts = torch.rand(flat.shape, device="cpu").topk(top_k, dim=-1).indices.to(flat.device)
         else:
             raise ValueError(f"unknown expert_selection {selection!r}; valid choices: {', '.join(SELECTIONS)}")
         n = experts.shape[-1]

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from emoe import hparams, metrics, regimes, tracking
-from emoe.convert import aux_loss, convert, emoe_layers, load_model, resolve_blocks, set_bypass
+from emoe.convert import (aux_loss, convert, emoe_layers, load_model, needs_calibration, resolve_blocks,
+                          set_bypass)
 from emoe.architectures import find_blocks
 from emoe.data import Task, TaskData, load_task, tokenize
 from emoe.layer import load_entropy
@@ -73,14 +74,16 @@ def evaluate(model, loaders: dict[str, Any], device, autocast, task: Task,
              predictions: dict[str, np.ndarray] | None = None,
              ood_protocol: str = "gluex") -> tuple[dict[str, dict[str, float]], dict[int, float]]:
     """The task's metrics on the ``id`` loader and the OOD protocol's (``emoe.protocols``) on every other, and each
-    converted layer's load entropy over the first loader (ID). ``predictions``, when given, receives each loader's
-    per-example predictions in the loader's order."""
+    converted layer's diagnostics over the first loader (ID): ``load_entropy``, ``active_neurons`` and ``ffn_flops``
+    per block (``<name>.block<b>``). ``predictions``, when given, receives each loader's per-example predictions in
+    the loader's order."""
     model.eval()
     scores, entropies = {}, {}
     layers = emoe_layers(model)
     for i, (name, loader) in enumerate(loaders.items()):
         preds, golds = [], []
         loads = {f.block: torch.zeros(f.num_experts) for f in layers if not f.bypass}
+        active, tokens = {b: 0.0 for b in loads}, 0
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             labels = batch.pop("labels")
@@ -89,15 +92,22 @@ def evaluate(model, loaders: dict[str, Any], device, autocast, task: Task,
             preds.append(metrics.predictions(logits.float().cpu().numpy(), task.regression))
             golds.append(labels.cpu().numpy())
             if i == 0:
+                tokens += batch["input_ids"].numel()
                 for f in layers:
                     if f.block in loads:
                         loads[f.block] += f.last_load.cpu() * batch["input_ids"].numel()
+                        active[f.block] += f.last_active * batch["input_ids"].numel()
         names = task.metrics if name == "id" else get_protocol(ood_protocol).metrics(task)
         scores[name] = metrics.compute(names, np.concatenate(preds), np.concatenate(golds))
         if predictions is not None:
             predictions[name] = compact(np.concatenate(preds), task.regression)
         if i == 0:
-            entropies = {block: load_entropy(load) for block, load in loads.items()}
+            by_block = {f.block: f for f in layers}
+            for block, load in loads.items():
+                mean = active[block] / max(tokens, 1)
+                entropies.update({tracking.load_entropy_metric(block): load_entropy(load),
+                                  tracking.block_metric(tracking.ACTIVE_NEURONS, block): mean,
+                                  tracking.block_metric(tracking.FFN_FLOPS, block): by_block[block].flops_per_token(mean)})
     model.train()
     return scores, entropies
 
@@ -230,11 +240,22 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
     return trial.run(resume)
 
 
-def prepare_model(model: nn.Module, cfg: dict[str, Any]) -> nn.Module:
-    """A loaded model made into the trial's, in the official order: converted (``method``), set up to train under
-    ``regime`` (for LoRA, wrapped by peft: the official scripts convert after wrapping, and the regime reproduces
-    their trainable set), then perturbed by NoisyTune (``noise_tuning``). Returns the model to train."""
-    convert(model, hparams.emoe_config(cfg))
+def calibration_batches(train, tokenizer, task: Task, cfg: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+    """The calibration set of the data-driven constructions and controls (``emoe.calibration``):
+    ``calibration_samples`` examples of the training data (a fixed random subset, seed 0, the same for every trial
+    of the task), tokenised to ``max_length``, in batches of 32, without labels."""
+    n = min(cfg["calibration_samples"], len(train))
+    subset = train.select(np.random.default_rng(0).permutation(len(train))[:n])
+    ds = tokenize(subset, tokenizer, task, cfg["max_length"])
+    return [{k: v for k, v in batch.items() if k != "labels"} for batch in _loader(ds, tokenizer, 32, False, 0)]
+
+
+def prepare_model(model: nn.Module, cfg: dict[str, Any], calibration: list | None = None) -> nn.Module:
+    """A loaded model made into the trial's, in the official order: converted (``method``; ``calibration``: the
+    batches a data-driven construction or control reads), set up to train under ``regime`` (for LoRA, wrapped by
+    peft: the official scripts convert after wrapping, and the regime reproduces their trainable set), then
+    perturbed by NoisyTune (``noise_tuning``). Returns the model to train."""
+    convert(model, hparams.emoe_config(cfg), calibration=calibration)
     blocks = resolve_blocks(cfg["layers"], len(find_blocks(model)[1])) if cfg["regime"] == "lora_block" else []
     model = regimes.apply_regime(model, cfg["regime"], cfg["lora_r"], blocks)
     if cfg["noise_tuning"]:
@@ -290,7 +311,9 @@ class Trial:
         set_seed(cfg["seed"])
         self.data = data or load_trial_data(cfg)
         self.model, tokenizer = load_model(cfg["model"], self.data.task.num_labels, cfg["init"], cfg["seed"])
-        self.model = prepare_model(self.model, cfg)
+        calibration = calibration_batches(self.data.train, tokenizer, self.data.task, cfg) \
+            if needs_calibration(hparams.emoe_config(cfg)) else None
+        self.model = prepare_model(self.model, cfg, calibration)
         if hooks.on_model is not None:
             hooks.on_model(self.model)
         # eval_method: train with the converted layers dense (routing off) and evaluate as EMoE, or the reverse.
@@ -380,8 +403,7 @@ class Trial:
                                       preds if self.hooks.on_predictions else None, cfg["ood_protocol"])
         set_bypass(self.model, self.train_dense)
         p.kept["latest"] = preds
-        scores = {**score_metrics(per_set, self.eval_sizes, cfg["ood_protocol"]),
-                  **{tracking.load_entropy_metric(b): e for b, e in entropies.items()}}
+        scores = {**score_metrics(per_set, self.eval_sizes, cfg["ood_protocol"]), **entropies}
         if not p.best or scores[tracking.ID_SCORE] > p.best[tracking.ID_SCORE]:
             p.best, p.since_best = {**scores, tracking.BEST_STEP: p.step}, 0
             p.kept["best"] = preds

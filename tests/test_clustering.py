@@ -23,15 +23,52 @@ def planted_keys(num_experts=4, size=24, dim=16, noise=0.15, seed=0):
     return torch.tensor(keys[order], dtype=torch.float32), labels[order]
 
 
+def calibration_activations(d_ff: int = 96, tokens: int = 400, seed: int = 0) -> torch.Tensor:
+    """Activations of a layer on calibration tokens, for the data-driven splits: GELU of random pre-activations."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.gelu(torch.randn(tokens, d_ff, generator=g))
+
+
 @pytest.mark.parametrize("algorithm", list(CLUSTERING))
 def test_partition_covers_every_neuron_once(algorithm):
     keys = torch.randn(96, 16, generator=torch.Generator().manual_seed(0))
-    labels = cluster_keys(keys, algorithm, num_experts=8, seed=0)
+    data = calibration_activations() if CLUSTERING[algorithm].needs_data else None
+    labels = cluster_keys(keys, algorithm, num_experts=8, seed=0, activations=data)
     assert labels.shape == (96,) and labels.dtype == np.int64
     assert set(labels.tolist()) == set(range(8))
     if CLUSTERING[algorithm].balanced:
         assert np.all(np.bincount(labels, minlength=8) == 12)
-    np.testing.assert_array_equal(labels, cluster_keys(keys, algorithm, num_experts=8, seed=0))
+    np.testing.assert_array_equal(labels, cluster_keys(keys, algorithm, num_experts=8, seed=0, activations=data))
+
+
+def planted_coactivation(d_ff: int = 64, groups: int = 4, tokens: int = 2000, seed: int = 0):
+    """Neurons in planted groups that fire together: each token activates one group (and a little noise), while
+    the neurons' keys are random (no structure a key clustering could find)."""
+    rng = np.random.default_rng(seed)
+    truth = rng.permutation(np.repeat(np.arange(groups), d_ff // groups))
+    group = rng.integers(0, groups, tokens)
+    acts = (truth[None, :] == group[:, None]) * rng.uniform(0.5, 1.5, (tokens, d_ff))
+    acts = acts + (rng.uniform(size=(tokens, d_ff)) < 0.05) * 0.3
+    keys = torch.from_numpy(rng.standard_normal((d_ff, 16))).float()
+    return keys, torch.from_numpy(acts).float(), truth
+
+
+def test_coactivation_split_recovers_planted_co_firing_groups_that_key_clustering_misses():
+    keys, acts, truth = planted_coactivation()
+    found = cluster_keys(keys, "coactivation", num_experts=4, seed=0, activations=acts)
+    assert adjusted_rand_score(truth, found) >= 0.9
+    assert adjusted_rand_score(truth, cluster_keys(keys, "constrained", num_experts=4, seed=0)) < 0.2
+    with pytest.raises(ValueError, match="needs calibration activations"):
+        cluster_keys(keys, "coactivation", num_experts=4, seed=0)
+
+
+def test_rebalance_makes_parts_equal_moving_only_the_excess():
+    from emoe.clustering import rebalance
+
+    labels = np.array([0] * 10 + [1] * 4 + [2] * 2)  # sizes 10, 4, 2 -> 16 / 2 ... with N = 4: 4 each
+    out = rebalance(np.concatenate([labels, [3] * 0]), 4, seed=0)
+    assert np.all(np.bincount(out, minlength=4) == 4)
+    assert np.all(out[10:14] == 1)  # a part of exactly the size keeps every neuron
 
 
 @pytest.mark.parametrize("algorithm", ["constrained", "kmeans", "hierarchical", "spectral"])

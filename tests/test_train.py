@@ -20,8 +20,12 @@ def test_metric_schema_and_reports(tiny_model_dir, tiny_data_dir):
     assert final == reports[-1]
     sets = ("imdb", "yelp", "amazon", "flipkart")
     expected = {"train_loss", "id_score", "id.accuracy", "ood_score", "epoch", "step", "load_entropy.block0",
-                "load_entropy.block1", *(f"ood_score.{s}" for s in sets), *(f"ood.{s}.accuracy" for s in sets)}
+                "load_entropy.block1", *(f"ood_score.{s}" for s in sets), *(f"ood.{s}.accuracy" for s in sets),
+                *(f"{m}.block{b}" for m in ("active_neurons", "ffn_flops") for b in (0, 1))}
     assert set(final) == expected
+    # k = 2 of N = 4 equal experts of the tiny BERT's 64 neurons: 32 kept per token; per neuron its key row and value
+    # column (2 x 32 multiply-adds each), and the avg-k router's [32] x [32, 4] product
+    assert final["active_neurons.block1"] == 32 and final["ffn_flops.block1"] == 32 * (2 * 32 + 2 * 32) + 2 * 32 * 4
     assert final["epoch"] == 1.0 and 0 <= final["id_score"] <= 1 and final["id_score"] == final["id.accuracy"]
     sizes = {"imdb": 40, "yelp": 32, "amazon": 32, "flipkart": 32}  # the tiny sets' rows (GLUE-X: size-weighted)
     assert math.isclose(final["ood_score"], sum(sizes[s] * final[f"ood_score.{s}"] for s in sets) / 136)

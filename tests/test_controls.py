@@ -1,0 +1,107 @@
+"""The controls that separate modular structure from fewer active neurons: the static pruning control and the matched
+random mask keep exactly the routed arm's neurons per token; the mask's choice does not depend on the input; the
+static experts are the most often selected on the calibration set (recomputed here from the gate's definition)."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import hidden, tiny_inputs, tiny_model
+from emoe import EmoeConfig, convert, emoe_layers
+from emoe.calibration import collect
+from emoe.gating import expert_means
+from emoe.routing import route
+
+CALIBRATION = [tiny_inputs("bert", seed) for seed in range(1, 21)]
+
+
+def converted(selection: str, **kw):
+    model = tiny_model("bert")
+    cfg = EmoeConfig(num_experts=4, top_k=2, layers=(1,), clustering="contiguous", expert_selection=selection, **kw)
+    return convert(model, cfg, use_cache=False, calibration=CALIBRATION)
+
+
+@pytest.mark.parametrize("selection", ["static", "random"])
+def test_controls_keep_exactly_the_routed_arms_neurons_per_token(selection):
+    """Counted on the kept neurons of every token: k experts of d_ff / N neurons, as the routed (top-k) arm."""
+    counts = {}
+    for name in ("top", selection):
+        model = converted(name)
+        with torch.no_grad():
+            hidden(model, tiny_inputs("bert", 99))
+        (layer,) = emoe_layers(model)
+        counts[name] = layer.last_active
+    assert counts["top"] == counts[selection] == 2 * 64 / 4
+
+
+def test_the_random_mask_does_not_depend_on_the_input():
+    """Two different inputs under the same generator state keep the same experts; the next draw differs."""
+    logits_a = torch.randn(50, 8)
+    logits_b = torch.randn(50, 8) * 10 + 3
+    torch.manual_seed(0)
+    a = route(logits_a, 3, selection="random").experts
+    torch.manual_seed(0)
+    b = route(logits_b, 3, selection="random").experts
+    assert torch.equal(a, b)
+    assert not torch.equal(a, route(logits_a, 3, selection="random").experts)
+    assert all(len(set(row.tolist())) == 3 for row in a)  # k distinct experts per token
+    torch.manual_seed(1)
+    draws = torch.cat([route(logits_a, 3, selection="random").experts.reshape(-1) for _ in range(200)])
+    share = torch.bincount(draws, minlength=8).float() / draws.numel()
+    assert torch.allclose(share, torch.full((8,), 1 / 8), atol=0.01)  # uniform over the experts
+
+
+def test_static_experts_are_the_most_often_selected_on_the_calibration_set():
+    """Recomputed from avg-k's definition: each calibration token's FFN input against the mean of each expert's keys,
+    its top-2, counted; the two most frequent are every token's experts, whatever the input."""
+    model = converted("static")
+    (layer,) = emoe_layers(model)
+    reference = tiny_model("bert")
+    stats = collect(reference, CALIBRATION, [1])
+    keys = reference.encoder.layer[1].intermediate.dense.weight
+    labels = torch.arange(64) // 16
+    scores = stats.inputs[1] @ expert_means(keys.detach(), labels, 4).t()
+    counts = np.bincount(scores.topk(2, dim=-1).indices.reshape(-1).numpy(), minlength=4)
+    expected = sorted(np.argsort(-counts, kind="stable")[:2].tolist())
+    assert layer.static_experts.tolist() == expected
+    with torch.no_grad():
+        hidden(model, tiny_inputs("bert", 5))
+        chosen = layer.last_load.nonzero().squeeze(1).tolist()
+    assert chosen == expected  # every token kept those two
+
+
+def test_a_saved_static_control_loads_without_calibration(tmp_path):
+    from emoe.convert import load_converted, save_converted
+
+    model = converted("static")
+    save_converted(model, tmp_path / "m", half=False)
+    loaded = load_converted(tmp_path / "m")
+    assert emoe_layers(loaded)[0].static_experts.tolist() == emoe_layers(model)[0].static_experts.tolist()
+
+
+def test_data_driven_conversions_refuse_to_run_without_calibration():
+    with pytest.raises(ValueError, match="need a calibration set"):
+        convert(tiny_model("bert"), EmoeConfig(num_experts=4, top_k=2, expert_selection="static"))
+    with pytest.raises(ValueError, match="need a calibration set"):
+        convert(tiny_model("bert"), EmoeConfig(num_experts=4, top_k=2, clustering="coactivation"))
+    with pytest.raises(ValueError, match="GMoE's experts are copies"):
+        EmoeConfig(method="gmoe", num_experts=4, top_k=2, expert_selection="static")
+
+
+@pytest.mark.parametrize("knobs", [{"clustering": "coactivation"}, {"expert_selection": "static"},
+                                   {"expert_selection": "random"}])
+def test_new_constructions_and_controls_run_masked_and_sparse_alike(knobs):
+    import emoe
+
+    model = tiny_model("bert")
+    inputs = tiny_inputs("bert")
+    convert(model, EmoeConfig(num_experts=4, top_k=2, layers=(0, -1), **knobs), use_cache=False,
+            calibration=CALIBRATION)
+    with torch.no_grad():
+        torch.manual_seed(0)  # the random mask draws the same experts in both executions
+        masked = hidden(model, inputs)
+        emoe.set_execution(model, "sparse")
+        torch.manual_seed(0)
+        sparse = hidden(model, inputs)
+    assert (masked - hidden(tiny_model("bert"), inputs)).abs().max() > 1e-4
+    torch.testing.assert_close(sparse, masked, atol=1e-5, rtol=1e-5)
