@@ -84,3 +84,25 @@ def coactivation(activations: torch.Tensor, batch: int = 8) -> torch.Tensor:
         chunk = relu[start:start + batch]
         adj += torch.clamp(chunk.t() @ chunk, max=1)
     return adj
+
+
+def markers(activations: torch.Tensor, k: int = 10) -> torch.Tensor:
+    """CMoE's activation markers (``CMoE_utils.analyze_neuron_activations``): 1 where a neuron is among a token's
+    ``k`` largest absolute activations. ``[T, d_ff]`` float32."""
+    acts = activations.float().abs()
+    out = torch.zeros_like(acts)
+    out.scatter_(1, acts.topk(min(k, acts.shape[1]), dim=1).indices, 1.0)
+    return out
+
+
+def representatives(marks: torch.Tensor, labels: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Each expert's representative neuron, as CMoE's: the member whose marker column is closest (L1) to the mean of
+    its members' columns. ``[num_experts]`` neuron indices."""
+    labels = torch.as_tensor(labels)
+    out = torch.zeros(num_experts, dtype=torch.long)
+    for e in range(num_experts):
+        members = (labels == e).nonzero().squeeze(1)
+        columns = marks[:, members]  # [T, m]
+        centroid = columns.mean(dim=1, keepdim=True)
+        out[e] = members[(columns - centroid).abs().sum(dim=0).argmin()]
+    return out

@@ -135,6 +135,29 @@ def _coactivation(keys: np.ndarray, num_experts: int, seed: int, activations: np
     return rebalance(np.asarray(parts), num_experts, seed)
 
 
+CMOE_K_ACT = 10  # CMoE's --k-act default: a token marks its 10 largest absolute activations
+
+
+def _cmoe(keys: np.ndarray, num_experts: int, seed: int, activations: np.ndarray) -> np.ndarray:
+    """CMoE's routed split (``CMoE_utils.construct_experts_k_means``): each neuron's activation-marker column (its
+    calibration tokens' top-10 marks); the N most often marked neurons' columns as centroids; one balanced
+    assignment of every neuron to a centroid by L1 distance (each centroid repeated d/N times, a linear assignment:
+    ``scipy.optimize.linear_sum_assignment`` where CMoE uses ``lap.lapjv``: both optimal). The shared experts, when
+    asked for, are taken out before (``cluster_keys``)."""
+    import torch
+    from scipy.optimize import linear_sum_assignment
+
+    from emoe.calibration import markers
+
+    marks = markers(torch.from_numpy(np.asarray(activations)), CMOE_K_ACT)
+    rates = marks.mean(dim=0)
+    size = marks.shape[1] // num_experts
+    centroids = marks[:, torch.topk(rates, num_experts).indices]  # [T, N]
+    distances = torch.cdist(marks.t(), centroids.t(), p=1).numpy()  # [d, N]
+    _, slots = linear_sum_assignment(np.repeat(distances, size, axis=1))
+    return slots // size
+
+
 CLUSTERING: dict[str, Algorithm] = {
     "constrained": Algorithm(_constrained, balanced=True, settings="ninit10-iter1000-parallel"),
     "kmeans": Algorithm(_kmeans, balanced=False, settings="ninit10-iter1000"),
@@ -143,6 +166,7 @@ CLUSTERING: dict[str, Algorithm] = {
     "random": Algorithm(_random, balanced=True),
     "contiguous": Algorithm(_contiguous, balanced=True),
     "coactivation": Algorithm(_coactivation, balanced=True, settings="moefication-b8", needs_data=True),
+    "cmoe": Algorithm(_cmoe, balanced=True, settings="k10-lsa", needs_data=True),
 }
 # Part of every partition's cache key: how the keys were prepared (v2: normalised in float32, as the official code;
 # the float64 keys of earlier versions gave other partitions, which must never be served again).
@@ -175,11 +199,30 @@ def fingerprint(weight: torch.Tensor) -> str:
 
 
 def cluster_keys(keys: torch.Tensor, algorithm: str, num_experts: int, seed: int = 0,
-                 activations: torch.Tensor | None = None) -> np.ndarray:
+                 activations: torch.Tensor | None = None, shared: int = 0) -> np.ndarray:
     """Partition raw key rows ``[d_ff, d]`` into ``num_experts`` experts (no cache). Returns labels ``[d_ff]``.
-    ``activations``: the layer's intermediate activations on a calibration set, for the algorithms that need data."""
+    ``activations``: the layer's intermediate activations on a calibration set, for the algorithms that need data.
+    ``shared``: experts 0..shared-1 are CMoE's shared experts, the ``shared * d_ff / N`` neurons most often among
+    the calibration tokens' top-10 absolute activations (split among them in order of that rate); the algorithm
+    splits the other neurons into the other ``N - shared`` experts."""
     d_ff = keys.shape[0]
     check_partition_shape(algorithm, d_ff, num_experts)
+    if shared:
+        from emoe.calibration import markers
+
+        if activations is None:
+            raise ValueError("shared experts need calibration activations (their neurons are the most often active)")
+        if d_ff % num_experts:
+            raise ValueError(f"shared experts need equal experts: num_experts={num_experts} must divide d_ff={d_ff}")
+        size = d_ff // num_experts
+        rates = markers(activations, CMOE_K_ACT).mean(dim=0)
+        order = torch.argsort(-rates, stable=True)
+        labels = np.empty(d_ff, dtype=np.int64)
+        labels[order[:shared * size].numpy()] = np.repeat(np.arange(shared), size)
+        rest = order[shared * size:].sort().values
+        labels[rest.numpy()] = shared + cluster_keys(keys[rest], algorithm, num_experts - shared, seed,
+                                                     None if activations is None else activations[:, rest])
+        return labels
     normalised = torch.nn.functional.normalize(keys.detach().to("cpu", torch.float32), dim=1).numpy()
     method = get_algorithm(algorithm)
     if method.needs_data:
@@ -198,7 +241,8 @@ def cluster_keys(keys: torch.Tensor, algorithm: str, num_experts: int, seed: int
 
 
 def partition(keys: torch.Tensor, algorithm: str, num_experts: int, seed: int = 0, layer: int | None = None,
-              use_cache: bool = True, activations: torch.Tensor | None = None, data: str = "") -> np.ndarray:
+              use_cache: bool = True, activations: torch.Tensor | None = None, data: str = "",
+              shared: int = 0) -> np.ndarray:
     """``cluster_keys`` through an on-disk cache keyed by (weights' fingerprint, layer, algorithm, N, seed; and for
     the algorithms that need data, ``data``: the calibration set's fingerprint).
 
@@ -206,9 +250,10 @@ def partition(keys: torch.Tensor, algorithm: str, num_experts: int, seed: int = 
     trials on a shared cache directory never read a partial file.
     """
     if not use_cache:
-        return cluster_keys(keys, algorithm, num_experts, seed, activations)
+        return cluster_keys(keys, algorithm, num_experts, seed, activations, shared)
     settings = get_algorithm(algorithm).settings
-    calibrated = f"-c{data}" if get_algorithm(algorithm).needs_data else ""
+    calibrated = f"-c{data}" if get_algorithm(algorithm).needs_data or shared else ""
+    calibrated += f"-shared{shared}" if shared else ""
     name = (f"{fingerprint(keys)}-L{layer}-{algorithm}{'-' + settings if settings else ''}-N{num_experts}-s{seed}"
             f"{calibrated}-{KEYS_VERSION}.npy")
     path = cache_dir("partitions") / name
@@ -219,6 +264,6 @@ def partition(keys: torch.Tensor, algorithm: str, num_experts: int, seed: int = 
                 return labels.astype(np.int64)
         except (OSError, ValueError):
             log.warning("ignoring unreadable cached partition %s", path)
-    labels = cluster_keys(keys, algorithm, num_experts, seed, activations)
+    labels = cluster_keys(keys, algorithm, num_experts, seed, activations, shared)
     save_npy_atomic(path, labels)
     return labels

@@ -90,6 +90,8 @@ class EmoeConfig:
         expert_bias: ``shared``: the dense layer's one output bias, each token keeping its experts' ``bias / n``
             shares; ``per_expert`` (official): each expert its own trainable copy of ``bias / n`` (equal at
             conversion, free to drift apart in training).
+        shared_experts: CMoE's shared experts: experts 0..S-1 hold the neurons most often active on the calibration
+            set, are always on and never routed; the gate chooses ``top_k`` of the other ``N - S``.
         expert_repeat: GMoE's (the official ``--expert_repeat``; other methods ignore it): expert i holds the
             neurons of clusters i, i+1, ..., i+R-1 (mod N), so that ``expert_repeat = num_experts`` makes every
             expert a full copy of the FFN.
@@ -115,13 +117,14 @@ class EmoeConfig:
     expert_bias: str = "shared"
     mlp_output_dropout: str = "keep"
     expert_repeat: int = 1
+    shared_experts: int = 0
 
     # The valid range of each numeric field (top_k also at most num_experts); emoe.hparams shows them in --help.
     RANGES: ClassVar[dict[str, Interval]] = {
         "num_experts": Interval(1), "top_k": Interval(1), "seed": Interval(0, 2 ** 32 - 1),
         "cluster_seed": Interval(0, 2 ** 32 - 1), "capacity_factor": Interval(0, open_low=True),
         "gate_noise": Interval(0), "expert_dropout": Interval(0, 1, open_high=True), "aux_loss_weight": Interval(0),
-        "expert_repeat": Interval(1)}
+        "expert_repeat": Interval(1), "shared_experts": Interval(0)}
 
     def __post_init__(self):
         from emoe.clustering import CLUSTERING
@@ -139,7 +142,7 @@ class EmoeConfig:
         if self.cluster_seed != "trial":
             if isinstance(self.cluster_seed, bool) or not isinstance(self.cluster_seed, int):
                 raise ValueError(f"cluster_seed must be an integer or 'trial', got {self.cluster_seed!r}")
-        for name in ("num_experts", "top_k", "seed", "expert_repeat"):
+        for name in ("num_experts", "top_k", "seed", "expert_repeat", "shared_experts"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -155,6 +158,15 @@ class EmoeConfig:
             value = getattr(self, name)
             if value is not None and value != "trial":
                 valid.check(name, value, none="exact routing" if name == "capacity_factor" else None)
+        if self.shared_experts:
+            if self.top_k > self.num_experts - self.shared_experts:
+                raise ValueError(f"top_k={self.top_k} must be at most the routed experts, num_experts - "
+                                 f"shared_experts = {self.num_experts - self.shared_experts}")
+            if self.method == "gmoe" or self.expert_bias == "per_expert" or self.expert_selection == "not_top":
+                raise ValueError("shared_experts (always on, never routed) combine with method emoe, expert_bias "
+                                 "shared and a selection of k experts; got "
+                                 f"method={self.method}, expert_bias={self.expert_bias}, "
+                                 f"expert_selection={self.expert_selection}")
         if self.method == "gmoe" and self.expert_selection == "static":
             raise ValueError("expert_selection='static' (the pruning control) keeps a fixed part of one FFN; GMoE's "
                              "experts are copies: use method emoe")

@@ -145,7 +145,8 @@ def needs_calibration(config: EmoeConfig) -> bool:
     """Whether converting with ``config`` needs a calibration set (a construction or control that reads data)."""
     from emoe.clustering import get_algorithm
 
-    return config.converts and (get_algorithm(config.clustering).needs_data or config.expert_selection == "static")
+    return config.converts and (get_algorithm(config.clustering).needs_data or config.expert_selection == "static"
+                                or config.shared_experts > 0 or config.gate == "analytic")
 
 
 def _calibration_needed(config: EmoeConfig, partitions) -> bool:
@@ -187,7 +188,8 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True,
         labels = {p["block"]: partition(p["keys"], config.clustering, config.num_experts, config.partition_seed,
                                         layer=p["block"], use_cache=use_cache,
                                         activations=stats.activations[p["block"]] if stats else None,
-                                        data=stats.name if stats else "") for p in plan}
+                                        data=stats.name if stats else "", shared=config.shared_experts)
+                  for p in plan}
     for p in plan:
         if config.method == "gmoe":
             _to_gmoe(p, labels[p["block"]], config)
@@ -197,8 +199,12 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True,
                       config.num_experts, config.top_k, seed=config.seed + b, transposed=p["transposed"], block=b,
                       up_proj=p["up_proj"], capacity_factor=config.capacity_factor, gate_noise=config.gate_noise,
                       expert_dropout=config.expert_dropout, aux=config.aux_loss_weight > 0,
-                      expert_selection=config.expert_selection, expert_bias=config.expert_bias)
+                      expert_selection=config.expert_selection, expert_bias=config.expert_bias,
+                      shared=config.shared_experts,
+                      activation=p["module"].get_submodule(p["layout"].activation) if p["layout"].activation else None)
         ffn.train(ffn.values.training)  # a new module starts in training mode; keep the model's mode
+        if stats is not None and hasattr(ffn.gate, "fix_representatives"):
+            ffn.gate.fix_representatives(stats.activations[b], ffn.labels)
         if config.expert_selection == "static":
             ffn.fix_static_experts(stats.inputs[b] if stats else None)
         setattr(p["parent"], p["name"], ffn)

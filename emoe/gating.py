@@ -137,6 +137,44 @@ class LearnedAvgKeysGate(Gate):
         return self.weight
 
 
+class AnalyticGate(Gate):
+    """CMoE's analytic router (``CMoE_model.Router``, no training): each expert is scored by its representative
+    neuron (the member whose calibration activation markers are closest to the expert's mean; ``emoe.calibration``)
+    as that neuron would fire on the token with its weight rows L2-normalised: ``|act(x . k_r)|``, or for gated
+    MLPs ``|(x . u_r) * act(x . g_r)|``; the top-k of these (CMoE's softmax keeps their order) are kept with weight
+    1 (its learnable scale starts at 0). The rows are the current ones (the keys may be fine-tuned; the router
+    itself has no parameter)."""
+
+    def __init__(self, keys, values, labels, num_experts, seed):
+        super().__init__(keys, values, labels, num_experts, seed)
+        # until the calibration set fixes them (convert): each expert's first neuron
+        first = torch.stack([(labels == e).nonzero()[0, 0] if (labels == e).any() else torch.tensor(0)
+                             for e in range(num_experts)]) if labels.device.type != "meta" else \
+            torch.zeros(num_experts, dtype=torch.long, device=labels.device)
+        self.register_buffer("representatives", first.to(labels.device))
+        self._act, self._up = [nn.GELU()], []
+
+    def bind(self, activation: nn.Module | None, up_proj: nn.Module | None) -> None:
+        """The FFN's own activation and (gated MLPs) up projection, which the representative neurons apply."""
+        self._act = [activation if activation is not None else nn.GELU()]
+        self._up = [up_proj] if up_proj is not None else []
+
+    def fix_representatives(self, activations: torch.Tensor, labels: torch.Tensor) -> None:
+        from emoe.calibration import markers, representatives
+
+        self.representatives.copy_(representatives(markers(activations), labels.cpu(), self.num_experts)
+                                   .to(self.representatives.device))
+
+    def logits(self, x, keys, values):
+        with torch.autocast(x.device.type, enabled=False):
+            rows = nn.functional.normalize(keys.detach()[self.representatives].float(), dim=1)
+            h = self._act[0](x.float() @ rows.t())
+            if self._up:
+                up = self._up[0].weight.detach()[self.representatives].float()
+                h = h * (x.float() @ nn.functional.normalize(up, dim=1).t())
+            return h.abs()
+
+
 GATES: dict[str, type[Gate]] = {
     "avg_keys": AvgKeysGate,
     "centroid": CentroidGate,
@@ -144,4 +182,5 @@ GATES: dict[str, type[Gate]] = {
     "random": RandomGate,
     "learned": CosineGate,
     "learned_avg_keys": LearnedAvgKeysGate,
+    "analytic": AnalyticGate,
 }

@@ -67,7 +67,7 @@ NOISYTUNE_LEVEL = 0.15  # the official --noise_tuning of the README's noisy-tuni
 # Knobs added after the first sweeps were recorded: at their default they stay out of a cell's hash
 # (emoe.tracking.records.cell_name), so the cells of a sweep started before them keep their names and resume.
 LATER_KNOBS = {"expert_repeat": 1, "noise_tuning": 0.0, "regime": "full", "lora_r": 8, "body_lr_ratio": None,
-               "calibration_samples": 256}
+               "calibration_samples": 256, "shared_experts": 0}
 
 
 def default_epochs(task: str, regime: str = "full") -> int:
@@ -137,6 +137,9 @@ def _knobs() -> dict[str, Knob]:
         _emoe("num_experts", "experts per converted layer (N)", int),
         _emoe("top_k", "experts kept per token (k), at most num_experts", int),
         _emoe("layers", "blocks to convert, comma-separated, negative from the end", _int_tuple),
+        _emoe("shared_experts", "CMoE's shared experts: experts 0..S-1 hold the neurons most often active on the "
+              "calibration set, always on, never routed; top_k counts the routed ones (needs calibration data)",
+              int),
         _emoe("expert_repeat", "GMoE only (official --expert_repeat): expert i copies clusters i..i+R-1 (mod N); "
               "R = N makes every expert a whole copy of the FFN (the official GMoE commands)", int),
         Knob("noise_tuning", None, "NoisyTune's noise level (official --noise_tuning): before training each "
@@ -159,8 +162,9 @@ def _knobs() -> dict[str, Knob]:
         _emoe("expert_dropout", "dropout on the experts' pre-activations, training only (official 0.1)", float),
         _emoe("aux_loss_weight", "weight of Tutel's load-importance loss, any gate (official 0.01; needs a gate "
               "noise)", float),
-        _emoe("expert_selection", "which experts a token keeps: top k (the paper), bottom k, or all but the top k",
-              str, SELECTIONS),
+        _emoe("expert_selection", "which experts a token keeps: top k (the paper), bottom k, all but the top k; the "
+              "controls of top's compute: static (the k experts most often selected on the calibration set, for "
+              "every token: pruning) or random (k uniform experts per token, input-independent)", str, SELECTIONS),
         _emoe("expert_bias", "shared: the dense output bias, each token keeping its experts' shares; per_expert "
               "(official): each expert its own trainable copy of bias / k", str, EXPERT_BIASES),
         _emoe("mlp_output_dropout", "keep: a converted block keeps its FFN's output dropout; official: as the "
@@ -178,8 +182,9 @@ def _knobs() -> dict[str, Knob]:
         Knob("max_length", 128, "tokens per example (longer ones are truncated)", int, range=_COUNT),
         Knob("max_train_samples", None, "fixed random subset of the training set (seed 0); none = all",
              _optional_int, range=_COUNT),
-        Knob("calibration_samples", 256, "training examples (a fixed random subset) the data-driven constructions "
-             "and controls read: the co-activation split, the static pruning control", int, range=_COUNT),
+        Knob("calibration_samples", 256, "training examples (a fixed random subset) the data-driven constructions, "
+             "routers and controls read: the coactivation and cmoe splits, shared experts, the analytic router, the "
+             "static pruning control", int, range=_COUNT),
         Knob("max_eval_samples", None, "cap on each evaluation set (ID and OOD); none = all", _optional_int,
              range=_COUNT),
         Knob("eval_batch_size", None, "examples per evaluation batch (official: 8, which matters with a capacity: "

@@ -25,6 +25,18 @@ from emoe.sparse import SparseExecution
 EXECUTIONS = ("masked", "sparse")
 
 
+def with_shared(routed: Routing, logits: torch.Tensor, shared: int) -> Routing:
+    """A routing over the routed experts (numbered from 0) as one over all: the shared experts 0..shared-1 kept by
+    every token with weight 1, the routed ones shifted by ``shared``."""
+    lead = routed.experts.shape[:-1]
+    always = torch.arange(shared, device=routed.experts.device).expand(*lead, shared)
+    tokens = routed.experts[..., 0].numel()
+    return Routing(logits.float(), torch.cat([always, routed.experts + shared], -1),
+                   torch.cat([torch.ones_like(always, dtype=routed.weights.dtype), routed.weights], -1),
+                   torch.cat([torch.full((shared,), tokens, device=routed.counts.device), routed.counts]),
+                   routed.bias_share, routed.aux_loss)
+
+
 def load_entropy(load: torch.Tensor) -> float:
     """Entropy (nats) of expert loads (any non-negative weights, normalised here): log(N) when balanced."""
     p = load / load.sum()
@@ -46,7 +58,7 @@ class EmoeFFN(nn.Module):
                  num_experts: int, top_k: int, seed: int = 0, transposed: bool = False, block: int | None = None,
                  up_proj: nn.Module | None = None, capacity_factor: float | None = None, gate_noise: float = 0.0,
                  expert_dropout: float = 0.0, aux: bool = False, expert_selection: str = "top",
-                 expert_bias: str = "shared"):
+                 expert_bias: str = "shared", shared: int = 0, activation: nn.Module | None = None):
         super().__init__()
         self.values = values_proj
         # NOTE: a list keeps the key projection out of this module's children: it stays registered (once) where it
@@ -62,9 +74,13 @@ class EmoeFFN(nn.Module):
         self.capacity_factor, self.gate_noise, self.aux = capacity_factor, gate_noise, aux
         self.expert_selection = expert_selection
         self.bypass = False
+        sizes = torch.bincount(torch.as_tensor(labels, dtype=torch.long).cpu(), minlength=num_experts)
         labels = torch.as_tensor(labels, dtype=torch.long, device=values_proj.weight.device)
         self.register_buffer("labels", labels)
+        self.shared = shared  # experts 0..shared-1: always on, never routed (CMoE's shared experts)
         self.gate = GATES[gate](self.keys, self.values_matrix, labels, num_experts, seed)
+        if hasattr(self.gate, "bind"):  # a router that reads the FFN's own activation (and up projection)
+            self.gate.bind(activation, up_proj)
         bias = getattr(values_proj, "bias", None)
         self.expert_bias = None
         if expert_bias == "per_expert" and bias is not None:
@@ -77,7 +93,7 @@ class EmoeFFN(nn.Module):
         self._routing: Routing | None = None
         if expert_selection == "static":  # the pruning control's k experts (convert fixes them on calibration data)
             self.register_buffer("static_experts", torch.arange(top_k, device=labels.device))
-        self.register_buffer("expert_sizes", torch.bincount(labels, minlength=num_experts), persistent=False)
+        self.register_buffer("expert_sizes", sizes.to(labels.device), persistent=False)
         self.last_active: float | None = None
         self.last_load: torch.Tensor | None = None
         self.aux_loss: torch.Tensor | None = None
@@ -100,8 +116,15 @@ class EmoeFFN(nn.Module):
         if self.bypass:
             return
         logits = self.gate.logits(args[0], self.keys, self.values_matrix)  # [..., num_experts] fp32
-        routing = route(logits, self.top_k, self.gate.combine, self.training, self.gate_noise,
-                        self.capacity_factor, self.expert_selection, self.aux, getattr(self, "static_experts", None))
+        if self.shared:
+            routed = route(logits[..., self.shared:], self.top_k, self.gate.combine, self.training, self.gate_noise,
+                           self.capacity_factor, self.expert_selection, self.aux,
+                           getattr(self, "static_experts", None))
+            routing = with_shared(routed, logits, self.shared)
+        else:
+            routing = route(logits, self.top_k, self.gate.combine, self.training, self.gate_noise,
+                            self.capacity_factor, self.expert_selection, self.aux,
+                            getattr(self, "static_experts", None))
         self.last_load = routing.load
         self.last_active = active_neurons(routing, self.expert_sizes)
         self.aux_loss = routing.aux_loss
@@ -148,9 +171,10 @@ class EmoeFFN(nn.Module):
         tokens' FFN inputs ``[T, d]`` (ties to the lower index); None keeps the first k."""
         if inputs is None:
             return
-        logits = self.gate.logits(inputs.to(self.labels.device), self.keys, self.values_matrix)
-        counts = torch.bincount(logits.topk(self.top_k, dim=-1).indices.reshape(-1), minlength=self.num_experts)
-        order = sorted(range(self.num_experts), key=lambda e: (-int(counts[e]), e))
+        logits = self.gate.logits(inputs.to(self.labels.device), self.keys, self.values_matrix)[..., self.shared:]
+        routed = self.num_experts - self.shared  # static picks among the routed experts (numbered from 0)
+        counts = torch.bincount(logits.topk(self.top_k, dim=-1).indices.reshape(-1), minlength=routed)
+        order = sorted(range(routed), key=lambda e: (-int(counts[e]), e))
         self.static_experts.copy_(torch.tensor(sorted(order[:self.top_k]), device=self.static_experts.device))
 
     def flops_per_token(self, active: float) -> float:

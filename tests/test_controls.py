@@ -105,3 +105,68 @@ def test_new_constructions_and_controls_run_masked_and_sparse_alike(knobs):
         sparse = hidden(model, inputs)
     assert (masked - hidden(tiny_model("bert"), inputs)).abs().max() > 1e-4
     torch.testing.assert_close(sparse, masked, atol=1e-5, rtol=1e-5)
+
+
+# -- CMoE: shared experts, its routed split, its analytic router --------------------------------------------------
+
+
+def _top10_rates(acts: torch.Tensor) -> torch.Tensor:
+    """How often each neuron is among a token's 10 largest absolute activations (computed here with a loop)."""
+    counts = torch.zeros(acts.shape[1])
+    for row in acts.abs():
+        for n in row.argsort(descending=True)[:10]:
+            counts[n] += 1
+    return counts / acts.shape[0]
+
+
+@pytest.mark.parametrize("clustering", ["cmoe", "constrained"])
+def test_shared_experts_are_exactly_the_most_frequently_active_neurons(clustering):
+    from emoe.clustering import cluster_keys
+
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(300, 64, generator=g) * torch.linspace(0.2, 3.0, 64)[torch.randperm(64, generator=g)]
+    keys = torch.randn(64, 8, generator=g)
+    labels = cluster_keys(keys, clustering, num_experts=8, seed=0, activations=acts, shared=2)
+    rates = _top10_rates(acts)
+    expected = set(torch.argsort(-rates, stable=True)[:16].tolist())
+    assert set(np.flatnonzero(labels < 2).tolist()) == expected
+    assert np.all(np.bincount(labels, minlength=8) == 8)  # each neuron once, equal experts
+
+
+def test_shared_experts_are_always_on_and_routing_picks_k_of_the_others():
+    model = tiny_model("bert")
+    convert(model, EmoeConfig(num_experts=4, top_k=2, layers=(1,), clustering="cmoe", shared_experts=1),
+            use_cache=False, calibration=CALIBRATION)
+    (layer,) = emoe_layers(model)
+    with torch.no_grad():
+        hidden(model, tiny_inputs("bert", 7))
+    assert layer.last_active == 3 * 16  # the shared expert and 2 of the 3 routed, 16 neurons each
+    assert layer.last_load[0] == pytest.approx(1 / 3)  # the shared expert: every token, a third of the selections
+    with pytest.raises(ValueError, match="must be at most the routed experts"):
+        EmoeConfig(num_experts=4, top_k=4, shared_experts=1)
+
+
+def test_the_analytic_router_is_its_definition_and_needs_no_training():
+    """Representatives recomputed: each expert's member whose top-10 marker column is closest (L1) to the mean of its
+    members'; the score |gelu(x . k_r / |k_r|)| of each expert's representative; no parameter to train."""
+    model = tiny_model("bert")
+    reference = tiny_model("bert")
+    convert(model, EmoeConfig(num_experts=4, top_k=2, layers=(1,), clustering="contiguous", gate="analytic"),
+            use_cache=False, calibration=CALIBRATION)
+    (layer,) = emoe_layers(model)
+    assert not list(layer.gate.parameters())
+    stats = collect(reference, CALIBRATION, [1])
+    acts = stats.activations[1]
+    marks = torch.zeros_like(acts)
+    for t, row in enumerate(acts.abs()):
+        marks[t, row.argsort(descending=True)[:10]] = 1
+    reps = []
+    for e in range(4):
+        members = list(range(16 * e, 16 * (e + 1)))
+        centroid = marks[:, members].mean(1, keepdim=True)
+        reps.append(members[int((marks[:, members] - centroid).abs().sum(0).argmin())])
+    assert layer.gate.representatives.tolist() == reps
+    keys = reference.encoder.layer[1].intermediate.dense.weight.detach()
+    x = stats.inputs[1][:20]
+    expected = torch.nn.functional.gelu(x @ torch.nn.functional.normalize(keys[reps], dim=1).t()).abs()
+    torch.testing.assert_close(layer.gate.logits(x, layer.keys, layer.values_matrix), expected)

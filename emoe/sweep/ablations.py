@@ -47,6 +47,23 @@ ABLATIONS: dict[str, Ablation] = {
     "eval_method": Ablation("eval_method", {"same": {"eval_method": "same"}, "dense_eval": {"eval_method": "dense"},
                                             "emoe_eval": {"eval_method": "emoe"}, DENSE: {"method": "dense"}},
                             factor="eval_method"),
+    # dense-to-MoE constructions (MoEfication's co-activation graph, CMoE's split with and without its shared
+    # experts) beside EMoE's key clustering and the random split, every one routed by avg-k
+    "constructions": Ablation("constructions", {"constrained": {"clustering": "constrained"},
+                                                "coactivation": {"clustering": "coactivation"},
+                                                "cmoe": {"clustering": "cmoe"},
+                                                "cmoe_shared": {"clustering": "cmoe", "shared_experts": 1},
+                                                "random": {"clustering": "random"}, DENSE: {"method": "dense"}},
+                              factor="clustering,shared_experts"),
+    # routers on EMoE's experts: avg-k, EMoE-learn's cosine router, CMoE's analytic router
+    "routers": Ablation.over("gate", ["avg_keys", "learned", "analytic"], name="routers"),
+    # does input-dependent routing beat keeping as many neurons? the routed arm, the all-experts control (k = N), the
+    # static pruning control and the matched random mask (same neurons per token), and the dense baseline
+    "controls": Ablation("controls", {"routed": {"expert_selection": "top"},
+                                      "all_experts": {"expert_selection": "top", "top_k": "=num_experts"},
+                                      "static": {"expert_selection": "static"},
+                                      "random_mask": {"expert_selection": "random"}, DENSE: {"method": "dense"}},
+                         factor="expert_selection"),
     # one official command as the official script runs it (its seeds x learning rates, one arm, no baseline):
     # emoe sweep official --preset paper-gmoe (any preset: its own configuration)
     "official": Ablation("official", {"official": {}}, factor=""),

@@ -101,8 +101,12 @@ class Plan:
     experiment: str
 
     def trial(self, arm: str, seed: int, learning_rate: float, task: str | None = None) -> dict[str, Any]:
-        return {**self.base, "task": task or self.tasks[0], **self.design.arms[arm], "seed": seed,
-                "learning_rate": learning_rate}
+        """A cell's config. An arm's value ``"=<knob>"`` is that knob's value in the same config (the all-experts
+        control's ``top_k = "=num_experts"``: k = N whatever N the preset sets)."""
+        cfg = {**self.base, "task": task or self.tasks[0], **self.design.arms[arm], "seed": seed,
+               "learning_rate": learning_rate}
+        return {k: cfg[v[1:]] if isinstance(v, str) and v.startswith("=") and v[1:] in cfg else v
+                for k, v in cfg.items()}
 
     def epochs(self, task: str) -> int:
         """A task's training epochs: ``--epochs`` if given, else the task's official cap under the sweep's regime
