@@ -146,7 +146,7 @@ def needs_calibration(config: EmoeConfig) -> bool:
     from emoe.clustering import get_algorithm
 
     return config.converts and (get_algorithm(config.clustering).needs_data or config.expert_selection == "static"
-                                or config.shared_experts > 0 or config.gate == "analytic")
+                                or config.shared_experts > 0 or config.gate in ("analytic", "mlp"))
 
 
 def _calibration_needed(config: EmoeConfig, partitions) -> bool:
@@ -203,8 +203,8 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True,
                       shared=config.shared_experts,
                       activation=p["module"].get_submodule(p["layout"].activation) if p["layout"].activation else None)
         ffn.train(ffn.values.training)  # a new module starts in training mode; keep the model's mode
-        if stats is not None and hasattr(ffn.gate, "fix_representatives"):
-            ffn.gate.fix_representatives(stats.activations[b], ffn.labels)
+        if stats is not None and hasattr(ffn.gate, "calibrate"):  # a router fitted to the calibration set
+            ffn.gate.calibrate(stats.inputs[b], stats.activations[b], ffn.keys, ffn.labels.cpu(), config.top_k)
         if config.expert_selection == "static":
             ffn.fix_static_experts(stats.inputs[b] if stats else None)
         setattr(p["parent"], p["name"], ffn)

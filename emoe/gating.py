@@ -159,7 +159,9 @@ class AnalyticGate(Gate):
         self._act = [activation if activation is not None else nn.GELU()]
         self._up = [up_proj] if up_proj is not None else []
 
-    def fix_representatives(self, activations: torch.Tensor, labels: torch.Tensor) -> None:
+    def calibrate(self, inputs: torch.Tensor, activations: torch.Tensor, keys: torch.Tensor,
+                  labels: torch.Tensor, top_k: int | None = None) -> None:
+        """Fix the representatives from the calibration tokens' activations ``[T, d_ff]``."""
         from emoe.calibration import markers, representatives
 
         self.representatives.copy_(representatives(markers(activations), labels.cpu(), self.num_experts)
@@ -175,6 +177,67 @@ class AnalyticGate(Gate):
             return h.abs()
 
 
+class MlpGate(Gate):
+    """MoEfication's MLP predictor (``moefication/utils.py``, ``MLPCenter``): on the L2-normalised FFN input, a
+    ``Linear(d, N)`` (initialised from the mean of each expert's L2-normalised keys), tanh, ``Linear(N, N)``
+    (initialised to the identity), no biases. It is fitted at conversion on the calibration tokens (the first 90%;
+    the last 10% held out), as MoEfication's: targets each expert's summed ``relu(x . k)`` activation over the
+    batch's largest, binary cross-entropy on the logits, Adam at 0.01, batches of 512, 30 epochs; then frozen.
+    ``held_out_accuracy``: the mean overlap of its top-k with the true top-k experts on the held-out tokens."""
+
+    epochs, lr, batch = 30, 0.01, 512
+
+    def __init__(self, keys, values, labels, num_experts, seed):
+        super().__init__(keys, values, labels, num_experts, seed)
+        d = keys.shape[1]
+        self.register_buffer("w1", expert_means(nn.functional.normalize(keys.detach().float(), dim=1), labels,
+                                                num_experts).to(keys.dtype))
+        self.register_buffer("w2", torch.eye(num_experts, device=keys.device, dtype=keys.dtype))
+        self.seed, self.held_out_accuracy, self.d = seed, float("nan"), d
+
+    def predict(self, x: torch.Tensor, w1: torch.Tensor | None = None, w2: torch.Tensor | None = None):
+        w1 = self.w1 if w1 is None else w1
+        w2 = self.w2 if w2 is None else w2
+        return torch.tanh(nn.functional.normalize(x.float(), dim=-1) @ w1.float().t()) @ w2.float().t()
+
+    def flops(self, d):
+        return 2 * d * self.num_experts + 2 * self.num_experts * self.num_experts
+
+    def calibrate(self, inputs, activations, keys, labels, top_k: int | None = None) -> None:
+        """Fit the predictor on the calibration tokens' FFN inputs ``[T, d]`` (see the class)."""
+        x = nn.functional.normalize(inputs.float(), dim=-1)
+        patterns = nn.functional.one_hot(labels.cpu(), self.num_experts).float()  # [d_ff, N]
+        with torch.no_grad():
+            target = torch.relu(x @ keys.detach().float().cpu().t()) @ patterns  # [T, N]
+        split = x.shape[0] // 10 * 9
+        w1 = nn.Parameter(self.w1.detach().float().cpu().clone())
+        w2 = nn.Parameter(self.w2.detach().float().cpu().clone())
+        optimiser = torch.optim.Adam([w1, w2], lr=self.lr)
+        g = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.epochs):
+            order = torch.randperm(split, generator=g)
+            for start in range(0, split, self.batch):
+                rows = order[start:start + self.batch]
+                scores = target[rows] / target[rows].max().clamp_min(1e-12)
+                loss = nn.functional.binary_cross_entropy_with_logits(self.predict(x[rows], w1, w2), scores)
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+        self.w1.copy_(w1.detach().to(self.w1))
+        self.w2.copy_(w2.detach().to(self.w2))
+        k = top_k or max(1, self.num_experts // 4)
+        if x.shape[0] > split:
+            with torch.no_grad():
+                pred = self.predict(x[split:]).topk(k, dim=-1).indices
+                true = target[split:].topk(k, dim=-1).indices
+            self.held_out_accuracy = float(torch.tensor([len(set(p.tolist()) & set(t.tolist())) / k
+                                                         for p, t in zip(pred, true)]).mean())
+
+    def logits(self, x, keys, values):
+        with torch.autocast(x.device.type, enabled=False):
+            return self.predict(x)
+
+
 GATES: dict[str, type[Gate]] = {
     "avg_keys": AvgKeysGate,
     "centroid": CentroidGate,
@@ -183,4 +246,5 @@ GATES: dict[str, type[Gate]] = {
     "learned": CosineGate,
     "learned_avg_keys": LearnedAvgKeysGate,
     "analytic": AnalyticGate,
+    "mlp": MlpGate,
 }

@@ -1,4 +1,5 @@
-"""Routers on EMoE's experts: avg-k (the paper), EMoE-learn's cosine router, CMoE's analytic router; plus the dense
+"""Routers on EMoE's experts: avg-k (the paper), EMoE-learn's cosine router, MoEfication's MLP predictor, CMoE's analytic
+router; plus the dense
 baseline.
 
 The same as `emoe sweep routers` (the registry: emoe.sweep.ablations)."""

@@ -55,8 +55,9 @@ ABLATIONS: dict[str, Ablation] = {
                                                 "cmoe_shared": {"clustering": "cmoe", "shared_experts": 1},
                                                 "random": {"clustering": "random"}, DENSE: {"method": "dense"}},
                               factor="clustering,shared_experts"),
-    # routers on EMoE's experts: avg-k, EMoE-learn's cosine router, CMoE's analytic router
-    "routers": Ablation.over("gate", ["avg_keys", "learned", "analytic"], name="routers"),
+    # routers on EMoE's experts: avg-k, EMoE-learn's cosine router, MoEfication's MLP predictor, CMoE's analytic
+    # router
+    "routers": Ablation.over("gate", ["avg_keys", "learned", "mlp", "analytic"], name="routers"),
     # does input-dependent routing beat keeping as many neurons? the routed arm, the all-experts control (k = N), the
     # static pruning control and the matched random mask (same neurons per token), and the dense baseline
     "controls": Ablation("controls", {"routed": {"expert_selection": "top"},
