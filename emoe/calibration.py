@@ -29,12 +29,12 @@ class Calibration:
 
 
 def fingerprint(batches: list[dict[str, torch.Tensor]]) -> str:
-    """A content hash of calibration batches (their token ids and masks)."""
+    """A content hash of calibration batches (every tensor: token ids, masks, pixels)."""
     h = hashlib.sha256()
     for batch in batches:
-        for key in ("input_ids", "attention_mask"):
-            if key in batch:
-                h.update(batch[key].cpu().numpy().tobytes())
+        for key in sorted(batch):
+            h.update(key.encode())
+            h.update(batch[key].detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -59,11 +59,13 @@ def collect(model: nn.Module, batches: list[dict[str, torch.Tensor]], blocks: li
     device = next(model.parameters()).device
     try:
         for batch in batches:
-            batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask",
-                                                                          "token_type_ids")}
-            mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"]))
-            keep.append(mask.reshape(-1).bool().cpu())
+            batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            before = sum(len(x) for x in inputs[blocks[0]])
             model(**batch)
+            rows = sum(len(x) for x in inputs[blocks[0]]) - before
+            mask = batch.get("attention_mask")  # padding left out; every position of an image
+            keep.append(mask.reshape(-1).bool().cpu() if mask is not None and mask.numel() == rows
+                        else torch.ones(rows, dtype=torch.bool))
     finally:
         for hook in hooks:
             hook.remove()

@@ -214,15 +214,8 @@ class MlpGate(Gate):
         w2 = nn.Parameter(self.w2.detach().float().cpu().clone())
         optimiser = torch.optim.Adam([w1, w2], lr=self.lr)
         g = torch.Generator().manual_seed(self.seed)
-        for _ in range(self.epochs):
-            order = torch.randperm(split, generator=g)
-            for start in range(0, split, self.batch):
-                rows = order[start:start + self.batch]
-                scores = target[rows] / target[rows].max().clamp_min(1e-12)
-                loss = nn.functional.binary_cross_entropy_with_logits(self.predict(x[rows], w1, w2), scores)
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
+        with torch.enable_grad():  # conversion may run under no_grad; the fit is a small training of its own
+            self._fit(x, target, split, w1, w2, optimiser, g)
         self.w1.copy_(w1.detach().to(self.w1))
         self.w2.copy_(w2.detach().to(self.w2))
         k = top_k or max(1, self.num_experts // 4)
@@ -232,6 +225,17 @@ class MlpGate(Gate):
                 true = target[split:].topk(k, dim=-1).indices
             self.held_out_accuracy = float(torch.tensor([len(set(p.tolist()) & set(t.tolist())) / k
                                                          for p, t in zip(pred, true)]).mean())
+
+    def _fit(self, x, target, split, w1, w2, optimiser, g) -> None:
+        for _ in range(self.epochs):
+            order = torch.randperm(split, generator=g)
+            for start in range(0, split, self.batch):
+                rows = order[start:start + self.batch]
+                scores = target[rows] / target[rows].max().clamp_min(1e-12)
+                loss = nn.functional.binary_cross_entropy_with_logits(self.predict(x[rows], w1, w2), scores)
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
 
     def logits(self, x, keys, values):
         with torch.autocast(x.device.type, enabled=False):

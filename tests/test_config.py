@@ -21,8 +21,8 @@ def test_json_round_trip():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(clustering="dbscan"), "unknown clustering 'dbscan'; valid choices: constrained, kmeans, hierarchical, "
                                 "spectral, random, contiguous"),
-    (dict(gate="mlp"), "unknown gate 'mlp'; valid choices: avg_keys, centroid, avg_values, random, learned, "
-                       "learned_avg_keys"),
+    (dict(gate="moe_router"), "unknown gate 'moe_router'; valid choices: avg_keys, centroid, avg_values, random, "
+                              "learned, learned_avg_keys, analytic, mlp"),
     (dict(init="imagenet"), "unknown init 'imagenet'; valid choices: pretrained, random"),
     (dict(method="moe"), "unknown method 'moe'; valid choices: emoe, dense"),
     (dict(num_experts=4, top_k=8), "top_k=8 must be between 1 and num_experts=4"),

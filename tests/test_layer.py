@@ -12,7 +12,13 @@ import emoe
 from emoe import EmoeConfig, convert, emoe_layers
 
 NON_LEARNED = [g for g in emoe.GATES if g != "learned"]  # gates whose weights are 1 (the binary mask) forward
-VECTOR_GATES = NON_LEARNED  # the same gates score x . G_i (learned: the cosine router)
+# the gates that score x . G_i (not learned: the cosine router; not mlp, analytic: their own functions of x)
+VECTOR_GATES = [g for g in NON_LEARNED if g not in ("mlp", "analytic")]
+
+
+def calibration(arch: str) -> list:
+    """Calibration batches for the routers fitted to data (mlp, analytic); other conversions ignore them."""
+    return [tiny_inputs(arch, seed) for seed in range(1, 21)]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -22,7 +28,8 @@ def test_all_experts_equals_dense(arch, gate):
     inputs = tiny_inputs(arch)
     with torch.no_grad():
         ref = hidden(model, inputs)
-        convert(model, EmoeConfig(clustering="kmeans", gate=gate, num_experts=8, top_k=8, layers=(0, -1)))
+        convert(model, EmoeConfig(clustering="kmeans", gate=gate, num_experts=8, top_k=8, layers=(0, -1)),
+                calibration=calibration(arch))
         out = hidden(model, inputs)
     assert len(emoe_layers(model)) == 2
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
@@ -211,7 +218,8 @@ def test_sequence_classification_wrapper_converts():
 def test_sparse_execution_equals_masked(arch, gate, clustering):
     model = tiny_model(arch)
     inputs = tiny_inputs(arch)
-    convert(model, EmoeConfig(clustering=clustering, gate=gate, num_experts=8, top_k=2, layers=(0, -1)))
+    convert(model, EmoeConfig(clustering=clustering, gate=gate, num_experts=8, top_k=2, layers=(0, -1)),
+            calibration=calibration(arch))
     with torch.no_grad():
         masked = hidden(model, inputs)
         emoe.set_execution(model, "sparse")

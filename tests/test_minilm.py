@@ -1,4 +1,5 @@
-"""The real pre-trained all-MiniLM-L6-v2 (packaged, offline): every algorithm and gate converts and trains."""
+"""The real pre-trained all-MiniLM-L6-v2 (packaged, offline): every algorithm and gate converts and trains (the
+data-driven ones on a calibration set of packaged SST-2 sentences)."""
 
 import pytest
 import torch
@@ -15,13 +16,27 @@ def minilm():
     return model.state_dict(), tokenizer
 
 
+@pytest.fixture(scope="module")
+def calibration(minilm):
+    """64 packaged SST-2 training sentences in two batches: the data-driven constructions' and routers' data."""
+    import json
+
+    from conftest import PACKAGED_DATA
+
+    with open(PACKAGED_DATA / "sst2" / "train.jsonl") as f:
+        sentences = [json.loads(next(f))["sentence"] for _ in range(64)]
+    tokenizer = minilm[1]
+    return [{k: v for k, v in tokenizer(sentences[i:i + 32], return_tensors="pt", padding=True).items()}
+            for i in (0, 32)]
+
+
 @pytest.mark.parametrize("clustering", list(emoe.CLUSTERING))
 @pytest.mark.parametrize("gate", list(emoe.GATES))
-def test_minilm_converts_forward_backward(minilm, clustering, gate):
+def test_minilm_converts_forward_backward(minilm, calibration, clustering, gate):
     state, tokenizer = minilm
     model, _ = load_model("minilm", num_labels=2)
     model.load_state_dict(state)
-    convert(model, EmoeConfig(clustering=clustering, gate=gate, num_experts=16, top_k=4))
+    convert(model, EmoeConfig(clustering=clustering, gate=gate, num_experts=16, top_k=4), calibration=calibration)
     layers = emoe_layers(model)
     assert [f.block for f in layers] == [4, 5] and all(f.labels.numel() == 1536 for f in layers)
     batch = tokenizer(["a gripping, beautiful film", "dull and far too long"], return_tensors="pt", padding=True)

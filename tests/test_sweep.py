@@ -635,3 +635,21 @@ def test_the_paper_lora_comparison_runs_as_a_sweep(tiny_model_dir, tiny_data_dir
                    "emoe": ("emoe", "lora_gates"), "emoe-learn": ("emoe", "lora_gates")}
     assert all(c.data.tags[tracking.OUTCOME] == "completed" for c in children) and len(parents) == 1
     assert {c.data.params["expert_repeat"] for c in children if c.data.tags[tracking.ARM] == "gmoe"} == {"8"}
+
+
+@pytest.mark.slow
+def test_a_sweep_of_constructions_by_routers_runs_to_its_table(tiny_model_dir, tiny_data_dir, tmp_path):
+    """Constructions (key clustering, MoEfication's co-activation split, CMoE's) crossed with routers (avg-k, the MLP
+    predictor, CMoE's analytic router) on Ray: every trial completes, logs its compute beside its scores, and the
+    closing table has every arm."""
+    out = run_tiny("crossing", tiny_model_dir, tiny_data_dir, tmp_path, "--factor",
+                   "clustering=constrained,coactivation,cmoe", "--factor", "gate=avg_keys,mlp,analytic", "--seeds", "0",
+                   "--learning-rates", "1e-3", "--cpus-per-trial", "0.5", "--scheduler", "none", "--checkpoint-every",
+                   "none", "--keep-model", "none", "--calibration-samples", "64")
+    _, _, _, children = _children(f"sqlite:///{tmp_path}/mlflow.db", "emoe-clustering-x-gate")
+    assert len(children) == 10 and all(c.data.tags[tracking.OUTCOME] == "completed" for c in children)
+    routed = [c for c in children if c.data.tags[tracking.ARM] != "dense"]
+    assert all(c.data.metrics["active_neurons.block1"] == 32 for c in routed)  # k = 2 of 4 experts of 64 neurons
+    assert all("ffn_flops.block1" in c.data.metrics for c in routed)
+    for arm in ("coactivation+mlp", "cmoe+analytic", "constrained+avg_keys", "dense"):
+        assert arm in out.stdout
