@@ -85,6 +85,7 @@ class GmoeFFN(nn.Module):
         self.bypass = False
         self.register_buffer("expert_sizes", sizes.to(keys.device), persistent=False)
         self.last_active: float | None = None
+        self.last_chosen: torch.Tensor | None = None
         self.last_load: torch.Tensor | None = None
         self.aux_loss: torch.Tensor | None = None
 
@@ -108,6 +109,7 @@ class GmoeFFN(nn.Module):
                         self.capacity_factor, self.expert_selection, self.aux)
         self.last_load, self.aux_loss = routing.load, routing.aux_loss
         self.last_active = active_neurons(routing, self.expert_sizes)
+        self.last_chosen = None if self.training else routing.table() != 0  # [..., N]: evaluation's choices
         table = routing.table()  # [T, N]: each token's weight per expert, 0 where unused or dropped
         out = torch.zeros(flat.shape[0], self.fc2_weight.shape[1], dtype=torch.float32, device=x.device)
         for e in range(self.num_experts):

@@ -95,6 +95,7 @@ class EmoeFFN(nn.Module):
             self.register_buffer("static_experts", torch.arange(top_k, device=labels.device))
         self.register_buffer("expert_sizes", sizes.to(labels.device), persistent=False)
         self.last_active: float | None = None
+        self.last_chosen: torch.Tensor | None = None
         self.last_load: torch.Tensor | None = None
         self.aux_loss: torch.Tensor | None = None
         keys_proj.register_forward_pre_hook(self._route)
@@ -127,6 +128,7 @@ class EmoeFFN(nn.Module):
                             getattr(self, "static_experts", None))
         self.last_load = routing.load
         self.last_active = active_neurons(routing, self.expert_sizes)
+        self.last_chosen = None if self.training else routing.table() != 0  # [..., N]: evaluation's choices
         self.aux_loss = routing.aux_loss
         if self.execution == "sparse":
             self._sparse.group(routing)

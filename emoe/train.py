@@ -71,12 +71,13 @@ def compact(pred: np.ndarray, regression: bool) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate(model, loaders: dict[str, Any], device, autocast, task: Task,
-             predictions: dict[str, np.ndarray] | None = None,
-             ood_protocol: str = "gluex") -> tuple[dict[str, dict[str, float]], dict[int, float]]:
+             predictions: dict[str, np.ndarray] | None = None, ood_protocol: str = "gluex",
+             chosen: dict[int, np.ndarray] | None = None) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """The task's metrics on the ``id`` loader and the OOD protocol's (``emoe.protocols``) on every other, and each
     converted layer's diagnostics over the first loader (ID): ``load_entropy``, ``active_neurons`` and ``ffn_flops``
     per block (``<name>.block<b>``). ``predictions``, when given, receives each loader's per-example predictions in
-    the loader's order."""
+    the loader's order; ``chosen``, each block's experts per ID token (``[tokens, N]`` bool, padding left out, in
+    the loader's order: the stability diagnostic's input)."""
     model.eval()
     scores, entropies = {}, {}
     layers = emoe_layers(model)
@@ -97,6 +98,12 @@ def evaluate(model, loaders: dict[str, Any], device, autocast, task: Task,
                     if f.block in loads:
                         loads[f.block] += f.last_load.cpu() * batch["input_ids"].numel()
                         active[f.block] += f.last_active * batch["input_ids"].numel()
+                        if chosen is not None and f.last_chosen is not None:
+                            keep = batch["attention_mask"].reshape(-1).bool().cpu() \
+                                if "attention_mask" in batch else slice(None)
+                            picked = f.last_chosen.reshape(-1, f.num_experts).cpu()[keep].numpy()
+                            chosen[f.block] = picked if f.block not in chosen else \
+                                np.concatenate([chosen[f.block], picked])
         names = task.metrics if name == "id" else get_protocol(ood_protocol).metrics(task)
         scores[name] = metrics.compute(names, np.concatenate(preds), np.concatenate(golds))
         if predictions is not None:
@@ -240,6 +247,14 @@ def train_and_evaluate(trial_config: dict[str, Any], report: Report | None = Non
     return trial.run(resume)
 
 
+def expert_stability(before: np.ndarray, after: np.ndarray) -> float:
+    """Mean over the tokens of the Jaccard index of their expert sets at two evaluations (``[tokens, N]`` bool):
+    1 when every token keeps its experts."""
+    union = (before | after).sum(1)
+    inter = (before & after).sum(1)
+    return float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
+
+
 def calibration_batches(train, tokenizer, task: Task, cfg: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
     """The calibration set of the data-driven constructions and controls (``emoe.calibration``):
     ``calibration_samples`` examples of the training data (a fixed random subset, seed 0, the same for every trial
@@ -297,6 +312,8 @@ class Progress:
         default_factory=lambda: {"latest": {}, "best": {}})
     last: dict[str, float] = dataclasses.field(default_factory=dict)  # the last report
     best_model: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # its weights, if kept
+    # each block's experts per ID token at the last evaluation (the stability diagnostic's previous state)
+    chosen: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 class Trial:
@@ -399,11 +416,15 @@ class Trial:
         cfg, p = self.cfg, self.progress
         set_bypass(self.model, self.eval_dense)
         preds: dict[str, np.ndarray] = {}
+        chosen: dict[int, np.ndarray] = {}
         per_set, entropies = evaluate(self.model, self.eval_loaders, self.device, self.autocast, self.data.task,
-                                      preds if self.hooks.on_predictions else None, cfg["ood_protocol"])
+                                      preds if self.hooks.on_predictions else None, cfg["ood_protocol"], chosen)
         set_bypass(self.model, self.train_dense)
         p.kept["latest"] = preds
-        scores = {**score_metrics(per_set, self.eval_sizes, cfg["ood_protocol"]), **entropies}
+        stability = {tracking.block_metric(tracking.EXPERT_STABILITY, b): expert_stability(p.chosen[b], now)
+                     for b, now in chosen.items() if b in p.chosen and p.chosen[b].shape == now.shape}
+        p.chosen = chosen
+        scores = {**score_metrics(per_set, self.eval_sizes, cfg["ood_protocol"]), **entropies, **stability}
         if not p.best or scores[tracking.ID_SCORE] > p.best[tracking.ID_SCORE]:
             p.best, p.since_best = {**scores, tracking.BEST_STEP: p.step}, 0
             p.kept["best"] = preds

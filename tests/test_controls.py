@@ -195,3 +195,12 @@ def test_the_mlp_router_starts_as_its_definition_and_learns_to_pick_the_top_expe
     (layer,) = emoe_layers(model)
     assert layer.gate.held_out_accuracy > 0.5  # chance: 2/8
     assert not list(layer.gate.parameters())
+
+
+def test_expert_stability_is_the_mean_jaccard_of_each_tokens_experts():
+    from emoe.train import expert_stability
+
+    before = np.array([[1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]], dtype=bool)
+    after = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]], dtype=bool)
+    # token 0 keeps both experts (1), token 1 keeps one of three in the union (1/3), token 2 keeps none of none (1)
+    assert expert_stability(before, after) == pytest.approx((1 + 1 / 3 + 1) / 3)

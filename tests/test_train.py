@@ -21,8 +21,10 @@ def test_metric_schema_and_reports(tiny_model_dir, tiny_data_dir):
     sets = ("imdb", "yelp", "amazon", "flipkart")
     expected = {"train_loss", "id_score", "id.accuracy", "ood_score", "epoch", "step", "load_entropy.block0",
                 "load_entropy.block1", *(f"ood_score.{s}" for s in sets), *(f"ood.{s}.accuracy" for s in sets),
-                *(f"{m}.block{b}" for m in ("active_neurons", "ffn_flops") for b in (0, 1))}
+                *(f"{m}.block{b}" for m in ("active_neurons", "ffn_flops", "expert_stability") for b in (0, 1))}
     assert set(final) == expected
+    assert set(reports[0]) == expected - {"expert_stability.block0", "expert_stability.block1"}  # no earlier one
+    assert 0 <= final["expert_stability.block1"] <= 1
     # k = 2 of N = 4 equal experts of the tiny BERT's 64 neurons: 32 kept per token; per neuron its key row and value
     # column (2 x 32 multiply-adds each), and the avg-k router's [32] x [32, 4] product
     assert final["active_neurons.block1"] == 32 and final["ffn_flops.block1"] == 32 * (2 * 32 + 2 * 32) + 2 * 32 * 4

@@ -9,7 +9,7 @@ from typing import Any
 __all__ = ["DEFAULT_TRACKING_URI", "ROLE", "PARENT", "SWEEP", "FACTOR", "GIT_COMMIT", "COMMAND", "RAY_DIR",
            "BACKFILLED", "EXTENDED", "ARM", "TRIAL_ID", "RETIRED", "MODEL", "OUTCOME", "ERROR", "RESTARTS", "RESTART_ERROR", "PLACEMENT", "OUTCOMES",
            "EXPERIMENT_KIND", "TRAIN_LOSS", "ID_SCORE", "OOD_SCORE", "EPOCH", "STEP", "LOAD_ENTROPY", "ACTIVE_NEURONS",
-           "FFN_FLOPS", "block_metric", "METRIC_PREFIXES",
+           "FFN_FLOPS", "EXPERT_STABILITY", "block_metric", "METRIC_PREFIXES",
            "BEST_STEP", "CURRENT_ID_SCORE", "PATIENCE_STOP", "TASK", "RESUMED", "RESUMED_FROM", "SWEEP_PARAMS",
            "SCORING_VERSION_PARAM", "sweep_params", "LOOKS", "PRIMARY_FIELDS", "PRIMARY_PREFIX", "DIRECTIONS",
            "direction", "SCHEDULED", "scheduled",
@@ -67,11 +67,13 @@ LOAD_ENTROPY = "load_entropy"
 # per converted block, on ID validation: the neurons a token keeps (mean), and the FFN's FLOPs per token that a sparse
 # execution of the kept experts needs, the router's included
 ACTIVE_NEURONS, FFN_FLOPS = "active_neurons", "ffn_flops"
+# per converted block: the mean Jaccard index of each ID token's experts between this evaluation and the previous one
+EXPERT_STABILITY = "expert_stability"
 # With keep_best: the step of the best ID evaluation, and the latest evaluation's own ID score (the learning curve).
 BEST_STEP, CURRENT_ID_SCORE = "best_step", "current_id_score"
 PATIENCE_STOP = "patience_stop"  # 1 in the last report of a trial that patience stopped (the protocol's end)
 METRIC_PREFIXES = (TRAIN_LOSS, ID_SCORE, "id.", OOD_SCORE, "ood.", EPOCH, STEP, LOAD_ENTROPY, ACTIVE_NEURONS,
-                   FFN_FLOPS, BEST_STEP, CURRENT_ID_SCORE, PATIENCE_STOP)
+                   FFN_FLOPS, EXPERT_STABILITY, BEST_STEP, CURRENT_ID_SCORE, PATIENCE_STOP)
 # What Tune is sent of each report: what it schedules on (ASHA's time and metric, the searcher's metric, the
 # protocol's end). Every other metric goes to the trial's records (``reports.jsonl``), which the driver's MLflow
 # callback and ``emoe sync`` read: Tune keeps running statistics of every number a trial reports, for every trial.
