@@ -229,3 +229,25 @@ def test_a_sweep_with_no_finished_trial_exits_2_with_one_line(store, tmp_path, c
     assert cli.main(["--experiment", experiment, "--tracking-uri", store, "--out", str(tmp_path / "r")]) == 2
     assert capsys.readouterr().err == f"error: experiment {experiment} {problem}; nothing to analyse\n"
     assert not (tmp_path / "r").exists()
+
+
+def test_the_report_shows_the_compute_beside_the_scores():
+    """Per arm, over its chosen trials: neurons kept per token and FFN FLOPs summed over the converted blocks, the
+    stability averaged over them; a dense arm says so."""
+    import types
+
+    import numpy as np
+
+    chosen = pd.DataFrame({"arm": ["emoe", "emoe", "static", "dense"],
+                           "active_neurons.block4": [384.0, 384.0, 384.0, np.nan],
+                           "active_neurons.block5": [384.0, 384.0, 384.0, np.nan],
+                           "ffn_flops.block4": [1e6, 1e6, 1e6, np.nan], "ffn_flops.block5": [2e6, 2e6, 2e6, np.nan],
+                           "expert_stability.block4": [0.9, 0.7, 1.0, np.nan],
+                           "expert_stability.block5": [0.5, 0.5, 1.0, np.nan]})
+    a = types.SimpleNamespace(chosen=chosen, arms=["emoe", "static", "dense"], table=pd.DataFrame({"arm": []}))
+    shown = report.compute_display(a)
+    assert shown.to_dict("records") == [
+        {"arm": "emoe", "neurons kept per token": "768", "FFN MFLOPs per token": "3.000", "expert stability": "0.650"},
+        {"arm": "static", "neurons kept per token": "768", "FFN MFLOPs per token": "3.000",
+         "expert stability": "1.000"},
+        {"arm": "dense", "neurons kept per token": "dense", "FFN MFLOPs per token": "dense", "expert stability": ""}]

@@ -344,6 +344,30 @@ def comparisons_display(a: Analysis) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def compute_display(a: Analysis) -> pd.DataFrame:
+    """The compute beside the scores: per arm, over its chosen trials, the neurons a token keeps and the FFN FLOPs
+    per token (summed over the converted blocks; the router's included), and the router's stability between
+    evaluations (mean over blocks); empty when no trial logged them (a dense-only sweep, older trials)."""
+    c = a.chosen
+    blocks = {name: [col for col in c.columns if col.startswith(name + ".block")]
+              for name in (tracking.ACTIVE_NEURONS, tracking.FFN_FLOPS, tracking.EXPERT_STABILITY)}
+    if c.empty or not blocks[tracking.ACTIVE_NEURONS]:
+        return pd.DataFrame()
+    rows = []
+    for arm in _arms(a):
+        trials = c[c["arm"] == arm]
+        if trials.empty:
+            continue
+        active = trials[blocks[tracking.ACTIVE_NEURONS]].sum(axis=1, min_count=1).mean()
+        flops = trials[blocks[tracking.FFN_FLOPS]].sum(axis=1, min_count=1).mean()
+        stable = trials[blocks[tracking.EXPERT_STABILITY]].mean(axis=1).mean() \
+            if blocks[tracking.EXPERT_STABILITY] else float("nan")
+        rows.append({"arm": arm, "neurons kept per token": "dense" if _nan(active) else f"{active:,.0f}",
+                     "FFN MFLOPs per token": "dense" if _nan(flops) else f"{flops / 1e6:.3f}",
+                     "expert stability": "" if _nan(stable) else f"{stable:.3f}"})
+    return pd.DataFrame(rows)
+
+
 def console(a: Analysis) -> str:
     """The whole report as text: the verdict first, then the method, the tables, the tests and the warnings."""
     parts = [textwrap.fill(verdict(a), width=120), "", "Method:"] + [f"  - {m}" for m in a.method + [PRECISION]]
@@ -372,6 +396,9 @@ def write_files(a: Analysis, out: Path, title: str, curves: pd.DataFrame | None 
         a.summary.to_csv(out / "summary.csv", index=False)
         paths.append(out / "summary.csv")
     md += [shown.to_markdown(index=False), "", "## Tests", ""] + [f"    {l}" for l in tests_text(a)]
+    compute = compute_display(a)
+    if not compute.empty:
+        md += ["", "## Compute (converted blocks, per token)", "", compute.to_markdown(index=False)]
     md += ["", "## Method", ""] + [f"- {m}" for m in a.method + [PRECISION]]
     if a.warnings:
         md += ["", "## Warnings", ""] + [f"- {w}" for w in a.warnings]
