@@ -53,3 +53,19 @@ def test_random_init_differs_from_pretrained():
     a = pre.bert.encoder.layer[0].intermediate.dense.weight
     b = rnd.bert.encoder.layer[0].intermediate.dense.weight
     assert a.shape == b.shape and not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("knobs", [{"clustering": "coactivation"}, {"clustering": "cmoe", "shared_experts": 1},
+                                   {"gate": "mlp"}, {"gate": "analytic"}, {"expert_selection": "static"},
+                                   {"expert_selection": "random"}])
+def test_minilm_trains_and_evaluates_every_new_construction_router_and_control(knobs):
+    """One short trial of the packaged MiniLM on the packaged SST-2 slice (its calibration set drawn from that
+    training data): finite scores, and the compute the arm keeps (k of N experts, plus any shared one)."""
+    from emoe.train import train_and_evaluate
+
+    final = train_and_evaluate({"data_dir": "demo", "max_train_samples": 64, "max_eval_samples": 32, "epochs": 1,
+                                "max_length": 32, "batch_size": 16, "ood_max_length": 32, "calibration_samples": 64,
+                                **knobs})
+    assert 0 <= final["id_score"] <= 1 and 0 <= final["ood_score"] <= 1
+    kept = (4 + knobs.get("shared_experts", 0)) * 1536 // 16  # top_k 4 of N 16 experts of 96 neurons
+    assert final["active_neurons.block5"] == kept
