@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -204,7 +205,17 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True,
                       activation=p["module"].get_submodule(p["layout"].activation) if p["layout"].activation else None)
         ffn.train(ffn.values.training)  # a new module starts in training mode; keep the model's mode
         if stats is not None and hasattr(ffn.gate, "calibrate"):  # a router fitted to the calibration set
-            ffn.gate.calibrate(stats.inputs[b], stats.activations[b], ffn.keys, ffn.labels.cpu(), config.top_k)
+            extra = {}
+            if use_cache and config.gate == "mlp":
+                from emoe.cache import cache_dir
+                from emoe.clustering import fingerprint
+
+                labels_hash = hashlib.sha1(labels[b].astype(np.int64).tobytes()).hexdigest()[:12]
+                extra["cache"] = cache_dir("routers") / (f"mlp-{fingerprint(p['keys'])}-L{b}-c{stats.name}-"
+                                                         f"p{labels_hash}-N{config.num_experts}-k{config.top_k}-"
+                                                         f"s{config.seed + b}.npy")
+            ffn.gate.calibrate(stats.inputs[b], stats.activations[b], ffn.keys, ffn.labels.cpu(), config.top_k,
+                               **extra)
         if config.expert_selection == "static":
             ffn.fix_static_experts(stats.inputs[b] if stats else None)
         setattr(p["parent"], p["name"], ffn)

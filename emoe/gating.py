@@ -160,8 +160,8 @@ class AnalyticGate(Gate):
         self._up = [up_proj] if up_proj is not None else []
 
     def calibrate(self, inputs: torch.Tensor, activations: torch.Tensor, keys: torch.Tensor,
-                  labels: torch.Tensor, top_k: int | None = None) -> None:
-        """Fix the representatives from the calibration tokens' activations ``[T, d_ff]``."""
+                  labels: torch.Tensor, top_k: int | None = None, cache=None) -> None:
+        """Fix the representatives from the calibration tokens' activations ``[T, d_ff]`` (cheap: no cache)."""
         from emoe.calibration import markers, representatives
 
         self.representatives.copy_(representatives(markers(activations), labels.cpu(), self.num_experts)
@@ -203,8 +203,30 @@ class MlpGate(Gate):
     def flops(self, d):
         return 2 * d * self.num_experts + 2 * self.num_experts * self.num_experts
 
-    def calibrate(self, inputs, activations, keys, labels, top_k: int | None = None) -> None:
-        """Fit the predictor on the calibration tokens' FFN inputs ``[T, d]`` (see the class)."""
+    def calibrate(self, inputs, activations, keys, labels, top_k: int | None = None, cache=None) -> None:
+        """Fit the predictor on the calibration tokens' FFN inputs ``[T, d]`` (see the class); ``cache``: a file
+        path (``emoe.convert`` keys it by the weights, the calibration set, the partition, N, k and the seed)
+        holding an earlier fit, read instead of fitting again, or written after the fit."""
+        import numpy as np
+
+        from emoe.cache import save_npy_atomic
+
+        if cache is not None and cache.exists():
+            try:
+                saved = np.load(cache)
+                self.w1.copy_(torch.from_numpy(saved[:-1, :self.w1.shape[1]]).to(self.w1))
+                self.w2.copy_(torch.from_numpy(saved[:-1, self.w1.shape[1]:]).to(self.w2))
+                self.held_out_accuracy = float(saved[-1, 0])
+                return
+            except (OSError, ValueError):
+                pass
+        self._calibrate(inputs, keys, labels, top_k)
+        if cache is not None:  # w1 | w2 side by side, the held-out accuracy in a last row
+            last = np.zeros((1, self.w1.shape[1] + self.num_experts), dtype=np.float32)
+            last[0, 0] = self.held_out_accuracy
+            save_npy_atomic(cache, np.concatenate([torch.cat([self.w1, self.w2], 1).float().cpu().numpy(), last]))
+
+    def _calibrate(self, inputs, keys, labels, top_k: int | None) -> None:
         x = nn.functional.normalize(inputs.float(), dim=-1)
         patterns = nn.functional.one_hot(labels.cpu(), self.num_experts).float()  # [d_ff, N]
         with torch.no_grad():

@@ -204,3 +204,20 @@ def test_expert_stability_is_the_mean_jaccard_of_each_tokens_experts():
     after = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]], dtype=bool)
     # token 0 keeps both experts (1), token 1 keeps one of three in the union (1/3), token 2 keeps none of none (1)
     assert expert_stability(before, after) == pytest.approx((1 + 1 / 3 + 1) / 3)
+
+
+def test_the_mlp_router_fit_is_cached_and_read_back():
+    """The second conversion with the same weights, calibration set, partition, N, k and seed reads the first fit
+    (the same router, no training); another calibration set fits again."""
+    from emoe.cache import cache_dir
+
+    before = set(cache_dir("routers").glob("mlp-*.npy"))
+    cfg = EmoeConfig(num_experts=8, top_k=2, layers=(1,), gate="mlp", clustering="contiguous")
+    first = convert(tiny_model("bert"), cfg, calibration=CALIBRATION)
+    written = set(cache_dir("routers").glob("mlp-*.npy")) - before
+    assert len(written) == 1
+    again = convert(tiny_model("bert"), cfg, calibration=CALIBRATION)
+    a, b = emoe_layers(first)[0].gate, emoe_layers(again)[0].gate
+    assert torch.equal(a.w1, b.w1) and torch.equal(a.w2, b.w2) and a.held_out_accuracy == b.held_out_accuracy
+    convert(tiny_model("bert"), cfg, calibration=CALIBRATION[:10])
+    assert len(set(cache_dir("routers").glob("mlp-*.npy")) - before) == 2
