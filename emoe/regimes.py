@@ -68,11 +68,12 @@ def wrap_lora(model: nn.Module, settings: dict[str, Any]) -> nn.Module:
     return wrapped
 
 
-def _block_parameters(model: nn.Module, blocks: list[int]) -> set[int]:
+def _block_parameters(model: nn.Module, blocks) -> set[int]:
     from emoe.architectures import find_blocks
+    from emoe.convert import resolve_blocks
 
     _, modules = find_blocks(base_of(model))
-    return {id(p) for b in blocks for p in modules[b].parameters()}
+    return {id(p) for b in resolve_blocks(blocks, len(modules)) for p in modules[b].parameters()}
 
 
 def converted_parameters(model: nn.Module, gates_only: bool = False) -> set[int]:
@@ -104,10 +105,11 @@ def outside_blocks(model: nn.Module) -> set[int]:
             if id(p) not in inside | embeddings and ".original_module." not in n}
 
 
-def apply_regime(model: nn.Module, regime: str, lora_r: int = 8, blocks: list[int] | None = None) -> nn.Module:
+def apply_regime(model: nn.Module, regime: str, lora_r: int = 8, blocks=()) -> nn.Module:
     """The model set up to train under ``regime``: unchanged for ``full``; for a LoRA regime, wrapped by peft and with
-    exactly the parameters the official script trains left trainable (``blocks``: the chosen blocks, non-negative,
-    for ``lora_block``). Returns the model to train (the wrapper, for LoRA)."""
+    exactly the parameters the official script trains left trainable (``blocks``: the chosen blocks for
+    ``lora_block``, the ``layers`` knob: negative counts from the end). Returns the model to train (the wrapper, for
+    LoRA)."""
     from emoe.config import check_choice
 
     check_choice("regime", regime, REGIMES)
@@ -119,7 +121,7 @@ def apply_regime(model: nn.Module, regime: str, lora_r: int = 8, blocks: list[in
     if regime in ("lora_block", "lora_gates"):
         train = train | outside_blocks(model)
     if regime == "lora_block":
-        train = train | _block_parameters(model, blocks or [])
+        train = train | _block_parameters(model, blocks)
     for name, p in model.named_parameters():
         if id(p) in train:
             p.requires_grad_(True)

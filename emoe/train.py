@@ -22,9 +22,7 @@ import torch
 from torch import nn
 
 from emoe import hparams, metrics, regimes, tracking
-from emoe.convert import (aux_loss, convert, emoe_layers, load_model, needs_calibration, resolve_blocks,
-                          set_bypass)
-from emoe.architectures import find_blocks
+from emoe.convert import aux_loss, convert, emoe_layers, load_model, needs_calibration, set_bypass
 from emoe.data import Task, TaskData, load_task, tokenize
 from emoe.layer import load_entropy
 from emoe.protocols import get_protocol
@@ -271,8 +269,7 @@ def prepare_model(model: nn.Module, cfg: dict[str, Any], calibration: list | Non
     peft: the official scripts convert after wrapping, and the regime reproduces their trainable set), then
     perturbed by NoisyTune (``noise_tuning``). Returns the model to train."""
     convert(model, hparams.emoe_config(cfg), calibration=calibration)
-    blocks = resolve_blocks(cfg["layers"], len(find_blocks(model)[1])) if cfg["regime"] == "lora_block" else []
-    model = regimes.apply_regime(model, cfg["regime"], cfg["lora_r"], blocks)
+    model = regimes.apply_regime(model, cfg["regime"], cfg["lora_r"], cfg["layers"])
     if cfg["noise_tuning"]:
         regimes.add_noise(model, cfg["noise_tuning"], cfg["seed"], exclude_head=cfg["regime"] == "full")
     return model

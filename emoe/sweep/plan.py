@@ -302,8 +302,7 @@ def trainable_parameters(plan: Plan, config=None) -> dict[str, tuple[int, int]]:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from emoe.architectures import find_blocks
-    from emoe.convert import check_model, convert, plan_conversion, resolve_blocks
+    from emoe.convert import check_model, convert, plan_conversion
     from emoe.hub import cache_only
     from emoe.regimes import apply_regime
 
@@ -320,8 +319,7 @@ def trainable_parameters(plan: Plan, config=None) -> dict[str, tuple[int, int]]:
         sizes = {p["block"]: p["keys"].shape[0] for p in plan_conversion(model, emoe_config)}
         convert(model, emoe_config, partitions={b: np.arange(d) * emoe_config.num_experts // d
                                                 for b, d in sizes.items()})  # counting only: any partition
-        blocks = resolve_blocks(cfg["layers"], len(find_blocks(model)[1])) if cfg["regime"] == "lora_block" else []
-        model = apply_regime(model, cfg["regime"], cfg["lora_r"], blocks)
+        model = apply_regime(model, cfg["regime"], cfg["lora_r"], cfg["layers"])
         out[arm] = (sum(p.numel() for p in model.parameters() if p.requires_grad),
                     sum(p.numel() for p in model.parameters()))
     return out
