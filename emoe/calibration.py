@@ -1,10 +1,13 @@
-"""Calibration: what a dense model's FFNs compute on a sample of the task's training data, for the constructions and
-controls that need data (the co-activation split, the static pruning control).
+"""Calibration: what a dense model's FFNs compute on a sample of the task's training data, for the constructions,
+routers and controls that need data (the co-activation, CMoE and gradient splits, the fitted routers, the static
+pruning control).
 
 ``collect`` runs the (not yet converted) model on calibration batches and keeps, for each chosen block, the FFN's
 input ``x [T, d]`` and its intermediate activations ``h [T, d_ff]`` (the value projection's input: ``act(keys x)``,
-or ``act(gate x) * up x``) of the T non-padding tokens. ``fingerprint`` names a calibration set for the caches: the
-token ids it holds.
+or ``act(gate x) * up x``) of the T non-padding tokens; with ``importance=True`` also each token's neuron
+importance for the task loss, ``|h * dL/dh|`` (LLaMA-MoE's ``feature_change`` score with its ``l1_norm`` kernel: a
+first-order Taylor estimate of the loss change if the neuron were removed), and the calibration sequence each token
+belongs to. ``fingerprint`` names a calibration set for the caches: the token ids (and labels) it holds.
 """
 
 from __future__ import annotations
@@ -26,6 +29,29 @@ class Calibration:
     inputs: dict[int, torch.Tensor]
     activations: dict[int, torch.Tensor]
     name: str
+    importance: dict[int, torch.Tensor] | None = None  # [T, d_ff] per block, with importance=True
+    sequences: torch.Tensor | None = None  # [T]: the calibration sequence of each token
+
+    def layer(self, block: int) -> "LayerStats":
+        return LayerStats(self.activations[block], self.inputs[block],
+                          None if self.importance is None else self.importance[block], self.sequences)
+
+
+@dataclasses.dataclass
+class LayerStats:
+    """One block's calibration statistics (the rows are the calibration tokens): intermediate ``activations``
+    ``[T, d_ff]``, FFN ``inputs`` ``[T, d]``, neuron ``importance`` ``[T, d_ff]`` and each token's ``sequences``
+    ``[T]`` (the last two only where importance was collected)."""
+
+    activations: torch.Tensor
+    inputs: torch.Tensor | None = None
+    importance: torch.Tensor | None = None
+    sequences: torch.Tensor | None = None
+
+    def columns(self, neurons: torch.Tensor) -> "LayerStats":
+        """The statistics of some of the neurons only."""
+        return LayerStats(self.activations[:, neurons], self.inputs,
+                          None if self.importance is None else self.importance[:, neurons], self.sequences)
 
 
 def fingerprint(batches: list[dict[str, torch.Tensor]]) -> str:
@@ -38,41 +64,81 @@ def fingerprint(batches: list[dict[str, torch.Tensor]]) -> str:
     return h.hexdigest()[:16]
 
 
-@torch.no_grad()
-def collect(model: nn.Module, batches: list[dict[str, torch.Tensor]], blocks: list[int]) -> Calibration:
+def collect(model: nn.Module, batches: list[dict[str, torch.Tensor]], blocks: list[int],
+            importance: bool = False) -> Calibration:
     """Run ``model`` (dense, in eval mode for the call) on ``batches`` and record each block's FFN inputs and
-    intermediate activations on the non-padding tokens."""
+    intermediate activations on the non-padding tokens. ``importance``: also each token's ``|h * dL/dh|`` for the
+    model's own loss on the batches' ``labels`` (a model with a task head; the weights are not changed) and the
+    sequence of each token; the calibration's name then covers the model's weights too (the importance depends on
+    all of them, the head's initialisation included)."""
     layout, modules = find_blocks(model)
     inputs: dict[int, list] = {b: [] for b in blocks}
     acts: dict[int, list] = {b: [] for b in blocks}
+    scores: dict[int, list] = {b: [] for b in blocks}
+    live: dict[int, torch.Tensor] = {}
     keep: list[torch.Tensor] = []
+    sequences: list[torch.Tensor] = []
     hooks = []
     for b in blocks:
-        def grab(store, b=b):
+        def grab(store, b=b, track=False):
             def hook(module, args):
                 store[b].append(args[0].detach().float().reshape(-1, args[0].shape[-1]).cpu())
+                if track:
+                    live[b] = args[0]
             return hook
         hooks.append(modules[b].get_submodule(layout.keys).register_forward_pre_hook(grab(inputs)))
-        hooks.append(modules[b].get_submodule(layout.values).register_forward_pre_hook(grab(acts)))
+        hooks.append(modules[b].get_submodule(layout.values).register_forward_pre_hook(grab(acts, track=importance)))
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    seen = 0
     try:
         for batch in batches:
-            batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            labels = batch.get("labels")
+            if importance and labels is None:
+                raise ValueError("the gradient split's importance needs labelled calibration batches (the task "
+                                 "loss's gradient)")
+            batch = {k: v.to(device) for k, v in batch.items() if k != "labels" or importance}
             before = sum(len(x) for x in inputs[blocks[0]])
-            model(**batch)
+            with torch.set_grad_enabled(importance):
+                out = model(**batch)
+                if importance:
+                    loss = getattr(out, "loss", None)
+                    if loss is None:
+                        raise ValueError("the gradient split's importance needs a model with a task head that "
+                                         "returns a loss for the calibration labels")
+                    grads = torch.autograd.grad(loss, [live[b] for b in blocks])
+                    for b, g in zip(blocks, grads):
+                        scores[b].append((live[b].detach() * g).abs().float().reshape(-1, g.shape[-1]).cpu())
+                    live.clear()
             rows = sum(len(x) for x in inputs[blocks[0]]) - before
             mask = batch.get("attention_mask")  # padding left out; every position of an image
             keep.append(mask.reshape(-1).bool().cpu() if mask is not None and mask.numel() == rows
                         else torch.ones(rows, dtype=torch.bool))
+            n_seq = next(iter(batch.values())).shape[0]
+            sequences.append(seen + torch.arange(n_seq).repeat_interleave(rows // n_seq))
+            seen += n_seq
     finally:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
     tokens = torch.cat(keep)
+    name = fingerprint(batches)
+    if importance:
+        name += "-m" + model_fingerprint(model)
     return Calibration({b: torch.cat(inputs[b])[tokens] for b in blocks},
-                       {b: torch.cat(acts[b])[tokens] for b in blocks}, fingerprint(batches))
+                       {b: torch.cat(acts[b])[tokens] for b in blocks}, name,
+                       {b: torch.cat(scores[b])[tokens] for b in blocks} if importance else None,
+                       torch.cat(sequences)[tokens])
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A content hash of every parameter of ``model`` (names, shapes, float32 bytes)."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 def coactivation(activations: torch.Tensor, batch: int = 8) -> torch.Tensor:

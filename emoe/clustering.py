@@ -25,8 +25,9 @@ class Algorithm:
     fit: Callable[..., np.ndarray]  # (normalised keys, num_experts, seed[, activations]) -> labels
     balanced: bool  # every expert gets exactly d_ff / N neurons (so N must divide d_ff)
     settings: str = ""  # the fit's fixed settings, part of the partition cache's key (a change is a new partition)
-    # fit also takes the layer's intermediate activations on a calibration set (``emoe.calibration``), ``[T, d_ff]``
-    needs_data: bool = False
+    # what fit also takes from a calibration set (``emoe.calibration``): "activations" (the layer's intermediate
+    # activations, ``[T, d_ff]``), "importance" (the layer's ``LayerStats``, neuron importance included)
+    needs_data: str = ""
 
 
 def _parallel_jobs(n_init: int) -> int:
@@ -158,6 +159,53 @@ def _cmoe(keys: np.ndarray, num_experts: int, seed: int, activations: np.ndarray
     return slots // size
 
 
+def _gradient(keys: np.ndarray, num_experts: int, seed: int, stats) -> np.ndarray:
+    """LLaMA-MoE's gradient split (``GradientSplit.split_without_neuron_sharing``, criterion ``max``, after
+    ``GradientSplitGetGrads`` with ``feature_change``, ``l1_norm``, ``sample``): the calibration data falls into N
+    subsets; each neuron's importance on subset i is its mean ``|h * dL/dh|`` over the subset's tokens; then,
+    greedily, the highest-scoring (subset, neuron) pair whose neuron is free and whose expert is not full puts the
+    neuron in expert i (d_ff / N each). LLaMA-MoE's subsets are its corpus clustered beforehand by a sentence
+    encoder; here the calibration sequences are clustered by k-means (scikit-learn, seeded, 10 restarts) on their
+    mean FFN input at this block (the model's own view of each sequence)."""
+    from sklearn.cluster import KMeans
+
+    if stats is None or stats.importance is None or stats.sequences is None:
+        raise ValueError("clustering 'gradient' needs the calibration set's neuron importance (labelled batches)")
+    sequences = stats.sequences.numpy()
+    ids, token_seq = np.unique(sequences, return_inverse=True)
+    if len(ids) < num_experts:
+        raise ValueError(f"clustering 'gradient' splits the calibration sequences into num_experts={num_experts} "
+                         f"subsets, but there are {len(ids)}; use more calibration samples")
+    x = stats.inputs.float().numpy()
+    features = np.zeros((len(ids), x.shape[1]))
+    np.add.at(features, token_seq, x)
+    features /= np.bincount(token_seq, minlength=len(ids))[:, None]
+    subset = KMeans(n_clusters=num_experts, random_state=seed, n_init=10).fit_predict(features)[token_seq]
+    importance = stats.importance.float().numpy()
+    scores = np.stack([importance[subset == e].mean(axis=0) for e in range(num_experts)])  # [N, d_ff]
+    return greedy_split(scores)
+
+
+def greedy_split(scores: np.ndarray) -> np.ndarray:
+    """LLaMA-MoE's balanced greedy assignment: repeatedly the largest score of a free neuron in an expert not yet
+    full (``d_ff / N`` neurons) puts that neuron there; on a tie the later expert wins, as its ``>=`` scan.
+    ``scores``: ``[N, d_ff]``. Returns labels ``[d_ff]``."""
+    num_experts, d_ff = scores.shape
+    size = d_ff // num_experts
+    expert, neuron = np.indices(scores.shape)
+    order = np.lexsort((neuron.ravel(), -expert.ravel(), -scores.ravel()))  # by score, then the later expert
+    labels = np.full(d_ff, -1, dtype=np.int64)
+    filled = np.zeros(num_experts, dtype=np.int64)
+    left = d_ff
+    for pair in order:
+        e, n = divmod(int(pair), d_ff)
+        if labels[n] < 0 and filled[e] < size:
+            labels[n], filled[e], left = e, filled[e] + 1, left - 1
+            if not left:
+                break
+    return labels
+
+
 CLUSTERING: dict[str, Algorithm] = {
     "constrained": Algorithm(_constrained, balanced=True, settings="ninit10-iter1000-parallel"),
     "kmeans": Algorithm(_kmeans, balanced=False, settings="ninit10-iter1000"),
@@ -165,8 +213,9 @@ CLUSTERING: dict[str, Algorithm] = {
     "spectral": Algorithm(_spectral, balanced=False),
     "random": Algorithm(_random, balanced=True),
     "contiguous": Algorithm(_contiguous, balanced=True),
-    "coactivation": Algorithm(_coactivation, balanced=True, settings="moefication-b8", needs_data=True),
-    "cmoe": Algorithm(_cmoe, balanced=True, settings="k10-lsa", needs_data=True),
+    "coactivation": Algorithm(_coactivation, balanced=True, settings="moefication-b8", needs_data="activations"),
+    "cmoe": Algorithm(_cmoe, balanced=True, settings="k10-lsa", needs_data="activations"),
+    "gradient": Algorithm(_gradient, balanced=True, settings="llamamoe-max-l1", needs_data="importance"),
 }
 # Part of every partition's cache key: how the keys were prepared (v2: normalised in float32, as the official code;
 # the float64 keys of earlier versions gave other partitions, which must never be served again).
@@ -199,37 +248,42 @@ def fingerprint(weight: torch.Tensor) -> str:
 
 
 def cluster_keys(keys: torch.Tensor, algorithm: str, num_experts: int, seed: int = 0,
-                 activations: torch.Tensor | None = None, shared: int = 0) -> np.ndarray:
+                 activations=None, shared: int = 0) -> np.ndarray:
     """Partition raw key rows ``[d_ff, d]`` into ``num_experts`` experts (no cache). Returns labels ``[d_ff]``.
-    ``activations``: the layer's intermediate activations on a calibration set, for the algorithms that need data.
+    ``activations``: for the algorithms that need data, the layer's calibration statistics
+    (``emoe.calibration.LayerStats``), or its intermediate activations ``[T, d_ff]`` alone.
     ``shared``: experts 0..shared-1 are CMoE's shared experts, the ``shared * d_ff / N`` neurons most often among
     the calibration tokens' top-10 absolute activations (split among them in order of that rate); the algorithm
     splits the other neurons into the other ``N - shared`` experts."""
+    from emoe.calibration import LayerStats
+
+    stats = activations if activations is None or isinstance(activations, LayerStats) else LayerStats(activations)
     d_ff = keys.shape[0]
     check_partition_shape(algorithm, d_ff, num_experts)
     if shared:
         from emoe.calibration import markers
 
-        if activations is None:
+        if stats is None:
             raise ValueError("shared experts need calibration activations (their neurons are the most often active)")
         if d_ff % num_experts:
             raise ValueError(f"shared experts need equal experts: num_experts={num_experts} must divide d_ff={d_ff}")
         size = d_ff // num_experts
-        rates = markers(activations, CMOE_K_ACT).mean(dim=0)
+        rates = markers(stats.activations, CMOE_K_ACT).mean(dim=0)
         order = torch.argsort(-rates, stable=True)
         labels = np.empty(d_ff, dtype=np.int64)
         labels[order[:shared * size].numpy()] = np.repeat(np.arange(shared), size)
         rest = order[shared * size:].sort().values
         labels[rest.numpy()] = shared + cluster_keys(keys[rest], algorithm, num_experts - shared, seed,
-                                                     None if activations is None else activations[:, rest])
+                                                     stats.columns(rest))
         return labels
     normalised = torch.nn.functional.normalize(keys.detach().to("cpu", torch.float32), dim=1).numpy()
     method = get_algorithm(algorithm)
     if method.needs_data:
-        if activations is None:
+        if stats is None:
             raise ValueError(f"clustering {algorithm!r} needs calibration activations (a calibration set of the "
                              "task's training data; emoe.calibration)")
-        labels = method.fit(normalised, num_experts, seed, activations.detach().cpu().float().numpy())
+        data = stats if method.needs_data == "importance" else stats.activations.detach().cpu().float().numpy()
+        labels = method.fit(normalised, num_experts, seed, data)
     else:
         labels = method.fit(normalised, num_experts, seed)
     labels = np.asarray(labels, dtype=np.int64)
@@ -241,7 +295,7 @@ def cluster_keys(keys: torch.Tensor, algorithm: str, num_experts: int, seed: int
 
 
 def partition(keys: torch.Tensor, algorithm: str, num_experts: int, seed: int = 0, layer: int | None = None,
-              use_cache: bool = True, activations: torch.Tensor | None = None, data: str = "",
+              use_cache: bool = True, activations=None, data: str = "",
               shared: int = 0) -> np.ndarray:
     """``cluster_keys`` through an on-disk cache keyed by (weights' fingerprint, layer, algorithm, N, seed; and for
     the algorithms that need data, ``data``: the calibration set's fingerprint).

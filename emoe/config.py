@@ -86,12 +86,16 @@ class EmoeConfig:
         expert_selection: ``top`` (the paper), ``bottom`` (the k lowest-scoring experts), ``not_top`` (all but the
             top k); the controls of the same compute as ``top``: ``static`` (every token the same k experts, the
             most often selected on a calibration set: a pruning control) and ``random`` (k experts drawn uniformly
-            per token, independent of the input).
+            per token, independent of the input); ``dynamic``: D2DMoE's dynamic k, every expert scoring at least
+            ``(1 - dynamic_tau)`` x the token's best (gates with non-negative scores: ``norm_regression``,
+            ``analytic``; ``top_k`` is then unused).
         expert_bias: ``shared``: the dense layer's one output bias, each token keeping its experts' ``bias / n``
             shares; ``per_expert`` (official): each expert its own trainable copy of ``bias / n`` (equal at
             conversion, free to drift apart in training).
         shared_experts: CMoE's shared experts: experts 0..S-1 hold the neurons most often active on the calibration
             set, are always on and never routed; the gate chooses ``top_k`` of the other ``N - S``.
+        dynamic_tau: D2DMoE's tau for ``expert_selection='dynamic'``, in (0, 1]: 1 keeps every expert scoring above
+            0, smaller values fewer (D2DMoE evaluates 0.1 .. 1; default 0.9).
         expert_repeat: GMoE's (the official ``--expert_repeat``; other methods ignore it): expert i holds the
             neurons of clusters i, i+1, ..., i+R-1 (mod N), so that ``expert_repeat = num_experts`` makes every
             expert a full copy of the FFN.
@@ -118,13 +122,15 @@ class EmoeConfig:
     mlp_output_dropout: str = "keep"
     expert_repeat: int = 1
     shared_experts: int = 0
+    dynamic_tau: float = 0.9
 
     # The valid range of each numeric field (top_k also at most num_experts); emoe.hparams shows them in --help.
     RANGES: ClassVar[dict[str, Interval]] = {
         "num_experts": Interval(1), "top_k": Interval(1), "seed": Interval(0, 2 ** 32 - 1),
         "cluster_seed": Interval(0, 2 ** 32 - 1), "capacity_factor": Interval(0, open_low=True),
         "gate_noise": Interval(0), "expert_dropout": Interval(0, 1, open_high=True), "aux_loss_weight": Interval(0),
-        "expert_repeat": Interval(1), "shared_experts": Interval(0)}
+        "expert_repeat": Interval(1), "shared_experts": Interval(0),
+        "dynamic_tau": Interval(0, 1, open_low=True)}
 
     def __post_init__(self):
         from emoe.clustering import CLUSTERING
@@ -173,6 +179,19 @@ class EmoeConfig:
         if self.method == "gmoe" and self.expert_repeat > self.num_experts:
             raise ValueError(f"expert_repeat={self.expert_repeat} must be at most num_experts={self.num_experts} "
                              "(expert i takes clusters i..i+R-1 mod N; R = N already makes every expert the whole FFN)")
+        if self.expert_selection == "dynamic":
+            from emoe.gating import GATES as gates
+
+            nonnegative = [name for name, gate in gates.items() if gate.nonnegative]
+            if not gates[self.gate].nonnegative:
+                raise ValueError(f"expert_selection='dynamic' (D2DMoE's dynamic k) thresholds non-negative scores: "
+                                 f"gate {self.gate!r} can score below 0; valid gates: {', '.join(nonnegative)}")
+            if self.method != "emoe" or self.capacity_factor is not None or self.expert_bias == "per_expert" \
+                    or self.aux_loss_weight:
+                raise ValueError("expert_selection='dynamic' keeps a variable number of experts per token: it "
+                                 "combines with method emoe, exact routing, expert_bias shared and no aux loss; got "
+                                 f"method={self.method}, capacity_factor={self.capacity_factor}, "
+                                 f"expert_bias={self.expert_bias}, aux_loss_weight={self.aux_loss_weight}")
         if self.aux_loss_weight and not self.gate_noise:
             raise ValueError(f"aux_loss_weight={self.aux_loss_weight} needs gate_noise > 0 (the load term of Tutel's "
                              "load-importance loss is scaled by the noise; official: gate_noise 1.0)")

@@ -15,6 +15,7 @@ from torch import nn
 from emoe.architectures import find_blocks, key_matrix, set_submodule, value_matrix
 from emoe.clustering import check_partition_shape, partition
 from emoe.config import INITS, EmoeConfig, check_choice
+from emoe.gating import FittedGate
 from emoe.gmoe import GmoeFFN
 from emoe.layer import EmoeFFN
 
@@ -145,9 +146,23 @@ def plan_conversion(model: nn.Module, config: EmoeConfig) -> list[dict]:
 def needs_calibration(config: EmoeConfig) -> bool:
     """Whether converting with ``config`` needs a calibration set (a construction or control that reads data)."""
     from emoe.clustering import get_algorithm
+    from emoe.gating import GATES
 
-    return config.converts and (get_algorithm(config.clustering).needs_data or config.expert_selection == "static"
-                                or config.shared_experts > 0 or config.gate in ("analytic", "mlp"))
+    return config.converts and (bool(get_algorithm(config.clustering).needs_data)
+                                or config.expert_selection == "static" or config.shared_experts > 0
+                                or hasattr(GATES[config.gate], "calibrate"))
+
+
+def calibration_reason(config: EmoeConfig) -> str:
+    """What in ``config`` reads calibration data, for errors: e.g. ``clustering 'coactivation'``."""
+    from emoe.clustering import get_algorithm
+    from emoe.gating import GATES
+
+    reasons = [f"clustering {config.clustering!r}"] if get_algorithm(config.clustering).needs_data else []
+    reasons += [f"expert_selection {config.expert_selection!r}"] if config.expert_selection == "static" else []
+    reasons += [f"shared_experts={config.shared_experts}"] if config.shared_experts else []
+    reasons += [f"gate {config.gate!r}"] if hasattr(GATES[config.gate], "calibrate") else []
+    return " and ".join(reasons)
 
 
 def _calibration_needed(config: EmoeConfig, partitions) -> bool:
@@ -170,11 +185,14 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True,
     stats = None
     if _calibration_needed(config, partitions):
         if not calibration:
-            raise ValueError(f"clustering {config.clustering!r} / expert_selection {config.expert_selection!r} "
-                             "need a calibration set (batches of the task's training data): pass calibration=")
+            raise ValueError(f"{calibration_reason(config)} needs a calibration set (batches of the task's training "
+                             "data): pass calibration=")
         from emoe.calibration import collect
 
-        stats = collect(model, calibration, [p["block"] for p in plan])
+        from emoe.clustering import get_algorithm
+
+        stats = collect(model, calibration, [p["block"] for p in plan],
+                        importance=get_algorithm(config.clustering).needs_data == "importance" and partitions is None)
     if partitions is not None:
         missing = [p["block"] for p in plan if p["block"] not in partitions]
         if missing:
@@ -188,7 +206,7 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True,
     else:
         labels = {p["block"]: partition(p["keys"], config.clustering, config.num_experts, config.partition_seed,
                                         layer=p["block"], use_cache=use_cache,
-                                        activations=stats.activations[p["block"]] if stats else None,
+                                        activations=stats.layer(p["block"]) if stats else None,
                                         data=stats.name if stats else "", shared=config.shared_experts)
                   for p in plan}
     for p in plan:
@@ -201,21 +219,22 @@ def convert(model: nn.Module, config: EmoeConfig, use_cache: bool = True,
                       up_proj=p["up_proj"], capacity_factor=config.capacity_factor, gate_noise=config.gate_noise,
                       expert_dropout=config.expert_dropout, aux=config.aux_loss_weight > 0,
                       expert_selection=config.expert_selection, expert_bias=config.expert_bias,
-                      shared=config.shared_experts,
+                      shared=config.shared_experts, tau=config.dynamic_tau,
                       activation=p["module"].get_submodule(p["layout"].activation) if p["layout"].activation else None)
         ffn.train(ffn.values.training)  # a new module starts in training mode; keep the model's mode
         if stats is not None and hasattr(ffn.gate, "calibrate"):  # a router fitted to the calibration set
             extra = {}
-            if use_cache and config.gate == "mlp":
+            if use_cache and isinstance(ffn.gate, FittedGate):
                 from emoe.cache import cache_dir
                 from emoe.clustering import fingerprint
 
                 labels_hash = hashlib.sha1(labels[b].astype(np.int64).tobytes()).hexdigest()[:12]
-                extra["cache"] = cache_dir("routers") / (f"mlp-{fingerprint(p['keys'])}-L{b}-c{stats.name}-"
+                extra["cache"] = cache_dir("routers") / (f"{config.gate}-{fingerprint(p['keys'])}-"
+                                                         f"{fingerprint(ffn.values_matrix)[:8]}-L{b}-c{stats.name}-"
                                                          f"p{labels_hash}-N{config.num_experts}-k{config.top_k}-"
                                                          f"s{config.seed + b}.npy")
             ffn.gate.calibrate(stats.inputs[b], stats.activations[b], ffn.keys, ffn.labels.cpu(), config.top_k,
-                               **extra)
+                               values=ffn.values_matrix, **extra)
         if config.expert_selection == "static":
             ffn.fix_static_experts(stats.inputs[b] if stats else None)
         setattr(p["parent"], p["name"], ffn)

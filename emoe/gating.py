@@ -27,6 +27,7 @@ class Gate(nn.Module):
     """Base gate: a binary mask over the chosen experts, scores ``x . G_i``."""
 
     combine = "binary"
+    nonnegative = False  # every score >= 0 (what D2DMoE's dynamic k, expert_selection 'dynamic', thresholds)
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, labels: torch.Tensor, num_experts: int, seed: int):
         super().__init__()
@@ -154,13 +155,15 @@ class AnalyticGate(Gate):
         self.register_buffer("representatives", first.to(labels.device))
         self._act, self._up = [nn.GELU()], []
 
+    nonnegative = True
+
     def bind(self, activation: nn.Module | None, up_proj: nn.Module | None) -> None:
         """The FFN's own activation and (gated MLPs) up projection, which the representative neurons apply."""
         self._act = [activation if activation is not None else nn.GELU()]
         self._up = [up_proj] if up_proj is not None else []
 
     def calibrate(self, inputs: torch.Tensor, activations: torch.Tensor, keys: torch.Tensor,
-                  labels: torch.Tensor, top_k: int | None = None, cache=None) -> None:
+                  labels: torch.Tensor, top_k: int | None = None, cache=None, values=None) -> None:
         """Fix the representatives from the calibration tokens' activations ``[T, d_ff]`` (cheap: no cache)."""
         from emoe.calibration import markers, representatives
 
@@ -177,69 +180,81 @@ class AnalyticGate(Gate):
             return h.abs()
 
 
-class MlpGate(Gate):
-    """MoEfication's MLP predictor (``moefication/utils.py``, ``MLPCenter``): on the L2-normalised FFN input, a
-    ``Linear(d, N)`` (initialised from the mean of each expert's L2-normalised keys), tanh, ``Linear(N, N)``
-    (initialised to the identity), no biases. It is fitted at conversion on the calibration tokens (the first 90%;
-    the last 10% held out), as MoEfication's: targets each expert's summed ``relu(x . k)`` activation over the
-    batch's largest, binary cross-entropy on the logits, Adam at 0.01, batches of 512, 30 epochs; then frozen.
-    ``held_out_accuracy``: the mean overlap of its top-k with the true top-k experts on the held-out tokens."""
+class FittedGate(Gate):
+    """A router fitted at conversion on the calibration tokens (the first 90%; the last 10% held out), then frozen:
+    its weights are buffers. ``fitted`` names them; ``target`` is what it learns per token, ``loss`` how far its
+    prediction is; ``held_out_accuracy``: the mean overlap of its top-k with the top-k experts of the target on the
+    held-out tokens. ``calibrate``'s ``cache`` (a file path, keyed by ``emoe.convert``) holds an earlier fit, read
+    instead of fitting again, or written after the fit."""
 
     epochs, lr, batch = 30, 0.01, 512
+    min_steps = 0  # at least this many optimiser steps (epochs of a small calibration set are few steps)
+    fitted: tuple[str, ...] = ()
 
     def __init__(self, keys, values, labels, num_experts, seed):
         super().__init__(keys, values, labels, num_experts, seed)
-        d = keys.shape[1]
-        self.register_buffer("w1", expert_means(nn.functional.normalize(keys.detach().float(), dim=1), labels,
-                                                num_experts).to(keys.dtype))
-        self.register_buffer("w2", torch.eye(num_experts, device=keys.device, dtype=keys.dtype))
-        self.seed, self.held_out_accuracy, self.d = seed, float("nan"), d
+        self.seed, self.held_out_accuracy = seed, float("nan")
 
-    def predict(self, x: torch.Tensor, w1: torch.Tensor | None = None, w2: torch.Tensor | None = None):
-        w1 = self.w1 if w1 is None else w1
-        w2 = self.w2 if w2 is None else w2
-        return torch.tanh(nn.functional.normalize(x.float(), dim=-1) @ w1.float().t()) @ w2.float().t()
+    def predict(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        raise NotImplementedError
 
-    def flops(self, d):
-        return 2 * d * self.num_experts + 2 * self.num_experts * self.num_experts
+    def target(self, x, activations, keys, values, labels) -> torch.Tensor:
+        raise NotImplementedError
 
-    def calibrate(self, inputs, activations, keys, labels, top_k: int | None = None, cache=None) -> None:
-        """Fit the predictor on the calibration tokens' FFN inputs ``[T, d]`` (see the class); ``cache``: a file
-        path (``emoe.convert`` keys it by the weights, the calibration set, the partition, N, k and the seed)
-        holding an earlier fit, read instead of fitting again, or written after the fit."""
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def logits(self, x, keys, values):
+        with torch.autocast(x.device.type, enabled=False):
+            return self.predict(x)
+
+    def calibrate(self, inputs, activations, keys, labels, top_k: int | None = None, cache=None,
+                  values: torch.Tensor | None = None) -> None:
+        """Fit on the calibration tokens' FFN inputs ``[T, d]`` and intermediate activations ``[T, d_ff]``."""
         import numpy as np
 
         from emoe.cache import save_npy_atomic
 
+        buffers = [getattr(self, name) for name in self.fitted]
         if cache is not None and cache.exists():
-            try:
-                saved = np.load(cache)
-                self.w1.copy_(torch.from_numpy(saved[:-1, :self.w1.shape[1]]).to(self.w1))
-                self.w2.copy_(torch.from_numpy(saved[:-1, self.w1.shape[1]:]).to(self.w2))
-                self.held_out_accuracy = float(saved[-1, 0])
-                return
+            try:  # every fitted buffer flattened, in order, then the held-out accuracy
+                saved, at = np.load(cache), 0
+                if saved.size == sum(b.numel() for b in buffers) + 1:
+                    for b in buffers:
+                        b.copy_(torch.from_numpy(saved[at:at + b.numel()]).view_as(b).to(b))
+                        at += b.numel()
+                    self.held_out_accuracy = float(saved[-1])
+                    return
             except (OSError, ValueError):
                 pass
-        self._calibrate(inputs, keys, labels, top_k)
-        if cache is not None:  # w1 | w2 side by side, the held-out accuracy in a last row
-            last = np.zeros((1, self.w1.shape[1] + self.num_experts), dtype=np.float32)
-            last[0, 0] = self.held_out_accuracy
-            save_npy_atomic(cache, np.concatenate([torch.cat([self.w1, self.w2], 1).float().cpu().numpy(), last]))
+        self._calibrate(inputs, activations, keys, values, labels, top_k)
+        if cache is not None:
+            save_npy_atomic(cache, np.concatenate([b.detach().float().cpu().reshape(-1).numpy() for b in buffers]
+                                                  + [np.array([self.held_out_accuracy], dtype=np.float32)]))
 
-    def _calibrate(self, inputs, keys, labels, top_k: int | None) -> None:
-        x = nn.functional.normalize(inputs.float(), dim=-1)
-        patterns = nn.functional.one_hot(labels.cpu(), self.num_experts).float()  # [d_ff, N]
+    def _calibrate(self, inputs, activations, keys, values, labels, top_k: int | None) -> None:
+        x = inputs.float().cpu()
         with torch.no_grad():
-            target = torch.relu(x @ keys.detach().float().cpu().t()) @ patterns  # [T, N]
+            target = self.target(x, activations.float().cpu(), keys.detach().float().cpu(),
+                                 None if values is None else values.detach().float().cpu(), labels.cpu())
         split = x.shape[0] // 10 * 9
-        w1 = nn.Parameter(self.w1.detach().float().cpu().clone())
-        w2 = nn.Parameter(self.w2.detach().float().cpu().clone())
-        optimiser = torch.optim.Adam([w1, w2], lr=self.lr)
+        params = {name: nn.Parameter(getattr(self, name).detach().float().cpu().clone()) for name in self.fitted}
+        optimiser = torch.optim.Adam(params.values(), lr=self.lr)
         g = torch.Generator().manual_seed(self.seed)
         with torch.enable_grad():  # conversion may run under no_grad; the fit is a small training of its own
-            self._fit(x, target, split, w1, w2, optimiser, g)
-        self.w1.copy_(w1.detach().to(self.w1))
-        self.w2.copy_(w2.detach().to(self.w2))
+            epoch = steps = 0
+            while epoch < self.epochs or steps < self.min_steps:
+                epoch += 1
+                order = torch.randperm(split, generator=g)
+                for start in range(0, split, self.batch):
+                    rows = order[start:start + self.batch]
+                    loss = self.loss(self.predict(x[rows], params), target[rows])
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+                    steps += 1
+        for name, value in params.items():
+            getattr(self, name).copy_(value.detach().to(getattr(self, name)))
         k = top_k or max(1, self.num_experts // 4)
         if x.shape[0] > split:
             with torch.no_grad():
@@ -248,20 +263,84 @@ class MlpGate(Gate):
             self.held_out_accuracy = float(torch.tensor([len(set(p.tolist()) & set(t.tolist())) / k
                                                          for p, t in zip(pred, true)]).mean())
 
-    def _fit(self, x, target, split, w1, w2, optimiser, g) -> None:
-        for _ in range(self.epochs):
-            order = torch.randperm(split, generator=g)
-            for start in range(0, split, self.batch):
-                rows = order[start:start + self.batch]
-                scores = target[rows] / target[rows].max().clamp_min(1e-12)
-                loss = nn.functional.binary_cross_entropy_with_logits(self.predict(x[rows], w1, w2), scores)
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
 
-    def logits(self, x, keys, values):
-        with torch.autocast(x.device.type, enabled=False):
-            return self.predict(x)
+class MlpGate(FittedGate):
+    """MoEfication's MLP predictor (``moefication/utils.py``, ``MLPCenter``): on the L2-normalised FFN input, a
+    ``Linear(d, N)`` (initialised from the mean of each expert's L2-normalised keys), tanh, ``Linear(N, N)``
+    (initialised to the identity), no biases. Fitted as MoEfication's: targets each expert's summed ``relu(x . k)``
+    activation over the batch's largest, binary cross-entropy on the logits, Adam at 0.01, batches of 512, 30
+    epochs."""
+
+    fitted = ("w1", "w2")
+
+    def __init__(self, keys, values, labels, num_experts, seed):
+        super().__init__(keys, values, labels, num_experts, seed)
+        self.register_buffer("w1", expert_means(nn.functional.normalize(keys.detach().float(), dim=1), labels,
+                                                num_experts).to(keys.dtype))
+        self.register_buffer("w2", torch.eye(num_experts, device=keys.device, dtype=keys.dtype))
+
+    def predict(self, x, params=None):
+        w1, w2 = (self.w1, self.w2) if params is None else (params["w1"], params["w2"])
+        return torch.tanh(nn.functional.normalize(x.float(), dim=-1) @ w1.float().t()) @ w2.float().t()
+
+    def flops(self, d):
+        return 2 * d * self.num_experts + 2 * self.num_experts * self.num_experts
+
+    def target(self, x, activations, keys, values, labels):
+        patterns = nn.functional.one_hot(labels, self.num_experts).float()  # [d_ff, N]
+        return torch.relu(nn.functional.normalize(x, dim=-1) @ keys.t()) @ patterns  # [T, N]
+
+    def loss(self, prediction, target):
+        return nn.functional.binary_cross_entropy_with_logits(prediction, target / target.max().clamp_min(1e-12))
+
+
+class NormRegressionGate(FittedGate):
+    """D2DMoE's router (``MoeficationRouter`` with its ``dsti_router`` settings): a regression of the norm each
+    expert's output would have, ``||sum_{j in e} h_j v_j||_2`` (the second projection restricted to the expert,
+    without bias), from the FFN input: ``Linear(d, 128)``, ReLU, ``Linear(128, N)``, absolute value, no biases (torch's
+    default initialisation, seeded). Fitted by mean squared error, Adam at 0.001, 10 epochs (D2DMoE's), in batches of
+    64 tokens (D2DMoE's are 64 sequences) and at least 2000 steps (D2DMoE's 10 epochs run over a whole training set;
+    a calibration set's are far fewer steps). Its scores are non-negative, for D2DMoE's dynamic k
+    (``expert_selection='dynamic'``); under top-k it keeps the k experts predicted to write the most."""
+
+    epochs, lr, batch, min_steps, width = 10, 0.001, 64, 2000, 128
+    fitted = ("w1", "w2")
+    nonnegative = True
+
+    def __init__(self, keys, values, labels, num_experts, seed):
+        super().__init__(keys, values, labels, num_experts, seed)
+        d = keys.shape[1]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            first, second = nn.Linear(d, self.width, bias=False), nn.Linear(self.width, num_experts, bias=False)
+        self.register_buffer("w1", first.weight.detach().to(keys.device, keys.dtype))
+        self.register_buffer("w2", second.weight.detach().to(keys.device, keys.dtype))
+
+    def predict(self, x, params=None):
+        w1, w2 = (self.w1, self.w2) if params is None else (params["w1"], params["w2"])
+        return (torch.relu(x.float() @ w1.float().t()) @ w2.float().t()).abs()
+
+    def flops(self, d):
+        return 2 * d * self.width + 2 * self.width * self.num_experts
+
+    def target(self, x, activations, keys, values, labels):
+        if values is None:
+            raise ValueError("the norm-regression router's targets need the FFN's value vectors")
+        return expert_output_norms(activations, values, labels, self.num_experts)
+
+    def loss(self, prediction, target):
+        return nn.functional.mse_loss(prediction, target)
+
+
+def expert_output_norms(activations: torch.Tensor, values: torch.Tensor, labels: torch.Tensor,
+                        num_experts: int) -> torch.Tensor:
+    """``[T, N]``: for each token, the L2 norm of each expert's share of the FFN output, ``||h_e V_e||``
+    (activations ``[T, d_ff]``, values ``[d_ff, d_out]``)."""
+    out = torch.empty(activations.shape[0], num_experts)
+    for e in range(num_experts):
+        members = (labels == e).nonzero().squeeze(1)
+        out[:, e] = torch.linalg.vector_norm(activations[:, members] @ values[members], dim=-1)
+    return out
 
 
 GATES: dict[str, type[Gate]] = {
@@ -273,4 +352,5 @@ GATES: dict[str, type[Gate]] = {
     "learned_avg_keys": LearnedAvgKeysGate,
     "analytic": AnalyticGate,
     "mlp": MlpGate,
+    "norm_regression": NormRegressionGate,
 }

@@ -67,7 +67,7 @@ NOISYTUNE_LEVEL = 0.15  # the official --noise_tuning of the README's noisy-tuni
 # Knobs added after the first sweeps were recorded: at their default they stay out of a cell's hash
 # (emoe.tracking.records.cell_name), so the cells of a sweep started before them keep their names and resume.
 LATER_KNOBS = {"expert_repeat": 1, "noise_tuning": 0.0, "regime": "full", "lora_r": 8, "body_lr_ratio": None,
-               "calibration_samples": 256, "shared_experts": 0}
+               "calibration_samples": 256, "shared_experts": 0, "dynamic_tau": 0.9}
 
 
 def default_epochs(task: str, regime: str = "full") -> int:
@@ -164,7 +164,10 @@ def _knobs() -> dict[str, Knob]:
               "noise)", float),
         _emoe("expert_selection", "which experts a token keeps: top k (the paper), bottom k, all but the top k; the "
               "controls of top's compute: static (the k experts most often selected on the calibration set, for "
-              "every token: pruning) or random (k uniform experts per token, input-independent)", str, SELECTIONS),
+              "every token: pruning) or random (k uniform experts per token, input-independent); dynamic: D2DMoE's "
+              "dynamic k (gates norm_regression, analytic; --dynamic-tau)", str, SELECTIONS),
+        _emoe("dynamic_tau", "D2DMoE's tau, for --expert-selection dynamic: a token keeps every expert scoring at "
+              "least (1 - tau) x its best (1: every expert above 0)", float),
         _emoe("expert_bias", "shared: the dense output bias, each token keeping its experts' shares; per_expert "
               "(official): each expert its own trainable copy of bias / k", str, EXPERT_BIASES),
         _emoe("mlp_output_dropout", "keep: a converted block keeps its FFN's output dropout; official: as the "

@@ -58,7 +58,8 @@ class EmoeFFN(nn.Module):
                  num_experts: int, top_k: int, seed: int = 0, transposed: bool = False, block: int | None = None,
                  up_proj: nn.Module | None = None, capacity_factor: float | None = None, gate_noise: float = 0.0,
                  expert_dropout: float = 0.0, aux: bool = False, expert_selection: str = "top",
-                 expert_bias: str = "shared", shared: int = 0, activation: nn.Module | None = None):
+                 expert_bias: str = "shared", shared: int = 0, activation: nn.Module | None = None,
+                 tau: float = 0.9):
         super().__init__()
         self.values = values_proj
         # NOTE: a list keeps the key projection out of this module's children: it stays registered (once) where it
@@ -73,6 +74,7 @@ class EmoeFFN(nn.Module):
         self.block = block
         self.capacity_factor, self.gate_noise, self.aux = capacity_factor, gate_noise, aux
         self.expert_selection = expert_selection
+        self.tau = tau  # expert_selection 'dynamic': keep the experts scoring >= (1 - tau) x the token's best
         self.bypass = False
         sizes = torch.bincount(torch.as_tensor(labels, dtype=torch.long).cpu(), minlength=num_experts)
         labels = torch.as_tensor(labels, dtype=torch.long, device=values_proj.weight.device)
@@ -120,12 +122,12 @@ class EmoeFFN(nn.Module):
         if self.shared:
             routed = route(logits[..., self.shared:], self.top_k, self.gate.combine, self.training, self.gate_noise,
                            self.capacity_factor, self.expert_selection, self.aux,
-                           getattr(self, "static_experts", None))
+                           getattr(self, "static_experts", None), self.tau)
             routing = with_shared(routed, logits, self.shared)
         else:
             routing = route(logits, self.top_k, self.gate.combine, self.training, self.gate_noise,
                             self.capacity_factor, self.expert_selection, self.aux,
-                            getattr(self, "static_experts", None))
+                            getattr(self, "static_experts", None), self.tau)
         self.last_load = routing.load
         self.last_active = active_neurons(routing, self.expert_sizes)
         self.last_chosen = None if self.training else routing.table() != 0  # [..., N]: evaluation's choices
@@ -203,5 +205,6 @@ class EmoeFFN(nn.Module):
     def extra_repr(self) -> str:
         return (f"block={self.block}, num_experts={self.num_experts}, top_k={self.top_k}, gate={self.gate_name}, "
                 f"d_ff={self.labels.numel()}, capacity_factor={self.capacity_factor}, gate_noise={self.gate_noise}, "
-                f"expert_selection={self.expert_selection}, "
+                f"expert_selection={self.expert_selection}"
+                f"{f', tau={self.tau}' if self.expert_selection == 'dynamic' else ''}, "
                 f"expert_bias={'per_expert' if self.expert_bias is not None else 'shared'}")

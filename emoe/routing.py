@@ -11,7 +11,9 @@ here holds state. It implements the official EMoE code's router (qiuzh20/EMoE's 
   softmax probability, every token's first choice before any second choice (batch-prioritised routing); a pair past
   capacity is dropped: the token loses that expert, and with it that expert's share of the output bias;
 - ``aux``: Tutel's ``load_importance_loss``;
-- ``selection``: ``top`` (the paper), ``bottom`` (the k lowest-scoring experts), ``not_top`` (all but the top k).
+- ``selection``: ``top`` (the paper), ``bottom`` (the k lowest-scoring experts), ``not_top`` (all but the top k);
+  ``dynamic``: D2DMoE's dynamic k (``MoeficationMoE.gate``, ``forward_mode='dynk_max'``): a token keeps every
+  expert whose score reaches ``(1 - tau)`` times its largest score (at least one; k varies per token).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import torch
 
 # top (the paper), bottom, not_top (the paper's Fig. 3); and two controls of the same compute as top: static (the same
 # k experts for every token: the k most often selected on a calibration set, a pruning control) and random (k experts
-# drawn uniformly for each token, independent of the input)
-SELECTIONS = ("top", "bottom", "not_top", "static", "random")
+# drawn uniformly for each token, independent of the input); and dynamic (D2DMoE's: as many experts per token as
+# reach (1 - tau) of its best score; for the gates whose scores are non-negative, emoe.gating.Gate.nonnegative)
+SELECTIONS = ("top", "bottom", "not_top", "static", "random", "dynamic")
 # How the kept experts' outputs are weighted: binary (EMoE's avg-k mask), softmax (EMoE-learn: the chosen experts'
 # softmax probabilities renormalised to sum to 1), binary_st (binary forward, gradient through k * softmax of the
 # chosen scores: a straight-through learned gate that starts as the binary mask).
@@ -122,7 +125,7 @@ def load_importance_loss(clean_logits: torch.Tensor, kth_noisy_logit: torch.Tens
 
 def route(logits: torch.Tensor, top_k: int, combine: str = "binary", training: bool = False,
           gate_noise: float = 0.0, capacity_factor: float | None = None, selection: str = "top",
-          aux: bool = False, static: torch.Tensor | None = None) -> Routing:
+          aux: bool = False, static: torch.Tensor | None = None, tau: float = 0.9) -> Routing:
     """Choose each token's experts from its gate logits.
 
     Args:
@@ -135,6 +138,8 @@ def route(logits: torch.Tensor, top_k: int, combine: str = "binary", training: b
         selection: one of ``SELECTIONS``.
         static: ``[k]`` the experts every token keeps, for ``selection='static'``.
         aux: compute Tutel's load-importance loss (training; needs ``gate_noise > 0``).
+        tau: ``selection='dynamic'``'s threshold: the experts scoring at least ``(1 - tau)`` x the token's best are
+            kept (``experts`` then lists all N, best first, and ``weights`` is 0 for the ones left out).
     """
     lead, num_experts = logits.shape[:-1], logits.shape[-1]
     flat = logits.reshape(-1, num_experts).float()  # [T, N]
@@ -154,13 +159,21 @@ def route(logits: torch.Tensor, top_k: int, combine: str = "binary", training: b
             experts = static.to(flat.device).expand(flat.shape[0], top_k)
         elif selection == "random":  # uniform k of N per token, from the global generator alone: input-independent
             experts = torch.rand(flat.shape, device="cpu").topk(top_k, dim=-1).indices.to(flat.device)
+        elif selection == "dynamic":
+            if combine != "binary" or capacity_factor is not None:
+                raise ValueError("expert_selection 'dynamic' keeps a variable number of experts with weight 1: it "
+                                 f"needs a binary gate and exact routing (got combine {combine!r}, capacity_factor "
+                                 f"{capacity_factor})")
+            ranked = noisy.sort(dim=-1, descending=True)
+            experts = ranked.indices  # [T, N], best first
+            kept = ranked.values >= ranked.values[:, :1] * (1.0 - tau)  # D2DMoE's dynk_max
         else:
             raise ValueError(f"unknown expert_selection {selection!r}; valid choices: {', '.join(SELECTIONS)}")
         n = experts.shape[-1]
         probs = noisy.softmax(-1)
         chosen = probs.gather(-1, experts)  # [T, n]
         if combine == "binary":
-            weights = torch.ones_like(chosen)
+            weights = kept.float() if selection == "dynamic" else torch.ones_like(chosen)
         elif combine == "softmax":
             weights = chosen / chosen.sum(-1, keepdim=True).clamp_min(torch.finfo(chosen.dtype).eps)
         elif combine == "binary_st":
@@ -173,6 +186,8 @@ def route(logits: torch.Tensor, top_k: int, combine: str = "binary", training: b
             keep = capacity_slots(probs.detach(), experts, capacity_factor)
             weights = weights * keep
             counts = torch.bincount(experts[keep], minlength=num_experts)
+        elif selection == "dynamic":
+            counts = torch.bincount(experts[kept], minlength=num_experts)
         else:
             counts = torch.bincount(experts.reshape(-1), minlength=num_experts)
         if capacity_factor is not None or combine == "softmax":

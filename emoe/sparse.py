@@ -3,8 +3,9 @@
 The key (and, for gated MLPs, up) projection returns the selected experts' pre-activations grouped by expert,
 ``[..., k * m]`` (``m``: neurons per expert, padded with zero neurons to the largest expert); the model's own
 elementwise activation runs on that; the layer then multiplies each group by its expert's value vectors and adds
-the results back per token. Works for any architecture whose activation is elementwise between the two projections
-(all of ``emoe.ARCHITECTURES``). Equal to masked execution within float tolerance.
+the results back per token. A pair with weight 0 (an expert left out by dynamic k, a pair dropped for capacity) is
+not computed: the pre-activations are then ``[pairs, m]``, which an elementwise activation takes alike. Works for
+any architecture whose activation is elementwise between the two projections (all of ``emoe.ARCHITECTURES``). Equal to masked execution within float tolerance.
 """
 
 from __future__ import annotations
@@ -75,14 +76,20 @@ class SparseExecution:
         return packed
 
     def group(self, routing: Routing) -> None:
-        """Token-expert pairs sorted by expert: each expert's tokens are one contiguous run."""
-        top_k = routing.experts.shape[-1]
-        order = torch.argsort(routing.experts.reshape(-1), stable=True)
-        weights = routing.weights.reshape(-1)
-        self.grouping = {"tokens": order // top_k, "counts": torch.bincount(routing.experts.reshape(-1),
-                                                                             minlength=routing.num_experts).tolist(),
-                         "weights": weights[order], "weighted": bool((weights != 1).any()),
-                         "n_tokens": routing.experts.numel() // top_k}
+        """Token-expert pairs sorted by expert: each expert's tokens are one contiguous run. Where a token keeps a
+        variable number of experts (``expert_selection='dynamic'``: ``routing.weights`` 0 for the ones left out),
+        only the kept pairs are computed, and the pre-activations are ragged (``[pairs, m]``)."""
+        width = routing.experts.shape[-1]
+        experts, weights = routing.experts.reshape(-1), routing.weights.reshape(-1)
+        pair = torch.arange(experts.numel(), device=experts.device)
+        ragged = bool((weights == 0).any())  # a pair left out (dynamic k) or dropped for capacity: not computed
+        if ragged:
+            pair = pair[weights != 0]
+        order = pair[torch.argsort(experts[pair], stable=True)]
+        self.grouping = {"tokens": order // width, "counts": torch.bincount(experts[pair],
+                                                                            minlength=routing.num_experts).tolist(),
+                         "weights": weights[order], "weighted": bool((weights[pair] != 1).any()),
+                         "n_tokens": experts.numel() // width, "ragged": ragged}
 
     def _projection_forward(self, proj: nn.Module):
         which = "keys" if proj is self.layer._keys_proj[0] else "up"
@@ -100,7 +107,7 @@ class SparseExecution:
                     rows = flat.index_select(0, g["tokens"][start:start + n])
                     out[start:start + n] = rows @ w[e].t() if b is None else torch.addmm(b[e], rows, w[e].t())
                     start += n
-            return out.view(*x.shape[:-1], -1)
+            return out if g["ragged"] else out.view(*x.shape[:-1], -1)
 
         return forward
 
@@ -111,7 +118,7 @@ class SparseExecution:
             raise RuntimeError("EmoeFFN ran without routing: its key projection must run first in the same forward")
         self.grouping = None
         v = packed["values"]  # [N, m, d_out]
-        lead = h.shape[:-1]
+        lead = routing.experts.shape[:-1]  # the tokens' (h is [pairs, m] when ragged)
         h = h.reshape(-1, v.shape[1])  # [pairs, m]
         if g["weighted"]:
             h = h * g["weights"].to(h.dtype)[:, None]

@@ -256,11 +256,11 @@ def expert_stability(before: np.ndarray, after: np.ndarray) -> float:
 def calibration_batches(train, tokenizer, task: Task, cfg: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
     """The calibration set of the data-driven constructions and controls (``emoe.calibration``):
     ``calibration_samples`` examples of the training data (a fixed random subset, seed 0, the same for every trial
-    of the task), tokenised to ``max_length``, in batches of 32, without labels."""
+    of the task), tokenised to ``max_length``, in batches of 32, with their labels (the gradient split's loss)."""
     n = min(cfg["calibration_samples"], len(train))
     subset = train.select(np.random.default_rng(0).permutation(len(train))[:n])
     ds = tokenize(subset, tokenizer, task, cfg["max_length"])
-    return [{k: v for k, v in batch.items() if k != "labels"} for batch in _loader(ds, tokenizer, 32, False, 0)]
+    return [dict(batch) for batch in _loader(ds, tokenizer, 32, False, 0)]
 
 
 def prepare_model(model: nn.Module, cfg: dict[str, Any], calibration: list | None = None) -> nn.Module:

@@ -29,10 +29,21 @@ def calibration_activations(d_ff: int = 96, tokens: int = 400, seed: int = 0) ->
     return torch.nn.functional.gelu(torch.randn(tokens, d_ff, generator=g))
 
 
+def calibration_stats(d_ff: int = 96, tokens: int = 400, seed: int = 0):
+    """A layer's calibration statistics for the splits that read importance: random inputs, activations and
+    importance, 50 sequences of 8 tokens."""
+    from emoe.calibration import LayerStats
+
+    g = torch.Generator().manual_seed(seed)
+    return LayerStats(calibration_activations(d_ff, tokens, seed), torch.randn(tokens, 16, generator=g),
+                      torch.rand(tokens, d_ff, generator=g), torch.arange(tokens) // 8)
+
+
 @pytest.mark.parametrize("algorithm", list(CLUSTERING))
 def test_partition_covers_every_neuron_once(algorithm):
     keys = torch.randn(96, 16, generator=torch.Generator().manual_seed(0))
-    data = calibration_activations() if CLUSTERING[algorithm].needs_data else None
+    data = {"": None, "activations": calibration_activations(),
+            "importance": calibration_stats()}[CLUSTERING[algorithm].needs_data]
     labels = cluster_keys(keys, algorithm, num_experts=8, seed=0, activations=data)
     assert labels.shape == (96,) and labels.dtype == np.int64
     assert set(labels.tolist()) == set(range(8))
