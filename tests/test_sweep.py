@@ -639,17 +639,17 @@ def test_the_paper_lora_comparison_runs_as_a_sweep(tiny_model_dir, tiny_data_dir
 
 @pytest.mark.slow
 def test_a_sweep_of_constructions_by_routers_runs_to_its_table(tiny_model_dir, tiny_data_dir, tmp_path):
-    """Constructions (key clustering, MoEfication's co-activation split, CMoE's) crossed with routers (avg-k, the MLP
-    predictor, CMoE's analytic router) on Ray: every trial completes, logs its compute beside its scores, and the
-    closing table has every arm."""
+    """Constructions (MoEfication's co-activation split, CMoE's, LLaMA-MoE's gradient split) crossed with routers
+    (avg-k, the MLP predictor, CMoE's analytic router, D2DMoE's norm regression) on Ray: every trial completes, logs
+    its compute beside its scores, and the closing table has every arm."""
     out = run_tiny("crossing", tiny_model_dir, tiny_data_dir, tmp_path, "--factor",
-                   "clustering=constrained,coactivation,cmoe", "--factor", "gate=avg_keys,mlp,analytic", "--seeds", "0",
-                   "--learning-rates", "1e-3", "--cpus-per-trial", "0.5", "--scheduler", "none", "--checkpoint-every",
-                   "none", "--keep-model", "none", "--calibration-samples", "64")
+                   "clustering=coactivation,cmoe,gradient", "--factor", "gate=avg_keys,mlp,analytic,norm_regression",
+                   "--seeds", "0", "--learning-rates", "1e-3", "--cpus-per-trial", "0.5", "--scheduler", "none",
+                   "--checkpoint-every", "none", "--keep-model", "none", "--calibration-samples", "64")
     _, _, _, children = _children(f"sqlite:///{tmp_path}/mlflow.db", "emoe-clustering-x-gate")
-    assert len(children) == 10 and all(c.data.tags[tracking.OUTCOME] == "completed" for c in children)
+    assert len(children) == 13 and all(c.data.tags[tracking.OUTCOME] == "completed" for c in children)
     routed = [c for c in children if c.data.tags[tracking.ARM] != "dense"]
     assert all(c.data.metrics["active_neurons.block1"] == 32 for c in routed)  # k = 2 of 4 experts of 64 neurons
     assert all("ffn_flops.block1" in c.data.metrics for c in routed)
-    for arm in ("coactivation+mlp", "cmoe+analytic", "constrained+avg_keys", "dense"):
+    for arm in ("coactivation+mlp", "cmoe+analytic", "gradient+norm_regression", "gradient+avg_keys", "dense"):
         assert arm in out.stdout

@@ -48,16 +48,21 @@ ABLATIONS: dict[str, Ablation] = {
                                             "emoe_eval": {"eval_method": "emoe"}, DENSE: {"method": "dense"}},
                             factor="eval_method"),
     # dense-to-MoE constructions (MoEfication's co-activation graph, CMoE's split with and without its shared
-    # experts) beside EMoE's key clustering and the random split, every one routed by avg-k
+    # experts, LLaMA-MoE's gradient split) beside EMoE's key clustering and the random split, every one routed by avg-k
     "constructions": Ablation("constructions", {"constrained": {"clustering": "constrained"},
                                                 "coactivation": {"clustering": "coactivation"},
                                                 "cmoe": {"clustering": "cmoe"},
+                                                "gradient": {"clustering": "gradient"},
                                                 "cmoe_shared": {"clustering": "cmoe", "shared_experts": 1},
                                                 "random": {"clustering": "random"}, DENSE: {"method": "dense"}},
                               factor="clustering,shared_experts"),
     # routers on EMoE's experts: avg-k, EMoE-learn's cosine router, MoEfication's MLP predictor, CMoE's analytic
-    # router
-    "routers": Ablation.over("gate", ["avg_keys", "learned", "mlp", "analytic"], name="routers"),
+    # router, D2DMoE's norm regression (top-k, and with its dynamic k)
+    "routers": Ablation("routers", {**{g: {"gate": g} for g in ("avg_keys", "learned", "mlp", "analytic",
+                                                                 "norm_regression")},
+                                    "norm_regression_dynamic": {"gate": "norm_regression",
+                                                                "expert_selection": "dynamic"},
+                                    DENSE: {"method": "dense"}}, factor="gate,expert_selection"),
     # does input-dependent routing beat keeping as many neurons? the routed arm, the all-experts control (k = N), the
     # static pruning control and the matched random mask (same neurons per token), and the dense baseline
     "controls": Ablation("controls", {"routed": {"expert_selection": "top"},
