@@ -189,12 +189,18 @@ def test_the_mlp_router_starts_as_its_definition_and_learns_to_pick_the_top_expe
     expected = torch.tanh(torch.nn.functional.normalize(x, dim=1) @ centres.t())
     torch.testing.assert_close(gate.logits(x, keys, keys), expected)
     assert not list(gate.parameters())
-    model = tiny_model("bert")
-    convert(model, EmoeConfig(num_experts=8, top_k=2, layers=(1,), gate="mlp", clustering="contiguous"),
-            use_cache=False, calibration=[tiny_inputs("bert", s) for s in range(1, 120)])
-    (layer,) = emoe_layers(model)
+    layer = fitted_router("mlp")
     assert layer.gate.held_out_accuracy > 0.5  # chance: 2/8
     assert not list(layer.gate.parameters())
+
+
+def fitted_router(gate: str):
+    """A tiny BERT's block 1 with 8 contiguous experts, ``gate`` fitted on 119 calibration batches."""
+    model = tiny_model("bert")
+    convert(model, EmoeConfig(num_experts=8, top_k=2, layers=(1,), gate=gate, clustering="contiguous"),
+            use_cache=False, calibration=[tiny_inputs("bert", s) for s in range(1, 120)])
+    (layer,) = emoe_layers(model)
+    return layer
 
 
 def test_expert_stability_is_the_mean_jaccard_of_each_tokens_experts():
@@ -320,6 +326,11 @@ def test_importance_is_each_tokens_activation_times_its_loss_gradient():
     expected = (kept[0] * kept[0].grad).abs().reshape(-1, 64)[mask.reshape(-1).bool()]
     torch.testing.assert_close(stats.importance[1], expected)
     assert stats.sequences.tolist() == [0] * 7 + [1] * 5 + [2] * 7
+    # the partition cache's key names the weights the importance read: another head, another calibration name
+    assert collect(model, [batch], [1], importance=True).name == stats.name
+    with torch.no_grad():
+        model.classifier.weight.add_(0.1)
+    assert collect(model, [batch], [1], importance=True).name != stats.name
     with pytest.raises(ValueError, match="labelled"):
         collect(model, [{k: v for k, v in batch.items() if k != "labels"}], [1], importance=True)
 
@@ -381,10 +392,7 @@ def test_expert_output_norms_are_each_experts_share_of_the_ffn_output():
 def test_the_norm_regression_router_learns_which_experts_write_most():
     """Fitted at conversion (D2DMoE's router: MSE on the experts' output norms), frozen, non-negative scores; its
     top-2 overlaps the true top-2 by norm on held-out tokens above chance (2/8)."""
-    model = tiny_model("bert")
-    convert(model, EmoeConfig(num_experts=8, top_k=2, layers=(1,), gate="norm_regression", clustering="contiguous"),
-            use_cache=False, calibration=[tiny_inputs("bert", s) for s in range(1, 120)])
-    (layer,) = emoe_layers(model)
+    layer = fitted_router("norm_regression")
     assert layer.gate.held_out_accuracy > 0.4  # chance: 2/8
     assert not list(layer.gate.parameters())
     assert (layer.gate.logits(torch.randn(5, 32), layer.keys, layer.values_matrix) >= 0).all()
