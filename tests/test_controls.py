@@ -354,6 +354,14 @@ def test_a_model_converts_by_the_gradient_split_without_changing_its_weights():
     assert all(p.grad is None for p in model.parameters())
     with torch.no_grad():  # every expert on: the dense model
         torch.testing.assert_close(model(input_ids=data[0]["input_ids"]).logits, dense, atol=1e-5, rtol=0)
+    import emoe
+
+    for layer in emoe_layers(model):  # two of the four experts: masked and sparse alike
+        layer.top_k = 2
+    with torch.no_grad():
+        masked = model(input_ids=data[1]["input_ids"]).logits
+        emoe.set_execution(model, "sparse")
+        torch.testing.assert_close(model(input_ids=data[1]["input_ids"]).logits, masked, atol=1e-5, rtol=1e-5)
 
 
 # -- D2DMoE: the norm-regression router and dynamic k ------------------------------------------------------------------
@@ -395,7 +403,13 @@ def test_the_norm_regression_router_learns_which_experts_write_most():
     layer = fitted_router("norm_regression")
     assert layer.gate.held_out_accuracy > 0.4  # chance: 2/8
     assert not list(layer.gate.parameters())
-    assert (layer.gate.logits(torch.randn(5, 32), layer.keys, layer.values_matrix) >= 0).all()
+    x = torch.randn(5, 32)
+    scores = layer.gate.logits(x, layer.keys, layer.values_matrix)
+    router = torch.nn.Sequential(torch.nn.Linear(32, 128, bias=False), torch.nn.ReLU(),
+                                 torch.nn.Linear(128, 8, bias=False))  # D2DMoE's, its output through abs
+    router[0].weight.data, router[2].weight.data = layer.gate.w1.clone(), layer.gate.w2.clone()
+    torch.testing.assert_close(scores, router(x).abs())
+    assert (scores >= 0).all()
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
