@@ -434,6 +434,9 @@ def write_html(a: Analysis, path: Path, title: str, figures: list[Path]) -> Path
               "<pre>" + html.escape("\n".join(tests_text(a))) + "</pre>"]
     if len(a.comparisons):
         parts += [f"<h2>Against {html.escape(str(a.baseline))}</h2>", table(comparisons_display(a))]
+    compute = compute_display(a)
+    if not compute.empty:
+        parts += ["<h2>Compute (converted blocks, per token)</h2>", table(compute)]
     if figures:
         parts.append(f"<p>Figures: {html.escape(COLOURS)}.</p>")
     for fig in figures:

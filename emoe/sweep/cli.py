@@ -206,14 +206,16 @@ def dry_run(plan, workloads, done: set | None = None) -> str:
         f"scheduler: {s.scheduler} (scope {s.early_stop_scope}, on {schema.ID_SCORE}); MLflow: {s.tracking_uri} "
         f"experiment {plan.experiment}",
         estimate(plan, workloads, nodes[0]["CPU"], nodes[0]["GPU"]),
-        f"{'task':<8} {'arm':<16} {'seed':>4} {'learning_rate':>13}  arm knobs"]
+        None]
+    w = max([16] + [len(str(arm)) for arm in plan.design.arms])  # the arm column fits the longest name
+    head[-1] = f"{'task':<8} {'arm':<{w}} {'seed':>4} {'learning_rate':>13}  arm knobs"
     cells = plan.grid() if s.search == "grid" else [(t, arm, seed, float("nan")) for t in plan.tasks
                                                     for arm in plan.design.arms for seed in plan.seeds]
     if done is not None:
         cells = [c for c in cells if (c[0], c[1], int(c[2]), float(c[3])) not in done]
         head.insert(1, f"--extend: {len(cells)} of these {plan.n_trials} cells would run (the others have a "
                        f"finished trial), about {len(cells) / max(1, plan.n_trials):.0%} of the time below")
-    rows = [f"{task:<8} {arm:<16} {seed:>4} {lr:>13.3g}  {plan.design.arms[arm]}" for task, arm, seed, lr in cells]
+    rows = [f"{task:<8} {arm:<{w}} {seed:>4} {lr:>13.3g}  {plan.design.arms[arm]}" for task, arm, seed, lr in cells]
     return "\n".join(head + rows)
 
 
@@ -281,9 +283,10 @@ def closing_table(trials, unended=()) -> str:
         return "no trial reported a result"
     chosen = selection.select(trials) if not trials.empty and schema.ID_SCORE in trials else trials.iloc[0:0]
     extra = f" {'cut off':>7}" if cut else ""
-    lines = [f"{'task':<8} {'arm':<16} {'best lr':>9} {'seeds':>5} {'early-stopped':>13}{extra} "
-             f"{schema.ID_SCORE:>17} {schema.OOD_SCORE:>17}"]
     groups = [] if trials.empty else [key for key, _ in trials.groupby(["task", "arm"], sort=False)]
+    w = max([16] + [len(str(arm)) for _, arm in groups + list(cut)])  # the arm column fits the longest name
+    lines = [f"{'task':<8} {'arm':<{w}} {'best lr':>9} {'seeds':>5} {'early-stopped':>13}{extra} "
+             f"{schema.ID_SCORE:>17} {schema.OOD_SCORE:>17}"]
     for key in groups + [k for k in cut if k not in groups]:
         task, arm = key
         group = trials[(trials["task"] == task) & (trials["arm"] == arm)] if not trials.empty else trials
@@ -291,7 +294,7 @@ def closing_table(trials, unended=()) -> str:
         cells = f" {cut.get(key, 0):>7}" if cut else ""
         sel = chosen[(chosen["arm"] == arm) & (chosen["task"] == task)] if not chosen.empty else chosen
         if sel.empty:
-            lines.append(f"{task:<8} {arm:<16} {'-':>9} {0:>5} {stopped:>13}{cells} {'n/a':>17} {'n/a':>17}")
+            lines.append(f"{task:<8} {arm:<{w}} {'-':>9} {0:>5} {stopped:>13}{cells} {'n/a':>17} {'n/a':>17}")
             continue
 
         def fmt(col):
@@ -300,7 +303,7 @@ def closing_table(trials, unended=()) -> str:
                 return "n/a"
             return f"{vals.mean():.4f}+-{vals.std(ddof=1):.4f}" if len(vals) > 1 else f"{vals.mean():.4f} (1 seed)"
 
-        lines.append(f"{task:<8} {arm:<16} {sel['learning_rate'].iloc[0]:>9.2g} {len(sel):>5} {stopped:>13}{cells} "
+        lines.append(f"{task:<8} {arm:<{w}} {sel['learning_rate'].iloc[0]:>9.2g} {len(sel):>5} {stopped:>13}{cells} "
                      f"{fmt(schema.ID_SCORE):>17} {fmt(schema.OOD_SCORE):>17}")
     return "\n".join(lines)
 
