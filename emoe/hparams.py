@@ -67,7 +67,7 @@ NOISYTUNE_LEVEL = 0.15  # the official --noise_tuning of the README's noisy-tuni
 # Knobs added after the first sweeps were recorded: at their default they stay out of a cell's hash
 # (emoe.tracking.records.cell_name), so the cells of a sweep started before them keep their names and resume.
 LATER_KNOBS = {"expert_repeat": 1, "noise_tuning": 0.0, "regime": "full", "lora_r": 8, "body_lr_ratio": None,
-               "calibration_samples": 256, "shared_experts": 0, "dynamic_tau": 0.9}
+               "calibration_samples": 256, "shared_experts": 0, "dynamic_tau": 0.5}
 
 
 def default_epochs(task: str, regime: str = "full") -> int:

@@ -59,7 +59,7 @@ class EmoeFFN(nn.Module):
                  up_proj: nn.Module | None = None, capacity_factor: float | None = None, gate_noise: float = 0.0,
                  expert_dropout: float = 0.0, aux: bool = False, expert_selection: str = "top",
                  expert_bias: str = "shared", shared: int = 0, activation: nn.Module | None = None,
-                 tau: float = 0.9):
+                 tau: float = 0.5):
         super().__init__()
         self.values = values_proj
         # NOTE: a list keeps the key projection out of this module's children: it stays registered (once) where it

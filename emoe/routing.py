@@ -125,7 +125,7 @@ def load_importance_loss(clean_logits: torch.Tensor, kth_noisy_logit: torch.Tens
 
 def route(logits: torch.Tensor, top_k: int, combine: str = "binary", training: bool = False,
           gate_noise: float = 0.0, capacity_factor: float | None = None, selection: str = "top",
-          aux: bool = False, static: torch.Tensor | None = None, tau: float = 0.9) -> Routing:
+          aux: bool = False, static: torch.Tensor | None = None, tau: float = 0.5) -> Routing:
     """Choose each token's experts from its gate logits.
 
     Args:
