@@ -14,6 +14,8 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from emoe.cache import cache_dir
 from emoe.protocols import get_protocol
 
@@ -375,6 +377,7 @@ class TaskData:
     validation: object
     ood: dict[str, object]
     ood_sizes: dict[str, int] = dataclasses.field(default_factory=dict)  # each OOD set's rows before any cap
+    dev: object | None = None  # the clean rule's development split, carved from the training set (else None)
 
     def sizes(self) -> dict[str, int]:
         """Each OOD set's size as GLUE-X weighs it: its full row count, not the ``max_eval_samples`` evaluated."""
@@ -430,7 +433,8 @@ def describe_local(data_dir: Path, ood_protocol: str = "gluex") -> str:
 
 def load_task(name: str, data_dir: str | Path | None = None, ood: dict[str, str] | None = None,
               max_train_samples: int | None = None, max_eval_samples: int | None = None,
-              ood_sets: tuple[str, ...] | list[str] | None = None, ood_protocol: str = "gluex") -> TaskData:
+              ood_sets: tuple[str, ...] | list[str] | None = None, ood_protocol: str = "gluex",
+              dev_samples: int | None = None, dev_seed: int = 0) -> TaskData:
     """Load and check a task's train and validation splits and its OOD sets.
 
     ``ood_protocol`` (``emoe.protocols``) picks each built-in OOD set's splits (and SICK's labels for STS-B); OOD
@@ -440,7 +444,9 @@ def load_task(name: str, data_dir: str | Path | None = None, ood: dict[str, str]
     as the built-in set is: the way to give GLUE-X's self-collected sets), any other name adds a set checked
     against the task as it is. ``ood_sets`` keeps only the named built-in sets (None: all). ``max_train_samples``
     keeps a fixed random subset (seed 0, the same for every trial, so arms train on the same data);
-    ``max_eval_samples`` caps each evaluation set the same way (None: all of it).
+    ``max_eval_samples`` caps each evaluation set the same way (None: all of it). ``dev_samples`` carves the clean
+    selection rule's development split out of the training set first (a random subset drawn with ``dev_seed``: the
+    same rows for every arm of a sweep; they are never trained on); ``max_train_samples`` then subsets the rest.
     """
     task = get_task(name)
     data_dir = resolve_data_dir(data_dir)
@@ -476,10 +482,17 @@ def load_task(name: str, data_dir: str | Path | None = None, ood: dict[str, str]
     def subset(ds, n):
         return ds.shuffle(seed=0).select(range(n)) if n is not None and n < len(ds) else ds
 
-    return TaskData(task, subset(loaded.pop("train"), max_train_samples),
+    train, dev = loaded.pop("train"), None
+    if dev_samples:
+        if dev_samples >= len(train):
+            raise ValueError(f"dev_samples={dev_samples} leaves nothing to train on: {name}'s training set has "
+                             f"{len(train)} rows; use fewer")
+        order = np.random.default_rng(dev_seed).permutation(len(train))
+        dev, train = train.select(np.sort(order[:dev_samples])), train.select(np.sort(order[dev_samples:]))
+    return TaskData(task, subset(train, max_train_samples),
                     subset(loaded.pop("validation"), max_eval_samples),
                     {k: subset(v, max_eval_samples) for k, v in loaded.items()},
-                    {k: len(v) for k, v in loaded.items()})
+                    {k: len(v) for k, v in loaded.items()}, dev)
 
 
 def tokenize(ds, tokenizer, task: Task, max_length: int):

@@ -67,7 +67,8 @@ NOISYTUNE_LEVEL = 0.15  # the official --noise_tuning of the README's noisy-tuni
 # Knobs added after the first sweeps were recorded: at their default they stay out of a cell's hash
 # (emoe.tracking.records.cell_name), so the cells of a sweep started before them keep their names and resume.
 LATER_KNOBS = {"expert_repeat": 1, "noise_tuning": 0.0, "regime": "full", "lora_r": 8, "body_lr_ratio": None,
-               "calibration_samples": 256, "shared_experts": 0, "dynamic_tau": 0.5}
+               "calibration_samples": 256, "shared_experts": 0, "dynamic_tau": 0.5, "data_seed": None,
+               "dev_samples": None, "dev_seed": 0}
 
 
 def default_epochs(task: str, regime: str = "full") -> int:
@@ -175,6 +176,8 @@ def _knobs() -> dict[str, Knob]:
               "BERT's lies outside the replaced layers and stays", str, MLP_OUTPUT_DROPOUTS),
         _emoe("seed", "seed of initialisation, dropout, gate noise and data order (and of the clustering with "
               "--cluster-seed trial)", int, grid=(0, 1, 2)),
+        Knob("data_seed", None, "seed of the training data's order alone; none = the trial's seed (a variance study "
+             "crosses it with seed and cluster_seed)", _optional_int, range=Interval(0, 2 ** 32 - 1)),
         # The paper's grid (qiuzh20/EMoE search_glue_no_trainer.py) and a log-uniform range around it.
         Knob("learning_rate", 5e-5, "peak AdamW learning rate", float, range=_POSITIVE, grid=(2e-5, 3e-5, 5e-5),
              log_range=(1e-5, 1e-4)),
@@ -185,6 +188,12 @@ def _knobs() -> dict[str, Knob]:
         Knob("max_length", 128, "tokens per example (longer ones are truncated)", int, range=_COUNT),
         Knob("max_train_samples", None, "fixed random subset of the training set (seed 0); none = all",
              _optional_int, range=_COUNT),
+        Knob("dev_samples", None, "the clean selection rule's development split: this many training examples (a "
+             "fixed random subset, --dev-seed; the same rows for every arm) held out of training and scored at each "
+             "evaluation as dev_score; none = no development split (only the oracle rule)", _optional_int,
+             range=_COUNT),
+        Knob("dev_seed", 0, "seed of the development split's rows (fixed per sweep)", int,
+             range=Interval(0, 2 ** 32 - 1)),
         Knob("calibration_samples", 256, "training examples (a fixed random subset) the data-driven constructions, "
              "routers and controls read: the coactivation and cmoe splits, shared experts, the analytic router, the "
              "static pruning control", int, range=_COUNT),

@@ -102,7 +102,7 @@ def evaluate(model, loaders: dict[str, Any], device, autocast, task: Task,
                             picked = f.last_chosen.reshape(-1, f.num_experts).cpu()[keep].numpy()
                             chosen[f.block] = picked if f.block not in chosen else \
                                 np.concatenate([chosen[f.block], picked])
-        names = task.metrics if name == "id" else get_protocol(ood_protocol).metrics(task)
+        names = task.metrics if name in ID_SETS else get_protocol(ood_protocol).metrics(task)
         scores[name] = metrics.compute(names, np.concatenate(preds), np.concatenate(golds))
         if predictions is not None:
             predictions[name] = compact(np.concatenate(preds), task.regression)
@@ -119,14 +119,18 @@ def evaluate(model, loaders: dict[str, Any], device, autocast, task: Task,
 
 def score_metrics(scores: dict[str, dict[str, float]], sizes: dict[str, int] | None = None,
                   ood_protocol: str = "gluex") -> dict[str, float]:
-    """The schema's metrics of one evaluation: ``id_score``, ``id.<metric>``, ``ood_score.<set>``,
+    """The schema's metrics of one evaluation: ``id_score``, ``id.<metric>``, ``dev_score`` and ``dev.<metric>``
+    (with a development split), ``ood_score.<set>``,
     ``ood.<set>.<metric>`` and ``ood_score``: the OOD sets' scores aggregated as the protocol does (GLUE-X: weighted
     by ``sizes``, the rows of each set evaluated; EMoE: their plain mean; NaN without any set)."""
     out = {tracking.ID_SCORE: metrics.primary(scores["id"]),
            **{tracking.id_metric(m): v for m, v in scores["id"].items()}}
-    ood = {name: metrics.primary(s) for name, s in scores.items() if name != "id"}
+    if "dev" in scores:  # the clean rule's development split (carved from the training set)
+        out[tracking.DEV_SCORE] = metrics.primary(scores["dev"])
+        out.update({tracking.dev_metric(m): v for m, v in scores["dev"].items()})
+    ood = {name: metrics.primary(s) for name, s in scores.items() if name not in ID_SETS}
     for name, s in scores.items():
-        if name != "id":
+        if name not in ID_SETS:
             out[tracking.ood_score_metric(name)] = ood[name]
             out.update({tracking.ood_metric(name, m): v for m, v in s.items()})
     out[tracking.OOD_SCORE] = get_protocol(ood_protocol).aggregate(ood, sizes or {})
@@ -156,7 +160,7 @@ def evaluation_loaders(sets: dict[str, Any], tokenizer, task: Task, cfg: dict[st
     capacity = cfg["capacity_factor"] is not None
     loaders, orders = {}, {}
     for name, ds in sets.items():
-        if name == "id":
+        if name in ID_SETS:
             length, size, pad_to = cfg["max_length"], batch, None
         else:
             length, size = ood_max_length(cfg, tokenizer, model_config), protocol.batch_size or batch
@@ -164,7 +168,7 @@ def evaluation_loaders(sets: dict[str, Any], tokenizer, task: Task, cfg: dict[st
         ds = tokenize(ds, tokenizer, task, length)
         orders[name] = np.arange(len(ds)) if capacity else length_order(ds)
         loaders[name] = _loader(ds.select(orders[name]), tokenizer, size, False, 0, pad_to,
-                                pad_multiple(cfg) if name == "id" else None)
+                                pad_multiple(cfg) if name in ID_SETS else None)
 
     def in_set_order(preds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}
@@ -176,6 +180,15 @@ def evaluation_loaders(sets: dict[str, Any], tokenizer, task: Task, cfg: dict[st
     return loaders, in_set_order
 
 
+ID_SETS = ("id", "dev")  # scored with the task's metrics (the others with the OOD protocol's)
+
+
+def is_score(metric: str) -> bool:
+    """A score of an evaluation (what the clean rule's ``clean.<metric>`` copies): ID, development and OOD scores."""
+    return metric in (tracking.ID_SCORE, tracking.OOD_SCORE, tracking.DEV_SCORE, tracking.BEST_STEP) or \
+        metric.startswith(("id.", "dev.", "ood.", tracking.OOD_SCORE + "."))
+
+
 def pad_multiple(cfg: dict[str, Any]) -> int | None:
     """The official scripts pad training and ID evaluation batches to a multiple of 8 tokens under ``--use_fp16``
     (which matters with a capacity: padding counts among a batch's T positions)."""
@@ -185,7 +198,7 @@ def pad_multiple(cfg: dict[str, Any]) -> int | None:
 def load_trial_data(cfg: dict[str, Any]) -> TaskData:
     """The task data a trial config asks for (task, data_dir, ood, max_train_samples, max_eval_samples)."""
     return load_task(cfg["task"], cfg["data_dir"], cfg.get("ood"), cfg["max_train_samples"], cfg["max_eval_samples"],
-                     cfg.get("ood_sets"), cfg["ood_protocol"])
+                     cfg.get("ood_sets"), cfg["ood_protocol"], cfg.get("dev_samples"), cfg.get("dev_seed", 0))
 
 
 def _rng_state() -> dict[str, Any]:
@@ -311,6 +324,8 @@ class Progress:
     best_model: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # its weights, if kept
     # each block's experts per ID token at the last evaluation (the stability diagnostic's previous state)
     chosen: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+    best_dev: dict[str, float] = dataclasses.field(default_factory=dict)  # the best dev_score evaluation's metrics
+    seconds: float = 0.0  # trained and evaluated so far, over the trial's attempts
 
 
 class Trial:
@@ -336,9 +351,12 @@ class Trial:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).train()
         micro = cfg["batch_size"] // cfg["grad_accum_steps"]
+        order_seed = cfg["seed"] if cfg.get("data_seed") is None else cfg["data_seed"]
         self.train_loader = _loader(tokenize(self.data.train, tokenizer, self.data.task, cfg["max_length"]),
-                                    tokenizer, micro, True, cfg["seed"], multiple_of=pad_multiple(cfg))
-        self.eval_loaders, self.in_set_order = evaluation_loaders({"id": self.data.validation, **self.data.ood},
+                                    tokenizer, micro, True, order_seed, multiple_of=pad_multiple(cfg))
+        dev = {} if self.data.dev is None else {"dev": self.data.dev}
+        self.eval_loaders, self.in_set_order = evaluation_loaders({"id": self.data.validation, **dev,
+                                                                   **self.data.ood},
                                                                   tokenizer, self.data.task, cfg, self.model.config)
         self.eval_sizes = self.data.sizes()  # GLUE-X weighs each OOD set by its full size, whatever is evaluated
         self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg["grad_accum_steps"])
@@ -352,6 +370,8 @@ class Trial:
         self.frozen = set() if cfg["regime"] == "full" else \
             {n for n, q in self.model.named_parameters() if not q.requires_grad}
         self.progress, self.losses = Progress(), []
+        self.trainable = sum(q.numel() for q in self.model.parameters() if q.requires_grad)
+        self.clock = time.monotonic()  # wall time counts from here (and from each restore)
 
     def run(self, resume: dict[str, Any] | None = None) -> dict[str, float]:
         """Train every epoch (from ``resume``'s position), evaluating every ``eval_steps`` and at each epoch's end;
@@ -431,11 +451,19 @@ class Trial:
                                                       copy=True) for k, v in self.model.state_dict().items()})
         else:
             p.since_best += 1
+        if tracking.DEV_SCORE in scores and (not p.best_dev or scores[tracking.DEV_SCORE] >
+                                             p.best_dev[tracking.DEV_SCORE]):
+            p.best_dev = {**scores, tracking.BEST_STEP: p.step}  # the clean rule's epoch (first among equals)
+        now = time.monotonic()
+        p.seconds, self.clock = p.seconds + now - self.clock, now
         out = {tracking.TRAIN_LOSS: float(np.mean(self.losses)) if self.losses else float("nan"),
                **(p.best if cfg["keep_best"] else scores), tracking.EPOCH: p.step / self.steps_per_epoch,
                tracking.STEP: p.step}
         if cfg["keep_best"]:
             out[tracking.CURRENT_ID_SCORE] = scores[tracking.ID_SCORE]
+            if p.best_dev:  # the oracle's choice is reported as before; the clean rule's beside it
+                out.update({tracking.clean_metric(k): v for k, v in p.best_dev.items() if is_score(k)})
+        out[tracking.WALL_TIME], out[tracking.TRAINABLE_PARAMS] = p.seconds, float(self.trainable)
         if cfg["patience"] and p.since_best >= cfg["patience"] and p.step < self.total_steps:
             out[tracking.PATIENCE_STOP] = 1.0
         self.losses.clear()
@@ -490,6 +518,7 @@ class Trial:
                                              for k in self.frozen})
         self.train_loader.generator.set_state(state["loader"])
         _set_rng_state(state["rng"])
+        self.clock = time.monotonic()
         return state["epoch"], state["batch"]
 
 

@@ -21,8 +21,14 @@ def test_metric_schema_and_reports(tiny_model_dir, tiny_data_dir):
     sets = ("imdb", "yelp", "amazon", "flipkart")
     expected = {"train_loss", "id_score", "id.accuracy", "ood_score", "epoch", "step", "load_entropy.block0",
                 "load_entropy.block1", *(f"ood_score.{s}" for s in sets), *(f"ood.{s}.accuracy" for s in sets),
-                *(f"{m}.block{b}" for m in ("active_neurons", "ffn_flops", "expert_stability") for b in (0, 1))}
+                *(f"{m}.block{b}" for m in ("active_neurons", "ffn_flops", "expert_stability") for b in (0, 1)),
+                "wall_time", "trainable_params"}
     assert set(final) == expected
+    assert 0 < reports[0]["wall_time"] < final["wall_time"]  # seconds trained and evaluated, growing
+    from transformers import AutoModelForSequenceClassification
+
+    assert final["trainable_params"] == AutoModelForSequenceClassification.from_pretrained(
+        tiny_model_dir, num_labels=2).num_parameters()  # full fine-tuning: every parameter (avg-k adds none)
     assert set(reports[0]) == expected - {"expert_stability.block0", "expert_stability.block1"}  # no earlier one
     assert 0 <= final["expert_stability.block1"] <= 1
     # k = 2 of N = 4 equal experts of the tiny BERT's 64 neurons: 32 kept per token; per neuron its key row and value

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from emoe import tracking
-from emoe.analysis import report, results, stats
+from emoe.analysis import report, results, selection, stats
 from emoe.tracking.records import SweepRecord
 from emoe.usage import Parser, prog
 
@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="the metric's direction, for a metric whose direction is not known from its name")
     d.add_argument("--lower-is-better", dest="higher", action="store_false")
     p.add_argument("--baseline", help="baseline arm (default: the declared one, else dense)")
+    p.add_argument("--selection", choices=selection.RULES, default="oracle",
+                   help="the model-selection rule: oracle (learning rate and epoch chosen on the ID validation set "
+                        "that is reported, as the official code; DomainBed's name) or clean (chosen on the "
+                        "development split of a sweep run with --dev-samples; the validation set becomes a test "
+                        "set). Every report shows both rules and their gap when the sweep has a development split")
     p.add_argument("--rope", type=float, default=0.01,
                    help="half-width of the region of practical equivalence of the Bayesian signed-rank test, in "
                         "the metric's units (default: 0.01)")
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                   else results.record_curves(args.records)) if kept and "run_id" in used else None
         analysis = stats.analyse(trials, metric=args.metric, blocks=args.blocks, baseline=args.baseline,
                                  alpha=args.alpha, higher=args.higher, rope=args.rope, primary=primary, looks=looks,
-                                 curves=curves, arms=sweep.get("arms"),
+                                 curves=curves, arms=sweep.get("arms"), rule=args.selection,
                                  exploratory="several sweeps pooled (--pool): each declared its own primary analysis"
                                  if args.pool else None)
     except ValueError as e:

@@ -344,6 +344,30 @@ def comparisons_display(a: Analysis) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def rules_display(a: Analysis) -> pd.DataFrame:
+    """Both selection rules per (task, arm): the learning rate each chose, the ID (test) and OOD scores of its
+    choice, and the oracle's gap over the clean rule; empty without a development split."""
+    r = getattr(a, "rules", pd.DataFrame())
+    if r is None or r.empty:
+        return pd.DataFrame()
+    rows = []
+    for _, x in r.iterrows():
+        row = {"task": x["task"], "arm": x["arm"], "oracle lr": f"{x['oracle_lr']:.2g}",
+               "clean lr": f"{x['clean_lr']:.2g}"}
+        for m in (tracking.ID_SCORE, tracking.OOD_SCORE):
+            if f"gap.{m}" in r:
+                row[f"oracle {m}"], row[f"clean {m}"] = _f(x[f"oracle.{m}"]), _f(x[f"clean.{m}"])
+                row[f"gap {m}"] = _f(x[f"gap.{m}"], sign=True)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+RULES_TEXT = ("oracle: learning rate (and, with keep_best, epoch) chosen on the ID validation set it reports, as "
+              "the official code; clean: chosen on a development split carved from the training set, the "
+              "validation set reported as a test set; gap = oracle - clean (how much choosing on the reported set "
+              "flatters it)")
+
+
 def compute_display(a: Analysis) -> pd.DataFrame:
     """The compute beside the scores: per arm, over its chosen trials, the neurons a token keeps and the FFN FLOPs
     per token (summed over the converted blocks; the router's included), and the router's stability between
@@ -376,6 +400,9 @@ def console(a: Analysis) -> str:
         parts += ["", "Over tasks (average scores over the same tasks; Friedman ranks over tasks, 1 = best; a failed "
                   "cell ranks last and leaves its arm without an average):", paper.to_string(index=False)]
     parts += ["", "Per task:" if not paper.empty else "", display_table(a).to_string(index=False), ""] + tests_text(a)
+    rules = rules_display(a)
+    if not rules.empty:
+        parts += ["", f"Selection rules (this report: {a.rule}; {RULES_TEXT}):", rules.to_string(index=False)]
     if a.warnings:
         parts += ["", "Warnings:"] + [f"  ! {w}" for w in a.warnings]
     return "\n".join(parts)
@@ -399,6 +426,9 @@ def write_files(a: Analysis, out: Path, title: str, curves: pd.DataFrame | None 
     compute = compute_display(a)
     if not compute.empty:
         md += ["", "## Compute (converted blocks, per token)", "", compute.to_markdown(index=False)]
+    rules = rules_display(a)
+    if not rules.empty:
+        md += ["", f"## Selection rules (this report: {a.rule})", "", RULES_TEXT, "", rules.to_markdown(index=False)]
     md += ["", "## Method", ""] + [f"- {m}" for m in a.method + [PRECISION]]
     if a.warnings:
         md += ["", "## Warnings", ""] + [f"- {w}" for w in a.warnings]
@@ -437,6 +467,10 @@ def write_html(a: Analysis, path: Path, title: str, figures: list[Path]) -> Path
     compute = compute_display(a)
     if not compute.empty:
         parts += ["<h2>Compute (converted blocks, per token)</h2>", table(compute)]
+    rules = rules_display(a)
+    if not rules.empty:
+        parts += [f"<h2>Selection rules (this report: {html.escape(a.rule)})</h2>",
+                  f"<p>{html.escape(RULES_TEXT)}.</p>", table(rules)]
     if figures:
         parts.append(f"<p>Figures: {html.escape(COLOURS)}.</p>")
     for fig in figures:

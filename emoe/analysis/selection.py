@@ -9,6 +9,10 @@ import pandas as pd
 from emoe.tracking import schema
 
 USED_OUTCOMES = ("completed", "early_stopped")
+# The named selection rules (DomainBed's names): oracle chooses the learning rate (and, with keep_best, the epoch) on
+# the ID validation set it reports, as the official EMoE code does; clean chooses both on a development split carved
+# from the training set (dev_score) and reports the validation set as a test set.
+RULES = ("oracle", "clean")
 DECIMALS = 10  # values are rounded to this many decimals before they are compared, ranked or tested
 RULE = (f"per arm and task, the learning rate with the best mean {schema.ID_SCORE} over seeds (ID only; means rounded "
         f"to {DECIMALS} decimals, the smaller rate among equals) among the rates with the fewest failed seeds: a rate "
@@ -38,8 +42,27 @@ def collapse_duplicates(df: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
     return pd.concat([first.reset_index(), df[~used]], ignore_index=True)
 
 
-def select(trials: pd.DataFrame, warnings: list[str] | None = None) -> pd.DataFrame:
-    """The trials of each (task, arm)'s chosen learning rate (``RULE``).
+def clean_view(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials as the clean rule sees them: every score at the evaluation with the best ``dev_score``
+    (``clean.<metric>``, logged with keep_best; without it the reported evaluation is the last, and its scores are
+    used as they are). ``ValueError`` (one line) when no finished trial logged a ``dev_score``."""
+    used = trials["outcome"].isin(USED_OUTCOMES) if "outcome" in trials else pd.Series(True, index=trials.index)
+    if schema.DEV_SCORE not in trials or trials.loc[used, schema.DEV_SCORE].isna().all():
+        raise ValueError(f"the clean selection rule needs {schema.DEV_SCORE} (a development split carved from the "
+                         "training set): run the sweep with --dev-samples N; valid rules here: oracle")
+    out = trials.copy()
+    for column in [c for c in trials.columns if c.startswith(schema.CLEAN_PREFIX)]:
+        score = column[len(schema.CLEAN_PREFIX):]
+        have = out[column].notna()
+        if score not in out:
+            out[score] = np.nan
+        out.loc[have, score] = out.loc[have, column]
+    return out
+
+
+def select(trials: pd.DataFrame, warnings: list[str] | None = None, criterion: str = schema.ID_SCORE) -> pd.DataFrame:
+    """The trials of each (task, arm)'s chosen learning rate (``RULE``; ``criterion``: the score the rate is chosen
+    on, ``id_score`` for the oracle rule, ``dev_score`` for the clean one on ``clean_view``'s trials).
 
     Args:
         trials: one row per trial with ``task, arm, seed, learning_rate, outcome`` and ``id_score``.
@@ -69,13 +92,13 @@ def select(trials: pd.DataFrame, warnings: list[str] | None = None) -> pd.DataFr
                 group = group[group["learning_rate"].map(count) == fewest]
                 warnings.append(f"{task}/{arm}: learning rate(s) {worse} had more failed (diverged) seeds than "
                                 f"another rate ({fewest}); not selectable")
-        scored = group.dropna(subset=[schema.ID_SCORE])
+        scored = group.dropna(subset=[criterion]) if criterion in group else group.iloc[0:0]
         if len(scored) < len(group):
-            warnings.append(f"{task}/{arm}: {len(group) - len(scored)} trial(s) without {schema.ID_SCORE} ignored")
+            warnings.append(f"{task}/{arm}: {len(group) - len(scored)} trial(s) without {criterion} ignored")
         if scored.empty:
-            warnings.append(f"{task}/{arm}: no trial with {schema.ID_SCORE}; arm left out")
+            warnings.append(f"{task}/{arm}: no trial with {criterion}; arm left out")
             continue
-        means = scored.groupby("learning_rate")[schema.ID_SCORE].mean().sort_index().round(DECIMALS)
+        means = scored.groupby("learning_rate")[criterion].mean().sort_index().round(DECIMALS)
         best = means.idxmax()  # first (smallest) learning rate among equals, equal once rounded
         rows = scored[scored["learning_rate"] == best]
         missing = sorted(set(all_seeds) - set(rows["seed"]))
@@ -88,6 +111,33 @@ def select(trials: pd.DataFrame, warnings: list[str] | None = None) -> pd.DataFr
                             "report partially trained metrics")
         chosen.append(rows)
     return pd.concat(chosen, ignore_index=True) if chosen else used.iloc[0:0]
+
+
+def compare_rules(trials: pd.DataFrame, metrics: tuple[str, ...] = (schema.ID_SCORE, schema.OOD_SCORE)) -> pd.DataFrame:
+    """Both rules side by side, per (task, arm): each rule's chosen learning rate and the mean of ``metrics`` over
+    its chosen trials (the clean rule's at its own epoch), and ``gap.<metric>`` = oracle - clean: how much choosing on
+    the reported set flatters it. Empty when no trial logged a ``dev_score``."""
+    columns = ["task", "arm", "oracle_lr", "clean_lr"] + [f"{r}.{m}" for m in metrics for r in RULES] + \
+        [f"gap.{m}" for m in metrics]
+    try:
+        clean_trials = clean_view(trials)
+    except ValueError:
+        return pd.DataFrame(columns=columns)
+    oracle = select(trials, [])
+    clean = select(clean_trials, [], criterion=schema.DEV_SCORE)
+    rows = []
+    for (task, arm), o in oracle.groupby(["task", "arm"], sort=False):
+        c = clean[(clean["task"] == task) & (clean["arm"] == arm)]
+        if c.empty:
+            continue
+        row = {"task": task, "arm": arm, "oracle_lr": float(o["learning_rate"].iloc[0]),
+               "clean_lr": float(c["learning_rate"].iloc[0])}
+        for m in metrics:
+            row[f"oracle.{m}"] = float(o[m].mean()) if m in o else np.nan
+            row[f"clean.{m}"] = float(c[m].mean()) if m in c else np.nan
+            row[f"gap.{m}"] = round(row[f"oracle.{m}"] - row[f"clean.{m}"], DECIMALS)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
 
 
 def inflation(trials: pd.DataFrame, chosen: pd.DataFrame | None = None,

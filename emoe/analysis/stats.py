@@ -108,6 +108,8 @@ class Analysis:
     selection: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # per (task, arm): ID inflation
     arms: list = dataclasses.field(default_factory=list)  # the sweep's declared arm order, then any other arm seen
     missing: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # (task, arm) cells without a value: why
+    rule: str = "oracle"  # the selection rule (emoe.analysis.selection.RULES) the tables and tests use
+    rules: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # both rules side by side, and their gap
 
 
 def higher_is_better(metric: str, higher: bool | None = None) -> bool:
@@ -678,14 +680,15 @@ def per_task_table(df: pd.DataFrame, chosen: pd.DataFrame, counts: pd.DataFrame,
 
 
 def method_lines(blocks: str, metric: str, up: bool, base: str | None, arms: int, alpha: float, status: dict,
-                 level: float, rope: float) -> list[str]:
+                 level: float, rope: float, rule: str = "oracle") -> list[str]:
     """The method, as every report states it."""
     family_alpha = status["family_alpha"]
     family = (f"{arms - 1} arm(s) vs {base}" if base is not None else "none (no baseline)")
     method = [
         "trials: completed and early-stopped used; failed ones count against their learning rate; duplicate cells "
         "averaged, never counted as seeds",
-        f"selection: {selection.RULE}",
+        f"selection: {selection.RULE}" if rule == "oracle" else
+        f"selection (clean rule): {selection.RULE.replace(tracking.ID_SCORE, tracking.DEV_SCORE, 1).replace('(ID only;', '(on the development split carved from the training set, never trained on; the epoch too, with keep_best;', 1)}; the ID validation set is reported as a test set",
         f"ranking: seeds averaged first, values rounded to {DECIMALS} decimals; blocks = {BLOCK_NAMES[blocks]} on "
         f"{metric} ({'higher' if up else 'lower'} is better); 1 = best, ties averaged; a failed cell ranks last in "
         "its block and its arm is left out of every average and interval; ID ranks over tasks separately",
@@ -709,7 +712,7 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
             baseline: str | None = None, alpha: float | None = None, higher: bool | None = None,
             rope: float = 0.01, primary: Primary | None = None, looks: int = 1,
             bayes_samples: int = 50_000, curves: pd.DataFrame | None = None,
-            exploratory: str | None = None, arms: list | None = None) -> Analysis:
+            exploratory: str | None = None, arms: list | None = None, rule: str = "oracle") -> Analysis:
     """The whole method (module docstring) on a trials DataFrame (``emoe.analysis.results.load_trials``).
 
     Args:
@@ -725,12 +728,21 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
         exploratory: a reason this analysis cannot be the primary one (e.g. several sweeps pooled).
         arms: the sweep's declared arms, in order (None: the trials' order): the order of the figures' colours, and
             the arms a missing cell can be of (an arm with no trial yet is listed in ``missing``, not tested).
+        rule: the selection rule: ``oracle`` (learning rate and epoch chosen on the ID validation set it reports,
+            the official code's) or ``clean`` (chosen on the development split's ``dev_score``; the validation set
+            is then a test set). Both rules' scores and their gap are in ``rules`` whenever a dev_score exists.
 
     Raises:
         ValueError: no trial, or no finished trial with an ID score (one line: nothing to analyse).
     """
     warnings: list[str] = []
     check_finished(df)
+    from emoe.config import check_choice
+
+    check_choice("selection rule", rule, selection.RULES)
+    rules = selection.compare_rules(df)
+    if rule == "clean":
+        df = selection.clean_view(df)
     declared_arms = list(arms or [])
     declared = primary or Primary()
     metric = metric or declared.metric
@@ -745,7 +757,7 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
         warnings.append(f"{failed} failed trial(s) left out of the means; each counts against its learning rate "
                         "(counted per arm in the table)")
     df = collapse_duplicates(df, warnings)
-    chosen = selection.select(df, warnings)
+    chosen = selection.select(df, warnings, tracking.DEV_SCORE if rule == "clean" else tracking.ID_SCORE)
     base = find_baseline(df, baseline or declared.baseline)
     blocks = blocks or declared.blocks or ("tasks" if df["task"].nunique() > 1 else "seeds")
     if blocks == "seeds" and df["task"].nunique() > 1:
@@ -775,13 +787,14 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
         warnings.append(f"{arm} failed on {', '.join(cells)}: ranked last there, left out of every average and "
                         "interval")
     table = per_task_table(df, chosen, counts, ranks, id_ranks, arms)
-    inflation = selection.inflation(df, chosen, curves)
-    method = method_lines(blocks, metric, up, base, len(matrix.columns), alpha, status, level, rope)
+    # the clean rule chooses on data it does not report: no inflation to undo
+    inflation = selection.inflation(df, chosen, curves) if rule == "oracle" else pd.DataFrame()
+    method = method_lines(blocks, metric, up, base, len(matrix.columns), alpha, status, level, rope, rule)
     arms = list(dict.fromkeys([*declared_arms, *arms]))
     missing = missing_cells(df, chosen, arms, warnings)
     return Analysis(table, ranks, id_ranks, tests, warnings, method, metric, base,
                     paper_table(chosen, df, warnings), blocks, up, comparisons, chosen, status, inflation, arms,
-                    missing)
+                    missing, rule, rules)
 
 
 def check_finished(df: pd.DataFrame, source: str | None = None) -> None:

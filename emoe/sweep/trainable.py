@@ -116,7 +116,8 @@ def task_data(cfg: dict[str, Any]):
     from emoe.train import load_trial_data
 
     key = json.dumps([cfg["task"], cfg["data_dir"], cfg.get("ood"), cfg["max_train_samples"],
-                      cfg["max_eval_samples"], cfg.get("ood_sets"), cfg["ood_protocol"]], sort_keys=True, default=str)
+                      cfg["max_eval_samples"], cfg.get("ood_sets"), cfg["ood_protocol"], cfg.get("dev_samples"),
+                      cfg.get("dev_seed", 0)], sort_keys=True, default=str)
     if key not in _TASK_DATA:
         _TASK_DATA.clear()  # one task at a time: never hold several datasets in a worker
         _TASK_DATA[key] = load_trial_data(cfg)

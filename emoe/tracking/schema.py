@@ -10,7 +10,8 @@ __all__ = ["DEFAULT_TRACKING_URI", "ROLE", "PARENT", "SWEEP", "FACTOR", "GIT_COM
            "BACKFILLED", "EXTENDED", "ARM", "TRIAL_ID", "RETIRED", "MODEL", "OUTCOME", "ERROR", "RESTARTS", "RESTART_ERROR", "PLACEMENT", "OUTCOMES",
            "EXPERIMENT_KIND", "TRAIN_LOSS", "ID_SCORE", "OOD_SCORE", "EPOCH", "STEP", "LOAD_ENTROPY", "ACTIVE_NEURONS",
            "FFN_FLOPS", "EXPERT_STABILITY", "block_metric", "METRIC_PREFIXES",
-           "BEST_STEP", "CURRENT_ID_SCORE", "PATIENCE_STOP", "TASK", "RESUMED", "RESUMED_FROM", "SWEEP_PARAMS",
+           "BEST_STEP", "CURRENT_ID_SCORE", "PATIENCE_STOP", "DEV_SCORE", "CLEAN_PREFIX", "WALL_TIME",
+           "TRAINABLE_PARAMS", "dev_metric", "clean_metric", "TASK", "RESUMED", "RESUMED_FROM", "SWEEP_PARAMS",
            "SCORING_VERSION_PARAM", "sweep_params", "LOOKS", "PRIMARY_FIELDS", "PRIMARY_PREFIX", "DIRECTIONS",
            "direction", "SCHEDULED", "scheduled",
            "id_metric", "ood_metric", "ood_score_metric", "ood_score_set", "load_entropy_metric", "trial_metrics", "finished", "outcome", "experiment_name",
@@ -72,8 +73,15 @@ EXPERT_STABILITY = "expert_stability"
 # With keep_best: the step of the best ID evaluation, and the latest evaluation's own ID score (the learning curve).
 BEST_STEP, CURRENT_ID_SCORE = "best_step", "current_id_score"
 PATIENCE_STOP = "patience_stop"  # 1 in the last report of a trial that patience stopped (the protocol's end)
+# The clean selection rule's (``dev_samples`` > 0): dev_score, the task's primary score on a development split carved
+# from the training set (dev.<metric>: each metric), at each evaluation; with keep_best, clean.<metric>: every score of
+# the evaluation with the best dev_score (the epoch the clean rule chooses), beside the oracle's (best id_score).
+DEV_SCORE, CLEAN_PREFIX = "dev_score", "clean."
+# Compute: seconds the trial has trained and evaluated (over its attempts), and its trainable parameters.
+WALL_TIME, TRAINABLE_PARAMS = "wall_time", "trainable_params"
 METRIC_PREFIXES = (TRAIN_LOSS, ID_SCORE, "id.", OOD_SCORE, "ood.", EPOCH, STEP, LOAD_ENTROPY, ACTIVE_NEURONS,
-                   FFN_FLOPS, EXPERT_STABILITY, BEST_STEP, CURRENT_ID_SCORE, PATIENCE_STOP)
+                   FFN_FLOPS, EXPERT_STABILITY, BEST_STEP, CURRENT_ID_SCORE, PATIENCE_STOP, DEV_SCORE, "dev.",
+                   CLEAN_PREFIX, WALL_TIME, TRAINABLE_PARAMS)
 # What Tune is sent of each report: what it schedules on (ASHA's time and metric, the searcher's metric, the
 # protocol's end). Every other metric goes to the trial's records (``reports.jsonl``), which the driver's MLflow
 # callback and ``emoe sync`` read: Tune keeps running statistics of every number a trial reports, for every trial.
@@ -89,6 +97,7 @@ def scheduled(metrics: dict[str, Any]) -> dict[str, Any]:
 # score): every GLUE metric (accuracy, F1, Matthews, Pearson, Spearman) is higher-is-better. A name matches its own
 # entry or an entry followed by "." (id_score.x, ood_score.<set>, ood.<set>.<metric>, load_entropy.block<b>).
 DIRECTIONS = {ID_SCORE: "max", "id": "max", OOD_SCORE: "max", "ood": "max", CURRENT_ID_SCORE: "max",
+              DEV_SCORE: "max", "dev": "max",
               LOAD_ENTROPY: "max", TRAIN_LOSS: "min"}
 
 
@@ -102,6 +111,15 @@ def direction(metric: str) -> str | None:
 
 def id_metric(metric: str) -> str:
     return f"id.{metric}"
+
+
+def dev_metric(metric: str) -> str:
+    return f"dev.{metric}"
+
+
+def clean_metric(metric: str) -> str:
+    """A score at the evaluation the clean rule chooses (best ``dev_score``): ``clean.<metric>``."""
+    return f"{CLEAN_PREFIX}{metric}"
 
 
 def ood_score_metric(name: str) -> str:
