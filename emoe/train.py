@@ -180,6 +180,18 @@ def evaluation_loaders(sets: dict[str, Any], tokenizer, task: Task, cfg: dict[st
     return loaders, in_set_order
 
 
+def gpu_share() -> float:
+    """The share of a GPU this process holds: Ray's assignment inside a Ray worker (fractional GPUs), else 1."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 1.0)) or 1.0
+    except Exception:  # noqa: BLE001 - any Ray trouble: count the whole GPU
+        pass
+    return 1.0
+
+
 ID_SETS = ("id", "dev")  # scored with the task's metrics (the others with the OOD protocol's)
 
 
@@ -464,6 +476,8 @@ class Trial:
             if p.best_dev:  # the oracle's choice is reported as before; the clean rule's beside it
                 out.update({tracking.clean_metric(k): v for k, v in p.best_dev.items() if is_score(k)})
         out[tracking.WALL_TIME], out[tracking.TRAINABLE_PARAMS] = p.seconds, float(self.trainable)
+        if self.device.type == "cuda":
+            out[tracking.ACCELERATOR_TIME] = p.seconds * gpu_share()
         if cfg["patience"] and p.since_best >= cfg["patience"] and p.step < self.total_steps:
             out[tracking.PATIENCE_STOP] = 1.0
         self.losses.clear()

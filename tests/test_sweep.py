@@ -654,4 +654,4 @@ def test_a_sweep_of_constructions_by_routers_runs_to_its_table(tiny_model_dir, t
     for arm in ("coactivation+mlp", "cmoe+analytic", "gradient+norm_regression", "gradient+avg_keys", "dense"):
         assert arm in out.stdout
     html = (tmp_path / "reports" / "emoe-clustering-x-gate" / "report.html").read_text()
-    assert "Compute (converted blocks, per token)" in html and "gradient+norm_regression" in html
+    assert "Compute (per trial; converted blocks per token)" in html and "gradient+norm_regression" in html

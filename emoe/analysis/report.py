@@ -369,27 +369,47 @@ RULES_TEXT = ("oracle: learning rate (and, with keep_best, epoch) chosen on the 
 
 
 def compute_display(a: Analysis) -> pd.DataFrame:
-    """The compute beside the scores: per arm, over its chosen trials, the neurons a token keeps and the FFN FLOPs
-    per token (summed over the converted blocks; the router's included), and the router's stability between
-    evaluations (mean over blocks); empty when no trial logged them (a dense-only sweep, older trials)."""
+    """The compute beside the scores: per arm, over its chosen trials, the wall time and accelerator time per trial,
+    the trainable parameters, the neurons a token keeps and the FFN FLOPs per token (summed over the converted
+    blocks; the router's included), and the router's stability between evaluations (mean over blocks); a column
+    only where some trial logged it; empty when none did (older trials)."""
     c = a.chosen
     blocks = {name: [col for col in c.columns if col.startswith(name + ".block")]
               for name in (tracking.ACTIVE_NEURONS, tracking.FFN_FLOPS, tracking.EXPERT_STABILITY)}
-    if c.empty or not blocks[tracking.ACTIVE_NEURONS]:
+    timed = [m for m in (tracking.WALL_TIME, tracking.ACCELERATOR_TIME, tracking.TRAINABLE_PARAMS)
+             if m in c and c[m].notna().any()]
+    if c.empty or not (blocks[tracking.ACTIVE_NEURONS] or timed):
         return pd.DataFrame()
     rows = []
     for arm in _arms(a):
         trials = c[c["arm"] == arm]
         if trials.empty:
             continue
-        active = trials[blocks[tracking.ACTIVE_NEURONS]].sum(axis=1, min_count=1).mean()
-        flops = trials[blocks[tracking.FFN_FLOPS]].sum(axis=1, min_count=1).mean()
-        stable = trials[blocks[tracking.EXPERT_STABILITY]].mean(axis=1).mean() \
-            if blocks[tracking.EXPERT_STABILITY] else float("nan")
-        rows.append({"arm": arm, "neurons kept per token": "dense" if _nan(active) else f"{active:,.0f}",
-                     "FFN MFLOPs per token": "dense" if _nan(flops) else f"{flops / 1e6:.3f}",
-                     "expert stability": "" if _nan(stable) else f"{stable:.3f}"})
+        row = {"arm": arm}
+        if tracking.WALL_TIME in timed:
+            row["wall time per trial"] = _duration(trials[tracking.WALL_TIME].mean())
+        if tracking.ACCELERATOR_TIME in timed:
+            row["GPU time per trial"] = _duration(trials[tracking.ACCELERATOR_TIME].mean())
+        if tracking.TRAINABLE_PARAMS in timed:
+            n = trials[tracking.TRAINABLE_PARAMS].mean()
+            row["trainable params"] = "" if _nan(n) else f"{n / 1e6:,.2f}M"
+        if blocks[tracking.ACTIVE_NEURONS]:
+            active = trials[blocks[tracking.ACTIVE_NEURONS]].sum(axis=1, min_count=1).mean()
+            flops = trials[blocks[tracking.FFN_FLOPS]].sum(axis=1, min_count=1).mean()
+            stable = trials[blocks[tracking.EXPERT_STABILITY]].mean(axis=1).mean() \
+                if blocks[tracking.EXPERT_STABILITY] else float("nan")
+            row.update({"neurons kept per token": "dense" if _nan(active) else f"{active:,.0f}",
+                        "FFN MFLOPs per token": "dense" if _nan(flops) else f"{flops / 1e6:.3f}",
+                        "expert stability": "" if _nan(stable) else f"{stable:.3f}"})
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _duration(seconds: float) -> str:
+    if _nan(seconds):
+        return ""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
 
 
 def console(a: Analysis) -> str:
@@ -400,6 +420,9 @@ def console(a: Analysis) -> str:
         parts += ["", "Over tasks (average scores over the same tasks; Friedman ranks over tasks, 1 = best; a failed "
                   "cell ranks last and leaves its arm without an average):", paper.to_string(index=False)]
     parts += ["", "Per task:" if not paper.empty else "", display_table(a).to_string(index=False), ""] + tests_text(a)
+    compute = compute_display(a)
+    if not compute.empty:
+        parts += ["", "Compute (per trial; converted blocks per token):", compute.to_string(index=False)]
     rules = rules_display(a)
     if not rules.empty:
         parts += ["", f"Selection rules (this report: {a.rule}; {RULES_TEXT}):", rules.to_string(index=False)]
@@ -425,7 +448,7 @@ def write_files(a: Analysis, out: Path, title: str, curves: pd.DataFrame | None 
     md += [shown.to_markdown(index=False), "", "## Tests", ""] + [f"    {l}" for l in tests_text(a)]
     compute = compute_display(a)
     if not compute.empty:
-        md += ["", "## Compute (converted blocks, per token)", "", compute.to_markdown(index=False)]
+        md += ["", "## Compute (per trial; converted blocks per token)", "", compute.to_markdown(index=False)]
     rules = rules_display(a)
     if not rules.empty:
         md += ["", f"## Selection rules (this report: {a.rule})", "", RULES_TEXT, "", rules.to_markdown(index=False)]
@@ -466,7 +489,7 @@ def write_html(a: Analysis, path: Path, title: str, figures: list[Path]) -> Path
         parts += [f"<h2>Against {html.escape(str(a.baseline))}</h2>", table(comparisons_display(a))]
     compute = compute_display(a)
     if not compute.empty:
-        parts += ["<h2>Compute (converted blocks, per token)</h2>", table(compute)]
+        parts += ["<h2>Compute (per trial; converted blocks per token)</h2>", table(compute)]
     rules = rules_display(a)
     if not rules.empty:
         parts += [f"<h2>Selection rules (this report: {html.escape(a.rule)})</h2>",
