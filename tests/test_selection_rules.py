@@ -99,3 +99,25 @@ def test_a_trial_scores_its_development_split_and_the_clean_epoch(tiny_model_dir
         assert final[f"clean.{metric}"] == pytest.approx(first_best[metric])
     oracle = max(each, key=lambda r: (r["id_score"], -r["step"]))
     assert final["id_score"] == pytest.approx(oracle["id_score"]) and final["best_step"] == oracle["step"]
+
+
+def test_the_appendix_paragraph_states_the_sweeps_own_numbers():
+    """Counted independently from the frame: runs, finished and failed, arms, tasks, seeds, rates; the selection
+    rule; the family's size; the gap between the rules."""
+    from emoe.analysis.paragraph import paragraph
+
+    df = two_rate_frame()
+    df.loc[len(df)] = {**df.iloc[0].to_dict(), "seed": 3, "outcome": "failed", "id_score": np.nan}
+    df["wall_time"] = 60.0
+    df["trainable_params"] = 22.7e6
+    a = stats.analyse(df, rule="clean", bayes_samples=0)
+    text = paragraph(a)
+    assert text.startswith(f"We ran {len(df)} fine-tuning runs ({len(df) - 1} finished, 1 failed)")
+    assert "2 arm(s) (emoe and dense) on 1 task(s) (sst2), 4 seed(s) each (0, 1, 2 and 3)" in text
+    assert "learning rate(s) 3e-05 and 0.0001" in text
+    assert "development split carved from the training set" in text and "validation set is reported" in text
+    assert "compares each arm with dense on ood_score" in text and "over the 1 comparison(s)" in text
+    assert f"higher by {selection.compare_rules(df)['gap.id_score'].mean():+.4f}" in text
+    assert f"{len(df) - 1:.1f} min of training and evaluation in total" in text  # 60 s per finished run
+    oracle = paragraph(stats.analyse(df, bayes_samples=0))
+    assert "the oracle rule" in oracle

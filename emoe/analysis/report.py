@@ -405,6 +405,14 @@ def compute_display(a: Analysis) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def appendix_text(a: Analysis) -> str:
+    """The reviewer's paragraph (``emoe.analysis.paragraph``); empty for an analysis without its trials."""
+    from emoe.analysis.paragraph import paragraph
+
+    trials = getattr(a, "trials", None)
+    return paragraph(a) if isinstance(trials, pd.DataFrame) and len(trials) else ""
+
+
 def _duration(seconds: float) -> str:
     if _nan(seconds):
         return ""
@@ -452,6 +460,11 @@ def write_files(a: Analysis, out: Path, title: str, curves: pd.DataFrame | None 
     rules = rules_display(a)
     if not rules.empty:
         md += ["", f"## Selection rules (this report: {a.rule})", "", RULES_TEXT, "", rules.to_markdown(index=False)]
+    appendix = appendix_text(a)
+    if appendix:
+        md += ["", "## For the appendix", "", appendix]
+        (out / "appendix.txt").write_text(appendix + "\n")
+        paths.append(out / "appendix.txt")
     md += ["", "## Method", ""] + [f"- {m}" for m in a.method + [PRECISION]]
     if a.warnings:
         md += ["", "## Warnings", ""] + [f"- {w}" for w in a.warnings]
@@ -494,6 +507,9 @@ def write_html(a: Analysis, path: Path, title: str, figures: list[Path]) -> Path
     if not rules.empty:
         parts += [f"<h2>Selection rules (this report: {html.escape(a.rule)})</h2>",
                   f"<p>{html.escape(RULES_TEXT)}.</p>", table(rules)]
+    appendix = appendix_text(a)
+    if appendix:
+        parts += ["<h2>For the appendix</h2>", f"<p class='appendix'>{html.escape(appendix)}</p>"]
     if figures:
         parts.append(f"<p>Figures: {html.escape(COLOURS)}.</p>")
     for fig in figures:

@@ -110,6 +110,7 @@ class Analysis:
     missing: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # (task, arm) cells without a value: why
     rule: str = "oracle"  # the selection rule (emoe.analysis.selection.RULES) the tables and tests use
     rules: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # both rules side by side, and their gap
+    trials: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # every trial analysed (repeats averaged)
 
 
 def higher_is_better(metric: str, higher: bool | None = None) -> bool:
@@ -794,7 +795,7 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
     missing = missing_cells(df, chosen, arms, warnings)
     return Analysis(table, ranks, id_ranks, tests, warnings, method, metric, base,
                     paper_table(chosen, df, warnings), blocks, up, comparisons, chosen, status, inflation, arms,
-                    missing, rule, rules)
+                    missing, rule, rules, df)
 
 
 def check_finished(df: pd.DataFrame, source: str | None = None) -> None:
