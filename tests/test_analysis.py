@@ -141,11 +141,14 @@ def test_golden_cli_writes_and_logs_every_file(golden, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Friedman chi2(2)" in out and "Nemenyi critical difference" in out and "Holm" in out
     names = {"table.csv", "table.md", "table.tex", "tests.txt", "cd_diagram.png", "id_vs_ood.png",
-             "learning_curves.png", "report.html"}
+             "learning_curves.png", "rank_intervals.png", "budget_curves.png", "report.html", "appendix.txt"}
     assert names <= {p.name for p in tmp_path.iterdir()}
     assert "\\toprule" in (tmp_path / "table.tex").read_text() and "$\\pm$" in (tmp_path / "table.tex").read_text()
     page = (tmp_path / "report.html").read_text()  # self-contained: figures embedded, no external file
-    assert page.count("data:image/png;base64,") == 3 and "Friedman chi2" in page and "src=\"http" not in page
+    assert page.count("data:image/png;base64,") == len(list(tmp_path.glob("*.png"))) >= 5
+    assert "Friedman chi2" in page and "src=\"http" not in page
+    for section in ("Ranks with intervals", "Grid", "For the appendix"):
+        assert section in page
     csv = pd.read_csv(tmp_path / "table.csv")
     assert csv.loc[csv["arm"] == "constrained", "id_score_mean"].item() == pytest.approx(0.81)
     logged = {a.path for a in tracking.client(uri).list_artifacts(parent, "analysis")}

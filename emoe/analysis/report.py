@@ -405,6 +405,56 @@ def compute_display(a: Analysis) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def ranks_display(a: Analysis) -> pd.DataFrame:
+    """Per arm: the Friedman mean rank with its bootstrap interval and P(first), the IQM with its interval, and
+    P(improvement) over the baseline with its interval (``emoe.analysis.ranks``); empty when not computed."""
+    beyond = getattr(a, "beyond", {}) or {}
+    r = beyond.get("rank_intervals")
+    if r is None or r.empty:
+        return pd.DataFrame()
+    imp = beyond.get("improvement")
+    imp = imp.set_index("arm") if imp is not None and len(imp) else pd.DataFrame()
+    rows = []
+    for x in r.itertuples(index=False):
+        row = {"arm": x.arm, "mean rank": _r(x.mean_rank), "rank interval": f"[{_r(x.low)}, {_r(x.high)}]",
+               "P(first)": _f(x.p_first)}
+        if x.arm in imp.index:
+            i = imp.loc[x.arm]
+            row["IQM"] = f"{_f(i['iqm'])} [{_f(i['iqm_low'])}, {_f(i['iqm_high'])}]"
+            row[f"P(> {a.baseline})"] = "" if _nan(i["p_improve"]) else \
+                f"{_f(i['p_improve'])} [{_f(i['p_low'])}, {_f(i['p_high'])}]"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+RANKS_TEXT = ("exploratory, beside the primary analysis: mean ranks over the same blocks, with 95% intervals from a "
+              "two-level bootstrap (tasks, then each task's seeds; with one task, its seeds): the rank an arm would "
+              "get over tasks like these; P(first): the share of resamples where the arm ranks first (ties split); "
+              "IQM: the interquartile mean over every (task, seed) run and P(> baseline): the probability that a run "
+              "of the arm beats one of the baseline, averaged over tasks (rliable's definitions; stratified "
+              "bootstrap intervals); a failed run has no value here (the primary analysis ranks it last)")
+BUDGET_TEXT = ("the expected best ID score after n configurations drawn from the arm's trials (each learning rate x "
+               "seed one configuration; Dodge et al. 2019), with +- one SD: where the curves cross, which arm is "
+               "better depends on the tuning budget")
+
+
+VARIANCE_TEXT = ("exploratory: how much of each arm's spread over every trial (all learning rates) each crossed "
+                 "source explains: a crossed random-effects model (statsmodels MixedLM, REML) with one variance "
+                 "component per source that varies (training seed: initialisation and dropout; data_seed: the "
+                 "data order; cluster_seed: the partition; learning rate) and the residual; share = component / "
+                 "total. `emoe sweep variance` runs the crossed design")
+
+
+def variance_display(a: Analysis) -> pd.DataFrame:
+    beyond = getattr(a, "beyond", {}) or {}
+    v = beyond.get("variance")
+    if v is None or len(v) == 0:
+        return pd.DataFrame()
+    from emoe.analysis.variance import display
+
+    return display(v)
+
+
 def appendix_text(a: Analysis) -> str:
     """The reviewer's paragraph (``emoe.analysis.paragraph``); empty for an analysis without its trials."""
     from emoe.analysis.paragraph import paragraph
@@ -434,6 +484,10 @@ def console(a: Analysis) -> str:
     rules = rules_display(a)
     if not rules.empty:
         parts += ["", f"Selection rules (this report: {a.rule}; {RULES_TEXT}):", rules.to_string(index=False)]
+    ranked = ranks_display(a)
+    if not ranked.empty:
+        parts += ["", "Ranks with intervals (exploratory; see the report for how):", ranked.to_string(index=False)]
+    parts += ["", "Grid: " + "; ".join((getattr(a, "beyond", {}) or {}).get("grid", []) or ["not checked"])]
     if a.warnings:
         parts += ["", "Warnings:"] + [f"  ! {w}" for w in a.warnings]
     return "\n".join(parts)
@@ -460,6 +514,13 @@ def write_files(a: Analysis, out: Path, title: str, curves: pd.DataFrame | None 
     rules = rules_display(a)
     if not rules.empty:
         md += ["", f"## Selection rules (this report: {a.rule})", "", RULES_TEXT, "", rules.to_markdown(index=False)]
+    ranked = ranks_display(a)
+    if not ranked.empty:
+        md += ["", "## Ranks with intervals", "", RANKS_TEXT, "", ranked.to_markdown(index=False)]
+    var = variance_display(a)
+    if not var.empty:
+        md += ["", "## Sources of variance", "", VARIANCE_TEXT, "", var.to_markdown(index=False)]
+    md += ["", "## Budget and grid", "", BUDGET_TEXT, ""] + [f"- {line}" for line in (a.beyond or {}).get("grid", [])]
     appendix = appendix_text(a)
     if appendix:
         md += ["", "## For the appendix", "", appendix]
@@ -476,7 +537,8 @@ def write_files(a: Analysis, out: Path, title: str, curves: pd.DataFrame | None 
     colours = arm_colours(_arms(a))
     figures = [p for p in (cd_diagram(a, out / "cd_diagram.png", colours),
                            id_vs_ood(a, out / "id_vs_ood.png", colours),
-                           learning_curves(a, curves, out / "learning_curves.png", colours)) if p]
+                           learning_curves(a, curves, out / "learning_curves.png", colours),
+                           *beyond_figures(a, out, colours)) if p]
     paths += figures
     paths.append(write_html(a, out / "report.html", title, figures))
     return paths
@@ -507,6 +569,15 @@ def write_html(a: Analysis, path: Path, title: str, figures: list[Path]) -> Path
     if not rules.empty:
         parts += [f"<h2>Selection rules (this report: {html.escape(a.rule)})</h2>",
                   f"<p>{html.escape(RULES_TEXT)}.</p>", table(rules)]
+    ranked = ranks_display(a)
+    if not ranked.empty:
+        parts += ["<h2>Ranks with intervals</h2>", f"<p>{html.escape(RANKS_TEXT)}.</p>", table(ranked)]
+    var = variance_display(a)
+    if not var.empty:
+        parts += ["<h2>Sources of variance</h2>", f"<p>{html.escape(VARIANCE_TEXT)}.</p>", table(var)]
+    grid = (a.beyond or {}).get("grid", [])
+    if grid:
+        parts += ["<h2>Grid</h2><ul>" + "".join(f"<li>{html.escape(g)}</li>" for g in grid) + "</ul>"]
     appendix = appendix_text(a)
     if appendix:
         parts += ["<h2>For the appendix</h2>", f"<p class='appendix'>{html.escape(appendix)}</p>"]
@@ -528,6 +599,20 @@ def write_html(a: Analysis, path: Path, title: str, figures: list[Path]) -> Path
 
 
 # --- figures: each a function of the analysis and the one colour mapping, returning a matplotlib Figure ---
+
+def beyond_figures(a: Analysis, out: Path, colours: dict) -> list[Path]:
+    """The rank intervals, the budget curves, the performance profile and the sources of variance, where computed."""
+    from emoe.analysis import ranks, variance
+
+    beyond, paths = getattr(a, "beyond", {}) or {}, []
+    for key, name, draw in (("rank_intervals", "rank_intervals", ranks.rank_interval_figure),
+                            ("budget", "budget_curves", ranks.budget_figure),
+                            ("profile", "performance_profile", ranks.profile_figure),
+                            ("variance", "sources_of_variance", variance.variance_figure)):
+        frame = beyond.get(key)
+        if frame is not None and len(frame):
+            paths.append(_save(draw(frame, colours), out / f"{name}.png"))
+    return paths
 
 def _pyplot():
     import matplotlib

@@ -111,6 +111,9 @@ class Analysis:
     rule: str = "oracle"  # the selection rule (emoe.analysis.selection.RULES) the tables and tests use
     rules: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # both rules side by side, and their gap
     trials: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # every trial analysed (repeats averaged)
+    # beyond the tests (emoe.analysis.ranks): rank intervals and P(first), IQM and P(improvement) with intervals, the
+    # performance profile, Dodge's budget curves, the grid check; and the sources of variance (emoe.analysis.variance)
+    beyond: dict = dataclasses.field(default_factory=dict)
 
 
 def higher_is_better(metric: str, higher: bool | None = None) -> bool:
@@ -793,9 +796,42 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
     method = method_lines(blocks, metric, up, base, len(matrix.columns), alpha, status, level, rope, rule)
     arms = list(dict.fromkeys([*declared_arms, *arms]))
     missing = missing_cells(df, chosen, arms, warnings)
+    beyond = beyond_tests(df, chosen, metric, up, base, warnings)
     return Analysis(table, ranks, id_ranks, tests, warnings, method, metric, base,
                     paper_table(chosen, df, warnings), blocks, up, comparisons, chosen, status, inflation, arms,
-                    missing, rule, rules, df)
+                    missing, rule, rules, df, beyond)
+
+
+def beyond_tests(df: pd.DataFrame, chosen: pd.DataFrame, metric: str, up: bool, base: str | None,
+                 warnings: list[str]) -> dict:
+    """The exploratory summaries beside the tests (``emoe.analysis.ranks``, ``emoe.analysis.variance``), each
+    over the chosen trials' ``metric`` unless said: ``rank_intervals`` (Friedman mean rank, two-level bootstrap
+    interval, P(first)), ``improvement`` (IQM and, against ``base``, P(improvement), stratified bootstrap),
+    ``profile`` (the performance profile over tasks, several tasks only), ``budget`` (Dodge's expected best ID score
+    after n configurations, over every trial), ``grid`` (did every arm run the same grid), ``variance`` (the
+    sources of variance, where the trials cross two or more of seed, data order, clustering seed and rate). A
+    summary that cannot be computed is left out with a warning line; none stops the report."""
+    from emoe.analysis import ranks, variance
+
+    out: dict = {"grid": ranks.grid_check(df)}
+    notes: list[str] = []
+    values = chosen[["task", "seed", "arm", metric]].rename(columns={metric: "value"}).dropna() \
+        if metric in chosen and len(chosen) else pd.DataFrame()
+    if len(values) and values["arm"].nunique() > 1:
+        out["rank_intervals"] = ranks.rank_intervals(values, up, warnings=notes)
+        try:
+            out["improvement"] = ranks.improvement(values, up, baseline=base, warnings=notes)
+        except ValueError as e:
+            notes.append(f"IQM and probability of improvement not computed: {e}")
+        if values["task"].nunique() > 1:
+            out["profile"] = ranks.performance_profile(values, up, warnings=notes)
+    if tracking.ID_SCORE in df:
+        out["budget"] = ranks.budget_curves(df, tracking.ID_SCORE, warnings=notes)
+    quiet: list[str] = []
+    out["variance"] = variance.sources_of_variance(df, metric, quiet)
+    notes += [q for q in quiet if "cross fewer than two" not in q]  # most sweeps cross only seeds and rates
+    warnings.extend(f"beyond the tests: {n}" for n in dict.fromkeys(notes))
+    return out
 
 
 def check_finished(df: pd.DataFrame, source: str | None = None) -> None:
