@@ -132,6 +132,19 @@ def build_parser(design: Ablation, preset: str | None = None) -> argparse.Argume
     a.add_argument("--planned-looks", type=int,
                    help="how many times the results will be looked at (this run and each --extend); the primary "
                         f"family is tested at alpha / looks at each (default: {d.planned_looks})")
+    w = p.add_argument_group("power planning (the dry run prints the power of the grid about to run)")
+    w.add_argument("--plan-effect", type=float, default=0.01,
+                   help="the difference to detect, in the primary metric's units (default: 0.01, one point)")
+    w.add_argument("--plan-sd", metavar="WITHIN[,BETWEEN]",
+                   help="stated SDs of an arm's paired difference to the baseline: across seeds within a task, and "
+                        "between tasks' true differences (e.g. 0.008,0.004)")
+    w.add_argument("--pilot", metavar="DIR",
+                   help="a pilot sweep's records directory: each arm's SDs measured there (with 2+ seeds per task)")
+    w.add_argument("--target-width", type=float, metavar="W",
+                   help="with --extend: add seeds until each arm's simultaneous interval against the baseline is "
+                        "expected narrower than W (from the SDs the sweep has measured so far), at most "
+                        "--max-seeds; the top-up is one more look, which the declared --planned-looks must cover")
+    w.add_argument("--max-seeds", type=int, default=10, help="the cap of --target-width (default: 10 seeds)")
     k = p.add_argument_group("trial (every other knob of emoe.hparams)")
     owned = {"seed", "learning_rate"}
     hparams.add_arguments(k, [n for n in hparams.KNOBS if n not in owned | design.swept], defaults_from=d.trial)
@@ -160,6 +173,42 @@ def latest_sweep(storage: Path, experiment: str) -> Path:
     if not candidates:
         raise ValueError(f"nothing to resume or extend: no sweep of experiment {experiment!r} under {storage}")
     return candidates[-1]
+
+
+def planning_lines(plan, args) -> list[str]:
+    """The power of the grid about to run (``emoe.analysis.planning.plan_lines``), from ``--pilot`` or
+    ``--plan-sd``; a hint when neither is given."""
+    from emoe.analysis import planning
+    from emoe.sweep.plan import primary
+
+    within = between = pilot = None
+    if getattr(args, "plan_sd", None):
+        parts = [float(x) for x in str(args.plan_sd).split(",")]
+        if len(parts) > 2 or any(x < 0 for x in parts):
+            raise ValueError(f"--plan-sd {args.plan_sd}: WITHIN or WITHIN,BETWEEN, non-negative SDs")
+        within, between = parts[0], parts[1] if len(parts) > 1 else None
+    if getattr(args, "pilot", None):
+        pilot = pilot_table(Path(args.pilot), plan)
+    if within is None and pilot is None:
+        return ["power plan: give --pilot DIR (a pilot sweep's records) or --plan-sd WITHIN[,BETWEEN] for the power "
+                "of this grid and the seeds it needs"]
+    return planning.plan_lines(list(plan.design.arms), len(plan.tasks), len(plan.seeds), primary(plan.settings),
+                               within, between, pilot, args.plan_effect)
+
+
+def pilot_table(directory: Path, plan) -> "pd.DataFrame":
+    """``planning.pilot_variances`` of a sweep's records, on the plan's primary metric and baseline."""
+    from emoe.analysis import planning, results
+    from emoe.sweep.plan import primary
+
+    if not SweepRecord.exists(directory):
+        raise ValueError(f"--pilot {directory}: no sweep records there (a sweep's directory on its storage path)")
+    trials, _ = results.load_records(directory)
+    declared = primary(plan.settings)
+    metric = declared.metric or schema.OOD_SCORE
+    if metric not in trials:
+        raise ValueError(f"--pilot {directory}: its trials have no {metric}, the primary metric")
+    return planning.pilot_variances(trials, declared.baseline, metric)
 
 
 def dry_run(plan, workloads, done: set | None = None) -> str:
@@ -234,6 +283,47 @@ def regime_line(b: dict) -> str:
                           "but the embeddings"}[regime]
     return (f"LoRA r {b['lora_r']}, alpha {LORA_ALPHA}, dropout {LORA_DROPOUT}; trains {what}; LoRA and the head at "
             f"the learning rate, the rest at {ratio:g} x")
+
+
+def top_up_seeds(design, settings, extend: Path, args) -> tuple[int, ...]:
+    """The seeds that make every arm's simultaneous interval against the baseline expected narrower than
+    ``--target-width`` (``planning.width_needed`` per arm from the SDs measured so far, the largest need, capped by
+    ``--max-seeds``): the sweep's seeds, then new ones. The top-up is a look at the results: refused unless the
+    sweep's declared planned looks cover it, so the family's error rate holds."""
+    import math
+
+    from emoe.analysis import planning
+    from emoe.sweep.plan import make_plan, primary
+
+    record = SweepRecord.load(extend)
+    declared = record.primary() or {}
+    looks = len(record.looks)
+    planned = int(declared.get("planned_looks", 1) or 1)
+    if looks + 1 > planned:
+        raise ValueError(f"--target-width would be look {looks + 1} at the results, but the sweep planned {planned} "
+                         "look(s): its error rate would not hold; launch the sweep with --planned-looks")
+    plan = make_plan(design, settings)
+    table = pilot_table(extend, plan)
+    width, cap = args.target_width, args.max_seeds
+    if width <= 0 or cap < 1:
+        raise ValueError(f"--target-width {width} must be > 0 and --max-seeds {cap} at least 1")
+    p = primary(settings)
+    m = max(1, len(plan.design.arms) - 1)
+    blocks = p.blocks or ("tasks" if len(plan.tasks) > 1 else "seeds")
+    need = 1
+    for row in table.itertuples(index=False):
+        within, between = float(row.within_sd), float(row.between_sd) if math.isfinite(row.between_sd) else 0.0
+        if not math.isfinite(within):
+            continue
+        if blocks == "seeds" and len(plan.tasks) == 1:
+            need = max(need, planning.width_needed(within, width, m, looks=planned))
+        else:
+            s = next((s for s in range(1, cap + 1) if planning.expected_width(
+                planning.block_sd(within, between, s), len(plan.tasks), m, looks=planned) <= width), cap)
+            need = max(need, s)
+    have = list(plan.seeds)
+    extra = [s for s in range(max(have) + 1, max(have) + 1 + max(0, min(need, cap) - len(have)))]
+    return tuple(have + extra)
 
 
 def extended_cells(extend: Path) -> set | None:
@@ -421,8 +511,14 @@ def main(design: Ablation, argv: list[str] | None = None) -> int:
             settings, command = SweepSettings.from_dict(record.settings), record.argv
         else:
             settings, command = settings_from_args(args), [sys.argv[0], *argv]
+        if args.target_width is not None:
+            if not extend:
+                raise ValueError("--target-width tops up a finished sweep: give it with --extend")
+            settings = dataclasses.replace(settings, seeds=top_up_seeds(design, settings, extend, args))
         if args.dry_run:
-            print(dry_run(*prepare(design, settings), done=extended_cells(extend) if extend else None))
+            plan, workloads = prepare(design, settings)
+            print(dry_run(plan, workloads, done=extended_cells(extend) if extend else None))
+            print("\n".join(planning_lines(plan, args)))
             return 0
         outcome = run_sweep(design, settings, resume=resume, argv=command, extend=extend)
     except ValueError as e:
