@@ -168,3 +168,22 @@ def test_the_reports_sources_of_variance_from_a_sweeps_trials():
     assert V.sources_of_variance(df[df["learning_rate"] == 2e-5], "ood_score", warnings) is None
     assert "fewer than two of seed, data_seed, cluster_seed and learning_rate (varied: seed)" in warnings[-1]
     assert V.sources_of_variance(df, "id_score", warnings) is None and "lack 'id_score'" in warnings[-1]
+
+
+def test_the_variance_sweeps_arms_pool_into_one_family():
+    """emoe sweep variance's arms differ only in cluster_seed and data_seed: the report pools them into one family
+    (their crossing is what it measures); an arm with other knobs (another gate) stays its own."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for c, d, seed, lr in itertools.product(range(3), range(3), range(3), (2e-5, 5e-5)):
+        rows.append({"task": "sst2", "arm": f"c{c}-d{d}", "seed": seed, "learning_rate": lr, "data_seed": d,
+                     "cluster_seed": c, "gate": "avg_keys", "method": "emoe", "outcome": "completed",
+                     "ood_score": 0.7 + 0.03 * c + 0.01 * seed + rng.normal(0, 0.002)})
+    df = pd.DataFrame(rows)
+    other = df[df["arm"] == "c0-d0"].assign(arm="centroid", gate="centroid")
+    table = V.sources_of_variance(pd.concat([df, other], ignore_index=True), "ood_score", [])
+    assert set(table["arm"]) == {"c0-d0 .. c2-d2 (9 arms)", "centroid"}
+    pooled = table[table["arm"] == "c0-d0 .. c2-d2 (9 arms)"].set_index("source")
+    assert set(pooled.index) == {"seed", "data_seed", "cluster_seed", "learning_rate", "residual"}
+    assert pooled.loc["cluster_seed", "share"] > pooled.loc["seed", "share"] > pooled.loc["data_seed", "share"]
+    assert pooled["observations"].max() == 54

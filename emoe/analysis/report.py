@@ -445,6 +445,11 @@ VARIANCE_TEXT = ("exploratory: how much of each arm's spread over every trial (a
                  "total. `emoe sweep variance` runs the crossed design")
 
 
+NO_VARIANCE = ("Not computed for this sweep: its trials cross fewer than two of the training seed, the data order, the "
+               "clustering seed and the learning rate. `emoe sweep variance --seeds 0,1,2 --learning-rates 5e-5,1e-4` "
+               "runs the crossed design.")
+
+
 def variance_display(a: Analysis) -> pd.DataFrame:
     beyond = getattr(a, "beyond", {}) or {}
     v = beyond.get("variance")
@@ -518,8 +523,8 @@ def write_files(a: Analysis, out: Path, title: str, curves: pd.DataFrame | None 
     if not ranked.empty:
         md += ["", "## Ranks with intervals", "", RANKS_TEXT, "", ranked.to_markdown(index=False)]
     var = variance_display(a)
-    if not var.empty:
-        md += ["", "## Sources of variance", "", VARIANCE_TEXT, "", var.to_markdown(index=False)]
+    md += ["", "## Sources of variance", "", VARIANCE_TEXT, ""] + \
+        ([var.to_markdown(index=False)] if not var.empty else [NO_VARIANCE])
     md += ["", "## Budget and grid", "", BUDGET_TEXT, ""] + [f"- {line}" for line in (a.beyond or {}).get("grid", [])]
     appendix = appendix_text(a)
     if appendix:
@@ -573,8 +578,8 @@ def write_html(a: Analysis, path: Path, title: str, figures: list[Path]) -> Path
     if not ranked.empty:
         parts += ["<h2>Ranks with intervals</h2>", f"<p>{html.escape(RANKS_TEXT)}.</p>", table(ranked)]
     var = variance_display(a)
-    if not var.empty:
-        parts += ["<h2>Sources of variance</h2>", f"<p>{html.escape(VARIANCE_TEXT)}.</p>", table(var)]
+    parts += ["<h2>Sources of variance</h2>", f"<p>{html.escape(VARIANCE_TEXT)}.</p>",
+              table(var) if not var.empty else f"<p>{html.escape(NO_VARIANCE)}</p>"]
     grid = (a.beyond or {}).get("grid", [])
     if grid:
         parts += ["<h2>Grid</h2><ul>" + "".join(f"<li>{html.escape(g)}</li>" for g in grid) + "</ul>"]

@@ -233,12 +233,31 @@ def sources_of_variance(trials: pd.DataFrame, metric: str, warnings: list[str] |
         warnings.append(f"sources of variance not computed: the trials cross fewer than two of seed, data_seed, "
                         f"cluster_seed and learning_rate (varied: {varied})")
         return None
+    used["arm"] = families(used, present)
     by = ("task", "arm") if "task" in used and used["task"].nunique() > 1 else "arm"
     try:
         return variance_components(used, metric, tuple(present), by, warnings)
     except Exception as err:  # noqa: BLE001 - a summary beside the tests never stops the report
         warnings.append(f"sources of variance not computed: {type(err).__name__}: {err}".splitlines()[0])
         return None
+
+
+def families(trials: pd.DataFrame, factors) -> pd.Series:
+    """Each trial's arm family: the arms whose trials differ only in the variance factors (their knobs otherwise
+    equal; ``emoe sweep variance``'s arms are one family) pooled under one label (``a``, ``a+b``, or ``a .. (n
+    arms)``); an arm whose knobs differ from every other's is its own family."""
+    from emoe import hparams
+
+    knobs = [k for k in hparams.KNOBS if k in trials.columns and k not in (*FACTORS, *factors, "task")]
+    if not knobs:
+        return trials["arm"]
+    key = trials[knobs].map(str).agg("|".join, axis=1)  # (map: astype(str) keeps NaN under pandas 3)
+    labels = {}
+    for k, arms in trials.groupby(key, sort=False)["arm"]:
+        names = list(dict.fromkeys(arms.astype(str)))
+        labels[k] = names[0] if len(names) == 1 else "+".join(names) if len(names) <= 3 else \
+            f"{names[0]} .. {names[-1]} ({len(names)} arms)"
+    return key.map(labels)
 
 
 def variance_figure(table: pd.DataFrame, colours: dict | None = None):

@@ -70,6 +70,12 @@ ABLATIONS: dict[str, Ablation] = {
                                       "static": {"expert_selection": "static"},
                                       "random_mask": {"expert_selection": "random"}, DENSE: {"method": "dense"}},
                          factor="expert_selection"),
+    # sources of variance: the paper's EMoE with its clustering seed (the partition: k-means-constrained's restarts
+    # move most of it) crossed with the data order's seed; the training seed (initialisation, dropout) and the
+    # learning rate are the grid's (--seeds, --learning-rates): every report then splits each arm's spread among
+    # the four (emoe.analysis.variance); no baseline (the dense model has no partition)
+    "variance": Ablation("variance", {f"c{c}-d{d}": {"cluster_seed": c, "data_seed": d}
+                                      for c in (0, 1, 2) for d in (0, 1, 2)}, factor="cluster_seed,data_seed"),
     # one official command as the official script runs it (its seeds x learning rates, one arm, no baseline):
     # emoe sweep official --preset paper-gmoe (any preset: its own configuration)
     "official": Ablation("official", {"official": {}}, factor=""),

@@ -211,7 +211,7 @@ def pilot_table(directory: Path, plan) -> "pd.DataFrame":
     return planning.pilot_variances(trials, declared.baseline, metric)
 
 
-def dry_run(plan, workloads, done: set | None = None) -> str:
+def dry_run(plan, workloads, done: set | None = None, planning: list[str] | None = None) -> str:
     """The dry run's text; ``done``: the cells an extended sweep holds as done (only the rest are listed)."""
     from emoe.sweep.estimate import estimate
     from emoe.sweep.plan import local_nodes, trainable_parameters
@@ -255,7 +255,7 @@ def dry_run(plan, workloads, done: set | None = None) -> str:
         f"scheduler: {s.scheduler} (scope {s.early_stop_scope}, on {schema.ID_SCORE}); MLflow: {s.tracking_uri} "
         f"experiment {plan.experiment}",
         estimate(plan, workloads, nodes[0]["CPU"], nodes[0]["GPU"]),
-        None]
+        *(planning or []), None]
     w = max([16] + [len(str(arm)) for arm in plan.design.arms])  # the arm column fits the longest name
     head[-1] = f"{'task':<8} {'arm':<{w}} {'seed':>4} {'learning_rate':>13}  arm knobs"
     cells = plan.grid() if s.search == "grid" else [(t, arm, seed, float("nan")) for t in plan.tasks
@@ -517,8 +517,8 @@ def main(design: Ablation, argv: list[str] | None = None) -> int:
             settings = dataclasses.replace(settings, seeds=top_up_seeds(design, settings, extend, args))
         if args.dry_run:
             plan, workloads = prepare(design, settings)
-            print(dry_run(plan, workloads, done=extended_cells(extend) if extend else None))
-            print("\n".join(planning_lines(plan, args)))
+            print(dry_run(plan, workloads, done=extended_cells(extend) if extend else None,
+                          planning=planning_lines(plan, args)))
             return 0
         outcome = run_sweep(design, settings, resume=resume, argv=command, extend=extend)
     except ValueError as e:

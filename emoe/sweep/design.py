@@ -148,13 +148,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A few minutes on a laptop CPU: the packaged MiniLM and the packaged SST-2 slice, 2 seeds, 1 learning rate; OOD
     # sets at the training length, not GLUE-X's 512 (a CPU-sized check, not a reproduction).
     "demo": {"trial": {"model": "minilm", "task": "sst2", "data_dir": "demo", "max_train_samples": 1000,
+                       "dev_samples": 200,
                        "max_eval_samples": 200, "max_length": 64, "batch_size": 16, "epochs": 1, "eval_steps": 32,
                        "ood_max_length": 64},
              "seeds": (0, 1), "learning_rates": (1e-4,), "cpus_per_trial": 2.0},
     # A multi-task sweep on a 2-core CPU in about an hour: the packaged MiniLM and the packaged slices of the GLUE-X
     # tasks whose train, validation and OOD data exist offline (emoe/demo_data), with the OOD sets that exist there
     # (not HANS, Twitter). 2 seeds, 1 learning rate.
-    "glue-small": {"trial": {"model": "minilm", "data_dir": "demo", "max_train_samples": 1000,
+    "glue-small": {"trial": {"model": "minilm", "data_dir": "demo", "max_train_samples": 1000, "dev_samples": 100,
                              "max_eval_samples": 200, "max_length": 96, "batch_size": 16, "epochs": 2,
                              "eval_steps": None, "ood_max_length": 96,
                              "ood_sets": ("imdb", "yelp", "amazon", "flipkart", "mrpc", "qqp", "rte", "scitail",
