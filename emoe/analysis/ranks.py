@@ -550,6 +550,8 @@ def rank_interval_figure(ranks_df: pd.DataFrame, colours: dict | None = None):
 def budget_figure(curves_df: pd.DataFrame, colours: dict | None = None):
     """Per task, each arm's expected best score against the number of configurations (``budget_curves``), a band
     of ± one std of the max."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     tasks = list(dict.fromkeys(curves_df["task"]))
     arms = list(dict.fromkeys(curves_df["arm"]))
@@ -566,6 +568,7 @@ def budget_figure(curves_df: pd.DataFrame, colours: dict | None = None):
             ax.plot(n, m, color=colours[arm], lw=1.5, label=str(arm))
             ax.fill_between(n, m - s, m + s, color=colours[arm], alpha=0.15, lw=0)
         ax.set_title(str(task), fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # configurations are counted
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
     fig.supxlabel("configurations tried (n)", fontsize=9)

@@ -442,12 +442,23 @@ VARIANCE_TEXT = ("exploratory: how much of each arm's spread over every trial (a
                  "source explains: a crossed random-effects model (statsmodels MixedLM, REML) with one variance "
                  "component per source that varies (training seed: initialisation and dropout; data_seed: the "
                  "data order; cluster_seed: the partition; learning rate) and the residual; share = component / "
-                 "total. `emoe sweep variance` runs the crossed design")
+                 "total. emoe sweep variance runs the crossed design")
 
 
 NO_VARIANCE = ("Not computed for this sweep: its trials cross fewer than two of the training seed, the data order, the "
-               "clustering seed and the learning rate. `emoe sweep variance --seeds 0,1,2 --learning-rates 5e-5,1e-4` "
-               "runs the crossed design.")
+               "clustering seed and the learning rate: emoe sweep variance --seeds 0,1,2 --learning-rates 5e-5,1e-4 runs "
+               "the crossed design.")
+
+
+def ranks_caveat(a: Analysis) -> str:
+    """A line where the bootstrap has too few blocks to speak for tasks like these."""
+    r = (getattr(a, "beyond", {}) or {}).get("rank_intervals")
+    n = int(r["blocks"].iloc[0]) if r is not None and len(r) else 0
+    if 0 < n < 5:
+        return (f"Only {n} block(s): a bootstrap over so few resamples the same few values, so these intervals "
+                "understate the uncertainty (an interval of one value means every resample agreed); read them as "
+                "descriptive.")
+    return ""
 
 
 def variance_display(a: Analysis) -> pd.DataFrame:
@@ -492,6 +503,8 @@ def console(a: Analysis) -> str:
     ranked = ranks_display(a)
     if not ranked.empty:
         parts += ["", "Ranks with intervals (exploratory; see the report for how):", ranked.to_string(index=False)]
+        if ranks_caveat(a):
+            parts.append(ranks_caveat(a))
     parts += ["", "Grid: " + "; ".join((getattr(a, "beyond", {}) or {}).get("grid", []) or ["not checked"])]
     if a.warnings:
         parts += ["", "Warnings:"] + [f"  ! {w}" for w in a.warnings]
@@ -521,7 +534,8 @@ def write_files(a: Analysis, out: Path, title: str, curves: pd.DataFrame | None 
         md += ["", f"## Selection rules (this report: {a.rule})", "", RULES_TEXT, "", rules.to_markdown(index=False)]
     ranked = ranks_display(a)
     if not ranked.empty:
-        md += ["", "## Ranks with intervals", "", RANKS_TEXT, "", ranked.to_markdown(index=False)]
+        md += ["", "## Ranks with intervals", "", RANKS_TEXT + ". " + ranks_caveat(a), "",
+               ranked.to_markdown(index=False)]
     var = variance_display(a)
     md += ["", "## Sources of variance", "", VARIANCE_TEXT, ""] + \
         ([var.to_markdown(index=False)] if not var.empty else [NO_VARIANCE])
@@ -564,7 +578,8 @@ def write_html(a: Analysis, path: Path, title: str, figures: list[Path]) -> Path
         parts += ["<h2>Over tasks</h2>", "<p>Average scores over tasks; Friedman ranks over tasks, 1 = best.</p>",
                   table(paper)]
     parts += ["<h2>Per task</h2>", table(display_table(a)), "<h2>Tests</h2>",
-              "<pre>" + html.escape("\n".join(tests_text(a))) + "</pre>"]
+              "<details><summary>every test, in full (the verdict above sums them up)</summary><pre>"
+              + html.escape("\n".join(tests_text(a))) + "</pre></details>"]
     if len(a.comparisons):
         parts += [f"<h2>Against {html.escape(str(a.baseline))}</h2>", table(comparisons_display(a))]
     compute = compute_display(a)
@@ -576,7 +591,8 @@ def write_html(a: Analysis, path: Path, title: str, figures: list[Path]) -> Path
                   f"<p>{html.escape(RULES_TEXT)}.</p>", table(rules)]
     ranked = ranks_display(a)
     if not ranked.empty:
-        parts += ["<h2>Ranks with intervals</h2>", f"<p>{html.escape(RANKS_TEXT)}.</p>", table(ranked)]
+        parts += ["<h2>Ranks with intervals</h2>", f"<p>{html.escape(RANKS_TEXT)}. {html.escape(ranks_caveat(a))}</p>",
+                  table(ranked)]
     var = variance_display(a)
     parts += ["<h2>Sources of variance</h2>", f"<p>{html.escape(VARIANCE_TEXT)}.</p>",
               table(var) if not var.empty else f"<p>{html.escape(NO_VARIANCE)}</p>"]
