@@ -1,3 +1,5 @@
+import pytest
+
 from emoe import tracking
 
 
@@ -109,3 +111,32 @@ def test_the_printed_link_opens_on_every_trial_run_with_arms_together(tmp_path):
     assert len(names) == 6 and parent not in {r.info.run_id for r in found}
     assert names == sorted(names) and names[0] == "sst2 dense s0 lr2e-05 | completed | id 0.9000 ood 0.7000"
     assert [n.split()[1] for n in names] == ["dense", "dense", "kmeans", "kmeans", "random", "random"]
+
+
+def test_the_parent_run_opens_on_every_arms_scores(tmp_path):
+    """The sweep's results on its parent run: per arm the mean, std and seeds of each score as metrics, and the same
+    as a Markdown table in the run's description, which MLflow renders on the run's page (run_url): arms and scores
+    without a click (screenshots: docs/screenshots)."""
+    import pandas as pd
+
+    from emoe.tracking.runs import NOTE, log_sweep_results
+
+    client = tracking.client(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = tracking.get_or_create_experiment(client, "emoe-x")
+    parent = client.create_run(exp, tags={tracking.ROLE: "sweep"}).info.run_id
+    chosen = pd.DataFrame({"task": ["sst2"] * 4, "arm": ["kmeans", "kmeans", "dense", "dense"], "seed": [0, 1, 0, 1],
+                           "learning_rate": [1e-4] * 4, "id_score": [0.8, 0.9, 0.7, 0.7],
+                           "ood_score": [0.6, 0.7, 0.5, float("nan")]})
+    log_sweep_results(client, parent, chosen, "the closing table")
+    run = client.get_run(parent)
+    assert run.data.metrics["kmeans.id_score"] == pytest.approx(0.85) and run.data.metrics["dense.seeds"] == 2
+    note = run.data.tags[NOTE].splitlines()
+    assert note[:5] == ["| | kmeans | dense |", "|---|---|---|", "| sst2 id_score | 0.8500 ± 0.0707 | 0.7000 ± 0.0000 |",
+                        "| sst2 ood_score | 0.6500 ± 0.0707 | 0.5000 |",  # one OOD value: no spread
+                        "| sst2 seeds, lr | 2 seed(s), lr 0.0001 | 2 seed(s), lr 0.0001 |"]
+    several = pd.concat([chosen, chosen.assign(task="rte", id_score=chosen["id_score"] - 0.1)])
+    log_sweep_results(client, parent, several, "")
+    note = client.get_run(parent).data.tags[NOTE].splitlines()
+    assert note[2] == "| **id_score** (mean over 2 tasks) | 0.8000 | 0.6500 |"
+    assert tracking.run_url("http://127.0.0.1:5000/", exp, parent) == \
+        f"http://127.0.0.1:5000/#/experiments/{exp}/runs/{parent}"

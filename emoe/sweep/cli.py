@@ -476,9 +476,12 @@ def mlflow_lines(uri: str, experiment: str, experiment_id: str, parent_run_id: s
         exe = Path(sys.executable).with_name("mlflow")
         rel = os.path.relpath(exe)
         exe = rel if not rel.startswith("..") else str(exe)
+        ui = "http://127.0.0.1:5000"
         return [f"MLflow: {exe} ui --backend-store-uri {uri}   (experiment {experiment}, parent run {parent_run_id})",
-                f"then open {schema.runs_url('http://127.0.0.1:5000', experiment_id)}"]
-    return [f"MLflow: {schema.runs_url(uri, experiment_id)}   (experiment {experiment}, parent run {parent_run_id})"]
+                f"then open the results (every arm's scores): {schema.run_url(ui, experiment_id, parent_run_id)}",
+                f"and the trial runs, an arm's together: {schema.runs_url(ui, experiment_id)}"]
+    return [f"MLflow: the results (every arm's scores): {schema.run_url(uri, experiment_id, parent_run_id)}   "
+            f"(experiment {experiment})", f"the trial runs, an arm's together: {schema.runs_url(uri, experiment_id)}"]
 
 
 def main(design: Ablation, argv: list[str] | None = None) -> int:

@@ -225,7 +225,10 @@ def log_sweep_results(mlflow_client, parent_run_id: str, chosen, table: str) -> 
     """The sweep's results on its parent run, so the runs table shows them on the parent's row: per arm (and task,
     with several), the selected trials' mean, standard deviation and count of each score, as metrics
     ``<arm>.<score>``, ``<arm>.<score>.std``, ``<arm>.seeds`` (``<task>.<arm>...`` with several tasks), and the
-    closing table as the artifact ``results.txt``. ``chosen``: the rows ``emoe.analysis.selection.select`` chose."""
+    closing table as the artifact ``results.txt``; and the same table in Markdown as the run's description
+    (``mlflow.note.content``), which the MLflow UI renders on the run's overview page, so the parent run's link
+    (``schema.run_url``) opens on every arm's scores. ``chosen``: the rows ``emoe.analysis.selection.select``
+    chose."""
     from mlflow.entities import Metric
 
     if chosen is None or chosen.empty:
@@ -244,3 +247,41 @@ def log_sweep_results(mlflow_client, parent_run_id: str, chosen, table: str) -> 
     for i in range(0, len(metrics), 500):
         mlflow_client.log_batch(parent_run_id, metrics=metrics[i:i + 500])
     mlflow_client.log_text(parent_run_id, table + "\n", "results.txt")
+    mlflow_client.set_tag(parent_run_id, NOTE, results_markdown(chosen))
+
+
+NOTE = "mlflow.note.content"  # a run's description: Markdown, rendered on its overview page
+
+
+def results_markdown(chosen) -> str:
+    """The results as a Markdown table with one column per arm (what the MLflow UI shows of a run's description
+    before its "Show more" is three or four rows, so the arms go across): each score's mean +- std over the chosen
+    seeds (with several tasks, first the mean over tasks of each task's mean, then each task's row), and the seeds
+    and learning rate; then a line on what was chosen and how."""
+    def cell(values) -> str:
+        values = values.dropna()
+        if not len(values):
+            return "n/a"
+        return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}" if len(values) > 1 else f"{values.mean():.4f}"
+
+    arms = list(dict.fromkeys(chosen["arm"]))
+    tasks = list(dict.fromkeys(chosen["task"]))
+    lines = ["| | " + " | ".join(map(str, arms)) + " |", "|---" * (len(arms) + 1) + "|"]
+    scores = [s for s in (ID_SCORE, OOD_SCORE) if s in chosen]
+    if len(tasks) > 1:
+        means = chosen.groupby(["task", "arm"], sort=False)[scores].mean()
+        for score in scores:
+            row = [f"{means[score].xs(arm, level='arm').mean():.4f}" if arm in means.index.get_level_values("arm")
+                   else "n/a" for arm in arms]
+            lines.append(f"| **{score}** (mean over {len(tasks)} tasks) | " + " | ".join(row) + " |")
+    for task in tasks:
+        rows = chosen[chosen["task"] == task]
+        for score in scores:
+            row = [cell(rows.loc[rows["arm"] == arm, score]) for arm in arms]
+            lines.append(f"| {task} {score} | " + " | ".join(row) + " |")
+        setting = [(f"{len(g)} seed(s), lr {g['learning_rate'].iloc[0]:.2g}" if len(g) else "n/a")
+                   for g in (rows[rows["arm"] == arm] for arm in arms)]
+        lines.append(f"| {task} seeds, lr | " + " | ".join(setting) + " |")
+    lines += ["", f"Per arm, the learning rate with the best mean {ID_SCORE} over seeds; mean ± std over its seeds. "
+              "The report: `analysis/report.html` among the artifacts."]
+    return "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ __all__ = ["DEFAULT_TRACKING_URI", "ROLE", "PARENT", "SWEEP", "FACTOR", "GIT_COM
            "SCORING_VERSION_PARAM", "sweep_params", "LOOKS", "PRIMARY_FIELDS", "PRIMARY_PREFIX", "DIRECTIONS",
            "direction", "SCHEDULED", "scheduled",
            "id_metric", "ood_metric", "ood_score_metric", "ood_score_set", "load_entropy_metric", "trial_metrics", "finished", "outcome", "experiment_name",
-           "trial_run_name", "rate_text", "runs_url"]
+           "trial_run_name", "rate_text", "runs_url", "run_url"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -187,6 +187,12 @@ def trial_run_name(arm: str, config: dict[str, Any], outcome: str | None = None,
     if isinstance(m.get(OOD_SCORE), float) and m[OOD_SCORE] == m[OOD_SCORE]:
         name += f" ood {m[OOD_SCORE]:.4f}"
     return name
+
+
+def run_url(ui: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of one run: for a sweep's parent run, its overview opens on the results table (its
+    description) above the per-arm metrics."""
+    return f"{ui.rstrip('/')}/#/experiments/{urllib.parse.quote(str(experiment_id))}/runs/{run_id}"
 
 
 def runs_url(ui: str, experiment_id: str, trials: bool = True) -> str:
