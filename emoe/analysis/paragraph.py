@@ -30,6 +30,12 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
+def chose_something(a: Analysis) -> bool:
+    """Whether the oracle rule chose anything: more than one learning rate, or a kept best evaluation."""
+    sel = a.selection
+    return bool(len(sel)) and sel["inflation"].notna().any() and bool((sel["rates"] > 1).any() or sel["epochs"].any())
+
+
 def paragraph(a: Analysis, trials: pd.DataFrame | None = None) -> str:
     """The appendix paragraph for analysis ``a`` of ``trials`` (default: the trials it analysed)."""
     trials = a.trials if trials is None else trials
@@ -60,7 +66,8 @@ def paragraph(a: Analysis, trials: pd.DataFrame | None = None) -> str:
                    "set that is also reported (the official protocol: the oracle rule)"
                    + (f"; choosing on it inflated the reported ID score by {a.selection['inflation'].mean():+.4f} "
                       "on average (each seed scored at the rate the other seeds chose)"
-                      if len(a.selection) and a.selection["inflation"].notna().any() else "") + ".")
+                      if chose_something(a) else "; with one learning rate and no kept best evaluation, nothing "
+                      "was chosen") + ".")
     if len(a.rules):
         gap = a.rules[f"gap.{schema.ID_SCORE}"].mean()
         out.append(f"Against choosing on a development split, the oracle rule's ID score was higher by {gap:+.4f} "
