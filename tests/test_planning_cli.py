@@ -22,6 +22,8 @@ def test_the_dry_run_prints_the_power_of_its_grid(tmp_path, monkeypatch, capsys)
     expected = planning.power(0.01, 0.004, 10, comparisons=6)  # the same seeded simulation
     assert f"kmeans vs dense: SD of a block's difference 0.004 (stated; within 0.004, between 0); power " \
            f"{expected:.0%}" in out
+    friedman = planning.friedman_power([0.01] + [0.0] * 6, 0.004, 10, draws=2000)  # one arm a point from six
+    assert f"Friedman over the 10 block(s) (exploratory): power {friedman:.0%} to flag one arm" in out
     assert main(["sweep", "clustering", "--preset", "demo", "--dry-run"]) == 0
     assert "give --pilot DIR" in capsys.readouterr().out
     assert main(["sweep", "clustering", "--preset", "demo", "--dry-run", "--plan-sd", "-1"]) == 2

@@ -407,6 +407,7 @@ def plan_lines(arms, tasks: int, seeds: int, primary: stats.Primary | None = Non
                      f"{stats.smallest_wilcoxon_p(n):.4g} and Holm multiplies it by {m} (>= {family:.4g}); that "
                      f"needs at least {least} blocks")
     table = pilot.set_index("arm") if pilot is not None and len(pilot) else None
+    sds: list[float] = []
     for arm in others:
         within, between, source = within_sd, between_sd, "stated"
         if table is not None and arm in table.index:
@@ -441,4 +442,15 @@ def plan_lines(arms, tasks: int, seeds: int, primary: stats.Primary | None = Non
             text += (f", or {s} seed(s) per task with these {tasks} tasks" if s is not None else
                      f"; no number of seeds up to {MAX_SEEDS} reaches it with these {tasks} tasks ({why})")
         lines.append(text)
+        sds.append(sd)
+    if sds and len(arms) >= 3 and n >= 2:
+        sd = float(np.median(sds))
+        means = [effect] + [0.0] * (len(arms) - 1)
+        fp = friedman_power(means, sd, n, alpha, draws=2000, seed=seed)
+        need = next((b for b in range(max(n, 2), MAX_BLOCKS + 1)
+                     if friedman_power(means, sd, b, alpha, draws=1000, seed=seed) >= target), None)
+        lines.append(f"Friedman over the {n} block(s) (exploratory): power {fp:.0%} to flag one arm {_points(effect)} "
+                     f"from {len(arms) - 1} equal others (cells normal with the median block SD, {sd:.4g}; "
+                     f"asymptotic p, alpha {alpha:g}); {target:.0%} needs "
+                     + (f"{need} blocks" if need is not None else f"more than {MAX_BLOCKS} blocks"))
     return lines
