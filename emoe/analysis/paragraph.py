@@ -20,6 +20,19 @@ def _values(trials: pd.DataFrame, column: str) -> list:
     return sorted({v for v in trials[column].dropna().tolist()}, key=lambda v: (str(type(v)), v))
 
 
+def _ints(values) -> list[int]:
+    """The whole numbers among ``values`` (params may be logged as text: "None", "3"); the rest left out."""
+    out = []
+    for v in values:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(f):
+            out.append(int(f))
+    return sorted(set(out))
+
+
 def _join(items, unit: str = "") -> str:
     items = [f"{x:g}" if isinstance(x, float) else str(x) for x in items]
     text = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else "none"
@@ -50,11 +63,11 @@ def paragraph(a: Analysis, trials: pd.DataFrame | None = None) -> str:
     out = [f"We ran {len(trials)} fine-tuning runs ({len(used)} finished, {failed} failed"
            + (f", {stopped} stopped early by the scheduler" if stopped else "") + "): "
            f"{len(arms)} arm(s) ({_join(arms)}) on {len(tasks)} task(s) ({_join(tasks)}), "
-           f"{len(seeds)} seed(s) each ({_join([int(s) for s in seeds])}) and learning rate(s) {_join(rates)}"
-           + (f", for at most {_join([int(e) for e in epochs])} epoch(s)" if epochs else "")
+           f"{len(seeds)} seed(s) each ({_join(_ints(seeds))}) and learning rate(s) {_join(rates)}"
+           + (f", for at most {_join(_ints(epochs))} epoch(s)" if _ints(epochs) else "")
            + (f", starting from {_join(models)}" if models else "") + "."]
-    caps = [f"{c.replace('_', ' ')} {int(v)}" for c in ("max_train_samples", "max_eval_samples", "dev_samples")
-            for v in _values(trials, c)[:1]]
+    caps = [f"{c.replace('_', ' ')} {v}" for c in ("max_train_samples", "max_eval_samples", "dev_samples")
+            for v in _ints(_values(trials, c))[:1]]
     if caps:
         out.append(f"Data caps: {_join(caps)}.")
     if a.rule == "clean":
