@@ -98,3 +98,62 @@ def rotated_digits(out_dir: str | Path, angles=ROTATIONS, name: str = "RotatedDi
             image = image.resize((size, size), Image.BILINEAR).rotate(angle, resample=Image.BILINEAR)
             image.save(folder / f"{j}.png")
     return root
+
+
+SELECTIONS = ("training_domain", "oracle")  # DomainBed's IIDAccuracySelectionMethod and OracleSelectionMethod
+
+
+def select_runs(records, method: str = "training_domain"):
+    """DomainBed's model selection (``model_selection.py``) over evaluation records: one row per (run, step) with
+    ``trial_seed``, ``test_env`` (one held-out environment), ``hparams_seed``, ``step`` and ``env{i}_in_acc`` /
+    ``env{i}_out_acc`` for every environment i.
+
+    - ``training_domain`` (IIDAccuracySelectionMethod): per run, each step's validation accuracy is the mean of
+      ``env{i}_out_acc`` over the training environments; the step with the best (the earliest among equals) gives
+      the run's validation and test (``env{test}_in_acc``) accuracy.
+    - ``oracle`` (OracleSelectionMethod): per run, the last step; validation ``env{test}_out_acc``, test
+      ``env{test}_in_acc``.
+    Then, per (trial_seed, test_env), the hyperparameter setting with the best validation accuracy (the first
+    among equals). Returns a DataFrame ``trial_seed, test_env, hparams_seed, step, val_acc, test_acc``.
+    DomainBed's leave-one-domain-out selection (runs with two test environments) is not built."""
+    import pandas as pd
+
+    if method not in SELECTIONS:
+        raise ValueError(f"unknown DomainBed selection {method!r}; valid choices: {', '.join(SELECTIONS)}")
+    envs = sorted(int(c[3:-len("_out_acc")]) for c in records.columns if c.startswith("env") and c.endswith("_out_acc"))
+    rows = []
+    for (seed, test, hp), run in records.groupby(["trial_seed", "test_env", "hparams_seed"], sort=True):
+        run = run.sort_values("step", kind="stable")
+        if method == "oracle":
+            last = run.iloc[-1]
+            val, best = float(last[f"env{test}_out_acc"]), last
+        else:
+            train = [f"env{i}_out_acc" for i in envs if i != test]
+            vals = run[train].mean(axis=1).to_numpy()
+            best = run.iloc[int(np.argmax(vals))]  # argmax: the first (earliest) of equal maxima
+            val = float(vals.max())
+        rows.append({"trial_seed": seed, "test_env": test, "hparams_seed": hp, "step": int(best["step"]),
+                     "val_acc": val, "test_acc": float(best[f"env{test}_in_acc"])})
+    runs = pd.DataFrame(rows)
+    if runs.empty:
+        return runs
+    pick = runs.groupby(["trial_seed", "test_env"], sort=True)["val_acc"].idxmax()  # first among equals
+    return runs.loc[pick.to_numpy()].reset_index(drop=True)
+
+
+def domainbed_table(selected) -> "pd.DataFrame":
+    """``collect_results.py``'s cells: per test environment, the mean test accuracy over trial seeds and its error
+    ``np.std(acc / sqrt(n))`` (the population SD of the seed values over sqrt(n), as DomainBed prints it), in
+    percent; and ``Avg``: the mean of the environments' means."""
+    import pandas as pd
+
+    rows = []
+    for test, group in selected.groupby("test_env", sort=True):
+        acc = group["test_acc"].to_numpy() * 100
+        rows.append({"test_env": test, "mean": float(acc.mean()), "err": float(np.std(acc / np.sqrt(len(acc)))),
+                     "seeds": len(acc)})
+    table = pd.DataFrame(rows)
+    if len(table):
+        table.loc[len(table)] = {"test_env": "Avg", "mean": float(table["mean"].mean()), "err": float("nan"),
+                                 "seeds": int(table["seeds"].min())}
+    return table

@@ -74,3 +74,69 @@ def test_rotated_digits_are_domainbeds_rotated_mnist_on_the_bundled_digits(tmp_p
     np.testing.assert_array_equal(np.asarray(saved), np.asarray(expected))
     upright = np.asarray(Image.fromarray((first * 255 / 16).astype(np.uint8)).resize((32, 32), Image.BILINEAR))
     assert np.abs(np.asarray(saved).astype(int) - upright).sum() > 0  # rotated, not the upright digit
+
+
+def records_frame():
+    """Two trial seeds x two test environments x two hyperparameter settings x three steps over three
+    environments, accuracies made up so that the rules disagree."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in (0, 1):
+        for test in (0, 2):
+            for hp in (0, 1):
+                for step in (0, 300, 600):
+                    row = {"trial_seed": seed, "test_env": test, "hparams_seed": hp, "step": step}
+                    for i in range(3):
+                        row[f"env{i}_in_acc"] = float(rng.integers(50, 100)) / 100
+                        row[f"env{i}_out_acc"] = float(rng.integers(50, 100)) / 100
+                    rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_training_domain_validation_is_domainbeds_by_hand():
+    """Recomputed with loops: per run the step with the best mean out-accuracy of the training environments (the
+    earliest among equals), its test environment's in-accuracy; per (seed, test env) the run with the best such
+    validation accuracy."""
+    from emoe.domainbed import select_runs
+
+    df = records_frame()
+    got = select_runs(df, "training_domain").set_index(["trial_seed", "test_env"])
+    for seed in (0, 1):
+        for test in (0, 2):
+            best = None
+            for hp in (0, 1):
+                run = df[(df.trial_seed == seed) & (df.test_env == test) & (df.hparams_seed == hp)]
+                train = [i for i in range(3) if i != test]
+                chosen = None
+                for _, r in run.sort_values("step").iterrows():
+                    val = sum(r[f"env{i}_out_acc"] for i in train) / len(train)
+                    if chosen is None or val > chosen[0]:
+                        chosen = (val, r[f"env{test}_in_acc"], r["step"], hp)
+                if best is None or chosen[0] > best[0]:
+                    best = chosen
+            row = got.loc[(seed, test)]
+            assert row["val_acc"] == pytest.approx(best[0]) and row["test_acc"] == best[1]
+            assert row["step"] == best[2] and row["hparams_seed"] == best[3]
+
+
+def test_the_oracle_reads_the_last_step_and_the_table_is_collect_results():
+    from emoe.domainbed import domainbed_table, select_runs
+
+    df = records_frame()
+    oracle = select_runs(df, "oracle")
+    assert set(oracle["step"]) == {600}
+    last = df[df.step == 600]
+    for r in oracle.itertuples(index=False):
+        test = int(r.test_env)
+        runs = last[(last.trial_seed == r.trial_seed) & (last.test_env == test)]
+        top = runs.loc[runs[f"env{test}_out_acc"].idxmax()]
+        assert r.test_acc == top[f"env{test}_in_acc"]
+    table = domainbed_table(oracle).set_index("test_env")
+    acc = oracle[oracle.test_env == 2]["test_acc"].to_numpy() * 100
+    assert table.loc[2, "mean"] == pytest.approx(acc.mean())
+    assert table.loc[2, "err"] == pytest.approx(np.std(acc / np.sqrt(2)))  # DomainBed's error, population SD
+    assert table.loc["Avg", "mean"] == pytest.approx((table.loc[0, "mean"] + table.loc[2, "mean"]) / 2)
+    with pytest.raises(ValueError, match="valid choices: training_domain, oracle"):
+        select_runs(df, "loo")
