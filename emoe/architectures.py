@@ -36,6 +36,8 @@ _BERT = FFNLayout("encoder.layer", "intermediate.dense", "output.dense", activat
                   gmoe_in="intermediate", gmoe_identity=("output.dense",))
 _LLAMA = FFNLayout("layers", "mlp.gate_proj", "mlp.down_proj", up="mlp.up_proj", activation="mlp.act_fn",
                    gmoe_in="mlp", embeddings=("embed_tokens",))
+_VIT = FFNLayout("layers", "mlp.fc1", "mlp.fc2", activation="mlp.activation_fn", gmoe_in="mlp.fc1",
+                 gmoe_identity=("mlp.activation_fn", "mlp.fc2"))
 
 # model_type -> layouts tried in order (transformers 5 moved ViT's FFN to ``layers.N.mlp.fc1/fc2``).
 ARCHITECTURES: dict[str, tuple[FFNLayout, ...]] = {
@@ -46,8 +48,8 @@ ARCHITECTURES: dict[str, tuple[FFNLayout, ...]] = {
     "gpt2": (FFNLayout("h", "mlp.c_fc", "mlp.c_proj", transposed=True, replaced_dropout="mlp.dropout",
                        activation="mlp.act", gmoe_in="mlp.c_fc", gmoe_identity=("mlp.act", "mlp.c_proj"),
                        embeddings=("wte", "wpe")),),
-    "vit": (FFNLayout("layers", "mlp.fc1", "mlp.fc2", activation="mlp.activation_fn", gmoe_in="mlp.fc1",
-                      gmoe_identity=("mlp.activation_fn", "mlp.fc2")), _BERT),
+    "vit": (_VIT, _BERT),
+    "deit": (_VIT, _BERT),
     "llama": (_LLAMA,),
     "mistral": (_LLAMA,),
     "qwen2": (_LLAMA,),

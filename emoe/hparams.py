@@ -185,6 +185,15 @@ def _knobs() -> dict[str, Knob]:
         Knob("epochs", None, "training epochs; none = the task's official cap (10; 3 for MNLI, QQP and QNLI; under a "
              "LoRA regime the LoRA script's: 20; 5 for MNLI, QQP and QNLI)",
              _optional_int, range=_COUNT),
+        Knob("max_steps", None, "optimiser steps in all, the training data cycled through as often as needed, "
+             "evaluating every eval_steps and at the last step (DomainBed: 5001, every 300); none = epochs govern",
+             _optional_int, range=_COUNT),
+        Knob("optimizer", "adamw", "adamw (decoupled weight decay, the EMoE scripts') or adam (torch.optim.Adam, weight "
+             "decay as an L2 term: DomainBed's)", str, ("adamw", "adam")),
+        Knob("lr_schedule", "linear", "linear: warm-up over warmup_ratio, then linear decay to 0 (the EMoE scripts'); "
+             "constant: the learning rate throughout (DomainBed's)", str, ("linear", "constant")),
+        Knob("data_augmentation", True, "image tasks: DomainBed's training transform on its photo datasets (random "
+             "resized crop, flip, colour jitter, grayscale); off: resize only", _bool),
         Knob("max_length", 128, "tokens per example (longer ones are truncated)", int, range=_COUNT),
         Knob("max_train_samples", None, "fixed random subset of the training set (seed 0); none = all",
              _optional_int, range=_COUNT),

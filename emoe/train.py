@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from emoe import hparams, metrics, regimes, tracking
-from emoe.convert import aux_loss, convert, emoe_layers, load_model, needs_calibration, set_bypass
-from emoe.data import Task, TaskData, load_task, tokenize
+from emoe.convert import aux_loss, convert, emoe_layers, image_size, load_model, needs_calibration, set_bypass
+from emoe.data import Task, TaskData, get_task, load_task, tokenize
+from emoe.vision import domain_accuracy, image_loader, load_image_task
 from emoe.layer import load_entropy
 from emoe.protocols import get_protocol
 from emoe.usage import Parser, prog
@@ -91,19 +92,24 @@ def evaluate(model, loaders: dict[str, Any], device, autocast, task: Task,
             preds.append(metrics.predictions(logits.float().cpu().numpy(), task.regression))
             golds.append(labels.cpu().numpy())
             if i == 0:
-                tokens += batch["input_ids"].numel()
+                # positions of the batch (an image's are all alike: its count weighs the batch as well)
+                n = batch["input_ids"].numel() if "input_ids" in batch else len(labels)
+                tokens += n
                 for f in layers:
                     if f.block in loads:
-                        loads[f.block] += f.last_load.cpu() * batch["input_ids"].numel()
-                        active[f.block] += f.last_active * batch["input_ids"].numel()
+                        loads[f.block] += f.last_load.cpu() * n
+                        active[f.block] += f.last_active * n
                         if chosen is not None and f.last_chosen is not None:
                             keep = batch["attention_mask"].reshape(-1).bool().cpu() \
                                 if "attention_mask" in batch else slice(None)
                             picked = f.last_chosen.reshape(-1, f.num_experts).cpu()[keep].numpy()
                             chosen[f.block] = picked if f.block not in chosen else \
                                 np.concatenate([chosen[f.block], picked])
-        names = task.metrics if name in ID_SETS else get_protocol(ood_protocol).metrics(task)
+        names = task.metrics if name in ID_SETS or task.image else get_protocol(ood_protocol).metrics(task)
         scores[name] = metrics.compute(names, np.concatenate(preds), np.concatenate(golds))
+        if name == "id" and task.image:  # DomainBed's training-domain validation: the mean of per-domain accuracies
+            scores[name] = {"accuracy": domain_accuracy(np.concatenate(preds), np.concatenate(golds),
+                                                        loader.dataset.domains)}
         if predictions is not None:
             predictions[name] = compact(np.concatenate(preds), task.regression)
         if i == 0:
@@ -125,6 +131,8 @@ def score_metrics(scores: dict[str, dict[str, float]], sizes: dict[str, int] | N
     by ``sizes``, the rows of each set evaluated; EMoE: their plain mean; NaN without any set)."""
     out = {tracking.ID_SCORE: metrics.primary(scores["id"]),
            **{tracking.id_metric(m): v for m, v in scores["id"].items()}}
+    if "oracle" in scores:  # an image task's held-out domain's out split (DomainBed's oracle validation)
+        out[tracking.ORACLE_SCORE] = metrics.primary(scores["oracle"])
     if "dev" in scores:  # the clean rule's development split (carved from the training set)
         out[tracking.DEV_SCORE] = metrics.primary(scores["dev"])
         out.update({tracking.dev_metric(m): v for m, v in scores["dev"].items()})
@@ -192,12 +200,13 @@ def gpu_share() -> float:
     return 1.0
 
 
-ID_SETS = ("id", "dev")  # scored with the task's metrics (the others with the OOD protocol's)
+ID_SETS = ("id", "dev", "oracle")  # scored with the task's metrics (the others with the OOD protocol's)
 
 
 def is_score(metric: str) -> bool:
     """A score of an evaluation (what the clean rule's ``clean.<metric>`` copies): ID, development and OOD scores."""
-    return metric in (tracking.ID_SCORE, tracking.OOD_SCORE, tracking.DEV_SCORE, tracking.BEST_STEP) or \
+    return metric in (tracking.ID_SCORE, tracking.OOD_SCORE, tracking.DEV_SCORE, tracking.BEST_STEP,
+                      tracking.ORACLE_SCORE) or \
         metric.startswith(("id.", "dev.", "ood.", tracking.OOD_SCORE + "."))
 
 
@@ -208,7 +217,12 @@ def pad_multiple(cfg: dict[str, Any]) -> int | None:
 
 
 def load_trial_data(cfg: dict[str, Any]) -> TaskData:
-    """The task data a trial config asks for (task, data_dir, ood, max_train_samples, max_eval_samples)."""
+    """The task data a trial config asks for (task, data_dir, ood, max_train_samples, max_eval_samples); an image
+    task's (``emoe.vision``) at the model's image size, split with the trial's seed (DomainBed's trial seed)."""
+    task = get_task(cfg["task"])
+    if task.image:
+        return load_image_task(task, cfg["data_dir"], cfg["seed"], image_size(cfg["model"]), cfg["max_train_samples"],
+                               cfg["max_eval_samples"], cfg["data_augmentation"])
     return load_task(cfg["task"], cfg["data_dir"], cfg.get("ood"), cfg["max_train_samples"], cfg["max_eval_samples"],
                      cfg.get("ood_sets"), cfg["ood_protocol"], cfg.get("dev_samples"), cfg.get("dev_seed", 0))
 
@@ -284,6 +298,8 @@ def calibration_batches(train, tokenizer, task: Task, cfg: dict[str, Any]) -> li
     of the task), tokenised to ``max_length``, in batches of 32, with their labels (the gradient split's loss)."""
     n = min(cfg["calibration_samples"], len(train))
     subset = train.select(np.random.default_rng(0).permutation(len(train))[:n])
+    if task.image:
+        return [dict(batch) for batch in image_loader(subset.evaluation(), 32, False, 0)]
     ds = tokenize(subset, tokenizer, task, cfg["max_length"])
     return [dict(batch) for batch in _loader(ds, tokenizer, 32, False, 0)]
 
@@ -301,13 +317,17 @@ def prepare_model(model: nn.Module, cfg: dict[str, Any], calibration: list | Non
 
 
 def make_optimizer(model: nn.Module, cfg: dict[str, Any], total_steps: int):
-    """AdamW over the regime's parameter groups (``emoe.regimes.parameter_groups``: the LoRA script's tenth for the
-    body) and the linear schedule with warm-up over ``total_steps``."""
-    from transformers import get_linear_schedule_with_warmup
+    """AdamW (or DomainBed's Adam, ``optimizer``) over the regime's parameter groups
+    (``emoe.regimes.parameter_groups``: the LoRA script's tenth for the body) and the linear schedule with warm-up
+    over ``total_steps`` (or a constant rate, ``lr_schedule``)."""
+    from transformers import get_constant_schedule, get_linear_schedule_with_warmup
 
     ratio = cfg["body_lr_ratio"] or regimes.OFFICIAL_BODY_LR_RATIO[cfg["regime"]]
-    optimizer = torch.optim.AdamW(regimes.parameter_groups(model, cfg["weight_decay"], cfg["learning_rate"], ratio),
-                                  lr=cfg["learning_rate"])
+    kind = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
+    optimizer = kind(regimes.parameter_groups(model, cfg["weight_decay"], cfg["learning_rate"], ratio),
+                     lr=cfg["learning_rate"])
+    if cfg["lr_schedule"] == "constant":
+        return optimizer, get_constant_schedule(optimizer)
     return optimizer, get_linear_schedule_with_warmup(optimizer, int(cfg["warmup_ratio"] * total_steps), total_steps)
 
 
@@ -364,15 +384,26 @@ class Trial:
         self.model.to(self.device).train()
         micro = cfg["batch_size"] // cfg["grad_accum_steps"]
         order_seed = cfg["seed"] if cfg.get("data_seed") is None else cfg["data_seed"]
-        self.train_loader = _loader(tokenize(self.data.train, tokenizer, self.data.task, cfg["max_length"]),
-                                    tokenizer, micro, True, order_seed, multiple_of=pad_multiple(cfg))
         dev = {} if self.data.dev is None else {"dev": self.data.dev}
-        self.eval_loaders, self.in_set_order = evaluation_loaders({"id": self.data.validation, **dev,
-                                                                   **self.data.ood},
-                                                                  tokenizer, self.data.task, cfg, self.model.config)
+        if self.data.task.image:
+            self.train_loader = image_loader(self.data.train, micro, True, order_seed)
+            batch = cfg["eval_batch_size"] or 2 * micro
+            oracle = {} if self.data.oracle is None else {"oracle": self.data.oracle}
+            self.eval_loaders = {name: image_loader(ds, batch, False, 0) for name, ds in
+                                 {"id": self.data.validation, **dev, **self.data.ood, **oracle}.items()}
+            self.in_set_order = lambda preds: preds  # image sets are evaluated in their own order
+        else:
+            self.train_loader = _loader(tokenize(self.data.train, tokenizer, self.data.task, cfg["max_length"]),
+                                        tokenizer, micro, True, order_seed, multiple_of=pad_multiple(cfg))
+            self.eval_loaders, self.in_set_order = evaluation_loaders({"id": self.data.validation, **dev,
+                                                                       **self.data.ood},
+                                                                      tokenizer, self.data.task, cfg,
+                                                                      self.model.config)
         self.eval_sizes = self.data.sizes()  # GLUE-X weighs each OOD set by its full size, whatever is evaluated
         self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg["grad_accum_steps"])
-        self.total_steps = self.steps_per_epoch * cfg["epochs"]
+        # max_steps: that many steps, over as many epochs as they take (DomainBed's); else whole epochs
+        self.epochs = math.ceil(cfg["max_steps"] / self.steps_per_epoch) if cfg["max_steps"] else cfg["epochs"]
+        self.total_steps = cfg["max_steps"] or self.steps_per_epoch * cfg["epochs"]
         self.optimizer, self.scheduler = make_optimizer(self.model, cfg, self.total_steps)
         self.autocast, self.scaler = _autocast(self.device, cfg["precision"])
         self.keep_model = cfg["keep_model"] == "best" and hooks.on_kept_model is not None
@@ -392,7 +423,8 @@ class Trial:
         if resume is not None and resume["done"]:  # it ended at that evaluation: nothing left to train
             return self.progress.last
         cfg, loader = self.cfg, self.train_loader
-        for epoch in range(start_epoch, cfg["epochs"]):
+        by_steps = bool(cfg["max_steps"])  # evaluations every eval_steps and at the last step, not per epoch
+        for epoch in range(start_epoch, self.epochs):
             self.optimizer.zero_grad(set_to_none=True)
             epoch_start = loader.generator.get_state()  # this epoch's order is drawn from here
             for i, batch in enumerate(loader):
@@ -401,11 +433,13 @@ class Trial:
                 if not self._train_step(batch, i, epoch):
                     continue
                 step = self.progress.step
-                if cfg["eval_steps"] and step % cfg["eval_steps"] == 0 and step % self.steps_per_epoch:
-                    if tracking.PATIENCE_STOP in self._evaluate((epoch, i + 1, epoch_start)):
+                last = by_steps and step >= self.total_steps
+                if last or cfg["eval_steps"] and step % cfg["eval_steps"] == 0 and \
+                        (by_steps or step % self.steps_per_epoch):
+                    if tracking.PATIENCE_STOP in self._evaluate((epoch, i + 1, epoch_start)) or last:
                         return self.progress.last
             skip = 0
-            if tracking.PATIENCE_STOP in self._evaluate((epoch + 1, 0, loader.generator.get_state())):
+            if not by_steps and tracking.PATIENCE_STOP in self._evaluate((epoch + 1, 0, loader.generator.get_state())):
                 break
         return self.progress.last
 

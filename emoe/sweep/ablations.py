@@ -82,10 +82,17 @@ ABLATIONS: dict[str, Ablation] = {
     # the paper's own comparison, one arm per official command of the full fine-tuning script (vanilla fine-tuning
     # as dense, NoisyTune, GMoE, EMoE, EMoE-learn): with --preset paper (BERT-base), paper-gpt2, paper-bert-large
     "comparison": Ablation("comparison", dict(COMMANDS["full"]), factor="method,gate",
-                           requires={"regime": ("full",)},
-                           hint=" (the LoRA presets' comparison is the ablation comparison_lora)"),
+                           requires={"regime": ("full",), "optimizer": ("adamw",)},
+                           hint=" (the LoRA presets' comparison is the ablation comparison_lora, the vision "
+                                "presets' comparison_vision)"),
     # the same for the LoRA script (vanilla LoRA as dense, LoRA + Block, GMoE, EMoE, EMoE-learn): with --preset
     # paper-gpt2-xl-lora or paper-bert-large-lora
+    # the vision README's three commands (dense ViT, GMoE, EMoE) on DomainBed: with --preset paper-vit-s, paper-vit-b
+    # or vision-demo
+    "comparison_vision": Ablation("comparison_vision", dict(COMMANDS["vision"]), factor="method,gate,num_experts,"
+                                  "top_k,expert_repeat,layers", requires={"optimizer": ("adam",)},
+                                  hint=" (DomainBed's Adam: the text presets' comparisons are comparison and "
+                                       "comparison_lora)"),
     "comparison_lora": Ablation("comparison_lora", dict(COMMANDS["lora"]), factor="method,gate,regime",
                                 requires={"regime": ("lora", "lora_block", "lora_gates")},
                                 hint=" (the full fine-tuning presets' comparison is the ablation comparison)"),

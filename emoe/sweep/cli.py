@@ -223,18 +223,24 @@ def dry_run(plan, workloads, done: set | None = None, planning: list[str] | None
     gpus = "auto (1 if the cluster has GPUs)" if s.gpus_per_trial is None else f"{s.gpus_per_trial:g}"
     search = (f"{len(plan.learning_rates)} learning rates" if s.search == "grid"
               else f"optuna lr in [{plan.lr_range[0]:g}, {plan.lr_range[1]:g}]")
-    data = b["data_dir"] or "the Hub"
+    from emoe.data import get_task
+
+    image = bool(get_task(plan.tasks[0]).image)
+    data = b["data_dir"] or ("the rotated digits (written to the cache)" if image else "the Hub")
     params = next(iter(workloads.values())).params
     tasks = f"{len(plan.tasks)} tasks x " if len(plan.tasks) > 1 else ""
     head = [
         f"ablation {plan.design.name}: {tasks}{len(plan.design.arms)} arms x {len(plan.seeds)} seeds x {search} = "
         f"{plan.n_trials} trials" + (f" (preset {s.preset})" if s.preset else ""),
         f"shared: model {b['model']} ({params / 1e6:.1f}M block parameters), data {data}, batch {b['batch_size']}, "
-        f"max length {b['max_length']}, evaluation every {b['eval_steps'] or 'epoch'}"
-        + (" steps" if b["eval_steps"] else ""),
-        *(f"task {t}: {w.epochs} epoch(s), {w.train_examples} training examples, {w.eval_examples} evaluation "
-          f"examples (ID validation + OOD {', '.join(w.ood_sets) or 'none'}), "
-          f"{plan.n_trials // len(plan.tasks)} trials" for t, w in workloads.items()),
+        + ("" if image else f"max length {b['max_length']}, ")
+        + (f"{b['max_steps']} steps, " if b["max_steps"] else "")
+        + f"evaluation every {b['eval_steps'] or 'epoch'}" + (" steps" if b["eval_steps"] else "")
+        + f", optimizer {b['optimizer']}, lr_schedule {b['lr_schedule']}",
+        *(f"task {t}: {w.epochs:.3g} epoch(s), {w.train_examples} training examples, {w.eval_examples} evaluation "
+          + (f"examples (ID validation + OOD {', '.join(w.ood_sets) or 'none'}), " if not image else
+             f"examples (training domains' validation + held-out domain {', '.join(w.ood_sets)}, in and out splits), ")
+          + f"{plan.n_trials // len(plan.tasks)} trials" for t, w in workloads.items()),
         "method: " + ", ".join(f"{k} {shown[k]}" for k in ("method", "regime", "lora_r", "body_lr_ratio",
                                                            "noise_tuning", "expert_repeat")
                                if k not in plan.design.swept)
@@ -249,7 +255,7 @@ def dry_run(plan, workloads, done: set | None = None, planning: list[str] | None
         "protocol: " + ", ".join(f"{k} {b[k]}" for k in ("keep_best", "patience", "weight_decay", "warmup_ratio",
                                                          "max_grad_norm", "batch_size", "grad_accum_steps",
                                                          "eval_batch_size", "precision")),
-        ood_line(b),
+        vision_line(plan) if image else ood_line(b),
         f"resources per trial: cpu={s.cpus_per_trial:g} gpu={gpus}; max concurrent: {s.max_concurrent or 'auto'}",
         disk_line(plan, next(iter(workloads.values())).total_params),
         f"scheduler: {s.scheduler} (scope {s.early_stop_scope}, on {schema.ID_SCORE}); MLflow: {s.tracking_uri} "
@@ -333,6 +339,23 @@ def extended_cells(extend: Path) -> set | None:
 
     record = SweepRecord.load(extend)
     return done_cells(extend.parent / record.origin if record.origin else extend)
+
+
+def vision_line(plan) -> str:
+    """How an image sweep splits, selects and scores (DomainBed's protocol, ``emoe.vision``), and each dataset's
+    official learning rate and weight decay."""
+    from emoe import vision
+    from emoe.data import get_task
+
+    datasets = dict.fromkeys(get_task(t).image for t in plan.tasks)
+    official = "; ".join(f"{d}: learning rate {vision.DATASETS[d].learning_rate:g}, weight decay "
+                         f"{vision.DATASETS[d].weight_decay:g}" for d in vision.DOMAINBED)
+    return (f"DomainBed: leave-one-domain-out over {', '.join(datasets)} (tasks dataset:held-out domain, the "
+            f"analysis's blocks); each domain split 80/20 by seed_hash(seed, domain); {schema.ID_SCORE} = the "
+            f"training-domain validation accuracy (mean over training domains), ood_score.<domain> = the held-out "
+            f"domain's in split, {schema.ORACLE_SCORE} = its out split; augmentation "
+            f"{'on' if plan.base['data_augmentation'] else 'off'} (photo datasets only). Official (hparams_registry, "
+            f"GMOE): {official}")
 
 
 def ood_line(base: dict[str, Any]) -> str:

@@ -38,7 +38,8 @@ class Ablation:
         for knob, allowed in self.requires.items():
             value = trial.get(knob, allowed[0])
             if value not in allowed:
-                fits = [name for name in SETTINGS if PRESETS[name]["trial"].get(knob) in allowed]
+                fits = [name for name in SETTINGS if all(PRESETS[name]["trial"].get(k, ok[0]) in ok
+                                                         for k, ok in self.requires.items())]
                 raise ValueError(f"ablation {self.name} runs the commands of {knob} {'/'.join(allowed)}; "
                                  f"{'preset ' + preset if preset else 'this sweep'} sets {knob} {value!r}: use "
                                  f"--preset {' or '.join(fits)}{self.hint}")
@@ -162,6 +163,15 @@ PRESETS: dict[str, dict[str, Any]] = {
                                           "sick")},
                    "tasks": ("sst2", "rte", "mrpc", "stsb"), "seeds": (0, 1), "learning_rates": (1e-4,),
                    "cpus_per_trial": 2.0},
+    # The vision track offline in minutes: a tiny random ViT (emoe.convert.TINY_VIT) on the rotated-digits domains
+    # (DomainBed's RotatedMNIST construction on scikit-learn's digits), every held-out domain in turn, DomainBed's
+    # optimiser (Adam, constant rate) for 150 steps, evaluated every 50; EMoE's blocks at the official positions
+    # (the second and fourth from the end), N 8, k 2. A check of the machinery, not of the claim (random weights).
+    "vision-demo": {"trial": {"model": "tiny-vit", "num_experts": 8, "top_k": 2, "layers": (-4, -2),
+                              "batch_size": 32, "max_steps": 150, "eval_steps": 50, "optimizer": "adam",
+                              "lr_schedule": "constant", "warmup_ratio": 0.0, "weight_decay": 0.0, "keep_best": True,
+                              "max_grad_norm": None, "calibration_samples": 128},
+                    "tasks": ("rotated_digits",), "seeds": (0, 1), "learning_rates": (3e-3,), "cpus_per_trial": 1.0},
 }
 
 
@@ -182,6 +192,19 @@ _FULL = {**_OFFICIAL, "batch_size": 32, "grad_accum_steps": 1, "precision": "fp3
 # regimes' cap), LoRA r 8; the README's GPT2-XL commands: batch 8 x 2 accumulation steps
 _LORA = {**_OFFICIAL, "batch_size": 16, "grad_accum_steps": 2, "precision": "fp16", "regime": "lora_gates"}
 FULL_RATES, LORA_RATES = (2e-5, 3e-5, 5e-5), (2e-4, 3e-4, 5e-4)
+# The official vision code (qiuzh20/EMoE Vision/, GMoE's DomainBed fork; its README's ViT-S commands): DeiT at 224
+# pixels, DomainBed's train.py (Adam, no schedule, 5001 steps, a checkpoint every 300, batch 32 per training domain:
+# 96 over PACS's three), its training-domain validation (keep_best on id_score), the EMoE router's settings as for
+# text (capacity 1.5, gate noise 1.0, expert dropout 0.1, aux 0.01), PACS's learning rate and weight decay
+# (hparams_registry.py; the other datasets' are in emoe.vision.DATASETS, printed by the dry run), seeds 0, 1, 2
+# (n_trials 3), one hyperparameter setting (n_hparams 1).
+_VISION = {"clustering": "constrained", "gate": "avg_keys", "cluster_seed": 0, "capacity_factor": 1.5,
+           "gate_noise": 1.0, "expert_dropout": 0.1, "aux_loss_weight": 0.01, "expert_bias": "per_expert",
+           "max_train_samples": None, "max_eval_samples": None, "batch_size": 96, "grad_accum_steps": 1,
+           "max_steps": 5001, "eval_steps": 300, "optimizer": "adam", "lr_schedule": "constant", "warmup_ratio": 0.0,
+           "weight_decay": 1e-6, "keep_best": True, "patience": None, "max_grad_norm": None, "precision": "fp32",
+           "eval_batch_size": 64, "data_augmentation": True, "regime": "full"}
+VISION_RATES = (3e-5,)  # PACS's (hparams_registry.py: GMOE on PACS and VLCS 3e-5, OfficeHome 1e-5, TerraInc 5e-5)
 
 # One entry per official setting: (preset name, model, blocks, N, k, script). The README gives the BERT-base full
 # fine-tuning and the GPT2-XL LoRA commands; the other settings are the paper's (GPT-2 and BERT-large full
@@ -195,6 +218,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "paper-bert-large-lora": {"model": "bert-large-cased", "layers": (22,), "num_experts": 64, "top_k": 32,
                               "script": "lora", "batch_size": 32, "grad_accum_steps": 1},
     "paper-gpt2-xl-lora": {"model": "gpt2-xl", "layers": (44,), "num_experts": 64, "top_k": 32, "script": "lora"},
+    # the vision README's EMoE command: MoE_from_ffn, router top, one_score_gate, num_experts 24, topk 4, num_inter 2
+    # (every_moe: the last two alternating blocks of 12, 8 and 10); DeiT-S / DeiT-B (vit_type small / base)
+    "paper-vit-s": {"model": "facebook/deit-small-patch16-224", "layers": (-4, -2), "num_experts": 24, "top_k": 4,
+                    "script": "vision"},
+    "paper-vit-b": {"model": "facebook/deit-base-patch16-224", "layers": (-4, -2), "num_experts": 24, "top_k": 4,
+                    "script": "vision"},
 }
 
 # Each official command of a script: its name (a preset suffix and an arm of the comparison ablations) and the knobs
@@ -215,12 +244,22 @@ COMMANDS: dict[str, dict[str, dict[str, Any]]] = {
         "emoe": {"method": "emoe", "regime": "lora_gates"},  # --tune_moe_layers_only --tune_gates_only --one_score
         "emoe-learn": {"method": "emoe", "gate": "learned", "regime": "lora_gates"},
     },
+    "vision": {  # the vision README's three commands (DomainBed's train.py, --algorithm GMOE)
+        "dense": {"method": "dense"},  # vanilla_ViT
+        # GMoE: num_experts 6 (full copies of the pre-trained FFN), topk 2, num_inter 1 (block 10), cosine router
+        "gmoe": {"method": "gmoe", "gate": "learned", "num_experts": 6, "top_k": 2, "expert_repeat": 6,
+                 "layers": (-2,)},
+        "emoe": {"method": "emoe"},  # MoE_from_ffn, router top, one_score_gate
+    },
 }
 
 
 def _setting_preset(name: str, setting: dict[str, Any], command: dict[str, Any]) -> dict[str, Any]:
     setting = dict(setting)
     script = setting.pop("script")
+    if script == "vision":
+        return {"trial": {**_VISION, **setting, **command}, "learning_rates": VISION_RATES, "scheduler": "none",
+                "tasks": ("pacs",), "seeds": (0, 1, 2)}
     trial = {**(_FULL if script == "full" else _LORA), **setting, **command}
     return {"trial": trial, "learning_rates": FULL_RATES if script == "full" else LORA_RATES, "scheduler": "none"}
 

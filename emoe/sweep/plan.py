@@ -212,12 +212,17 @@ def primary_params(settings: SweepSettings) -> dict[str, Any]:
 
 
 def resolve_tasks(tasks, task: str | None) -> list[str]:
-    """``--tasks`` (names, or ``glue`` for GLUE-X's eight) or, without it, the one ``--task``."""
+    """``--tasks`` (names; ``glue`` for GLUE-X's eight, ``boss`` for BOSS's three; an image dataset for each of its
+    held-out domains, ``domainbed`` for the paper's four datasets: ``emoe.vision.expand``) or, without it, the one
+    ``--task``."""
+    from emoe.boss import BOSS
     from emoe.data import GLUE, get_task
+    from emoe.vision import expand
 
     if tasks and task is not None:
         raise ValueError("--task and --tasks both given; use --tasks alone (e.g. --tasks sst2,rte)")
-    names = [n for t in (tasks or [task or hparams.KNOBS["task"].default]) for n in (GLUE if t == "glue" else [t])]
+    suites = {"glue": GLUE, "boss": BOSS}
+    names = [n for t in (tasks or [task or hparams.KNOBS["task"].default]) for n in suites.get(t, expand(t))]
     for name in names:
         get_task(name)  # unknown task: its one line, with the valid choices
     if len(set(names)) != len(names):
@@ -258,9 +263,10 @@ def check_model_and_data(plan: Plan) -> dict[str, Workload]:
     """Model-dependent checks (block indices, N against d_ff) on a weightless copy, and every task's data (local
     files or the Hub: data that cannot be loaded is refused here, before Ray starts). Returns each task's workload."""
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
-    from emoe.convert import check_model, plan_conversion
+    from emoe.convert import IMAGE_MODEL_TYPES, auto_class, check_model, plan_conversion
+    from emoe.data import get_task
     from emoe.hub import cache_only
     from emoe.train import load_trial_data
 
@@ -269,11 +275,17 @@ def check_model_and_data(plan: Plan) -> dict[str, Workload]:
     try:
         with cache_only(path):  # the Hub unreachable: its cache at once, not after half a minute of retries
             config = AutoConfig.from_pretrained(path)
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            image = config.model_type in IMAGE_MODEL_TYPES
+            tokenizer = None if image else AutoTokenizer.from_pretrained(path)
     except Exception as e:  # OSError / ValueError / HTTP errors, depending on what is wrong
         raise ValueError(f"model {name!r} cannot be loaded ({str(e).strip().splitlines()[0][:200]})") from None
+    mismatched = [t for t in plan.tasks if bool(get_task(t).image) != image]
+    if mismatched:
+        raise ValueError(f"--model {name} is {'an image' if image else 'a text'} model ({config.model_type}) but task "
+                         f"{mismatched[0]} is {'a text' if image else 'an image'} task; image tasks take ViT or DeiT "
+                         f"models (e.g. --model tiny-vit), text tasks text models")
     with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = auto_class(config).from_config(config)
     for arm in plan.design.arms:
         cfg = hparams.trial_config(plan.trial(arm, plan.seeds[0], plan.learning_rates[0]))
         try:
@@ -287,10 +299,17 @@ def check_model_and_data(plan: Plan) -> dict[str, Workload]:
         cfg = hparams.trial_config(plan.trial(next(iter(plan.design.arms)), plan.seeds[0], plan.learning_rates[0],
                                               task))
         data = load_trial_data(cfg)
+        epochs = cfg["max_steps"] * cfg["batch_size"] / len(data.train) if cfg["max_steps"] else cfg["epochs"]
+        if image:  # every image is (size / patch)^2 patches and the class token
+            side = config.image_size // config.patch_size
+            lengths = {"train_tokens_per_example": side * side + 1.0, "eval_tokens_per_example": side * side + 1.0}
+        else:
+            lengths = _padded_lengths(data, tokenizer, cfg, config)
         out[task] = Workload(params=params, total_params=sum(p.numel() for p in model.parameters()),
-                             train_examples=len(data.train), epochs=cfg["epochs"],
-                             eval_examples=len(data.validation) + sum(map(len, data.ood.values())),
-                             ood_sets=tuple(data.ood), **_padded_lengths(data, tokenizer, cfg, config))
+                             train_examples=len(data.train), epochs=epochs,
+                             eval_examples=len(data.validation) + sum(map(len, data.ood.values()))
+                             + (len(data.oracle) if data.oracle is not None else 0),
+                             ood_sets=tuple(data.ood), **lengths)
     return out
 
 
@@ -300,9 +319,9 @@ def trainable_parameters(plan: Plan, config=None) -> dict[str, tuple[int, int]]:
     the official LoRA script prints with ``print_trainable_parameters``)."""
     import numpy as np
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
-    from emoe.convert import check_model, convert, plan_conversion
+    from emoe.convert import auto_class, check_model, convert, plan_conversion
     from emoe.hub import cache_only
     from emoe.regimes import apply_regime
 
@@ -314,7 +333,7 @@ def trainable_parameters(plan: Plan, config=None) -> dict[str, tuple[int, int]]:
     for arm in plan.design.arms:
         cfg = hparams.trial_config(plan.trial(arm, plan.seeds[0], plan.learning_rates[0]))
         with torch.device("meta"):
-            model = AutoModelForSequenceClassification.from_config(config)
+            model = auto_class(config).from_config(config)
         emoe_config = hparams.emoe_config(cfg)
         sizes = {p["block"]: p["keys"].shape[0] for p in plan_conversion(model, emoe_config)}
         convert(model, emoe_config, partitions={b: np.arange(d) * emoe_config.num_experts // d

@@ -1,0 +1,185 @@
+"""The vision track: image tasks under DomainBed's protocol (leave-one-domain-out tasks, the training-domain
+validation score, the held-out domain's splits), a tiny ViT trial end to end, the official ViT presets against the
+vision README's commands, and the analysis's blocks as (dataset, held-out domain) pairs."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import exit_code, hub_cache
+from PIL import Image
+from test_domainbed import PACS, pacs_tree
+
+from emoe import tracking, vision
+from emoe.data import get_task
+from emoe.domainbed import seed_hash, split_environment
+from emoe.sweep.design import PRESETS
+from emoe.sweep.plan import resolve_tasks
+
+# The vision README (qiuzh20/EMoE Vision/README.md), its three ViT-S PACS commands (--algorithm GMOE), and
+# hparams_registry.py / DomainBed's train.py defaults, written out.
+VISION_README = {
+    "dense": dict(method="dense"),  # {"vanilla_ViT": true, "vit_type": "small"}
+    # {"vanilla_ViT": false, "num_experts": 6, "topk": 2, "num_inter": 1} (block 10 of 12), cosine router
+    "gmoe": dict(method="gmoe", gate="learned", num_experts=6, top_k=2, expert_repeat=6, layers=(-2,)),
+    # {"MoE_from_ffn": true, "router": "top", "one_score_gate": true, "num_experts": 24, "topk": 4, "num_inter": 2}
+    "emoe": dict(method="emoe", gate="avg_keys", clustering="constrained", num_experts=24, top_k=4, layers=(-4, -2)),
+}
+DOMAINBED_TRAIN = dict(max_steps=5001, eval_steps=300, optimizer="adam", lr_schedule="constant", warmup_ratio=0.0,
+                       batch_size=96, weight_decay=1e-6, keep_best=True, data_augmentation=True, capacity_factor=1.5,
+                       gate_noise=1.0, expert_dropout=0.1, aux_loss_weight=0.01)
+
+
+def test_tasks_are_dataset_and_held_out_domain_pairs():
+    assert resolve_tasks(["pacs"], None) == [f"pacs:{d}" for d in ("art_painting", "cartoon", "photo", "sketch")]
+    assert len(resolve_tasks(["domainbed"], None)) == 16  # PACS, VLCS, OfficeHome, TerraIncognita: 4 domains each
+    assert resolve_tasks(["rotated_digits:30", "sst2"], None) == ["rotated_digits:30", "sst2"]
+    assert get_task("vlcs:SUN09").ood.keys() == {"SUN09"} and get_task("vlcs:SUN09").image == "vlcs"
+    with pytest.raises(ValueError, match="unknown task 'pacs:painting'.*pacs:{art_painting,cartoon,photo,sketch}"):
+        get_task("pacs:painting")
+
+
+def test_a_pacs_task_splits_every_domain_as_domainbed_does(tmp_path):
+    """Training rows are the training domains' in splits, validation their out splits, the held-out domain's in and
+    out splits its OOD set and oracle set: each from DomainBed's split_dataset with seed_hash(trial_seed, env)."""
+    pacs_tree(tmp_path, per_class=5)  # 35 images per domain: 7 held out by int(35 * 0.2)
+    data = vision.load_image_task(get_task("pacs:photo"), tmp_path, seed=1, size=16)
+    domains = sorted(PACS["domains"])
+    paths = {d: sorted((tmp_path / "PACS" / d).glob("*/*.jpg")) for d in domains}
+    by_hand_train, by_hand_val = [], []
+    for i, d in enumerate(domains):
+        inner, outer = split_environment(35, 0.2, seed_hash(1, i))
+        if d == "photo":
+            assert [p for p, _ in data.ood["photo"].items] == [paths[d][j] for j in inner]
+            assert [p for p, _ in data.oracle.items] == [paths[d][j] for j in outer]
+        else:
+            by_hand_train += [paths[d][j] for j in inner]
+            by_hand_val += [paths[d][j] for j in outer]
+    assert [p for p, _ in data.train.items] == by_hand_train
+    assert [p for p, _ in data.validation.items] == by_hand_val
+    assert sorted(set(data.validation.domains)) == [0, 1, 3]  # photo (2) held out
+    assert data.task.label_names == tuple(sorted(PACS["classes"]))
+    batch = next(iter(vision.image_loader(data.train, 4, True, 0)))
+    assert batch["pixel_values"].shape == (4, 3, 16, 16) and batch["labels"].dtype == torch.int64
+    with pytest.raises(ValueError, match="pass --data-dir DIR with DIR/PACS/<domain>/<class>/"):
+        vision.load_image_task(get_task("pacs:photo"), None, seed=0, size=16)
+
+
+def test_training_domain_validation_is_the_mean_of_domain_accuracies():
+    """IIDAccuracySelectionMethod's val_acc: mean over training environments of env{i}_out_acc, not pooled."""
+    pred = np.array([1, 1, 1, 1, 0, 0])
+    gold = np.array([1, 1, 1, 1, 1, 0])
+    domains = np.array([0, 0, 0, 0, 2, 2])
+    assert vision.domain_accuracy(pred, gold, domains) == pytest.approx((1.0 + 0.5) / 2)  # pooled would be 5/6
+
+
+def test_the_training_transform_is_domainbeds_and_seeded():
+    import random
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8))
+    random.seed(3)
+    a = vision.to_tensor(vision.train_transform(image, 24))
+    random.seed(3)
+    b = vision.to_tensor(vision.train_transform(image, 24))
+    assert a.shape == (3, 24, 24) and torch.equal(a, b)
+    for _ in range(50):  # RandomResizedCrop(scale=(0.7, 1)): 70 % to 100 % of the area, ratio 3/4 to 4/3
+        left, top, w, h = vision._resized_crop_box(300, 200)
+        assert 0.7 * 300 * 200 * 0.98 <= w * h <= 300 * 200 and left + w <= 300 and top + h <= 200
+    gray = Image.new("RGB", (4, 4), (10, 10, 10))
+    assert vision.to_tensor(gray)[:, 0, 0].tolist() == pytest.approx(
+        [(10 / 255 - m) / s for m, s in zip(vision.IMAGENET_MEAN, vision.IMAGENET_STD)])
+
+
+def test_a_tiny_vit_trial_reports_the_metric_contract():
+    """A trial on rotated_digits:30 (the digits written to the cache): id_score is the training-domain validation,
+    ood_score.30 the held-out domain, oracle_score its out split; EMoE's blocks route images' tokens."""
+    from emoe.train import train_and_evaluate
+
+    reports = []
+    final = train_and_evaluate({"model": "tiny-vit", "task": "rotated_digits:30", "num_experts": 8, "top_k": 2,
+                                "layers": (-4, -2), "batch_size": 32, "max_steps": 12, "eval_steps": 6,
+                                "optimizer": "adam", "lr_schedule": "constant", "learning_rate": 3e-3,
+                                "keep_best": True, "max_train_samples": 200, "max_eval_samples": 64},
+                               reports.append)
+    assert [r[tracking.STEP] for r in reports] == [6, 12]  # every eval_steps, the last at max_steps
+    for key in (tracking.ID_SCORE, tracking.ood_score_metric("30"), tracking.ORACLE_SCORE, tracking.OOD_SCORE,
+                tracking.load_entropy_metric(0), tracking.load_entropy_metric(2)):
+        assert 0.0 <= final[key] <= np.log(8) + 1e-6 or key.startswith("load_entropy"), key
+        assert key in final
+    assert final[tracking.OOD_SCORE] == final[tracking.ood_score_metric("30")]
+
+
+@pytest.fixture
+def tiny_deits(tmp_path, monkeypatch):
+    """DeiT-S and DeiT-B stand-ins (12 blocks of a tiny ViT) in a fake, offline Hugging Face cache."""
+    from huggingface_hub import constants
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from emoe import hub
+    from emoe.sweep import estimate
+
+    cache = tmp_path / "hf"
+    cache.mkdir()
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=12, num_attention_heads=2,
+                                                intermediate_size=96, image_size=16, patch_size=8))
+    model.save_pretrained(tmp_path / "deit")
+    for name in ("facebook/deit-small-patch16-224", "facebook/deit-base-patch16-224"):
+        hub_cache(cache, name, tmp_path / "deit")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(estimate, "matmul_flops", lambda threads, **kw: [1e10] * 9)
+    monkeypatch.chdir(tmp_path)
+    hub.unreachable.cache_clear()
+    yield tmp_path
+    hub.unreachable.cache_clear()
+
+
+@pytest.mark.parametrize("size, model", [("s", "facebook/deit-small-patch16-224"),
+                                         ("b", "facebook/deit-base-patch16-224")])
+def test_the_paper_vit_presets_are_the_vision_readmes_commands(size, model, tiny_deits, capsys):
+    from emoe import hparams
+    from emoe.cli import main
+
+    for command, knobs in VISION_README.items():
+        name = f"paper-vit-{size}" + ("" if command == "emoe" else f"-{command}")
+        preset = PRESETS[name]
+        cfg = hparams.trial_config(preset["trial"])
+        expected = {**DOMAINBED_TRAIN, **{k: v for k, v in VISION_README["emoe"].items() if command == "emoe"},
+                    **knobs, "model": model, "learning_rate": cfg["learning_rate"]}
+        assert {k: cfg[k] for k in expected} == expected, name
+        assert preset["learning_rates"] == (3e-5,) and preset["seeds"] == (0, 1, 2) and preset["tasks"] == ("pacs",)
+    pacs_tree(tiny_deits)
+    code = exit_code(lambda: main(["sweep", "official", "--preset", f"paper-vit-{size}", "--dry-run",
+                                   "--data-dir", str(tiny_deits), "--tracking-uri",
+                                   f"sqlite:///{tiny_deits}/mlflow.db", "--storage-path", str(tiny_deits / "ray")]))
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert f"shared: model {model} " in out.out and "5001 steps, evaluation every 300 steps, optimizer adam, " \
+        "lr_schedule constant" in out.out
+    assert "emoe: layers (-4, -2), num_experts 24, top_k 4, clustering constrained, gate avg_keys" in out.out
+    assert "pacs: learning rate 3e-05, weight decay 1e-06; vlcs: learning rate 3e-05" in out.out
+    assert "terra_incognita: learning rate 5e-05, weight decay 0.0001" in out.out
+    rows = [line.split()[:4] for line in out.out.splitlines() if line.startswith("pacs:")]
+    assert sorted(rows) == sorted([f"pacs:{d}", "official", str(s), "3e-05"] for d in sorted(PACS["domains"])
+                                  for s in (0, 1, 2))
+
+
+def test_the_analysis_blocks_are_dataset_and_held_out_domain_pairs():
+    """A vision sweep's records analysed as any other: one block per (dataset, held-out domain) task, ranked there."""
+    import pandas as pd
+
+    from emoe.analysis.stats import analyse
+
+    rows = []
+    rng = np.random.default_rng(0)
+    tasks = resolve_tasks(["rotated_digits"], None)
+    for t, task in enumerate(tasks):
+        for arm, shift in (("emoe", 0.02), ("random", 0.01), ("dense", 0.0)):
+            for seed in (0, 1):
+                score = 0.5 + 0.05 * t + shift + rng.normal(0, 0.001)
+                rows.append({"task": task, "arm": arm, "seed": seed, "learning_rate": 3e-3, "outcome": "completed",
+                             tracking.ID_SCORE: score, tracking.OOD_SCORE: score - 0.1,
+                             tracking.ood_score_metric(task.split(":")[1]): score - 0.1})
+    a = analyse(pd.DataFrame(rows), baseline="dense")
+    assert a.blocks == "tasks" and [b[0] for b in a.ranks.index] == tasks
+    assert a.ranks.mean().to_dict() == {"emoe": 1.0, "random": 2.0, "dense": 3.0}
