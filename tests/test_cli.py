@@ -142,7 +142,7 @@ def test_a_bool_knob_is_a_flag_pair(flags, value):
     from emoe.train import build_parser as train_parser
 
     bools = [k.name for k in hparams.KNOBS.values() if k.type is hparams._bool]
-    assert bools == ["keep_best"]
+    assert bools == ["data_augmentation", "keep_best"]
     args = train_parser().parse_args(flags)
     assert hparams.overrides_from_args(args).get("keep_best") == value
     settings = settings_from_args(build_parser(ABLATIONS["clustering"]).parse_args(flags))
