@@ -106,6 +106,9 @@ def test_a_tiny_vit_trial_reports_the_metric_contract():
         assert 0.0 <= final[key] <= np.log(8) + 1e-6 or key.startswith("load_entropy"), key
         assert key in final
     assert final[tracking.OOD_SCORE] == final[tracking.ood_score_metric("30")]
+    # keep_best reports the best training-domain evaluation; DomainBed's oracle reads the last one beside it
+    assert final[tracking.last_metric(tracking.ORACLE_SCORE)] == reports[-1][tracking.last_metric(tracking.ORACLE_SCORE)]
+    assert final[tracking.last_metric(tracking.ID_SCORE)] == final[tracking.CURRENT_ID_SCORE]
 
 
 @pytest.fixture
@@ -180,6 +183,42 @@ def test_the_analysis_blocks_are_dataset_and_held_out_domain_pairs():
                 rows.append({"task": task, "arm": arm, "seed": seed, "learning_rate": 3e-3, "outcome": "completed",
                              tracking.ID_SCORE: score, tracking.OOD_SCORE: score - 0.1,
                              tracking.ood_score_metric(task.split(":")[1]): score - 0.1})
-    a = analyse(pd.DataFrame(rows), baseline="dense")
+    trials = pd.DataFrame(rows)
+    a = analyse(trials, baseline="dense")
+    assert a.rule == "training_domain" and a.method[1].startswith("selection (DomainBed's training-domain validation)")
     assert a.blocks == "tasks" and [b[0] for b in a.ranks.index] == tasks
     assert a.ranks.mean().to_dict() == {"emoe": 1.0, "random": 2.0, "dense": 3.0}
+    with pytest.raises(ValueError, match="selection rule 'oracle' does not apply to image tasks .*; valid rules: "
+                                         "training_domain, test_domain"):
+        analyse(trials, rule="oracle")
+    with pytest.raises(ValueError, match="leave-one-domain-out selection is not built"):
+        analyse(trials, rule="leave_one_domain_out")
+    with pytest.raises(ValueError, match="the test_domain rule needs oracle_score"):
+        analyse(trials, rule="test_domain")
+
+
+def test_the_test_domain_rule_is_domainbeds_oracle():
+    """The oracle reads each trial's last evaluation (last.<metric>) and chooses the learning rate on the held-out
+    domain's out split (oracle_score), never on id_score; written out by hand for two rates."""
+    import pandas as pd
+
+    from emoe.analysis.stats import analyse
+
+    rows = []
+    for task in ("pacs:photo", "pacs:sketch"):
+        for arm in ("emoe", "dense"):
+            for seed in (0, 1):
+                for lr, best_id, last_ood, oracle in ((1e-5, 0.9, 0.50, 0.40), (3e-5, 0.8, 0.60, 0.70)):
+                    bump = 0.01 if arm == "emoe" else 0.0
+                    rows.append({"task": task, "arm": arm, "seed": seed, "learning_rate": lr, "outcome": "completed",
+                                 tracking.ID_SCORE: best_id, tracking.OOD_SCORE: 0.1,
+                                 tracking.last_metric(tracking.ID_SCORE): best_id - 0.05,
+                                 tracking.last_metric(tracking.OOD_SCORE): last_ood + bump,
+                                 tracking.ORACLE_SCORE: 0.0, tracking.last_metric(tracking.ORACLE_SCORE): oracle})
+    trials = pd.DataFrame(rows)
+    iid = analyse(trials, baseline="dense")  # training_domain: the rate with the best id_score, the kept evaluation
+    assert set(iid.chosen["learning_rate"]) == {1e-5} and set(iid.chosen[tracking.OOD_SCORE]) == {0.1}
+    oracle = analyse(trials, baseline="dense", rule="test_domain")
+    assert set(oracle.chosen["learning_rate"]) == {3e-5}
+    assert sorted(set(oracle.chosen[tracking.OOD_SCORE])) == [0.6, 0.61]  # the last evaluation's
+    assert oracle.method[1].startswith("selection (DomainBed's test-domain validation, its oracle)")

@@ -44,11 +44,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="the metric's direction, for a metric whose direction is not known from its name")
     d.add_argument("--lower-is-better", dest="higher", action="store_false")
     p.add_argument("--baseline", help="baseline arm (default: the declared one, else dense)")
-    p.add_argument("--selection", choices=selection.RULES, default="oracle",
-                   help="the model-selection rule: oracle (learning rate and epoch chosen on the ID validation set "
-                        "that is reported, as the official code; DomainBed's name) or clean (chosen on the "
-                        "development split of a sweep run with --dev-samples; the validation set becomes a test "
-                        "set). Every report shows both rules and their gap when the sweep has a development split")
+    p.add_argument("--selection", choices=(*selection.RULES, "leave_one_domain_out"),
+                   help="the model-selection rule. Text tasks: oracle (the default: learning rate and epoch chosen on "
+                        "the ID validation set that is reported, as the official code; DomainBed's name) or clean "
+                        "(chosen on the development split of a sweep run with --dev-samples; the validation set "
+                        "becomes a test set); every report shows both and their gap when the sweep has a development "
+                        "split. Image tasks (DomainBed's): training_domain (the default) or test_domain (its oracle: "
+                        "the last evaluation, chosen on the held-out domain's out split); leave_one_domain_out is "
+                        "not built")
     p.add_argument("--rope", type=float, default=0.01,
                    help="half-width of the region of practical equivalence of the Bayesian signed-rank test, in "
                         "the metric's units (default: 0.01)")
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                   else results.record_curves(args.records)) if kept and "run_id" in used else None
         analysis = stats.analyse(trials, metric=args.metric, blocks=args.blocks, baseline=args.baseline,
                                  alpha=args.alpha, higher=args.higher, rope=args.rope, primary=primary, looks=looks,
-                                 curves=curves, arms=sweep.get("arms"), rule=args.selection,
+                                 curves=curves, arms=sweep.get("arms"),
+                                 rule=args.selection or selection.default_rule(trials),
                                  exploratory="several sweeps pooled (--pool): each declared its own primary analysis"
                                  if args.pool else None)
     except ValueError as e:

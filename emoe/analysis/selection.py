@@ -11,8 +11,11 @@ from emoe.tracking import schema
 USED_OUTCOMES = ("completed", "early_stopped")
 # The named selection rules (DomainBed's names): oracle chooses the learning rate (and, with keep_best, the epoch) on
 # the ID validation set it reports, as the official EMoE code does; clean chooses both on a development split carved
-# from the training set (dev_score) and reports the validation set as a test set.
-RULES = ("oracle", "clean")
+# from the training set (dev_score) and reports the validation set as a test set. Image sweeps (emoe.vision) take
+# DomainBed's rules instead: training_domain (its default: id_score is the training domains' validation accuracy) and
+# test_domain (its oracle: the last evaluation, the learning rate chosen on the held-out domain's out split).
+RULES = ("oracle", "clean", "training_domain", "test_domain")
+TEXT_RULES, IMAGE_RULES = ("oracle", "clean"), ("training_domain", "test_domain")
 DECIMALS = 10  # values are rounded to this many decimals before they are compared, ranked or tested
 RULE = (f"per arm and task, the learning rate with the best mean {schema.ID_SCORE} over seeds (ID only; means rounded "
         f"to {DECIMALS} decimals, the smaller rate among equals) among the rates with the fewest failed seeds: a rate "
@@ -53,6 +56,54 @@ def clean_view(trials: pd.DataFrame) -> pd.DataFrame:
     out = trials.copy()
     for column in [c for c in trials.columns if c.startswith(schema.CLEAN_PREFIX)]:
         score = column[len(schema.CLEAN_PREFIX):]
+        have = out[column].notna()
+        if score not in out:
+            out[score] = np.nan
+        out.loc[have, score] = out.loc[have, column]
+    return out
+
+
+def image_sweep(trials: pd.DataFrame) -> bool:
+    """Whether the trials are of image tasks (``dataset:domain``, ``emoe.vision``)."""
+    from emoe.data import TASKS
+
+    tasks = trials["task"].dropna().unique() if "task" in trials else []
+    return len(tasks) > 0 and all(t in TASKS and TASKS[t].image for t in tasks)
+
+
+def default_rule(trials: pd.DataFrame) -> str:
+    return "training_domain" if image_sweep(trials) else "oracle"
+
+
+def check_rule(trials: pd.DataFrame, rule: str) -> None:
+    """``ValueError`` (one line) for a rule that does not fit the trials' kind: DomainBed's rules for image tasks,
+    the oracle and clean rules for text tasks (DomainBed's leave-one-domain-out is named, and refused: not built)."""
+    if rule == "leave_one_domain_out":
+        raise ValueError("DomainBed's leave-one-domain-out selection is not built (it needs runs trained with two "
+                         "held-out domains); valid rules for image tasks: " + ", ".join(IMAGE_RULES))
+    image = image_sweep(trials)
+    valid = IMAGE_RULES if image else TEXT_RULES
+    if rule not in valid:
+        kind = "image tasks (DomainBed's)" if image else "text tasks"
+        raise ValueError(f"selection rule {rule!r} does not apply to {kind}; valid rules: {', '.join(valid)}")
+
+
+def criterion(rule: str) -> str:
+    """The score a rule chooses the learning rate on."""
+    return {"clean": schema.DEV_SCORE, "test_domain": schema.ORACLE_SCORE}.get(rule, schema.ID_SCORE)
+
+
+def last_view(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials as DomainBed's oracle (test_domain) sees them: every score at the last evaluation (``last.<metric>``,
+    logged with keep_best; without it the reported evaluation is the last). ``ValueError`` when no finished trial
+    logged an ``oracle_score`` (the held-out domain's out split)."""
+    used = trials["outcome"].isin(USED_OUTCOMES) if "outcome" in trials else pd.Series(True, index=trials.index)
+    if schema.ORACLE_SCORE not in trials or trials.loc[used, schema.ORACLE_SCORE].isna().all():
+        raise ValueError(f"the test_domain rule needs {schema.ORACLE_SCORE} (an image task's held-out domain's out "
+                         "split); valid rules here: training_domain")
+    out = trials.copy()
+    for column in [c for c in trials.columns if c.startswith(schema.LAST_PREFIX)]:
+        score = column[len(schema.LAST_PREFIX):]
         have = out[column].notna()
         if score not in out:
             out[score] = np.nan

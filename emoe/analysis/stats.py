@@ -683,6 +683,23 @@ def per_task_table(df: pd.DataFrame, chosen: pd.DataFrame, counts: pd.DataFrame,
     return table
 
 
+def selection_line(rule: str) -> str:
+    """The selection rule, as the method states it."""
+    if rule == "oracle":
+        return f"selection: {selection.RULE}"
+    if rule == "training_domain":
+        return (f"selection (DomainBed's training-domain validation): {selection.RULE}; {tracking.ID_SCORE} is the "
+                "mean over the training domains of their held-out 20 % split's accuracy, and keep_best took the best "
+                "such evaluation, as DomainBed's IIDAccuracySelectionMethod")
+    if rule == "test_domain":
+        held_out = "(the held-out domain's own 20 % split, never the one reported;"
+        return ("selection (DomainBed's test-domain validation, its oracle): each trial's last evaluation; "
+                + selection.RULE.replace(tracking.ID_SCORE, tracking.ORACLE_SCORE, 1).replace("(ID only;", held_out, 1))
+    clean = "(on the development split carved from the training set, never trained on; the epoch too, with keep_best;"
+    return (f"selection (clean rule): {selection.RULE.replace(tracking.ID_SCORE, tracking.DEV_SCORE, 1)}"
+            .replace("(ID only;", clean, 1) + "; the ID validation set is reported as a test set")
+
+
 def method_lines(blocks: str, metric: str, up: bool, base: str | None, arms: int, alpha: float, status: dict,
                  level: float, rope: float, rule: str = "oracle") -> list[str]:
     """The method, as every report states it."""
@@ -691,8 +708,7 @@ def method_lines(blocks: str, metric: str, up: bool, base: str | None, arms: int
     method = [
         "trials: completed and early-stopped used; failed ones count against their learning rate; duplicate cells "
         "averaged, never counted as seeds",
-        f"selection: {selection.RULE}" if rule == "oracle" else
-        f"selection (clean rule): {selection.RULE.replace(tracking.ID_SCORE, tracking.DEV_SCORE, 1).replace('(ID only;', '(on the development split carved from the training set, never trained on; the epoch too, with keep_best;', 1)}; the ID validation set is reported as a test set",
+        selection_line(rule),
         f"ranking: seeds averaged first, values rounded to {DECIMALS} decimals; blocks = {BLOCK_NAMES[blocks]} on "
         f"{metric} ({'higher' if up else 'lower'} is better); 1 = best, ties averaged; a failed cell ranks last in "
         "its block and its arm is left out of every average and interval; ID ranks over tasks separately",
@@ -716,7 +732,7 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
             baseline: str | None = None, alpha: float | None = None, higher: bool | None = None,
             rope: float = 0.01, primary: Primary | None = None, looks: int = 1,
             bayes_samples: int = 50_000, curves: pd.DataFrame | None = None,
-            exploratory: str | None = None, arms: list | None = None, rule: str = "oracle") -> Analysis:
+            exploratory: str | None = None, arms: list | None = None, rule: str | None = None) -> Analysis:
     """The whole method (module docstring) on a trials DataFrame (``emoe.analysis.results.load_trials``).
 
     Args:
@@ -732,7 +748,8 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
         exploratory: a reason this analysis cannot be the primary one (e.g. several sweeps pooled).
         arms: the sweep's declared arms, in order (None: the trials' order): the order of the figures' colours, and
             the arms a missing cell can be of (an arm with no trial yet is listed in ``missing``, not tested).
-        rule: the selection rule: ``oracle`` (learning rate and epoch chosen on the ID validation set it reports,
+        rule: the selection rule (None: ``training_domain`` for image tasks, else ``oracle``): ``oracle`` (learning
+            rate and epoch chosen on the ID validation set it reports,
             the official code's) or ``clean`` (chosen on the development split's ``dev_score``; the validation set
             is then a test set). Both rules' scores and their gap are in ``rules`` whenever a dev_score exists.
 
@@ -743,10 +760,15 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
     check_finished(df)
     from emoe.config import check_choice
 
-    check_choice("selection rule", rule, selection.RULES)
+    rule = rule or selection.default_rule(df)  # DomainBed's training-domain rule for image tasks, else oracle
+    if rule != "leave_one_domain_out":
+        check_choice("selection rule", rule, selection.RULES)
+    selection.check_rule(df, rule)
     rules = selection.compare_rules(df)
     if rule == "clean":
         df = selection.clean_view(df)
+    elif rule == "test_domain":
+        df = selection.last_view(df)
     declared_arms = list(arms or [])
     declared = primary or Primary()
     metric = metric or declared.metric
@@ -761,7 +783,7 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
         warnings.append(f"{failed} failed trial(s) left out of the means; each counts against its learning rate "
                         "(counted per arm in the table)")
     df = collapse_duplicates(df, warnings)
-    chosen = selection.select(df, warnings, tracking.DEV_SCORE if rule == "clean" else tracking.ID_SCORE)
+    chosen = selection.select(df, warnings, selection.criterion(rule))
     base = find_baseline(df, baseline or declared.baseline)
     blocks = blocks or declared.blocks or ("tasks" if df["task"].nunique() > 1 else "seeds")
     if blocks == "seeds" and df["task"].nunique() > 1:
@@ -792,7 +814,7 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
                         "interval")
     table = per_task_table(df, chosen, counts, ranks, id_ranks, arms)
     # the clean rule chooses on data it does not report: no inflation to undo
-    inflation = selection.inflation(df, chosen, curves) if rule == "oracle" else pd.DataFrame()
+    inflation = selection.inflation(df, chosen, curves) if rule in ("oracle", "training_domain") else pd.DataFrame()
     method = method_lines(blocks, metric, up, base, len(matrix.columns), alpha, status, level, rope, rule)
     arms = list(dict.fromkeys([*declared_arms, *arms]))
     missing = missing_cells(df, chosen, arms, warnings)

@@ -11,7 +11,7 @@ from typing import TextIO
 from ray.tune import Callback
 
 from emoe.tracking import schema
-from emoe.tracking.records import SweepRecord, TrialFiles, cell_epochs
+from emoe.tracking.records import SweepRecord, TrialFiles, cell_budget
 
 
 def _duration(seconds: float) -> str:
@@ -24,7 +24,7 @@ def trial_line(files: TrialFiles, done: int, total: int, seconds: float | None) 
     """``[ 12/84] sst2 kmeans s0 lr2e-05  completed  id 0.9120  ood 0.7341  3m12s``, from the cell's records."""
     cell = files.load_config() or {"arm": "?", "config": {}}
     c = cell["config"]
-    ended = files.outcome(cell_epochs(cell))
+    ended = files.outcome(*cell_budget(cell))
     outcome, metrics = ended if ended is not None else ("cut off", {})
     width = len(str(total))
     line = (f"[{done:>{width}}/{total}] {c.get('task', '?')} {cell['arm']} s{c.get('seed')} "

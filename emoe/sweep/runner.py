@@ -20,7 +20,7 @@ from emoe.sweep.search import CellList, scheduler, search_space
 from emoe.sweep.trainable import TrialSetup, quiet_libraries, tune_trainable
 from emoe.tracking import runs, schema
 from emoe.tracking.callback import MlflowTrials
-from emoe.tracking.records import (SweepRecord, cell_epochs, cell_of, done_cells, retire, sweep_trials,
+from emoe.tracking.records import (SweepRecord, cell_budget, cell_of, done_cells, retire, sweep_trials,
                                    trial_rows, unended_cells)
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ def _settle(record: SweepRecord, home: Path, client, experiment_id: str) -> None
     mirror = Mirror(client, experiment_id, record)
     for files, cell in sweep_trials(home):
         if cell is not None and not files.ended.is_file() and files.load_final() is not None:
-            files.conclude({}, cell_epochs(cell))
+            files.conclude({}, *cell_budget(cell))
             try:
                 mirror.update(files)
             except Exception as e:  # the records hold it; emoe sync writes it later
@@ -427,7 +427,7 @@ def history(home: Path) -> list[tuple[dict[str, Any], list[dict[str, Any]], bool
         task, arm, seed, lr = cell_of(cell)
         config = {"task": task, "arm": arm, "seed": seed, "learning_rate": lr}
         reports = files.load_reports()
-        out.append((config, reports, files.outcome(cell_epochs(cell)) is not None))
+        out.append((config, reports, files.outcome(*cell_budget(cell)) is not None))
     return out
 
 

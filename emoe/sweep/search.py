@@ -36,6 +36,10 @@ def scheduler(plan: Plan, history: list | None = None):
     from ray.tune.schedulers import ASHAScheduler
 
     def make(task: str):
+        if plan.base["max_steps"]:  # trials that train by steps: time in steps, grace (--grace-period) too
+            steps = plan.base["max_steps"]
+            return ASHAScheduler(time_attr=schema.STEP, max_t=steps, grace_period=s.grace_period or steps / 2,
+                                 reduction_factor=s.reduction_factor)
         epochs = plan.epochs(task)
         # NOTE: default grace half the epochs: on the three-rate per-epoch benchmark (benchmarks/early_stopping.py)
         # a quarter stopped rates that led at the end (a rate's chosen value changed); half kept every conclusion.

@@ -85,7 +85,7 @@ def tune_trainable(config: dict[str, Any], setup: TrialSetup) -> None:
         # NOTE: the final evaluation is saved *before* it is reported: a scheduler may stop the trial on that very
         # report (ASHA stops every trial that reaches max_t), and the function never runs past it.
         files.append_report({**metrics, **where, **origin})
-        if schema.finished(metrics, trial_cfg["epochs"]):
+        if schema.finished(metrics, trial_cfg["epochs"], trial_cfg.get("max_steps")):
             files.save_final(metrics)
             files.drop_state()
         tune.report(schema.scheduled(metrics))  # the rest is in the records

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from emoe.tracking import runs, schema
-from emoe.tracking.records import SWEEP_RECORD, SweepRecord, cell_epochs, sweep_family, sweep_trials
+from emoe.tracking.records import SWEEP_RECORD, SweepRecord, cell_budget, sweep_family, sweep_trials
 from emoe.usage import Parser, prog
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def sync_sweep(path: Path, uri: str) -> dict[str, int]:
         added["runs"] += files.dir.name not in before
         added["metrics"] += done["metrics"]
         added["outcomes"] += done["outcomes"]
-        all_done &= files.outcome(cell_epochs(cell)) is not None
+        all_done &= files.outcome(*cell_budget(cell)) is not None
         mirror.forget(files)
     if legacy:
         log.warning("%s: %d trial(s) predate the trial records (no config.json); their MLflow runs are left as "

@@ -15,7 +15,7 @@ from ray.tune import Callback
 
 from emoe.tracking import runs
 from emoe.tracking.mirror import Mirror
-from emoe.tracking.records import SweepRecord, TrialFiles, cell_epochs
+from emoe.tracking.records import SweepRecord, TrialFiles, cell_budget
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ class MlflowTrials(Callback):
         if self.interrupted and files.load_final() is None:
             return  # cut off by Ctrl-C: no verdict; --resume continues it from its checkpoint
         cell = files.load_config()
-        files.conclude(trial.last_result, cell_epochs(cell) if cell else float(trial.config.get("epochs") or 1))
+        files.conclude(trial.last_result, *(cell_budget(cell) if cell else
+                                             (float(trial.config.get("epochs") or 1), trial.config.get("max_steps"))))
         self._end(trial, files)
 
     def on_trial_recover(self, iteration, trials, trial, **info):

@@ -11,7 +11,7 @@ from typing import Any
 
 from emoe import hparams
 from emoe.tracking import runs, schema
-from emoe.tracking.records import SweepRecord, TrialFiles, cell_epochs
+from emoe.tracking.records import SweepRecord, TrialFiles, cell_budget
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Mirror:
         reports = files.load_reports()
         added = self._metrics(run, name, reports)
         self._set_tags(run, name, self._derived_tags(files, reports))
-        ended = files.outcome(cell_epochs(cell))
+        ended = files.outcome(*cell_budget(cell))
         if ended is None or self._tags[name].get(schema.OUTCOME) == ended[0]:
             return {"metrics": added, "outcomes": 0}
         outcome, last = ended

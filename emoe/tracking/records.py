@@ -131,6 +131,13 @@ def cell_epochs(cell: dict[str, Any]) -> float:
     return float(cell["config"].get("epochs") or 1)
 
 
+def cell_budget(cell: dict[str, Any]) -> tuple[float, int | None]:
+    """``(epochs, max_steps)`` of a cell's ``config.json``: the length of its protocol (a trial that trains by steps
+    ends at ``max_steps``)."""
+    steps = cell["config"].get("max_steps")
+    return cell_epochs(cell), int(steps) if steps not in (None, "None") else None
+
+
 def cell_of(cell: dict[str, Any]) -> tuple[str, str, int, float]:
     """The (task, arm, seed, learning rate) of a cell's ``config.json``."""
     c = cell["config"]
@@ -218,19 +225,19 @@ class TrialFiles:
     def save_ended(self, outcome: str, error: str | None = None) -> None:
         self._write(self.ended, {"outcome": outcome, "error": error})
 
-    def conclude(self, last: dict[str, Any], epochs: float) -> None:
+    def conclude(self, last: dict[str, Any], epochs: float, max_steps: int | None = None) -> None:
         """The driver's verdict on an attempt that ended without failing: completed if its final metrics (else
         ``last``, the last report it saw) finished the protocol, else early-stopped; its checkpoint goes, since it
         never trains again."""
         from emoe.tracking import schema
 
-        self.save_ended(schema.outcome(self.load_final() or last or {}, epochs))
+        self.save_ended(schema.outcome(self.load_final() or last or {}, epochs, max_steps=max_steps))
         self.drop_state()
 
     def load_ended(self) -> dict[str, Any] | None:
         return json.loads(self.ended.read_text()) if self.ended.is_file() else None
 
-    def outcome(self, epochs: float) -> tuple[str, dict[str, Any]] | None:
+    def outcome(self, epochs: float, max_steps: int | None = None) -> tuple[str, dict[str, Any]] | None:
         """``(outcome, metrics)`` from the files alone: the driver's verdict (``ended.json``) with the final
         metrics or, for a trial a scheduler stopped, its last report; a trial with final metrics and no verdict
         (the driver died first) completed; None for a trial that never ended (it counts as failed, as an unended
@@ -244,7 +251,7 @@ class TrialFiles:
                 return "failed", {}
             reports = self.load_reports()
             return outcome, final if final is not None else (reports[-1] if reports else {})
-        return (schema.outcome(final, epochs), final) if final is not None else None
+        return (schema.outcome(final, epochs, max_steps=max_steps), final) if final is not None else None
 
     @property
     def final(self) -> Path:
@@ -348,7 +355,7 @@ def trial_rows(directory: str | Path, unfinished: str | None = "failed") -> list
         if cell is None:
             continue
         config = cell["config"]
-        ended = files.outcome(cell_epochs(cell))
+        ended = files.outcome(*cell_budget(cell))
         if ended is None and unfinished is None:
             continue
         outcome, metrics = ended or (unfinished, {})
@@ -368,7 +375,7 @@ def done_cells(directory: str | Path) -> set[tuple[str, str, int, float]] | None
             if files.final.is_file():
                 return None
             continue
-        ended = files.outcome(cell_epochs(cell))
+        ended = files.outcome(*cell_budget(cell))
         if ended is not None and ended[0] != "failed":
             done.add(cell_of(cell))
     return done
@@ -378,7 +385,7 @@ def unended_cells(directory: str | Path) -> list[TrialFiles]:
     """The cells of a sweep and its extensions that were started and have no verdict: running, cut off by an
     interruption, or lost with the driver."""
     return [files for files, cell in sweep_trials(directory)
-            if cell is not None and files.outcome(cell_epochs(cell)) is None]
+            if cell is not None and files.outcome(*cell_budget(cell)) is None]
 
 
 def retire(files: TrialFiles) -> Path:

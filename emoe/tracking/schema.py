@@ -10,7 +10,7 @@ __all__ = ["DEFAULT_TRACKING_URI", "ROLE", "PARENT", "SWEEP", "FACTOR", "GIT_COM
            "BACKFILLED", "EXTENDED", "ARM", "TRIAL_ID", "RETIRED", "MODEL", "OUTCOME", "ERROR", "RESTARTS", "RESTART_ERROR", "PLACEMENT", "OUTCOMES",
            "EXPERIMENT_KIND", "TRAIN_LOSS", "ID_SCORE", "OOD_SCORE", "EPOCH", "STEP", "LOAD_ENTROPY", "ACTIVE_NEURONS",
            "FFN_FLOPS", "EXPERT_STABILITY", "block_metric", "METRIC_PREFIXES",
-           "BEST_STEP", "CURRENT_ID_SCORE", "PATIENCE_STOP", "DEV_SCORE", "CLEAN_PREFIX", "ORACLE_SCORE", "WALL_TIME", "ACCELERATOR_TIME",
+           "BEST_STEP", "CURRENT_ID_SCORE", "PATIENCE_STOP", "DEV_SCORE", "CLEAN_PREFIX", "ORACLE_SCORE", "LAST_PREFIX", "last_metric", "WALL_TIME", "ACCELERATOR_TIME",
            "TRAINABLE_PARAMS", "dev_metric", "clean_metric", "TASK", "RESUMED", "RESUMED_FROM", "SWEEP_PARAMS",
            "SCORING_VERSION_PARAM", "sweep_params", "LOOKS", "PRIMARY_FIELDS", "PRIMARY_PREFIX", "DIRECTIONS",
            "direction", "SCHEDULED", "scheduled",
@@ -77,14 +77,15 @@ PATIENCE_STOP = "patience_stop"  # 1 in the last report of a trial that patience
 # from the training set (dev.<metric>: each metric), at each evaluation; with keep_best, clean.<metric>: every score of
 # the evaluation with the best dev_score (the epoch the clean rule chooses), beside the oracle's (best id_score).
 DEV_SCORE, CLEAN_PREFIX = "dev_score", "clean."
-# An image task's (emoe.vision): the held-out domain's out-split accuracy, what DomainBed's oracle selection reads.
-ORACLE_SCORE = "oracle_score"
+# An image task's (emoe.vision): the held-out domain's out-split accuracy, what DomainBed's oracle selection reads;
+# with keep_best, last.<metric>: every score of the latest evaluation (DomainBed's oracle takes the last checkpoint).
+ORACLE_SCORE, LAST_PREFIX = "oracle_score", "last."
 # Compute: seconds the trial has trained and evaluated (over its attempts), its accelerator-seconds (wall time x the
 # share of a GPU it holds; on a GPU only), and its trainable parameters.
 WALL_TIME, ACCELERATOR_TIME, TRAINABLE_PARAMS = "wall_time", "accelerator_time", "trainable_params"
 METRIC_PREFIXES = (TRAIN_LOSS, ID_SCORE, "id.", OOD_SCORE, "ood.", EPOCH, STEP, LOAD_ENTROPY, ACTIVE_NEURONS,
                    FFN_FLOPS, EXPERT_STABILITY, BEST_STEP, CURRENT_ID_SCORE, PATIENCE_STOP, DEV_SCORE, "dev.",
-                   CLEAN_PREFIX, ORACLE_SCORE, WALL_TIME, ACCELERATOR_TIME, TRAINABLE_PARAMS)
+                   CLEAN_PREFIX, ORACLE_SCORE, LAST_PREFIX, WALL_TIME, ACCELERATOR_TIME, TRAINABLE_PARAMS)
 # What Tune is sent of each report: what it schedules on (ASHA's time and metric, the searcher's metric, the
 # protocol's end). Every other metric goes to the trial's records (``reports.jsonl``), which the driver's MLflow
 # callback and ``emoe sync`` read: Tune keeps running statistics of every number a trial reports, for every trial.
@@ -120,6 +121,11 @@ def dev_metric(metric: str) -> str:
     return f"dev.{metric}"
 
 
+def last_metric(metric: str) -> str:
+    """A score of the latest evaluation, beside the kept (best) one: ``last.<metric>``."""
+    return f"{LAST_PREFIX}{metric}"
+
+
 def clean_metric(metric: str) -> str:
     """A score at the evaluation the clean rule chooses (best ``dev_score``): ``clean.<metric>``."""
     return f"{CLEAN_PREFIX}{metric}"
@@ -153,16 +159,18 @@ def trial_metrics(result: dict[str, Any]) -> dict[str, float]:
             if k.startswith(METRIC_PREFIXES) and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def finished(metrics: dict[str, Any] | None, epochs: float) -> bool:
-    """Whether the metrics are those of a trial that ran its protocol to the end: all its ``epochs``, or until its
-    ``patience`` ran out (not stopped by a scheduler, not cut off)."""
-    return bool(metrics) and (float(metrics.get(EPOCH, 0.0)) >= float(epochs) - 1e-9
-                              or bool(metrics.get(PATIENCE_STOP)))
+def finished(metrics: dict[str, Any] | None, epochs: float, max_steps: int | None = None) -> bool:
+    """Whether the metrics are those of a trial that ran its protocol to the end: all its ``epochs`` (its
+    ``max_steps``, when it trains by steps), or until its ``patience`` ran out (not stopped by a scheduler, not cut
+    off)."""
+    done = float(metrics.get(STEP, 0.0)) >= max_steps if metrics and max_steps else \
+        bool(metrics) and float(metrics.get(EPOCH, 0.0)) >= float(epochs) - 1e-9
+    return bool(metrics) and (done or bool(metrics.get(PATIENCE_STOP)))
 
 
-def outcome(metrics: dict[str, Any] | None, epochs: float, error: bool = False) -> str:
+def outcome(metrics: dict[str, Any] | None, epochs: float, error: bool = False, max_steps: int | None = None) -> str:
     """One of ``OUTCOMES`` for a trial that ended: failed, else completed if it finished, else early_stopped."""
-    return "failed" if error else ("completed" if finished(metrics, epochs) else "early_stopped")
+    return "failed" if error else ("completed" if finished(metrics, epochs, max_steps) else "early_stopped")
 
 
 def experiment_name(design: str) -> str:
