@@ -38,7 +38,7 @@ def evaluate_runs(tracking_uri: str, experiment: str, ood: dict[str, str], ood_s
 
     from emoe.analysis.results import load_trials
     from emoe.convert import load_converted, resolve_model
-    from emoe.data import load_task
+    from emoe.data import get_task, load_task
     from emoe.train import _autocast, evaluate, evaluation_loaders, score_metrics
 
     names = list(ood) + list(ood_sets or [])
@@ -65,6 +65,9 @@ def evaluate_runs(tracking_uri: str, experiment: str, ood: dict[str, str], ood_s
             counts["skipped"] += 1
             continue
         cfg = trial_config_of(run.data.params)
+        if get_task(cfg["task"]).image:  # its sets are its held-out domain, evaluated in the trial
+            raise ValueError(f"task {cfg['task']} is an image task: its OOD set is its held-out domain, scored in the "
+                             "trial; re-evaluation on new sets is for text tasks")
         builtin = [n for n in todo if n not in ood]
         data = load_task(cfg["task"], data_dir if data_dir is not None else cfg["data_dir"],
                          {n: p for n, p in ood.items() if n in todo}, max_train_samples=1,

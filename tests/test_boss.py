@@ -163,3 +163,25 @@ def test_importing_emoe_boss_first_works():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "('boss_sentiment', 'boss_toxicity', 'boss_nli')"
+
+
+def test_tasks_boss_crosses_the_three_tasks_with_their_ood_sets(process_dir, capsys, tmp_path, monkeypatch):
+    """``--tasks boss`` in a sweep's dry run: the three tasks, each with BOSS's three OOD sets, read from the files."""
+    from conftest import exit_code
+
+    from emoe.cli import main
+    from emoe.sweep import estimate
+    from emoe.sweep.plan import resolve_tasks
+
+    assert resolve_tasks(["boss"], None) == ["boss_sentiment", "boss_toxicity", "boss_nli"]
+    monkeypatch.setattr(estimate, "matmul_flops", lambda threads, **kw: [1e10] * 9)
+    monkeypatch.chdir(tmp_path)
+    code = exit_code(lambda: main(["sweep", "official", "--tasks", "boss", "--data-dir", str(process_dir),
+                                   "--model", "minilm", "--seeds", "0", "--learning-rates", "1e-4", "--dry-run",
+                                   "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]))
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    for task, sets in (("boss_sentiment", "dynasent, semeval, sst5"), ("boss_toxicity",
+                                                                       "adv_civil, implicit_hate, toxigen"),
+                       ("boss_nli", "anli, contract_nli, wanli")):
+        assert f"(ID validation + OOD {sets})" in next(l for l in out.out.splitlines() if l.startswith(f"task {task}:"))

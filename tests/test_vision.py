@@ -188,6 +188,15 @@ def test_the_analysis_blocks_are_dataset_and_held_out_domain_pairs():
     assert a.rule == "training_domain" and a.method[1].startswith("selection (DomainBed's training-domain validation)")
     assert a.blocks == "tasks" and [b[0] for b in a.ranks.index] == tasks
     assert a.ranks.mean().to_dict() == {"emoe": 1.0, "random": 2.0, "dense": 3.0}
+    from emoe.analysis.report import domainbed_display
+
+    table = domainbed_display(a)  # collect_results.py's cells, by hand: mean over seeds, std(acc / sqrt(n)), Avg
+    assert list(table.columns) == ["dataset", "arm", "00", "15", "30", "45", "60", "75", "Avg"]
+    assert list(table["arm"]) == ["emoe", "random", "dense"]
+    acc = trials[(trials["task"] == "rotated_digits:15") & (trials["arm"] == "dense")][tracking.OOD_SCORE] * 100
+    means = [trials[(trials["task"] == t) & (trials["arm"] == "dense")][tracking.OOD_SCORE].mean() * 100 for t in tasks]
+    dense = table.set_index("arm").loc["dense"]
+    assert dense["15"] == f"{acc.mean():.1f} ± {np.std(acc / np.sqrt(2)):.1f}" and dense["Avg"] == f"{np.mean(means):.1f}"
     with pytest.raises(ValueError, match="selection rule 'oracle' does not apply to image tasks .*; valid rules: "
                                          "training_domain, test_domain"):
         analyse(trials, rule="oracle")

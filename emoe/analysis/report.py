@@ -471,6 +471,38 @@ def variance_display(a: Analysis) -> pd.DataFrame:
     return display(v)
 
 
+DOMAINBED_TEXT = ("DomainBed's table (collect_results.py): per dataset, each held-out domain's accuracy in percent, "
+                  "the mean over seeds of the selected trials and its error std(acc / sqrt(n)) (DomainBed's, the "
+                  "population SD over sqrt(n)), and Avg, the mean of the domains' means")
+
+
+def domainbed_display(a: Analysis) -> pd.DataFrame:
+    """An image sweep's results as DomainBed tables them (``emoe.domainbed.domainbed_table``): one row per (dataset,
+    arm), one column per held-out domain and ``Avg``; empty for text sweeps."""
+    from emoe.analysis.selection import image_sweep
+    from emoe.domainbed import domainbed_table
+    from emoe.vision import split_name
+
+    chosen = a.chosen
+    if chosen.empty or not image_sweep(chosen) or tracking.OOD_SCORE not in chosen:
+        return pd.DataFrame()
+    chosen = chosen[chosen[tracking.OOD_SCORE].notna()]
+    frame = pd.DataFrame({"dataset": [split_name(t)[0] for t in chosen["task"]],
+                          "test_env": [split_name(t)[1] for t in chosen["task"]],
+                          "arm": chosen["arm"].to_numpy(), "test_acc": chosen[tracking.OOD_SCORE].to_numpy()})
+    rows = []
+    for (dataset, arm), group in frame.groupby(["dataset", "arm"], sort=False):
+        table = domainbed_table(group)
+        row = {"dataset": dataset, "arm": arm}
+        for _, r in table.iterrows():
+            row[str(r["test_env"])] = f"{r['mean']:.1f}" + ("" if _nan(r["err"]) else f" ± {r['err']:.1f}")
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    order = {arm: i for i, arm in enumerate(_arms(a))}
+    return out.sort_values(["dataset", "arm"], key=lambda c: c.map(order) if c.name == "arm" else c,
+                           kind="stable").reset_index(drop=True)
+
+
 def appendix_text(a: Analysis) -> str:
     """The reviewer's paragraph (``emoe.analysis.paragraph``); empty for an analysis without its trials."""
     from emoe.analysis.paragraph import paragraph
@@ -494,6 +526,9 @@ def console(a: Analysis) -> str:
         parts += ["", "Over tasks (average scores over the same tasks; Friedman ranks over tasks, 1 = best; a failed "
                   "cell ranks last and leaves its arm without an average):", paper.to_string(index=False)]
     parts += ["", "Per task:" if not paper.empty else "", display_table(a).to_string(index=False), ""] + tests_text(a)
+    domainbed = domainbed_display(a)
+    if not domainbed.empty:
+        parts += ["", f"{DOMAINBED_TEXT}:", domainbed.to_string(index=False)]
     compute = compute_display(a)
     if not compute.empty:
         parts += ["", "Compute (per trial; converted blocks per token):", compute.to_string(index=False)]
@@ -526,6 +561,11 @@ def write_files(a: Analysis, out: Path, title: str, curves: pd.DataFrame | None 
         a.summary.to_csv(out / "summary.csv", index=False)
         paths.append(out / "summary.csv")
     md += [shown.to_markdown(index=False), "", "## Tests", ""] + [f"    {l}" for l in tests_text(a)]
+    domainbed = domainbed_display(a)
+    if not domainbed.empty:
+        md += ["", "## DomainBed's table", "", DOMAINBED_TEXT + ".", "", domainbed.to_markdown(index=False)]
+        domainbed.to_csv(out / "domainbed.csv", index=False)
+        paths.append(out / "domainbed.csv")
     compute = compute_display(a)
     if not compute.empty:
         md += ["", "## Compute (per trial; converted blocks per token)", "", compute.to_markdown(index=False)]
@@ -582,6 +622,9 @@ def write_html(a: Analysis, path: Path, title: str, figures: list[Path]) -> Path
               + html.escape("\n".join(tests_text(a))) + "</pre></details>"]
     if len(a.comparisons):
         parts += [f"<h2>Against {html.escape(str(a.baseline))}</h2>", table(comparisons_display(a))]
+    domainbed = domainbed_display(a)
+    if not domainbed.empty:
+        parts += ["<h2>DomainBed's table</h2>", f"<p>{html.escape(DOMAINBED_TEXT)}.</p>", table(domainbed)]
     compute = compute_display(a)
     if not compute.empty:
         parts += ["<h2>Compute (per trial; converted blocks per token)</h2>", table(compute)]
