@@ -42,13 +42,8 @@ Provenance: the code of lifan-yuan/OOD_NLP (commit 974d49e); ``file:line`` below
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from emoe.data import Task
-
 # (emoe task, BOSS task folder, ID dataset, OOD sets in OOD_LIST order, text fields as BOSS writes them, labels)
-_SUITE = (
+SUITE = (
     ("boss_sentiment", "SentimentAnalysis", "amazon", ("dynasent", "semeval", "sst5"), ("Text",),
      ("negative", "positive", "neutral")),
     ("boss_toxicity", "ToxicDetection", "civil_comments", ("adv_civil", "implicit_hate", "toxigen"), ("Text",),
@@ -57,38 +52,20 @@ _SUITE = (
      ("entailment", "neutral", "contradiction")),
 )
 EPOCHS = 10  # src/evaluations/method-nlu.py:136
+BOSS = tuple(entry[0] for entry in SUITE)  # --tasks boss
 
 
-def _define() -> None:
-    """Build ``BOSS_TASKS`` and ``BOSS``. ``Source`` and ``Task`` are defined before ``emoe.data``'s last lines,
-    which import ``BOSS_TASKS`` from here, so this also runs while ``emoe.data`` is still being imported."""
-    from emoe.data import Source, Task
-
-    def source(folder: str, name: str, split: str, rename) -> Source:
-        return Source(None, None, (), (f"{folder}/{name}/{split}.tsv",), rename=rename)
-
+def build(source_type, task_type) -> dict:
+    """The three tasks as ``emoe.data`` declares tasks (its ``Source`` and ``Task``, passed in: this module is
+    declarations only, so that ``emoe.data`` can import it): local files only, fields renamed to lower case."""
     tasks = {}
-    for task, folder, id_set, ood_sets, fields, labels in _SUITE:
+    for task, folder, id_set, ood_sets, fields, labels in SUITE:
         rename = tuple((f, f.lower()) for f in fields) + (("Label", "label"),)
-        tasks[task] = Task(
-            task, tuple(f.lower() for f in fields), labels, ("accuracy",), epochs=EPOCHS, glue_x=False,
-            train=source(folder, id_set, "train", rename), validation=source(folder, id_set, "test", rename),
-            ood={name: source(folder, name, "test", rename) for name in ood_sets})
-    globals().update(BOSS_TASKS=tasks, BOSS=tuple(tasks))
 
+        def source(name: str, split: str):
+            return source_type(None, None, (), (f"{folder}/{name}/{split}.tsv",), rename=rename)
 
-def __getattr__(name: str):
-    """Imported before ``emoe.data``, this module imports it (below), and its last lines ask for ``BOSS_TASKS``
-    before this module has defined it: define it then (PEP 562), once."""
-    if name in ("BOSS_TASKS", "BOSS"):
-        _define()
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-import emoe.data  # noqa: E402  (after __getattr__: see there)
-
-if "BOSS_TASKS" not in globals():
-    _define()
-BOSS_TASKS: dict[str, Task]  # the three tasks, in the order above
-BOSS: tuple[str, ...]  # their names
+        tasks[task] = task_type(task, tuple(f.lower() for f in fields), labels, ("accuracy",), epochs=EPOCHS,
+                                glue_x=False, train=source(id_set, "train"), validation=source(id_set, "test"),
+                                ood={name: source(name, "test") for name in ood_sets})
+    return tasks

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from emoe import boss
 from emoe.cache import cache_dir
 from emoe.protocols import get_protocol
 
@@ -227,6 +228,8 @@ def _image_tasks() -> dict[str, Task]:
 
 
 TASKS.update(_image_tasks())
+BOSS_TASKS = boss.build(Source, Task)  # --tasks boss (emoe.boss: BOSS's three classification tasks)
+TASKS.update(BOSS_TASKS)
 
 # Short names for data directories that ship inside the package (usable offline).
 DATA_ALIASES = {"demo": Path(__file__).resolve().with_name("demo_data")}
@@ -356,7 +359,7 @@ def _load_source(source: Source, task: Task, data_dir: Path | None, name: str, h
     if data_dir is not None:
         ds, where = _local(source, data_dir, hint)
     elif source.hub is None:
-        if task.name.startswith("boss_"):
+        if task.name in boss.BOSS:
             raise ValueError(f"task {task.name}: BOSS's files are not on the Hub: pass --data-dir DIR (BOSS's "
                              f"datasets/process folder) with DIR/{source.local[0]}{hint}")
         raise ValueError(f"task {task.name}: OOD set {name!r} is self-collected by GLUE-X (not on the Hub): pass "
@@ -532,6 +535,3 @@ def tokenize(ds, tokenizer, task: Task, max_length: int):
     keep = {"label"}
     return ds.map(encode, batched=True, remove_columns=[c for c in ds.column_names if c not in keep],
                   cache_file_name=str(path), new_fingerprint=key, desc=f"tokenising {task.name}")
-from emoe.boss import BOSS_TASKS  # noqa: E402  (BOSS's tasks are built from this module's Task and Source)
-
-TASKS.update(BOSS_TASKS)

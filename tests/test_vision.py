@@ -231,3 +231,26 @@ def test_the_test_domain_rule_is_domainbeds_oracle():
     assert set(oracle.chosen["learning_rate"]) == {3e-5}
     assert sorted(set(oracle.chosen[tracking.OOD_SCORE])) == [0.6, 0.61]  # the last evaluation's
     assert oracle.method[1].startswith("selection (DomainBed's test-domain validation, its oracle)")
+
+
+@pytest.mark.parametrize("kind", ["vit", "deit"])
+def test_vit_and_deit_convert_and_route_image_tokens(kind, tmp_path):
+    """Both image model types load by path (a fresh head of the task's classes) and convert: EMoE's blocks keep k of
+    N experts for every image token."""
+    import transformers as T
+
+    from emoe.config import EmoeConfig
+    from emoe.convert import convert, emoe_layers, load_model
+
+    config = (T.ViTConfig if kind == "vit" else T.DeiTConfig)(hidden_size=32, num_hidden_layers=4,
+                                                              num_attention_heads=2, intermediate_size=64,
+                                                              image_size=16, patch_size=8)
+    (T.ViTForImageClassification if kind == "vit" else T.DeiTForImageClassification)(config).save_pretrained(tmp_path)
+    model, tokenizer = load_model(str(tmp_path), num_labels=7)
+    assert tokenizer is None and model.config.num_labels == 7 and model.config.model_type == kind
+    convert(model, EmoeConfig(num_experts=4, top_k=2, layers=(-4, -2)))
+    logits = model(pixel_values=torch.randn(3, 3, 16, 16)).logits
+    assert logits.shape == (3, 7)
+    layers = emoe_layers(model)
+    assert [f.block for f in layers] == [0, 2]
+    assert all(f.last_active == pytest.approx(32.0) for f in layers)  # k / N of d_ff = 2 / 4 x 64 neurons per token

@@ -72,7 +72,9 @@ def build_parser(design: Ablation, preset: str | None = None) -> argparse.Argume
     g = p.add_argument_group("sweep")
     g.add_argument("--preset", choices=list(PRESETS), help="demo: packaged MiniLM and data, a few minutes on a CPU; "
                    "paper: the official EMoE command (bert-base-cased, data from the Hub); glue-small: a multi-task "
-                   "sweep on the packaged MiniLM and data, about an hour on a CPU. Explicit flags override it; "
+                   "sweep on the packaged MiniLM and data, about an hour on a CPU; vision-demo: a tiny ViT on "
+                   "rotated digits, leave-one-domain-out, offline; paper-vit-s, paper-vit-b: the official vision "
+                   "commands (DeiT on DomainBed). Explicit flags override it; "
                    "--preset NAME --help shows its defaults")
     g.add_argument("--seeds", type=_numbers(int), help=f"comma-separated seeds (default: {_shown(seeds)})")
     g.add_argument("--learning-rates", type=_numbers(float), help=f"comma-separated grid (default: {_shown(lrs)})")
@@ -85,7 +87,9 @@ def build_parser(design: Ablation, preset: str | None = None) -> argparse.Argume
                    help=f"optuna: LOW,HIGH of the log-uniform learning rate (default: {_shown(tuple(lr_range))})")
     g.add_argument("--scheduler", choices=SCHEDULERS, help=f"early stopping on {schema.ID_SCORE} (default: {d.scheduler})")
     g.add_argument("--tasks", type=_names, help="ID tasks crossed with the arms, comma-separated, or glue for "
-                   f"GLUE-X's eight ({', '.join(GLUE)}); overrides --task (default: the one --task)")
+                   f"GLUE-X's eight ({', '.join(GLUE)}), boss for BOSS's three, an image dataset (pacs, vlcs, "
+                   "office_home, terra_incognita, rotated_digits) for each of its held-out domains, domainbed for "
+                   "the paper's four; overrides --task (default: the one --task)")
     g.add_argument("--early-stop-scope", choices=SCOPES,
                    help="arm: a trial competes only with the learning rates of its own arm and seed; global: with "
                         f"every trial (default: {d.early_stop_scope})")
