@@ -72,11 +72,9 @@ def load_trials(tracking_uri: str, experiment: str, parent_run_id: str | None = 
     out = pd.DataFrame({"run_id": trials["run_id"], "parent_run_id": tag(tracking.PARENT)[trials.index],
                         "arm": tag(tracking.ARM)[trials.index], "outcome": tag(tracking.OUTCOME)[trials.index],
                         "status": trials["status"]})
-    for p in _param_columns():
-        out[p] = trials.get(f"params.{p}")
-    for c in trials.columns:
-        if c.startswith("metrics."):
-            out[c[len("metrics."):]] = trials[c].astype(float)
+    columns = {p: trials.get(f"params.{p}") for p in _param_columns()}
+    columns.update({c[len("metrics."):]: trials[c].astype(float) for c in trials.columns if c.startswith("metrics.")})
+    out = pd.concat([out, pd.DataFrame(columns, index=out.index)], axis=1)  # at once: one column at a time fragments
     if pool:
         check_poolable(out, runs[roles == "sweep"])
     return _typed(out, sweep.get("arms", [])), sweep
