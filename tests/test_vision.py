@@ -254,3 +254,23 @@ def test_vit_and_deit_convert_and_route_image_tokens(kind, tmp_path):
     layers = emoe_layers(model)
     assert [f.block for f in layers] == [0, 2]
     assert all(f.last_active == pytest.approx(32.0) for f in layers)  # k / N of d_ff = 2 / 4 x 64 neurons per token
+
+
+def test_the_vision_demo_plans_every_arm_over_every_held_out_domain(tmp_path, monkeypatch, capsys):
+    """``emoe sweep clustering --preset vision-demo``, offline: 6 held-out domains x 7 arms (6 constructions and the
+    dense baseline) x 2 seeds, DomainBed's protocol stated; the run itself is measured in the README."""
+    from emoe.cli import main
+    from emoe.sweep import estimate
+
+    monkeypatch.setattr(estimate, "matmul_flops", lambda threads, **kw: [1e10] * 9)
+    monkeypatch.chdir(tmp_path)
+    code = exit_code(lambda: main(["sweep", "clustering", "--preset", "vision-demo", "--dry-run"]))
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "ablation clustering: 6 tasks x 7 arms x 2 seeds x 1 learning rates = 84 trials (preset vision-demo)" \
+        in out.out
+    assert "DomainBed: leave-one-domain-out over rotated_digits" in out.out
+    rows = [line.split()[:2] for line in out.out.splitlines() if line.startswith("rotated_digits:")]
+    assert len(rows) == 84 and {t for t, _ in rows} == {f"rotated_digits:{a:02d}" for a in range(0, 90, 15)}
+    assert {a for _, a in rows} == {"constrained", "kmeans", "hierarchical", "spectral", "random", "contiguous",
+                                    "dense"}

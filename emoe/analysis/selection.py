@@ -49,13 +49,20 @@ def clean_view(trials: pd.DataFrame) -> pd.DataFrame:
     """The trials as the clean rule sees them: every score at the evaluation with the best ``dev_score``
     (``clean.<metric>``, logged with keep_best; without it the reported evaluation is the last, and its scores are
     used as they are). ``ValueError`` (one line) when no finished trial logged a ``dev_score``."""
+    return _view(trials, schema.DEV_SCORE, schema.CLEAN_PREFIX,
+                 f"the clean selection rule needs {schema.DEV_SCORE} (a development split carved from the training "
+                 "set): run the sweep with --dev-samples N; valid rules here: oracle")
+
+
+def _view(trials: pd.DataFrame, needed: str, prefix: str, missing: str) -> pd.DataFrame:
+    """The trials with every score replaced by its ``<prefix><score>`` copy where one was logged (another
+    evaluation's); ``ValueError(missing)`` when no finished trial logged ``needed``."""
     used = trials["outcome"].isin(USED_OUTCOMES) if "outcome" in trials else pd.Series(True, index=trials.index)
-    if schema.DEV_SCORE not in trials or trials.loc[used, schema.DEV_SCORE].isna().all():
-        raise ValueError(f"the clean selection rule needs {schema.DEV_SCORE} (a development split carved from the "
-                         "training set): run the sweep with --dev-samples N; valid rules here: oracle")
+    if needed not in trials or trials.loc[used, needed].isna().all():
+        raise ValueError(missing)
     out = trials.copy()
-    for column in [c for c in trials.columns if c.startswith(schema.CLEAN_PREFIX)]:
-        score = column[len(schema.CLEAN_PREFIX):]
+    for column in [c for c in trials.columns if c.startswith(prefix)]:
+        score = column[len(prefix):]
         have = out[column].notna()
         if score not in out:
             out[score] = np.nan
@@ -97,18 +104,9 @@ def last_view(trials: pd.DataFrame) -> pd.DataFrame:
     """The trials as DomainBed's oracle (test_domain) sees them: every score at the last evaluation (``last.<metric>``,
     logged with keep_best; without it the reported evaluation is the last). ``ValueError`` when no finished trial
     logged an ``oracle_score`` (the held-out domain's out split)."""
-    used = trials["outcome"].isin(USED_OUTCOMES) if "outcome" in trials else pd.Series(True, index=trials.index)
-    if schema.ORACLE_SCORE not in trials or trials.loc[used, schema.ORACLE_SCORE].isna().all():
-        raise ValueError(f"the test_domain rule needs {schema.ORACLE_SCORE} (an image task's held-out domain's out "
-                         "split); valid rules here: training_domain")
-    out = trials.copy()
-    for column in [c for c in trials.columns if c.startswith(schema.LAST_PREFIX)]:
-        score = column[len(schema.LAST_PREFIX):]
-        have = out[column].notna()
-        if score not in out:
-            out[score] = np.nan
-        out.loc[have, score] = out.loc[have, column]
-    return out
+    return _view(trials, schema.ORACLE_SCORE, schema.LAST_PREFIX,
+                 f"the test_domain rule needs {schema.ORACLE_SCORE} (an image task's held-out domain's out split); "
+                 "valid rules here: training_domain")
 
 
 def select(trials: pd.DataFrame, warnings: list[str] | None = None, criterion: str = schema.ID_SCORE) -> pd.DataFrame:
