@@ -44,10 +44,19 @@ def _tiny_vit() -> str:
 
     from emoe.cache import cache_dir
 
+    import shutil
+    import tempfile
+
     path = cache_dir("models") / "tiny-vit"
-    if not (path / "config.json").is_file():
+    if not path.is_dir():  # written aside, then renamed into place: concurrent trials never read half a model
+        staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".writing-"))
         torch.manual_seed(0)
-        ViTForImageClassification(ViTConfig(**TINY_VIT, num_labels=10)).save_pretrained(path)
+        ViTForImageClassification(ViTConfig(**TINY_VIT, num_labels=10)).save_pretrained(staging / "model")
+        try:
+            (staging / "model").rename(path)
+        except OSError:  # another process put its (identical) copy in place first
+            pass
+        shutil.rmtree(staging, ignore_errors=True)
     return str(path)
 
 

@@ -99,11 +99,21 @@ def split_name(task: str) -> tuple[str, str]:
 
 
 def demo_root() -> Path:
-    """The rotated-digits domains, written once to the cache (about 1,800 small PNGs)."""
+    """The rotated-digits domains, written once to the cache (about 1,800 small PNGs): into a folder of their own,
+    then renamed into place, so that concurrent trials never read a half-written set."""
+    import shutil
+    import tempfile
+
     root = cache_dir("domainbed")
-    if not (root / DATASETS["rotated_digits"].folder / ".complete").is_file():
-        rotated_digits(root, name=DATASETS["rotated_digits"].folder)
-        (root / DATASETS["rotated_digits"].folder / ".complete").write_text("ok")
+    folder = DATASETS["rotated_digits"].folder
+    if not (root / folder).is_dir():
+        staging = Path(tempfile.mkdtemp(dir=root, prefix=".writing-"))
+        rotated_digits(staging, name=folder)
+        try:
+            (staging / folder).rename(root / folder)
+        except OSError:  # another process put its (identical) copy in place first
+            pass
+        shutil.rmtree(staging, ignore_errors=True)
     return root
 
 
