@@ -386,7 +386,7 @@ class Trial:
         order_seed = cfg["seed"] if cfg.get("data_seed") is None else cfg["data_seed"]
         dev = {} if self.data.dev is None else {"dev": self.data.dev}
         if self.data.task.image:
-            self.train_loader = image_loader(self.data.train, micro, True, order_seed)
+            self.train_loader = image_loader(self.data.train, micro, True, order_seed, by_domain=True)
             batch = cfg["eval_batch_size"] or 2 * micro
             oracle = {} if self.data.oracle is None else {"oracle": self.data.oracle}
             self.eval_loaders = {name: image_loader(ds, batch, False, 0) for name, ds in
@@ -429,6 +429,8 @@ class Trial:
             epoch_start = loader.generator.get_state()  # this epoch's order is drawn from here
             for i, batch in enumerate(loader):
                 if i < skip:  # trained before the checkpoint this run resumed from
+                    if i == skip - 1:  # fetching the skipped batches drew from the RNGs (an image's augmentation):
+                        _set_rng_state(resume["rng"])  # the next batch is fetched from the checkpoint's state
                     continue
                 if not self._train_step(batch, i, epoch):
                     continue

@@ -8,7 +8,8 @@ makes the test domain a factor of the sweep, and the analysis's blocks are these
 What a trial of ``pacs:photo`` trains and reports (DomainBed's ``train.py`` and ``model_selection.py``):
 - every domain is split into in / out parts by ``split_dataset(env, int(0.2 * len(env)), seed_hash(trial_seed, i))``
   (``emoe.domainbed.split_environment``; the trial seed is the trial's ``seed``, as DomainBed's ``trial_seed``);
-- the model trains on the training domains' in splits;
+- the model trains on the training domains' in splits, each step drawing ``batch_size // training domains`` images
+  from every training domain with replacement (DomainBed's batches of 32 per domain: ``batch_size`` 96 over three);
 - ``id_score`` is the training-domain validation accuracy: the mean over the training domains of each out split's
   accuracy (``IIDAccuracySelectionMethod``), so that ``keep_best`` picks DomainBed's checkpoint and the learning rate
   is chosen as DomainBed chooses hyperparameters;
@@ -20,7 +21,7 @@ evaluation Resize((s, s)), ToTensor, ImageNet normalisation; for training (with 
 real-photo datasets only) RandomResizedCrop(s, scale=(0.7, 1.0)), RandomHorizontalFlip, ColorJitter(0.3, 0.3, 0.3,
 0.3), RandomGrayscale(0.1), then the same. ``s`` is the model's ``image_size`` (224 for DeiT).
 
-NOTE: the transforms are written here on PIL, with torchvision's parameter semantics, because torchvision's wheels
+NOTE: DomainBed's step at 0 (an evaluation before training) is not made; the transforms are written here on PIL, with torchvision's parameter semantics, because torchvision's wheels
 on the CPU index load only against a CUDA build of torch; DomainBed also evaluates the training domains' out splits
 through the augmenting transform (a quirk of its ``datasets.py``): emoe evaluates them without augmentation, so that
 checkpoint selection is deterministic.
@@ -223,8 +224,33 @@ def train_transform(image, size: int):
     return image
 
 
-def image_loader(ds: ImageSet, batch_size: int, shuffle: bool, seed: int):
+class DomainBatches(torch.utils.data.Sampler):
+    """DomainBed's training batches: every step draws ``per_domain`` examples from each training domain, with
+    replacement (its ``InfiniteDataLoader``: a ``RandomSampler(replacement=True)`` per environment, the environments'
+    batches zipped into one step). An epoch is ``ceil(len / step size)`` steps, so that epochs still count examples;
+    the draws come from ``generator`` (the loader's: its state is in every checkpoint)."""
+
+    def __init__(self, domains: np.ndarray, per_domain: int, generator: torch.Generator):
+        self.groups = [np.flatnonzero(domains == d) for d in np.unique(domains)]
+        self.per_domain, self.generator = per_domain, generator
+        self.steps = math.ceil(len(domains) / (per_domain * len(self.groups)))
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            yield [int(group[i]) for group in self.groups
+                   for i in torch.randint(len(group), (self.per_domain,), generator=self.generator)]
+
+
+def image_loader(ds: ImageSet, batch_size: int, shuffle: bool, seed: int, by_domain: bool = False):
+    """Batches of ``batch_size`` in order (evaluation), shuffled, or (``by_domain``: training) DomainBed's:
+    ``batch_size // domains`` from every domain at each step (``DomainBatches``)."""
     g = torch.Generator().manual_seed(seed)
+    if by_domain:
+        per_domain = max(1, batch_size // len(np.unique(ds.domains)))
+        return torch.utils.data.DataLoader(ds, batch_sampler=DomainBatches(ds.domains, per_domain, g), generator=g)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g)
 
 
@@ -249,7 +275,7 @@ def load_image_task(task, data_dir, seed: int, size: int, max_train_samples: int
         raise ValueError(f"{layout.root}: classes {list(layout.classes)}, but {dataset} has {list(spec.classes)}")
     if len(layout.classes) != len(spec.classes):
         raise ValueError(f"{layout.root}: {len(layout.classes)} classes, but {dataset} has {len(spec.classes)}")
-    train, val, test, oracle = [], [], [], []
+    train, train_domains, val, test, oracle = [], [], [], [], []
     for i, domain in enumerate(spec.domains):
         items = layout.images[domain]
         if not items:
@@ -259,6 +285,7 @@ def load_image_task(task, data_dir, seed: int, size: int, max_train_samples: int
             test, oracle = [items[j] for j in inner], [items[j] for j in outer]
         else:
             train += [items[j] for j in inner]
+            train_domains += [i] * len(inner)
             val += [(items[j], i) for j in outer]
     augment = augment and spec.augment
 
@@ -267,7 +294,7 @@ def load_image_task(task, data_dir, seed: int, size: int, max_train_samples: int
 
     validation = ImageSet([x for x, _ in val], size, False, [d for _, d in val])
     task = dataclasses.replace(task, label_names=layout.classes)
-    return TaskData(task, subset(ImageSet(train, size, augment), max_train_samples),
+    return TaskData(task, subset(ImageSet(train, size, augment, train_domains), max_train_samples),
                     subset(validation, max_eval_samples), {held_out: subset(ImageSet(test, size, False),
                                                                            max_eval_samples)},
                     {held_out: len(test)}, oracle=subset(ImageSet(oracle, size, False), max_eval_samples))

@@ -64,6 +64,21 @@ def test_a_pacs_task_splits_every_domain_as_domainbed_does(tmp_path):
         vision.load_image_task(get_task("pacs:photo"), None, seed=0, size=16)
 
 
+def test_training_batches_draw_equally_from_every_training_domain():
+    """DomainBed's InfiniteDataLoader per environment, zipped: each step batch_size // domains from every domain,
+    drawn with replacement from the loader's generator (so a checkpoint's generator state replays them)."""
+    domains = np.repeat([0, 1, 3], [50, 7, 20])  # unequal domains, one held out (2)
+    ds = vision.ImageSet([(f"x{i}", 0) for i in range(len(domains))], 8, False, domains)
+    loader = vision.image_loader(ds, 30, True, seed=4, by_domain=True)
+    assert len(loader) == 3  # ceil(77 / 30): an epoch still counts the training images
+    state = loader.generator.get_state()
+    steps = list(loader.batch_sampler)
+    for step in steps:
+        assert sorted(np.bincount(domains[step], minlength=4).tolist()) == [0, 10, 10, 10]
+    loader.generator.set_state(state)
+    assert list(loader.batch_sampler) == steps
+
+
 def test_training_domain_validation_is_the_mean_of_domain_accuracies():
     """IIDAccuracySelectionMethod's val_acc: mean over training environments of env{i}_out_acc, not pooled."""
     pred = np.array([1, 1, 1, 1, 0, 0])
@@ -96,7 +111,7 @@ def test_a_tiny_vit_trial_reports_the_metric_contract():
 
     reports = []
     final = train_and_evaluate({"model": "tiny-vit", "task": "rotated_digits:30", "num_experts": 8, "top_k": 2,
-                                "layers": (-4, -2), "batch_size": 32, "max_steps": 12, "eval_steps": 6,
+                                "layers": (-4, -2), "batch_size": 30, "max_steps": 12, "eval_steps": 6,
                                 "optimizer": "adam", "lr_schedule": "constant", "learning_rate": 3e-3,
                                 "keep_best": True, "max_train_samples": 200, "max_eval_samples": 64},
                                reports.append)
@@ -109,6 +124,40 @@ def test_a_tiny_vit_trial_reports_the_metric_contract():
     # keep_best reports the best training-domain evaluation; DomainBed's oracle reads the last one beside it
     assert final[tracking.last_metric(tracking.ORACLE_SCORE)] == reports[-1][tracking.last_metric(tracking.ORACLE_SCORE)]
     assert final[tracking.last_metric(tracking.ID_SCORE)] == final[tracking.CURRENT_ID_SCORE]
+
+
+def test_an_image_trial_resumes_exactly_from_its_checkpoint(tmp_path):
+    """Interrupted after its first evaluation and resumed from the state saved there, an image trial (DomainBed's
+    per-domain draws, the augmentation's Python RNG, the held-out splits) ends with the uninterrupted run's reports."""
+    import io
+
+    from test_train import timeless
+
+    from emoe.train import train_and_evaluate
+
+    pacs_tree(tmp_path, per_class=3)
+    cfg = {"model": "tiny-vit", "task": "pacs:photo", "num_experts": 8, "top_k": 2, "layers": (-2,), "batch_size": 6,
+           "max_steps": 8, "eval_steps": 4, "optimizer": "adam", "lr_schedule": "constant", "keep_best": True,
+           "data_dir": str(tmp_path), "keep_model": "none"}
+    full = []
+    train_and_evaluate(cfg, full.append)
+    states, first = [], []
+
+    def stop_after(metrics):
+        first.append(metrics)
+        raise KeyboardInterrupt  # the node dies right after the first report (and its checkpoint)
+
+    def keep(state):
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        states.append(buffer.getvalue())
+
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(cfg, stop_after, on_state=keep)
+    rest = []
+    final = train_and_evaluate(cfg, rest.append, resume=torch.load(io.BytesIO(states[-1]), weights_only=False))
+    assert [r[tracking.STEP] for r in first + rest] == [4, 8]
+    assert timeless(first + rest) == timeless(full) and timeless(final) == timeless(full[-1])
 
 
 @pytest.fixture

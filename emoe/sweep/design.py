@@ -168,7 +168,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # optimiser (Adam, constant rate) for 600 steps, evaluated every 200; EMoE's blocks at the official positions
     # (the second and fourth from the end), N 8, k 2. A check of the machinery, not of the claim (random weights).
     "vision-demo": {"trial": {"model": "tiny-vit", "num_experts": 8, "top_k": 2, "layers": (-4, -2),
-                              "batch_size": 32, "max_steps": 600, "eval_steps": 200, "optimizer": "adam",
+                              "batch_size": 30, "max_steps": 600, "eval_steps": 200, "optimizer": "adam",
                               "lr_schedule": "constant", "warmup_ratio": 0.0, "weight_decay": 0.0, "keep_best": True,
                               "max_grad_norm": None, "calibration_samples": 128},
                     "tasks": ("rotated_digits",), "seeds": (0, 1), "learning_rates": (1e-3,), "cpus_per_trial": 1.0},
