@@ -222,9 +222,10 @@ def _image_tasks() -> dict[str, Task]:
     from emoe import vision
 
     none = Source(None, None, (), ())
-    return {name: Task(name, (), spec.classes, ("accuracy",), none, none, {vision.split_name(name)[1]: none},
+    return {name: Task(name, (), spec.classes, ("accuracy",), none, none, {vision.held_out(name)[1]: none},
                        glue_x=False, image=dataset)
-            for dataset, spec in vision.DATASETS.items() for name in vision.task_names(dataset)}
+            for dataset, spec in vision.DATASETS.items()
+            for name in vision.task_names(dataset) + vision.pair_names(dataset)}
 
 
 TASKS.update(_image_tasks())
@@ -405,6 +406,7 @@ class TaskData:
     ood_sizes: dict[str, int] = dataclasses.field(default_factory=dict)  # each OOD set's rows before any cap
     dev: object | None = None  # the clean rule's development split, carved from the training set (else None)
     oracle: object | None = None  # an image task's held-out domain's out split (DomainBed's oracle validation)
+    loo: object | None = None  # a pair run's validation domain's in split (DomainBed's leave-one-domain-out)
 
     def sizes(self) -> dict[str, int]:
         """Each OOD set's size as GLUE-X weighs it: its full row count, not the ``max_eval_samples`` evaluated."""

@@ -133,6 +133,8 @@ def score_metrics(scores: dict[str, dict[str, float]], sizes: dict[str, int] | N
            **{tracking.id_metric(m): v for m, v in scores["id"].items()}}
     if "oracle" in scores:  # an image task's held-out domain's out split (DomainBed's oracle validation)
         out[tracking.ORACLE_SCORE] = metrics.primary(scores["oracle"])
+    if "loo" in scores:  # a pair run's validation domain (DomainBed's leave-one-domain-out selection)
+        out[tracking.LOO_SCORE] = metrics.primary(scores["loo"])
     if "dev" in scores:  # the clean rule's development split (carved from the training set)
         out[tracking.DEV_SCORE] = metrics.primary(scores["dev"])
         out.update({tracking.dev_metric(m): v for m, v in scores["dev"].items()})
@@ -200,13 +202,13 @@ def gpu_share() -> float:
     return 1.0
 
 
-ID_SETS = ("id", "dev", "oracle")  # scored with the task's metrics (the others with the OOD protocol's)
+ID_SETS = ("id", "dev", "oracle", "loo")  # scored with the task's metrics (the others with the OOD protocol's)
 
 
 def is_score(metric: str) -> bool:
     """A score of an evaluation (what the clean rule's ``clean.<metric>`` copies): ID, development and OOD scores."""
     return metric in (tracking.ID_SCORE, tracking.OOD_SCORE, tracking.DEV_SCORE, tracking.BEST_STEP,
-                      tracking.ORACLE_SCORE) or \
+                      tracking.ORACLE_SCORE, tracking.LOO_SCORE) or \
         metric.startswith(("id.", "dev.", "ood.", tracking.OOD_SCORE + "."))
 
 
@@ -388,7 +390,7 @@ class Trial:
         if self.data.task.image:
             self.train_loader = image_loader(self.data.train, micro, True, order_seed, by_domain=True)
             batch = cfg["eval_batch_size"] or 2 * micro
-            oracle = {} if self.data.oracle is None else {"oracle": self.data.oracle}
+            oracle = {name: ds for name, ds in (("oracle", self.data.oracle), ("loo", self.data.loo)) if ds is not None}
             self.eval_loaders = {name: image_loader(ds, batch, False, 0) for name, ds in
                                  {"id": self.data.validation, **dev, **self.data.ood, **oracle}.items()}
             self.in_set_order = lambda preds: preds  # image sets are evaluated in their own order

@@ -14,7 +14,10 @@ What a trial of ``pacs:photo`` trains and reports (DomainBed's ``train.py`` and 
   accuracy (``IIDAccuracySelectionMethod``), so that ``keep_best`` picks DomainBed's checkpoint and the learning rate
   is chosen as DomainBed chooses hyperparameters;
 - ``ood_score.<domain>`` is the held-out domain's in-split accuracy (DomainBed's test accuracy), and
-  ``oracle_score`` its out-split accuracy (what ``OracleSelectionMethod`` selects on).
+  ``oracle_score`` its out-split accuracy (what ``OracleSelectionMethod`` selects on);
+- a pair run ``pacs:photo+sketch`` (``--tasks pacs:pairs``) holds out both domains, as DomainBed's runs with two test
+  environments, and reports ``loo_score``, the second domain's in-split accuracy: what
+  ``LeaveOneOutSelectionMethod`` averages (``emoe.analysis.selection.loo_view``).
 
 Images are read as DomainBed's ``ImageFolder`` reads them (RGB) and transformed as its ``datasets.py`` does: for
 evaluation Resize((s, s)), ToTensor, ImageNet normalisation; for training (with ``data_augmentation``, on the
@@ -76,7 +79,7 @@ DATASETS: dict[str, ImageDataset] = {
                                      "raccoon", "squirrel"), True, 5e-5, 1e-4),
 }
 DOMAINBED = ("pacs", "vlcs", "office_home", "terra_incognita")  # --tasks domainbed: the paper's four
-SEPARATOR = ":"
+SEPARATOR, PAIR = ":", "+"
 
 
 def task_names(dataset: str) -> list[str]:
@@ -84,19 +87,43 @@ def task_names(dataset: str) -> list[str]:
     return [f"{dataset}{SEPARATOR}{d}" for d in DATASETS[dataset].domains]
 
 
+def pair_names(dataset: str) -> list[str]:
+    """The runs DomainBed's leave-one-domain-out selection needs: ``dataset:test+validation``, trained without both
+    domains (its ``test_envs = [test, validation]``), for every ordered pair."""
+    domains = DATASETS[dataset].domains
+    return [f"{dataset}{SEPARATOR}{t}{PAIR}{v}" for t in domains for v in domains if v != t]
+
+
 def expand(name: str) -> list[str]:
     """``--tasks`` entries for images: ``domainbed`` (the paper's four datasets), a dataset (each held-out domain in
-    turn), or one ``dataset:domain`` task; anything else unchanged."""
+    turn), ``dataset:pairs`` (the leave-one-domain-out selection's runs, ``pair_names``), or one task; anything else
+    unchanged."""
     if name == "domainbed":
         return [t for d in DOMAINBED for t in task_names(d)]
     if name in DATASETS:
         return task_names(name)
+    dataset, _, rest = name.partition(SEPARATOR)
+    if rest == "pairs" and dataset in DATASETS:
+        return pair_names(dataset)
     return [name]
 
 
 def split_name(task: str) -> tuple[str, str]:
+    """``(dataset, held-out domain)`` of a task (for a pair run, ``test+validation``)."""
     dataset, _, domain = task.partition(SEPARATOR)
     return dataset, domain
+
+
+def held_out(task: str) -> tuple[str, str, str | None]:
+    """``(dataset, test domain, validation domain or None)``."""
+    dataset, domain = split_name(task)
+    test, _, validation = domain.partition(PAIR)
+    return dataset, test, validation or None
+
+
+def is_pair(task: str) -> bool:
+    """A leave-one-domain-out selection run (two held-out domains): support for the selection, never a block."""
+    return PAIR in split_name(task)[1]
 
 
 def demo_root() -> Path:
@@ -262,11 +289,12 @@ def domain_accuracy(pred: np.ndarray, gold: np.ndarray, domains: np.ndarray) -> 
 def load_image_task(task, data_dir, seed: int, size: int, max_train_samples: int | None = None,
                     max_eval_samples: int | None = None, augment: bool = True):
     """A ``TaskData`` for ``dataset:domain``: training domains' in splits (train), their out splits (validation,
-    with each item's domain), the held-out domain's in split (``ood[domain]``) and out split (``oracle``).
+    with each item's domain), the held-out domain's in split (``ood[domain]``) and out split (``oracle``); for a
+    pair run ``dataset:test+validation``, the validation domain's in split too (``loo``), kept out of training.
     ``max_*_samples`` keep fixed random subsets (seed 0) of the training set and of each evaluation set."""
     from emoe.data import TaskData
 
-    dataset, held_out = split_name(task.name)
+    dataset, test_domain, validation_domain = held_out(task.name)
     spec = DATASETS[dataset]
     layout = read_layout(data_root(dataset, data_dir), spec.folder)
     if layout.domains != spec.domains:
@@ -275,14 +303,16 @@ def load_image_task(task, data_dir, seed: int, size: int, max_train_samples: int
         raise ValueError(f"{layout.root}: classes {list(layout.classes)}, but {dataset} has {list(spec.classes)}")
     if len(layout.classes) != len(spec.classes):
         raise ValueError(f"{layout.root}: {len(layout.classes)} classes, but {dataset} has {len(spec.classes)}")
-    train, train_domains, val, test, oracle = [], [], [], [], []
+    train, train_domains, val, test, oracle, loo = [], [], [], [], [], []
     for i, domain in enumerate(spec.domains):
         items = layout.images[domain]
         if not items:
             raise ValueError(f"{layout.root / domain}: no image")
         inner, outer = split_environment(len(items), HOLDOUT_FRACTION, seed_hash(seed, i))
-        if domain == held_out:
+        if domain == test_domain:
             test, oracle = [items[j] for j in inner], [items[j] for j in outer]
+        elif domain == validation_domain:  # a pair run's: its in split is the selection's validation
+            loo = [items[j] for j in inner]
         else:
             train += [items[j] for j in inner]
             train_domains += [i] * len(inner)
@@ -295,6 +325,7 @@ def load_image_task(task, data_dir, seed: int, size: int, max_train_samples: int
     validation = ImageSet([x for x, _ in val], size, False, [d for _, d in val])
     task = dataclasses.replace(task, label_names=layout.classes)
     return TaskData(task, subset(ImageSet(train, size, augment, train_domains), max_train_samples),
-                    subset(validation, max_eval_samples), {held_out: subset(ImageSet(test, size, False),
-                                                                           max_eval_samples)},
-                    {held_out: len(test)}, oracle=subset(ImageSet(oracle, size, False), max_eval_samples))
+                    subset(validation, max_eval_samples), {test_domain: subset(ImageSet(test, size, False),
+                                                                              max_eval_samples)},
+                    {test_domain: len(test)}, oracle=subset(ImageSet(oracle, size, False), max_eval_samples),
+                    loo=subset(ImageSet(loo, size, False), max_eval_samples) if validation_domain else None)

@@ -34,6 +34,8 @@ def test_tasks_are_dataset_and_held_out_domain_pairs():
     assert len(resolve_tasks(["domainbed"], None)) == 16  # PACS, VLCS, OfficeHome, TerraIncognita: 4 domains each
     assert resolve_tasks(["rotated_digits:30", "sst2"], None) == ["rotated_digits:30", "sst2"]
     assert get_task("vlcs:SUN09").ood.keys() == {"SUN09"} and get_task("vlcs:SUN09").image == "vlcs"
+    pairs = resolve_tasks(["pacs:pairs"], None)
+    assert len(pairs) == 12 and "pacs:photo+sketch" in pairs and get_task("pacs:photo+sketch").ood.keys() == {"photo"}
     with pytest.raises(ValueError, match="unknown task 'pacs:painting'.*pacs:{art_painting,cartoon,photo,sketch}"):
         get_task("pacs:painting")
 
@@ -77,6 +79,25 @@ def test_training_batches_draw_equally_from_every_training_domain():
         assert sorted(np.bincount(domains[step], minlength=4).tolist()) == [0, 10, 10, 10]
     loader.generator.set_state(state)
     assert list(loader.batch_sampler) == steps
+
+
+def test_a_pair_run_holds_out_both_domains_and_scores_the_second(tmp_path):
+    """DomainBed's run with test_envs [photo, sketch]: neither domain is trained on or validated on; the second's in
+    split is its loo_score set; the first's in split stays its OOD set."""
+    pacs_tree(tmp_path, per_class=5)
+    data = vision.load_image_task(get_task("pacs:photo+sketch"), tmp_path, seed=0, size=16)
+    assert {p.parts[-3] for p, _ in data.train.items} == {"art_painting", "cartoon"}
+    assert {p.parts[-3] for p, _ in data.validation.items} == {"art_painting", "cartoon"}
+    inner, _ = split_environment(35, 0.2, seed_hash(0, 3))  # sketch is environment 3
+    sketch = sorted((tmp_path / "PACS" / "sketch").glob("*/*.jpg"))
+    assert [p for p, _ in data.loo.items] == [sketch[j] for j in inner]
+    assert {p.parts[-3] for p, _ in data.ood["photo"].items} == {"photo"}
+    from emoe.train import train_and_evaluate
+
+    final = train_and_evaluate({"model": "tiny-vit", "task": "pacs:photo+sketch", "data_dir": str(tmp_path),
+                                "method": "dense", "batch_size": 4, "max_steps": 2, "eval_steps": 1,
+                                "keep_best": True, "keep_model": "none"})
+    assert 0 <= final[tracking.LOO_SCORE] <= 1 and tracking.last_metric(tracking.LOO_SCORE) in final
 
 
 def test_training_domain_validation_is_the_mean_of_domain_accuracies():
@@ -249,7 +270,7 @@ def test_the_analysis_blocks_are_dataset_and_held_out_domain_pairs():
     with pytest.raises(ValueError, match="selection rule 'oracle' does not apply to image tasks .*; valid rules: "
                                          "training_domain, test_domain"):
         analyse(trials, rule="oracle")
-    with pytest.raises(ValueError, match="leave-one-domain-out selection is not built"):
+    with pytest.raises(ValueError, match="leave_one_domain_out rule needs DomainBed's runs with two held-out domains"):
         analyse(trials, rule="leave_one_domain_out")
     with pytest.raises(ValueError, match="the test_domain rule needs oracle_score"):
         analyse(trials, rule="test_domain")
@@ -323,3 +344,57 @@ def test_the_vision_demo_plans_every_arm_over_every_held_out_domain(tmp_path, mo
     assert len(rows) == 84 and {t for t, _ in rows} == {f"rotated_digits:{a:02d}" for a in range(0, 90, 15)}
     assert {a for _, a in rows} == {"constrained", "kmeans", "hierarchical", "spectral", "random", "contiguous",
                                     "dense"}
+
+
+def test_leave_one_domain_out_selection_is_domainbeds_written_out():
+    """LeaveOneOutSelectionMethod by hand: for the trial holding out t, each step's validation is the mean over the
+    other domains v of the pair run t+v's accuracy on v (loo_score); the step with the best validation gives the
+    trial's test accuracy; then the learning rate with the best mean validation over seeds. The pair runs are never
+    blocks."""
+    import pandas as pd
+
+    from emoe.analysis.stats import analyse
+
+    rng = np.random.default_rng(3)
+    domains = ("art_painting", "cartoon", "photo", "sketch")
+    steps = (300, 600, 900)
+    trials, curves = [], []
+    for arm in ("emoe", "dense"):
+        for seed in (0, 1):
+            for lr in (1e-5, 3e-5):
+                for t in domains:
+                    for v in (None, *[d for d in domains if d != t]):
+                        task = f"pacs:{t}" if v is None else f"pacs:{t}+{v}"
+                        run = f"{task}/{arm}/{seed}/{lr}"
+                        trials.append({"run_id": run, "task": task, "arm": arm, "seed": seed, "learning_rate": lr,
+                                       "outcome": "completed", tracking.ID_SCORE: rng.uniform(0.6, 0.9),
+                                       tracking.OOD_SCORE: 0.0, tracking.ood_score_metric(t): 0.0})
+                        metric = tracking.OOD_SCORE if v is None else tracking.LOO_SCORE
+                        curves += [{"run_id": run, "step": s, "metric": metric, "value": round(rng.uniform(), 2)}
+                                   for s in steps]
+    trials, curves = pd.DataFrame(trials), pd.DataFrame(curves)
+    value = {(r.run_id, r.metric, r.step): r.value for r in curves.itertuples()}
+
+    def by_hand(t, arm, seed, lr):  # (val_acc, test_acc) at the chosen step
+        best = None
+        for s in steps:
+            val = np.mean([value[(f"pacs:{t}+{v}/{arm}/{seed}/{lr}", tracking.LOO_SCORE, s)]
+                           for v in domains if v != t])
+            if best is None or val > best[0]:
+                best = (val, value[(f"pacs:{t}/{arm}/{seed}/{lr}", tracking.OOD_SCORE, s)])
+        return best
+
+    a = analyse(trials, baseline="dense", rule="leave_one_domain_out", loo_curves=curves)
+    assert sorted({b[0] for b in a.ranks.index}) == [f"pacs:{t}" for t in domains]  # pairs are no blocks
+    assert any("pair run(s)" in w for w in a.warnings)
+    for t in domains:
+        for arm in ("emoe", "dense"):
+            lr = max((1e-5, 3e-5), key=lambda r: np.mean([by_hand(t, arm, s, r)[0] for s in (0, 1)]))
+            chosen = a.chosen[(a.chosen["task"] == f"pacs:{t}") & (a.chosen["arm"] == arm)]
+            assert set(chosen["learning_rate"]) == {lr}
+            for row in chosen.itertuples():
+                val, test = by_hand(t, arm, row.seed, lr)
+                assert getattr(row, tracking.LOO_SCORE) == pytest.approx(val)
+                assert getattr(row, tracking.OOD_SCORE) == pytest.approx(test)
+    with pytest.raises(ValueError, match="needs DomainBed's runs with two held-out domains: add <dataset>:pairs"):
+        analyse(trials[~trials["task"].str.contains("+", regex=False)], rule="leave_one_domain_out")

@@ -23,6 +23,20 @@ def add_sweep_arguments(p: argparse.ArgumentParser, required: bool = True) -> No
     p.add_argument("--parent", help="the sweep (its parent run id; default: the experiment's latest sweep)")
 
 
+def loo_curves(args, used):
+    """Every used run's ``ood_score`` and ``loo_score`` per evaluation (the latest evaluation's, ``last.<metric>``,
+    under keep_best), as the leave-one-domain-out rule reads them: a DataFrame ``run_id, step, metric, value``."""
+    import pandas as pd
+
+    parts = []
+    for metric in (tracking.OOD_SCORE, tracking.LOO_SCORE):
+        names = (tracking.last_metric(metric), metric)
+        part = results.record_curves(args.records, names) if args.records else \
+            results.load_curves(args.tracking_uri, used["run_id"], names)
+        parts.append(part.assign(metric=metric))
+    return pd.concat(parts, ignore_index=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog=prog("python analysis/friedman.py"), description=__doc__.splitlines()[0])
     add_sweep_arguments(p, required=False)
@@ -44,14 +58,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="the metric's direction, for a metric whose direction is not known from its name")
     d.add_argument("--lower-is-better", dest="higher", action="store_false")
     p.add_argument("--baseline", help="baseline arm (default: the declared one, else dense)")
-    p.add_argument("--selection", choices=(*selection.RULES, "leave_one_domain_out"),
+    p.add_argument("--selection", choices=selection.RULES,
                    help="the model-selection rule. Text tasks: oracle (the default: learning rate and epoch chosen on "
                         "the ID validation set that is reported, as the official code; DomainBed's name) or clean "
                         "(chosen on the development split of a sweep run with --dev-samples; the validation set "
                         "becomes a test set); every report shows both and their gap when the sweep has a development "
-                        "split. Image tasks (DomainBed's): training_domain (the default) or test_domain (its oracle: "
-                        "the last evaluation, chosen on the held-out domain's out split); leave_one_domain_out is "
-                        "not built")
+                        "split. Image tasks (DomainBed's): training_domain (the default), test_domain (its oracle: "
+                        "the last evaluation, chosen on the held-out domain's out split) or leave_one_domain_out "
+                        "(the sweep ran --tasks DATASET:pairs too)")
     p.add_argument("--rope", type=float, default=0.01,
                    help="half-width of the region of practical equivalence of the Bayesian signed-rank test, in "
                         "the metric's units (default: 0.01)")
@@ -81,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         kept = "keep_best" in used and used["keep_best"].astype(str).str.lower().eq("true").any()
         curves = (results.load_curves(args.tracking_uri, used["run_id"]) if not args.records
                   else results.record_curves(args.records)) if kept and "run_id" in used else None
+        rule = args.selection or selection.default_rule(trials)
         analysis = stats.analyse(trials, metric=args.metric, blocks=args.blocks, baseline=args.baseline,
                                  alpha=args.alpha, higher=args.higher, rope=args.rope, primary=primary, looks=looks,
-                                 curves=curves, arms=sweep.get("arms"),
-                                 rule=args.selection or selection.default_rule(trials),
+                                 curves=curves, arms=sweep.get("arms"), rule=rule,
+                                 loo_curves=loo_curves(args, used) if rule == "leave_one_domain_out" else None,
                                  exploratory="several sweeps pooled (--pool): each declared its own primary analysis"
                                  if args.pool else None)
     except ValueError as e:

@@ -13,9 +13,10 @@ USED_OUTCOMES = ("completed", "early_stopped")
 # the ID validation set it reports, as the official EMoE code does; clean chooses both on a development split carved
 # from the training set (dev_score) and reports the validation set as a test set. Image sweeps (emoe.vision) take
 # DomainBed's rules instead: training_domain (its default: id_score is the training domains' validation accuracy) and
-# test_domain (its oracle: the last evaluation, the learning rate chosen on the held-out domain's out split).
-RULES = ("oracle", "clean", "training_domain", "test_domain")
-TEXT_RULES, IMAGE_RULES = ("oracle", "clean"), ("training_domain", "test_domain")
+# test_domain (its oracle: the last evaluation, the learning rate chosen on the held-out domain's out split) and
+# leave_one_domain_out (the evaluation and rate with the best mean accuracy of the pair runs' second domains).
+RULES = ("oracle", "clean", "training_domain", "test_domain", "leave_one_domain_out")
+TEXT_RULES, IMAGE_RULES = ("oracle", "clean"), ("training_domain", "test_domain", "leave_one_domain_out")
 DECIMALS = 10  # values are rounded to this many decimals before they are compared, ranked or tested
 RULE = (f"per arm and task, the learning rate with the best mean {schema.ID_SCORE} over seeds (ID only; means rounded "
         f"to {DECIMALS} decimals, the smaller rate among equals) among the rates with the fewest failed seeds: a rate "
@@ -84,10 +85,7 @@ def default_rule(trials: pd.DataFrame) -> str:
 
 def check_rule(trials: pd.DataFrame, rule: str) -> None:
     """``ValueError`` (one line) for a rule that does not fit the trials' kind: DomainBed's rules for image tasks,
-    the oracle and clean rules for text tasks (DomainBed's leave-one-domain-out is named, and refused: not built)."""
-    if rule == "leave_one_domain_out":
-        raise ValueError("DomainBed's leave-one-domain-out selection is not built (it needs runs trained with two "
-                         "held-out domains); valid rules for image tasks: " + ", ".join(IMAGE_RULES))
+    the oracle and clean rules for text tasks."""
     image = image_sweep(trials)
     valid = IMAGE_RULES if image else TEXT_RULES
     if rule not in valid:
@@ -97,7 +95,65 @@ def check_rule(trials: pd.DataFrame, rule: str) -> None:
 
 def criterion(rule: str) -> str:
     """The score a rule chooses the learning rate on."""
-    return {"clean": schema.DEV_SCORE, "test_domain": schema.ORACLE_SCORE}.get(rule, schema.ID_SCORE)
+    return {"clean": schema.DEV_SCORE, "test_domain": schema.ORACLE_SCORE,
+            "leave_one_domain_out": schema.LOO_SCORE}.get(rule, schema.ID_SCORE)
+
+
+def support_runs(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(trials, pair runs)``: the runs with two held-out domains (``emoe.vision.is_pair``) serve the
+    leave-one-domain-out selection only, never as blocks."""
+    from emoe.vision import is_pair
+
+    pair = trials["task"].map(lambda t: isinstance(t, str) and is_pair(t)) if "task" in trials else \
+        pd.Series(False, index=trials.index)
+    return trials[~pair], trials[pair]
+
+
+def loo_view(trials: pd.DataFrame, pairs: pd.DataFrame, curves: pd.DataFrame,
+             warnings: list[str] | None = None) -> pd.DataFrame:
+    """The trials as DomainBed's ``LeaveOneOutSelectionMethod`` sees them. For the trial that holds out domain t
+    (with its arm, seed and learning rate), each evaluation step s has the validation accuracy
+    ``mean over v != t of loo_score(s)`` of the pair runs ``t+v`` of the same arm, seed and rate (a step without
+    every pair is skipped), and the test accuracy ``ood_score(s)`` of the trial itself; the step with the best
+    validation (the first among equals) gives the trial's ``loo_score`` and its ``ood_score`` (and
+    ``ood_score.<t>``). ``curves``: ``run_id, step, metric, value`` with each run's ``ood_score`` and ``loo_score``
+    per evaluation (``last.<metric>`` under keep_best). A trial without its pairs gets no ``loo_score``."""
+    from emoe.vision import DATASETS, PAIR, SEPARATOR, held_out
+
+    if pairs.empty:
+        raise ValueError("the leave_one_domain_out rule needs DomainBed's runs with two held-out domains: add "
+                         "<dataset>:pairs to --tasks (e.g. --tasks pacs,pacs:pairs); valid rules here: "
+                         "training_domain, test_domain")
+    warnings = [] if warnings is None else warnings
+    series = {(run, metric): group.groupby("step")["value"].mean()
+              for (run, metric), group in curves.groupby(["run_id", "metric"])}
+    keys = ["arm", "seed", "learning_rate"]
+    by_cell = {(row["task"], *(row[k] for k in keys)): row["run_id"] for _, row in pairs.iterrows()}
+    out = trials.copy()
+    out[schema.LOO_SCORE] = np.nan
+    lacking = 0
+    for index, row in trials.iterrows():
+        dataset, test, _ = held_out(row["task"])
+        test_curve = series.get((row["run_id"], schema.OOD_SCORE))
+        runs = [by_cell.get((f"{dataset}{SEPARATOR}{test}{PAIR}{v}", *(row[k] for k in keys)))
+                for v in DATASETS[dataset].domains if v != test]
+        vals = [series.get((run, schema.LOO_SCORE)) for run in runs]
+        if test_curve is None or any(v is None for v in vals):
+            lacking += 1
+            continue
+        validation = pd.concat(vals, axis=1).dropna().mean(axis=1)  # steps every pair run reached
+        steps = [s for s in validation.index if s in test_curve.index]
+        if not steps:
+            lacking += 1
+            continue
+        best = max(steps, key=lambda s: (round(validation[s], DECIMALS), -s))  # the earliest among equals
+        out.loc[index, schema.LOO_SCORE] = validation[best]
+        for column in (schema.OOD_SCORE, schema.ood_score_metric(test)):
+            out.loc[index, column] = test_curve[best]
+    if lacking:
+        warnings.append(f"{lacking} trial(s) lack a pair run or an evaluation step all their pair runs share: no "
+                        f"{schema.LOO_SCORE}, so the leave-one-domain-out rule cannot choose for them")
+    return out
 
 
 def last_view(trials: pd.DataFrame) -> pd.DataFrame:

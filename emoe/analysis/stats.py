@@ -691,6 +691,11 @@ def selection_line(rule: str) -> str:
         return (f"selection (DomainBed's training-domain validation): {selection.RULE}; {tracking.ID_SCORE} is the "
                 "mean over the training domains of their held-out 20 % split's accuracy, and keep_best took the best "
                 "such evaluation, as DomainBed's IIDAccuracySelectionMethod")
+    if rule == "leave_one_domain_out":
+        return ("selection (DomainBed's leave-one-domain-out cross-validation): per trial, the evaluation with the best "
+                f"mean {tracking.LOO_SCORE} of its pair runs (trained without the held-out domain and one other, "
+                "scored on that other domain), the earliest among equals; then "
+                + selection.RULE.replace(tracking.ID_SCORE, tracking.LOO_SCORE, 1))
     if rule == "test_domain":
         held_out = "(the held-out domain's own 20 % split, never the one reported;"
         return ("selection (DomainBed's test-domain validation, its oracle): each trial's last evaluation; "
@@ -732,7 +737,8 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
             baseline: str | None = None, alpha: float | None = None, higher: bool | None = None,
             rope: float = 0.01, primary: Primary | None = None, looks: int = 1,
             bayes_samples: int = 50_000, curves: pd.DataFrame | None = None,
-            exploratory: str | None = None, arms: list | None = None, rule: str | None = None) -> Analysis:
+            exploratory: str | None = None, arms: list | None = None, rule: str | None = None,
+            loo_curves: pd.DataFrame | None = None) -> Analysis:
     """The whole method (module docstring) on a trials DataFrame (``emoe.analysis.results.load_trials``).
 
     Args:
@@ -752,6 +758,9 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
             rate and epoch chosen on the ID validation set it reports,
             the official code's) or ``clean`` (chosen on the development split's ``dev_score``; the validation set
             is then a test set). Both rules' scores and their gap are in ``rules`` whenever a dev_score exists.
+            Image sweeps: ``training_domain``, ``test_domain`` or ``leave_one_domain_out`` (DomainBed's).
+        loo_curves: the leave-one-domain-out rule's ``run_id, step, metric, value`` (each run's ``ood_score`` and
+            ``loo_score`` per evaluation; ``emoe.analysis.selection.loo_view``).
 
     Raises:
         ValueError: no trial, or no finished trial with an ID score (one line: nothing to analyse).
@@ -761,14 +770,22 @@ def analyse(df: pd.DataFrame, metric: str | None = None, blocks: str | None = No
     from emoe.config import check_choice
 
     rule = rule or selection.default_rule(df)  # DomainBed's training-domain rule for image tasks, else oracle
-    if rule != "leave_one_domain_out":
-        check_choice("selection rule", rule, selection.RULES)
+    check_choice("selection rule", rule, selection.RULES)
     selection.check_rule(df, rule)
+    df, pairs = selection.support_runs(df)
+    if not len(df):
+        raise ValueError("only leave-one-domain-out pair runs (dataset:test+validation): nothing to analyse")
+    if len(pairs):
+        warnings.append(f"{len(pairs)} pair run(s) (two held-out domains) serve the leave-one-domain-out selection "
+                        "only: not blocks, not arms' scores")
     rules = selection.compare_rules(df)
     if rule == "clean":
         df = selection.clean_view(df)
     elif rule == "test_domain":
         df = selection.last_view(df)
+    elif rule == "leave_one_domain_out":
+        df = selection.loo_view(df, pairs, loo_curves if loo_curves is not None else
+                                pd.DataFrame(columns=["run_id", "step", "metric", "value"]), warnings)
     declared_arms = list(arms or [])
     declared = primary or Primary()
     metric = metric or declared.metric

@@ -10,7 +10,7 @@ __all__ = ["DEFAULT_TRACKING_URI", "ROLE", "PARENT", "SWEEP", "FACTOR", "GIT_COM
            "BACKFILLED", "EXTENDED", "ARM", "TRIAL_ID", "RETIRED", "MODEL", "OUTCOME", "ERROR", "RESTARTS", "RESTART_ERROR", "PLACEMENT", "OUTCOMES",
            "EXPERIMENT_KIND", "TRAIN_LOSS", "ID_SCORE", "OOD_SCORE", "EPOCH", "STEP", "LOAD_ENTROPY", "ACTIVE_NEURONS",
            "FFN_FLOPS", "EXPERT_STABILITY", "block_metric", "METRIC_PREFIXES",
-           "BEST_STEP", "CURRENT_ID_SCORE", "PATIENCE_STOP", "DEV_SCORE", "CLEAN_PREFIX", "ORACLE_SCORE", "LAST_PREFIX", "last_metric", "WALL_TIME", "ACCELERATOR_TIME",
+           "BEST_STEP", "CURRENT_ID_SCORE", "PATIENCE_STOP", "DEV_SCORE", "CLEAN_PREFIX", "ORACLE_SCORE", "LOO_SCORE", "LAST_PREFIX", "last_metric", "WALL_TIME", "ACCELERATOR_TIME",
            "TRAINABLE_PARAMS", "dev_metric", "clean_metric", "TASK", "RESUMED", "RESUMED_FROM", "SWEEP_PARAMS",
            "SCORING_VERSION_PARAM", "sweep_params", "LOOKS", "PRIMARY_FIELDS", "PRIMARY_PREFIX", "DIRECTIONS",
            "direction", "SCHEDULED", "scheduled",
@@ -80,12 +80,14 @@ DEV_SCORE, CLEAN_PREFIX = "dev_score", "clean."
 # An image task's (emoe.vision): the held-out domain's out-split accuracy, what DomainBed's oracle selection reads;
 # with keep_best, last.<metric>: every score of the latest evaluation (DomainBed's oracle takes the last checkpoint).
 ORACLE_SCORE, LAST_PREFIX = "oracle_score", "last."
+# A pair run's (two held-out domains): its second domain's in-split accuracy, what leave-one-domain-out averages.
+LOO_SCORE = "loo_score"
 # Compute: seconds the trial has trained and evaluated (over its attempts), its accelerator-seconds (wall time x the
 # share of a GPU it holds; on a GPU only), and its trainable parameters.
 WALL_TIME, ACCELERATOR_TIME, TRAINABLE_PARAMS = "wall_time", "accelerator_time", "trainable_params"
 METRIC_PREFIXES = (TRAIN_LOSS, ID_SCORE, "id.", OOD_SCORE, "ood.", EPOCH, STEP, LOAD_ENTROPY, ACTIVE_NEURONS,
                    FFN_FLOPS, EXPERT_STABILITY, BEST_STEP, CURRENT_ID_SCORE, PATIENCE_STOP, DEV_SCORE, "dev.",
-                   CLEAN_PREFIX, ORACLE_SCORE, LAST_PREFIX, WALL_TIME, ACCELERATOR_TIME, TRAINABLE_PARAMS)
+                   CLEAN_PREFIX, ORACLE_SCORE, LOO_SCORE, LAST_PREFIX, WALL_TIME, ACCELERATOR_TIME, TRAINABLE_PARAMS)
 # What Tune is sent of each report: what it schedules on (ASHA's time and metric, the searcher's metric, the
 # protocol's end). Every other metric goes to the trial's records (``reports.jsonl``), which the driver's MLflow
 # callback and ``emoe sync`` read: Tune keeps running statistics of every number a trial reports, for every trial.
@@ -100,7 +102,7 @@ def scheduled(metrics: dict[str, Any]) -> dict[str, Any]:
 # Each metric's direction, declared with it ("max": higher is better; "min": lower is better; the rest are no
 # score): every GLUE metric (accuracy, F1, Matthews, Pearson, Spearman) is higher-is-better. A name matches its own
 # entry or an entry followed by "." (id_score.x, ood_score.<set>, ood.<set>.<metric>, load_entropy.block<b>).
-DIRECTIONS = {ORACLE_SCORE: "max", ID_SCORE: "max", "id": "max", OOD_SCORE: "max", "ood": "max", CURRENT_ID_SCORE: "max",
+DIRECTIONS = {ORACLE_SCORE: "max", LOO_SCORE: "max", ID_SCORE: "max", "id": "max", OOD_SCORE: "max", "ood": "max", CURRENT_ID_SCORE: "max",
               DEV_SCORE: "max", "dev": "max",
               LOAD_ENTROPY: "max", TRAIN_LOSS: "min"}
 
