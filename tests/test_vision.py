@@ -398,3 +398,30 @@ def test_leave_one_domain_out_selection_is_domainbeds_written_out():
                 assert getattr(row, tracking.OOD_SCORE) == pytest.approx(test)
     with pytest.raises(ValueError, match="needs DomainBed's runs with two held-out domains: add <dataset>:pairs"):
         analyse(trials[~trials["task"].str.contains("+", regex=False)], rule="leave_one_domain_out")
+
+
+def test_keep_best_is_domainbeds_training_domain_selection_of_the_trials_own_evaluations():
+    """The trial's kept evaluation (keep_best on id_score) is the one DomainBed's IIDAccuracySelectionMethod picks
+    from the same evaluations (emoe.domainbed.select_runs over the latest-evaluation scores), and it reports that
+    evaluation's held-out accuracy."""
+    import pandas as pd
+
+    from emoe.domainbed import select_runs
+    from emoe.train import train_and_evaluate
+
+    reports = []
+    final = train_and_evaluate({"model": "tiny-vit", "task": "rotated_digits:45", "method": "dense",
+                                "batch_size": 30, "max_steps": 30, "eval_steps": 5, "optimizer": "adam",
+                                "lr_schedule": "constant", "learning_rate": 3e-3, "keep_best": True,
+                                "keep_model": "none", "max_train_samples": 300, "max_eval_samples": 60},
+                               reports.append)
+    last = tracking.last_metric
+    records = pd.DataFrame({"trial_seed": 0, "test_env": 1, "hparams_seed": 0, "step": [r[tracking.STEP] for r in reports],
+                            "env0_out_acc": [r[last(tracking.ID_SCORE)] for r in reports],  # the training domains'
+                            "env1_out_acc": [r[last(tracking.ORACLE_SCORE)] for r in reports],
+                            "env1_in_acc": [r[last(tracking.OOD_SCORE)] for r in reports]})
+    chosen = select_runs(records, "training_domain").iloc[0]
+    assert final[tracking.BEST_STEP] == chosen["step"]
+    assert final[tracking.ID_SCORE] == chosen["val_acc"] and final[tracking.OOD_SCORE] == chosen["test_acc"]
+    oracle = select_runs(records, "oracle").iloc[0]  # DomainBed's oracle: the last evaluation
+    assert oracle["step"] == 30 and oracle["test_acc"] == final[last(tracking.OOD_SCORE)]
