@@ -188,8 +188,8 @@ def _knobs() -> dict[str, Knob]:
         Knob("max_steps", None, "optimiser steps in all, the training data cycled through as often as needed, "
              "evaluating every eval_steps and at the last step (DomainBed: 5001, every 300); none = epochs govern",
              _optional_int, range=_COUNT),
-        Knob("optimizer", "adamw", "adamw (decoupled weight decay, the EMoE scripts') or adam (torch.optim.Adam, weight "
-             "decay as an L2 term: DomainBed's)", str, ("adamw", "adam")),
+        Knob("optimizer", "adamw", "adamw (decoupled weight decay, biases and norms exempt: the EMoE scripts') or adam "
+             "(torch.optim.Adam, weight decay an L2 term on every parameter: DomainBed's)", str, ("adamw", "adam")),
         Knob("lr_schedule", "linear", "linear: warm-up over warmup_ratio, then linear decay to 0 (the EMoE scripts'); "
              "constant: the learning rate throughout (DomainBed's)", str, ("linear", "constant")),
         Knob("data_augmentation", True, "image tasks: DomainBed's training transform on its photo datasets (random "

@@ -134,15 +134,15 @@ def is_fast(name: str) -> bool:
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, learning_rate: float,
-                     body_lr_ratio: float = 1.0) -> list[dict[str, Any]]:
-    """AdamW's groups of the trainable parameters: no weight decay on biases and normalisation weights; LoRA's and
-    the head's parameters at ``learning_rate``, the others at ``learning_rate * body_lr_ratio`` (empty groups
-    left out)."""
+                     body_lr_ratio: float = 1.0, exempt: bool = True) -> list[dict[str, Any]]:
+    """AdamW's groups of the trainable parameters: no weight decay on biases and normalisation weights (``exempt``;
+    off: every parameter decays, as DomainBed's Adam); LoRA's and the head's parameters at ``learning_rate``, the
+    others at ``learning_rate * body_lr_ratio`` (empty groups left out)."""
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
             groups.setdefault((name.endswith(NO_DECAY), is_fast(name) or body_lr_ratio == 1.0), []).append(p)
-    return [{"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
+    return [{"params": params, "weight_decay": 0.0 if no_decay and exempt else weight_decay,
              "lr": learning_rate if fast else learning_rate * body_lr_ratio}
             for (no_decay, fast), params in sorted(groups.items())]
 

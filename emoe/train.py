@@ -325,9 +325,10 @@ def make_optimizer(model: nn.Module, cfg: dict[str, Any], total_steps: int):
     from transformers import get_constant_schedule, get_linear_schedule_with_warmup
 
     ratio = cfg["body_lr_ratio"] or regimes.OFFICIAL_BODY_LR_RATIO[cfg["regime"]]
-    kind = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
-    optimizer = kind(regimes.parameter_groups(model, cfg["weight_decay"], cfg["learning_rate"], ratio),
-                     lr=cfg["learning_rate"])
+    adamw = cfg["optimizer"] == "adamw"  # DomainBed's Adam decays every parameter (an L2 term)
+    optimizer = (torch.optim.AdamW if adamw else torch.optim.Adam)(
+        regimes.parameter_groups(model, cfg["weight_decay"], cfg["learning_rate"], ratio, exempt=adamw),
+        lr=cfg["learning_rate"])
     if cfg["lr_schedule"] == "constant":
         return optimizer, get_constant_schedule(optimizer)
     return optimizer, get_linear_schedule_with_warmup(optimizer, int(cfg["warmup_ratio"] * total_steps), total_steps)

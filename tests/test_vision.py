@@ -425,3 +425,22 @@ def test_keep_best_is_domainbeds_training_domain_selection_of_the_trials_own_eva
     assert final[tracking.ID_SCORE] == chosen["val_acc"] and final[tracking.OOD_SCORE] == chosen["test_acc"]
     oracle = select_runs(records, "oracle").iloc[0]  # DomainBed's oracle: the last evaluation
     assert oracle["step"] == 30 and oracle["test_acc"] == final[last(tracking.OOD_SCORE)]
+
+
+def test_domainbeds_adam_decays_every_parameter_and_keeps_its_rate():
+    """DomainBed's optimiser: torch.optim.Adam(params, lr, weight_decay) over every parameter, no schedule."""
+    from emoe import hparams
+    from emoe.train import make_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3))
+    cfg = hparams.trial_config({"optimizer": "adam", "lr_schedule": "constant", "weight_decay": 1e-4,
+                                "learning_rate": 3e-5})
+    optimizer, scheduler = make_optimizer(model, cfg, total_steps=10)
+    assert type(optimizer) is torch.optim.Adam
+    assert all(g["weight_decay"] == 1e-4 for g in optimizer.param_groups)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    assert scheduler.get_last_lr() == [3e-5] * len(optimizer.param_groups)
+    adamw, _ = make_optimizer(model, hparams.trial_config({"weight_decay": 1e-4}), total_steps=10)
+    assert type(adamw) is torch.optim.AdamW and {g["weight_decay"] for g in adamw.param_groups} == {0.0, 1e-4}
