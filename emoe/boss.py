@@ -66,6 +66,7 @@ def build(source_type, task_type) -> dict:
             return source_type(None, None, (), (f"{folder}/{name}/{split}.tsv",), rename=rename)
 
         tasks[task] = task_type(task, tuple(f.lower() for f in fields), labels, ("accuracy",), epochs=EPOCHS,
-                                glue_x=False, train=source(id_set, "train"), validation=source(id_set, "test"),
+                                glue_x=False, skip_textless=True, train=source(id_set, "train"),
+                                validation=source(id_set, "test"),
                                 ood={name: source(name, "test") for name in ood_sets})
     return tasks

@@ -90,6 +90,7 @@ class Task:
     glue_x: bool = True  # one of GLUE-X's eight ID tasks (``--tasks glue``)
     label_range: tuple[float, float] | None = None  # a regression task's label range (checked)
     image: str | None = None  # an image task: its dataset in ``emoe.vision.DATASETS`` (the name is dataset:domain)
+    skip_textless: bool = False  # drop rows whose text is missing (BOSS's loaders skip them); else they are refused
 
     @property
     def regression(self) -> bool:
@@ -370,6 +371,18 @@ def _load_source(source: Source, task: Task, data_dir: Path | None, name: str, h
     return _to_task(ds if keep_unlabelled else _drop_unlabelled(ds), source, task), where
 
 
+def _skip_textless(ds, task: Task, where: str):
+    """Rows whose text fields hold no string (an empty or ``NA`` cell, read as missing) left out, as BOSS's
+    ``get_examples`` skips them (``src/utils/dataloader.py``: ``if not isinstance(text_a, str): continue``)."""
+    if any(f not in ds.column_names for f in task.text_fields):
+        return ds  # check_dataset names the missing field
+    kept = ds.filter(lambda b: [all(isinstance(b[f][i], str) for f in task.text_fields)
+                                for i in range(len(b[task.text_fields[0]]))], batched=True)
+    if len(kept) < len(ds):
+        log.info("%s: %d row(s) without text skipped, as BOSS skips them", where, len(ds) - len(kept))
+    return kept
+
+
 def check_dataset(ds, task: Task, where: str, unlabelled_ok: bool = False) -> None:
     """Fail, naming the file, on a missing field, an empty split or a label outside the task's label set
     (``unlabelled_ok``: an OOD set scored by accuracy alone may hold rows without a gold label, -1, as SNLI does;
@@ -496,6 +509,8 @@ def load_task(name: str, data_dir: str | Path | None = None, ood: dict[str, str]
             if data_dir is not None and not any((data_dir / rel).is_file() for rel in source.local):
                 hint += f"; {describe_local(data_dir, ood_protocol)}"  # what it does hold
             ds, where = _load_source(source, task, data_dir, split, hint, keep_unlabelled=is_ood)
+        if task.skip_textless:
+            ds = _skip_textless(ds, task, where)
         check_dataset(ds, task, where, unlabelled_ok=is_ood and unlabelled_ok)
         loaded[split] = ds
     for ood_name, path in ood.items():

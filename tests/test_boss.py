@@ -185,3 +185,13 @@ def test_tasks_boss_crosses_the_three_tasks_with_their_ood_sets(process_dir, cap
                                                                        "adv_civil, implicit_hate, toxigen"),
                        ("boss_nli", "anli, contract_nli, wanli")):
         assert f"(ID validation + OOD {sets})" in next(l for l in out.out.splitlines() if l.startswith(f"task {task}:"))
+
+
+def test_rows_without_text_are_skipped_as_boss_skips_them(tmp_path):
+    """dataloader.py skips a row whose text is not a string (an empty or NA cell, which pandas reads as NaN)."""
+    write_suite(tmp_path, skip={("SentimentAnalysis", "semeval", "test")})
+    save_data([("fine tweet", 1), ("", 0), ("NA", 0), ("another", 0)], tmp_path / "SentimentAnalysis" / "semeval",
+              "test")
+    data = load_task("boss_sentiment", data_dir=tmp_path)
+    assert list(data.ood["semeval"]["text"]) == ["fine tweet", "another"]
+    assert list(data.ood["semeval"]["label"]) == [1, 0]
