@@ -15,6 +15,30 @@ def timeless(reports):
     return {k: v for k, v in reports.items() if k not in ("wall_time", "accelerator_time")}
 
 
+def interrupted(cfg, after: int, **hooks):
+    """Run a trial until its ``after``-th report, then die there (a node lost right after a report and its
+    checkpoint). Returns the reports it made and its last checkpoint, serialised at once and loaded back."""
+    import io
+
+    import torch
+
+    states, reports = [], []
+
+    def stop_after(metrics):
+        reports.append(metrics)
+        if len(reports) == after:
+            raise KeyboardInterrupt
+
+    def keep(state):
+        buffer = io.BytesIO()
+        torch.save(state, buffer)  # serialised at once, as a checkpoint is
+        states.append(buffer.getvalue())
+
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(cfg, stop_after, on_state=keep, **hooks)
+    return reports, torch.load(io.BytesIO(states[-1]), weights_only=False)
+
+
 def tiny_trial(model_dir, data_dir, **kw):
     return {"model": model_dir, "data_dir": str(data_dir), "num_experts": 4, "top_k": 2, "batch_size": 16,
             "max_length": 48, "max_train_samples": 96, "eval_steps": 3, "learning_rate": 1e-3, "epochs": 1, **kw}
@@ -266,29 +290,10 @@ LORA_GMOE = {"method": "gmoe", "gate": "learned", "expert_repeat": 2, "regime": 
 def test_resume_from_a_state_continues_exactly(kill_after, overrides, tiny_model_dir, tiny_data_dir):
     """A run stopped after an evaluation and resumed from the state saved there trains no step twice and ends with
     exactly the uninterrupted run's reports (CPU): optimiser, scheduler, RNG (dropout, gate noise) and data order."""
-    import io
-
-    import torch
-
     cfg = tiny_trial(tiny_model_dir, tiny_data_dir, epochs=2, **overrides)
     full = []
     train_and_evaluate(cfg, full.append)
-
-    states, first = [], []
-
-    def stop_after(metrics):
-        first.append(metrics)
-        if len(first) == kill_after:
-            raise KeyboardInterrupt  # the node dies right after this report (and its checkpoint)
-
-    def keep(state):
-        buffer = io.BytesIO()
-        torch.save(state, buffer)  # serialised at once, as a checkpoint is
-        states.append(buffer.getvalue())
-
-    with pytest.raises(KeyboardInterrupt):
-        train_and_evaluate(cfg, stop_after, on_state=keep)
-    resume = torch.load(io.BytesIO(states[-1]), weights_only=False)
+    first, resume = interrupted(cfg, kill_after)
     rest = []
     final = train_and_evaluate(cfg, rest.append, resume=resume)
     assert rest[0]["step"] == first[-1]["step"] + (full[1]["step"] - full[0]["step"])  # the next evaluation
@@ -376,28 +381,10 @@ def test_a_lora_checkpoint_holds_what_trains_and_resumes_exactly(tiny_model_dir,
     """Under a LoRA regime a checkpoint leaves out the frozen weights (a rebuilt trial recreates them: pre-trained,
     converted, seeded noise); the kept best-so-far state inside it too. Resuming from it ends exactly as the
     uninterrupted run, and the kept model handed over after the resume is whole."""
-    import io
-
-    import torch
-
     cfg = tiny_trial(tiny_model_dir, tiny_data_dir, epochs=2, keep_best=True, **LORA_GMOE)
-    full = []
+    full, kept = [], []
     train_and_evaluate(cfg, full.append)
-    states, first, kept = [], [], []
-
-    def stop_after(metrics):
-        first.append(metrics)
-        if len(first) == 2:
-            raise KeyboardInterrupt
-
-    def keep(state):
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        states.append(buffer.getvalue())
-
-    with pytest.raises(KeyboardInterrupt):
-        train_and_evaluate(cfg, stop_after, on_state=keep)
-    state = torch.load(io.BytesIO(states[-1]), weights_only=False)
+    first, state = interrupted(cfg, 2)
     assert any("lora_A" in k for k in state["model"]) and any(".fc1_weight" in k for k in state["model"])
     frozen = ("word_embeddings.weight", "layer.0.attention.self.query.base_layer.weight",
               "layer.0.output.dense.weight")  # left out (block 1, -1, trains in full)

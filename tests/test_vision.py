@@ -150,9 +150,7 @@ def test_a_tiny_vit_trial_reports_the_metric_contract():
 def test_an_image_trial_resumes_exactly_from_its_checkpoint(tmp_path):
     """Interrupted after its first evaluation and resumed from the state saved there, an image trial (DomainBed's
     per-domain draws, the augmentation's Python RNG, the held-out splits) ends with the uninterrupted run's reports."""
-    import io
-
-    from test_train import timeless
+    from test_train import interrupted, timeless
 
     from emoe.train import train_and_evaluate
 
@@ -162,21 +160,9 @@ def test_an_image_trial_resumes_exactly_from_its_checkpoint(tmp_path):
            "data_dir": str(tmp_path), "keep_model": "none"}
     full = []
     train_and_evaluate(cfg, full.append)
-    states, first = [], []
-
-    def stop_after(metrics):
-        first.append(metrics)
-        raise KeyboardInterrupt  # the node dies right after the first report (and its checkpoint)
-
-    def keep(state):
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        states.append(buffer.getvalue())
-
-    with pytest.raises(KeyboardInterrupt):
-        train_and_evaluate(cfg, stop_after, on_state=keep)
+    first, state = interrupted(cfg, 1)  # the node dies right after the first report (and its checkpoint)
     rest = []
-    final = train_and_evaluate(cfg, rest.append, resume=torch.load(io.BytesIO(states[-1]), weights_only=False))
+    final = train_and_evaluate(cfg, rest.append, resume=state)
     assert [r[tracking.STEP] for r in first + rest] == [4, 8]
     assert timeless(first + rest) == timeless(full) and timeless(final) == timeless(full[-1])
 
