@@ -18,6 +18,22 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def build_once(path: Path, write) -> Path:
+    """``path`` (a folder) made once by ``write(folder)``: written aside, then renamed into place, so that concurrent
+    processes never read a half-written one (the one that loses the race drops its identical copy)."""
+    import shutil
+
+    if not path.is_dir():
+        staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".writing-"))
+        write(staging / path.name)
+        try:
+            (staging / path.name).rename(path)
+        except OSError:  # another process put its copy in place first
+            pass
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
     """Write ``array`` so that a concurrent reader sees the old file or the whole new one, never a partial one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")

@@ -42,22 +42,13 @@ def _tiny_vit() -> str:
     the machinery, not the paper's claim."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    from emoe.cache import cache_dir
+    from emoe.cache import build_once, cache_dir
 
-    import shutil
-    import tempfile
-
-    path = cache_dir("models") / "tiny-vit"
-    if not path.is_dir():  # written aside, then renamed into place: concurrent trials never read half a model
-        staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".writing-"))
+    def write(folder: Path) -> None:
         torch.manual_seed(0)
-        ViTForImageClassification(ViTConfig(**TINY_VIT, num_labels=10)).save_pretrained(staging / "model")
-        try:
-            (staging / "model").rename(path)
-        except OSError:  # another process put its (identical) copy in place first
-            pass
-        shutil.rmtree(staging, ignore_errors=True)
-    return str(path)
+        ViTForImageClassification(ViTConfig(**TINY_VIT, num_labels=10)).save_pretrained(folder)
+
+    return str(build_once(cache_dir("models") / "tiny-vit", write))
 
 
 # Short names for models that ship inside Python packages or are built offline; anything else is a Hub id or a path.

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emoe.cache import cache_dir
+from emoe.cache import build_once, cache_dir
 from emoe.domainbed import HOLDOUT_FRACTION, ROTATIONS, read_layout, rotated_digits, seed_hash, split_environment
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -127,21 +127,10 @@ def is_pair(task: str) -> bool:
 
 
 def demo_root() -> Path:
-    """The rotated-digits domains, written once to the cache (about 1,800 small PNGs): into a folder of their own,
-    then renamed into place, so that concurrent trials never read a half-written set."""
-    import shutil
-    import tempfile
-
+    """The rotated-digits domains, written once to the cache (about 1,800 small PNGs; ``build_once``: concurrent
+    trials never read a half-written set)."""
     root = cache_dir("domainbed")
-    folder = DATASETS["rotated_digits"].folder
-    if not (root / folder).is_dir():
-        staging = Path(tempfile.mkdtemp(dir=root, prefix=".writing-"))
-        rotated_digits(staging, name=folder)
-        try:
-            (staging / folder).rename(root / folder)
-        except OSError:  # another process put its (identical) copy in place first
-            pass
-        shutil.rmtree(staging, ignore_errors=True)
+    build_once(root / DATASETS["rotated_digits"].folder, lambda folder: rotated_digits(folder.parent, name=folder.name))
     return root
 
 
